@@ -1,0 +1,152 @@
+"""Admin text commands run against the broker's state (reference §2.2).
+
+Replies are byte-exact with gearmand 1.1.20 except where
+docs/compatibility.md lists a deliberate difference.
+"""
+
+from __future__ import annotations
+
+from ..protocol import admin as text
+from .broker import Broker, Function, Peer
+
+
+def run(broker: Broker, peer: Peer, line: bytes) -> bytes | None:
+    """The reply to one admin line, or None when the connection must close."""
+    try:
+        tokens = text.tokenize(line)
+    except text.TooManyTokens:
+        return None
+    command = tokens[0].lower()
+    handler = _COMMANDS.get(command)
+    if handler is None:
+        if command == b"shutdown":
+            return _shutdown(broker, peer, tokens)
+        return text.err_unknown_command(tokens[0])
+    return handler(broker, peer, tokens)
+
+
+def _status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    lines = [
+        b"%s\t%d\t%d\t%d\n" % (f.name, f.total, f.running, len(f.workers))
+        for f in broker.functions.values()
+    ]
+    lines.append(text.END)
+    return b"".join(lines)
+
+
+def _priority_status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    lines = [
+        b"%s\t%d\t%d\t%d\t%d\n" % (f.name, f.queued[0], f.queued[1], f.queued[2], len(f.workers))
+        for f in broker.functions.values()
+    ]
+    lines.append(text.END)
+    return b"".join(lines)
+
+
+def _workers(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    lines = []
+    for p in broker.peers.values():
+        names = b"".join(b" " + _name(a[0]) for a in p.abilities)
+        lines.append(b"%d %s %s :%s\n" % (p.fd, p.addr.encode(), p.client_id, names))
+    lines.append(text.END)
+    return b"".join(lines)
+
+
+def _name(func: object) -> bytes:
+    assert isinstance(func, Function)
+    return func.name
+
+
+def _show(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    if len(tokens) == 1:
+        return text.err_unknown_command(tokens[0])
+    what = [t.lower() for t in tokens[1:]]
+    if what[:1] == [b"jobs"]:
+        lines = [
+            b"%s\t%d\t%d\t%d\n" % (j.handle, j.retries, int(j.ignore), int(j.background))
+            for j in broker.jobs.values()
+        ]
+    elif what[:2] == [b"unique", b"jobs"]:
+        lines = [j.unique + b"\n" for j in broker.jobs.values()]
+    else:
+        return text.ERR_UNKNOWN_SHOW
+    lines.append(text.END)
+    return b"".join(lines)
+
+
+def _cancel(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    if len(tokens) < 3:
+        return text.err_unknown_command(tokens[0])
+    if len(tokens) > 3 or tokens[1].lower() != b"job":
+        return text.ERR_INTERNAL
+    return text.OK if broker.cancel(tokens[2]) else text.ERR_UNKNOWN_JOB
+
+
+def _create_function(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    if len(tokens) < 3 or tokens[1].lower() != b"function":
+        return text.err_arguments(tokens[0])
+    broker.function(tokens[2])
+    return text.OK
+
+
+def _drop_function(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    if len(tokens) < 3 or tokens[1].lower() != b"function":
+        return text.err_arguments(tokens[0])
+    wanted = tokens[2].lower()
+    for name, func in broker.functions.items():
+        if name.lower() == wanted:
+            # gearmand drops a function with queued jobs and leaves them dangling;
+            # refusing keeps those jobs (docs/compatibility.md).
+            if func.workers or func.total:
+                return text.ERR_DROP_BUSY
+            del broker.functions[name]
+            return text.OK
+    return text.ERR_DROP_MISSING
+
+
+def _maxqueue(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    if len(tokens) < 2:
+        return text.err_arguments(tokens[0])
+    func = broker.functions.get(tokens[1])
+    if func is not None:
+        sizes = [max(text.atoi(t), 0) for t in tokens[2:5]]
+        if len(sizes) == 1:
+            sizes = sizes * 3
+        func.max_queue = (sizes + [0, 0, 0])[:3]
+    return text.OK
+
+
+def _getpid(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    return text.ok_value(b"%d" % broker.config.pid)
+
+
+def _verbose(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    return text.ok_value(broker.config.verbose.encode())
+
+
+def _version(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    return text.ok_value(broker.config.version)
+
+
+def _shutdown(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    allowed = broker.config.admin_shutdown
+    if allowed == "off" or (allowed == "local" and not peer.local):
+        return text.err_unknown_command(tokens[0])
+    graceful = len(tokens) > 1 and tokens[1].lower() == b"graceful"
+    broker.stopping = "graceful" if graceful else "now"
+    return text.OK
+
+
+_COMMANDS = {
+    b"status": _status,
+    b"prioritystatus": _priority_status,
+    b"workers": _workers,
+    b"show": _show,
+    b"cancel": _cancel,
+    b"create": _create_function,
+    b"drop": _drop_function,
+    b"maxqueue": _maxqueue,
+    b"getpid": _getpid,
+    b"verbose": _verbose,
+    b"version": _version,
+}

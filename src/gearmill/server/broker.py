@@ -1,0 +1,793 @@
+"""The job broker: every Gearman semantic of the server, with no I/O.
+
+Theory of operation
+-------------------
+The edge (``connection.py``) creates a :class:`Peer` per connection and feeds
+decoded packets to :meth:`Broker.handle`. The broker never writes to a socket:
+it appends encoded replies to ``peer.out`` and lists the peer in
+``broker.dirty``; after each read batch the edge writes every dirty peer's
+output in one ``write``. Timers (epoch jobs, CAN_DO_TIMEOUT) live in one heap;
+the edge asks :meth:`Broker.next_deadline` and calls :meth:`Broker.tick`.
+
+Data model (reference §3.1): a :class:`Function` has three FIFO queues (high,
+normal, low) and the list of worker entries that registered it (a CAN_DO twice
+counts twice, as in gearmand). A :class:`Job` is queued, scheduled (an epoch
+job not yet due) or running on exactly one worker; foreground jobs carry the
+peers waiting on them. Abandoned queued jobs are flagged ``ignore`` and
+skipped when they reach the head of their queue (O(1) removal).
+
+One selection routine (:meth:`Broker._select`) serves both PRE_SLEEP ("is
+there work?") and GRAB ("give work"), so the two can never disagree — the
+cause of gearmand's NOOP/GRAB spin (#232) and stuck jobs (#343).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ..protocol import admin as text
+from ..protocol.codec import WRONG_MAGIC
+from ..protocol.packets import HEADER, RES, SUBMIT_TYPES, ErrorCode, PacketType, encode
+
+log = logging.getLogger("gearmill.broker")
+
+MAX_UNIQUE: Final = 64
+MAX_HANDLE: Final = 64
+MAX_CLIENT_ID: Final = 127
+MAX_OPTION: Final = 64
+
+QUEUED: Final = 0
+RUNNING: Final = 1
+SCHEDULED: Final = 2
+
+_NOOP: Final = encode(PacketType.NOOP)
+_NO_JOB: Final = encode(PacketType.NO_JOB)
+_pack_header = HEADER.pack
+
+
+def _packet(ptype: int, *args: bytes) -> bytes:
+    payload = b"\x00".join(args)
+    return _pack_header(RES, ptype, len(payload)) + payload
+
+
+def _error(code: bytes, message: bytes) -> bytes:
+    return _packet(PacketType.ERROR, code, message)
+
+
+_ERR_NOT_EXPECTED: Final = _error(ErrorCode.INVALID_COMMAND, b"Command not expected")
+_ERR_MAGIC: Final = _error(ErrorCode.INVALID_MAGIC, b"Request magic expected")
+_ERR_UNIQUE: Final = _error(ErrorCode.ARGUMENT_TOO_LARGE, b"Unique value too large")
+_ERR_QUEUE_FULL: Final = _error(ErrorCode.QUEUE_ERROR, b"Job queue is full")
+_ERR_SHUTTING_DOWN: Final = _error(ErrorCode.QUEUE_ERROR, b"Server is shutting down")
+_ERR_RESULT_NOT_FOUND: Final = _error(
+    ErrorCode.JOB_NOT_FOUND, b"Job given in work result not found"
+)
+_ERR_DATA_NOT_FOUND: Final = _error(ErrorCode.JOB_NOT_FOUND, b"Job does not exist on server")
+_ERR_EXCEPTION_NOT_FOUND: Final = _error(
+    ErrorCode.JOB_NOT_FOUND, b"An exception was received for a job that does not exist"
+)
+_ERR_HANDLE_SIZE: Final = _error(
+    ErrorCode.ARGUMENT_TOO_LARGE,
+    b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
+)
+_ERR_OPTION: Final = _error(ErrorCode.UNKNOWN_OPTION, b"Server does not recognize given option")
+
+LEVELS: Final = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    handle_prefix: bytes = b"H:localhost"
+    # gearmand 1.1.x semantics: the number of attempts before a job is dropped; 0 = no limit.
+    job_retries: int = 0
+    # NOOPs sent per enqueued job; 0 = every sleeping worker (gearmand's default).
+    worker_wakeup: int = 0
+    round_robin: bool = False
+    # 2.0.0 semantics: a HIGH job of any function beats NORMAL/LOW of the others.
+    global_priority: bool = False
+    exceptions: bool = False
+    version: bytes = b"1.1.20"
+    pid: int = 0
+    verbose: str = "ERROR"
+    # "off" (gearmand 1.1.15+), "local" (loopback peers only) or "any"
+    admin_shutdown: str = "local"
+
+
+class Peer:
+    """One connection's view in the broker: worker abilities, waits, output."""
+
+    __slots__ = (
+        "abilities",
+        "addr",
+        "assigned",
+        "client_id",
+        "close",
+        "exceptions",
+        "fd",
+        "io",
+        "local",
+        "noop_sent",
+        "out",
+        "sleeping",
+        "waiting",
+    )
+
+    def __init__(self, fd: int, addr: str, local: bool = True) -> None:
+        self.fd = fd
+        self.addr = addr
+        self.local = local
+        self.client_id = b"-"
+        # [function, timeout_ms] entries, most recent CAN_DO first (gearmand prepends)
+        self.abilities: list[list[object]] = []
+        self.assigned: dict[bytes, Job] = {}
+        self.waiting: set[Job] = set()
+        self.sleeping = False
+        self.noop_sent = False
+        self.exceptions = False
+        self.out: list[bytes] = []
+        self.close = False  # close after the pending output is written
+        self.io: object = None  # owned by the edge
+
+
+class Function:
+    __slots__ = ("cursor", "max_queue", "name", "queued", "queues", "running", "unique", "workers")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self.queued = [0, 0, 0]  # live (not ignored) queued or scheduled jobs per priority
+        self.running = 0
+        self.workers: list[Peer] = []
+        self.unique: dict[bytes, Job] = {}
+        self.max_queue = [0, 0, 0]
+        self.cursor = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued[0] + self.queued[1] + self.queued[2] + self.running
+
+
+class Job:
+    __slots__ = (
+        "background",
+        "clients",
+        "data",
+        "deadline",
+        "den",
+        "func",
+        "handle",
+        "ignore",
+        "key",
+        "num",
+        "priority",
+        "reducer",
+        "retries",
+        "state",
+        "unique",
+        "when",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        handle: bytes,
+        func: Function,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+    ) -> None:
+        self.handle = handle
+        self.func = func
+        self.unique = unique
+        self.key: bytes | None = None
+        self.data = data
+        self.priority = priority
+        self.background = background
+        self.when = 0
+        self.reducer = b""
+        self.clients: list[Peer] = []
+        self.worker: Peer | None = None
+        self.num = 0
+        self.den = 0
+        self.retries = 0
+        self.ignore = False
+        self.state = QUEUED
+        self.deadline = 0.0
+
+
+def _uint32(value: bytes) -> int:
+    return text.atoi(value) & 0xFFFFFFFF
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.functions: dict[bytes, Function] = {}
+        self.jobs: dict[bytes, Job] = {}
+        self.peers: dict[int, Peer] = {}
+        self.dirty: list[Peer] = []
+        self.timers: list[tuple[float, int, Job, Peer | None]] = []
+        self._timer_seq = 0
+        self._handle_seq = 0
+        self._handle_base = config.handle_prefix + b":"
+        # None, "now" or "graceful": set by admin shutdown or a signal, read by the edge
+        self.stopping: str | None = None
+        self.accepting = True
+        h: list[Callable[[Peer, list[bytes]], None]] = [self._not_expected] * 43
+        h[PacketType.CAN_DO] = self._can_do
+        h[PacketType.CANT_DO] = self._cant_do
+        h[PacketType.RESET_ABILITIES] = self._reset_abilities
+        h[PacketType.PRE_SLEEP] = self._pre_sleep
+        h[PacketType.GRAB_JOB] = self._grab_job
+        h[PacketType.GRAB_JOB_UNIQ] = self._grab_job_uniq
+        h[PacketType.GRAB_JOB_ALL] = self._grab_job_all
+        h[PacketType.WORK_STATUS] = self._work_status
+        h[PacketType.WORK_COMPLETE] = self._work_complete
+        h[PacketType.WORK_FAIL] = self._work_fail
+        h[PacketType.WORK_EXCEPTION] = self._work_exception
+        h[PacketType.WORK_DATA] = self._work_data
+        h[PacketType.WORK_WARNING] = self._work_warning
+        h[PacketType.GET_STATUS] = self._get_status
+        h[PacketType.GET_STATUS_UNIQUE] = self._get_status_unique
+        h[PacketType.ECHO_REQ] = self._echo
+        h[PacketType.SET_CLIENT_ID] = self._set_client_id
+        h[PacketType.CAN_DO_TIMEOUT] = self._can_do_timeout
+        h[PacketType.OPTION_REQ] = self._option
+        for ptype in SUBMIT_TYPES:
+            h[ptype] = self._submit_handler(ptype)
+        self._handlers = h
+
+    # ------------------------------------------------------------------ peers
+
+    def connect(self, peer: Peer) -> Peer:
+        peer.exceptions = self.config.exceptions
+        self.peers[id(peer)] = peer
+        return peer
+
+    def disconnect(self, peer: Peer) -> None:
+        """The connection is gone: requeue its running jobs, abandon its waits."""
+        if self.peers.pop(id(peer), None) is None:
+            return
+        for job in list(peer.assigned.values()):
+            self._requeue(job)
+        for ability in peer.abilities:
+            func = ability[0]
+            assert isinstance(func, Function)
+            try:
+                func.workers.remove(peer)
+            except ValueError:
+                pass
+        peer.abilities.clear()
+        for job in peer.waiting:
+            job.clients.remove(peer)
+            if not job.clients and not job.background:
+                self._abandon(job)
+        peer.waiting.clear()
+        peer.out.clear()
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        if not peer.out:
+            self.dirty.append(peer)
+        peer.out.append(data)
+
+    def handle(self, peer: Peer, ptype: int, args: list[bytes]) -> None:
+        if ptype == WRONG_MAGIC:
+            self._send(peer, _ERR_MAGIC)
+        else:
+            self._handlers[ptype](peer, args)
+
+    def _not_expected(self, peer: Peer, args: list[bytes]) -> None:
+        self._send(peer, _ERR_NOT_EXPECTED)
+
+    # -------------------------------------------------------------- functions
+
+    def function(self, name: bytes) -> Function:
+        func = self.functions.get(name)
+        if func is None:
+            func = self.functions[name] = Function(name)
+        return func
+
+    # ---------------------------------------------------------------- workers
+
+    def _add_ability(self, peer: Peer, name: bytes, timeout: int) -> None:
+        func = self.function(name)
+        peer.abilities.insert(0, [func, timeout])
+        func.workers.append(peer)
+
+    def _can_do(self, peer: Peer, args: list[bytes]) -> None:
+        self._add_ability(peer, args[0], 0)
+
+    def _can_do_timeout(self, peer: Peer, args: list[bytes]) -> None:
+        # milliseconds since gearmand 1.1.19; below one second rounds up to one second
+        ms = max(text.atoi(args[1]), 0)
+        if 0 < ms < 1000:
+            ms = 1000
+        self._add_ability(peer, args[0], ms)
+
+    def _cant_do(self, peer: Peer, args: list[bytes]) -> None:
+        func = self.functions.get(args[0])
+        if func is not None:
+            self._remove_abilities(peer, func)
+
+    def _reset_abilities(self, peer: Peer, args: list[bytes]) -> None:
+        self._remove_abilities(peer, None)
+
+    def _remove_abilities(self, peer: Peer, only: Function | None) -> None:
+        keep: list[list[object]] = []
+        for ability in peer.abilities:
+            func = ability[0]
+            assert isinstance(func, Function)
+            if only is None or func is only:
+                func.workers.remove(peer)
+            else:
+                keep.append(ability)
+        peer.abilities = keep
+        for job in list(peer.assigned.values()):
+            if only is None or job.func is only:
+                self._requeue(job)
+
+    def _head(self, func: Function, priority: int) -> Job | None:
+        queue = func.queues[priority]
+        while queue:
+            job = queue[0]
+            if not job.ignore:
+                return job
+            queue.popleft()  # reap an abandoned job
+        return None
+
+    def _select(self, peer: Peer) -> tuple[Job, int] | None:
+        """The job ``peer`` would get now, and the index of its ability entry."""
+        abilities = peer.abilities
+        if self.config.global_priority:
+            for priority in (0, 1, 2):
+                for i, ability in enumerate(abilities):
+                    func = ability[0]
+                    assert isinstance(func, Function)
+                    if func.queued[priority]:
+                        job = self._head(func, priority)
+                        if job is not None:
+                            return job, i
+            return None
+        for i, ability in enumerate(abilities):
+            func = ability[0]
+            assert isinstance(func, Function)
+            queued = func.queued
+            if queued[0] or queued[1] or queued[2]:
+                for priority in (0, 1, 2):
+                    if queued[priority]:
+                        job = self._head(func, priority)
+                        if job is not None:
+                            return job, i
+        return None
+
+    def _pre_sleep(self, peer: Peer, args: list[bytes]) -> None:
+        if self.accepting_work() and self._select(peer) is not None:
+            self._send(peer, _NOOP)
+        else:
+            peer.sleeping = True
+            peer.noop_sent = False
+
+    def accepting_work(self) -> bool:
+        return self.stopping != "now"
+
+    def _grab(self, peer: Peer) -> Job | None:
+        peer.sleeping = False
+        peer.noop_sent = False
+        if not self.accepting_work():
+            self._send(peer, _NO_JOB)
+            return None
+        found = self._select(peer)
+        if found is None:
+            self._send(peer, _NO_JOB)
+            return None
+        job, index = found
+        func = job.func
+        func.queues[job.priority].popleft()
+        func.queued[job.priority] -= 1
+        func.running += 1
+        job.state = RUNNING
+        job.worker = peer
+        peer.assigned[job.handle] = job
+        ability = peer.abilities[index]
+        timeout = ability[1]
+        assert isinstance(timeout, int)
+        if timeout:
+            job.deadline = self.clock() + timeout / 1000.0
+            self._push_timer(job.deadline, job, peer)
+        if self.config.round_robin and len(peer.abilities) > 1:
+            del peer.abilities[index]
+            peer.abilities.append(ability)
+        return job
+
+    def _grab_job(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is not None:
+            self._send(peer, _packet(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data))
+
+    def _grab_job_uniq(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is not None:
+            self._send(
+                peer,
+                _packet(PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data),
+            )
+
+    def _grab_job_all(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            return
+        if job.reducer:
+            packet = _packet(
+                PacketType.JOB_ASSIGN_ALL,
+                job.handle,
+                job.func.name,
+                job.unique,
+                job.reducer,
+                job.data,
+            )
+        else:
+            packet = _packet(
+                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
+            )
+        self._send(peer, packet)
+
+    def _wake(self, func: Function) -> None:
+        """NOOP sleeping workers of ``func``, at most once per sleep (§3.3)."""
+        workers = func.workers
+        count = len(workers)
+        if not count:
+            return
+        limit = self.config.worker_wakeup
+        if not limit:
+            for peer in workers:
+                if peer.sleeping and not peer.noop_sent:
+                    peer.noop_sent = True
+                    self._send(peer, _NOOP)
+            return
+        start = func.cursor % count
+        sent = 0
+        for step in range(count):
+            i = (start + step) % count
+            peer = workers[i]
+            if peer.sleeping and not peer.noop_sent:
+                peer.noop_sent = True
+                self._send(peer, _NOOP)
+                sent += 1
+                if sent >= limit:
+                    func.cursor = i + 1
+                    return
+
+    # ------------------------------------------------------------------- jobs
+
+    def _submit_handler(self, ptype: int) -> Callable[[Peer, list[bytes]], None]:
+        priority, background = SUBMIT_TYPES[ptype]
+        prio = int(priority)
+        epoch = ptype == PacketType.SUBMIT_JOB_EPOCH
+        reduce = ptype in (PacketType.SUBMIT_REDUCE_JOB, PacketType.SUBMIT_REDUCE_JOB_BACKGROUND)
+
+        def submit(peer: Peer, args: list[bytes]) -> None:
+            when = 0
+            reducer = b""
+            if epoch:
+                when = max(text.atoi(args[2]), 0)
+            elif reduce:
+                reducer = args[2]
+                if len(reducer) > MAX_UNIQUE:
+                    self._send(peer, _ERR_UNIQUE)
+                    return
+            self.submit(peer, args[0], args[1], args[-1], prio, background, when, reducer)
+
+        return submit
+
+    def submit(
+        self,
+        peer: Peer | None,
+        name: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+        when: int = 0,
+        reducer: bytes = b"",
+    ) -> Job | None:
+        """Create or coalesce a job; answers ``peer`` with JOB_CREATED or ERROR."""
+        if len(unique) > MAX_UNIQUE:
+            if peer is not None:
+                self._send(peer, _ERR_UNIQUE)
+            return None
+        if not self.accepting:
+            if peer is not None:
+                self._send(peer, _ERR_SHUTTING_DOWN)
+            return None
+        func = self.functions.get(name)
+        if func is None:
+            func = self.functions[name] = Function(name)
+        key: bytes | None = None
+        if unique:
+            if unique == b"-":
+                # coalesce on identical payload; the key cannot clash with a real unique (no NUL)
+                key = b"\x00" + data if data else None
+            else:
+                key = unique
+            if key is not None:
+                existing = func.unique.get(key)
+                if existing is not None:
+                    if not background and peer is not None:
+                        existing.clients.append(peer)
+                        peer.waiting.add(existing)
+                    if peer is not None:
+                        self._send(peer, _packet(PacketType.JOB_CREATED, existing.handle))
+                    return existing
+        limit = func.max_queue[priority]
+        if limit and func.total >= limit:
+            if peer is not None:
+                self._send(peer, _ERR_QUEUE_FULL)
+            return None
+        self._handle_seq += 1
+        handle = self._handle_base + b"%d" % self._handle_seq
+        job = Job(handle, func, unique, data, priority, background)
+        job.reducer = reducer
+        if key is not None:
+            job.key = key
+            func.unique[key] = job
+        self.jobs[handle] = job
+        if not background and peer is not None:
+            job.clients.append(peer)
+            peer.waiting.add(job)
+        if peer is not None:
+            self._send(peer, _packet(PacketType.JOB_CREATED, handle))
+        func.queued[priority] += 1
+        if when:
+            job.when = when
+            if when > self.clock():
+                job.state = SCHEDULED
+                self._push_timer(float(when), job, None)
+                return job
+        func.queues[priority].append(job)
+        self._wake(func)
+        return job
+
+    def _forward(self, job: Job, packet: bytes) -> None:
+        for client in job.clients:
+            self._send(client, packet)
+
+    def _work_status(self, peer: Peer, args: list[bytes]) -> None:
+        job = peer.assigned.get(args[0])
+        if job is None:
+            self._send(peer, _ERR_RESULT_NOT_FOUND)
+            return
+        job.num = _uint32(args[1])
+        job.den = _uint32(args[2])
+        if job.clients:
+            self._forward(job, _packet(PacketType.WORK_STATUS, *args))
+
+    def _work_complete(self, peer: Peer, args: list[bytes]) -> None:
+        job = peer.assigned.get(args[0])
+        if job is None:
+            self._send(peer, _ERR_RESULT_NOT_FOUND)
+            return
+        if job.clients:
+            self._forward(job, _packet(PacketType.WORK_COMPLETE, args[0], args[1]))
+        self._finish(job)
+
+    def _work_fail(self, peer: Peer, args: list[bytes]) -> None:
+        if len(args[0]) >= MAX_HANDLE:
+            self._send(peer, _ERR_HANDLE_SIZE)
+            return
+        job = peer.assigned.get(args[0])
+        if job is None:
+            self._send(peer, _ERR_RESULT_NOT_FOUND)
+            return
+        if job.clients:
+            self._forward(job, _packet(PacketType.WORK_FAIL, args[0]))
+        self._finish(job)
+
+    def _work_exception(self, peer: Peer, args: list[bytes]) -> None:
+        job = peer.assigned.get(args[0])
+        if job is None:
+            self._send(peer, _ERR_EXCEPTION_NOT_FOUND)
+            return
+        if job.clients:
+            exception = _packet(PacketType.WORK_EXCEPTION, args[0], args[1])
+            # gearmand sends ``handle\0`` here, which libgearman <= 1.1.x drops (#166):
+            # a bare handle is what every client version understands.
+            fail = _packet(PacketType.WORK_FAIL, args[0])
+            for client in job.clients:
+                self._send(client, exception if client.exceptions else fail)
+        self._finish(job)
+
+    def _work_data(self, peer: Peer, args: list[bytes]) -> None:
+        self._work_chunk(peer, args, PacketType.WORK_DATA)
+
+    def _work_warning(self, peer: Peer, args: list[bytes]) -> None:
+        self._work_chunk(peer, args, PacketType.WORK_WARNING)
+
+    def _work_chunk(self, peer: Peer, args: list[bytes], ptype: int) -> None:
+        job = peer.assigned.get(args[0])
+        if job is None:
+            self._send(peer, _ERR_DATA_NOT_FOUND)
+            return
+        if job.clients:
+            self._forward(job, _packet(ptype, args[0], args[1]))
+
+    def _finish(self, job: Job) -> None:
+        """A job ended (complete, fail, exception, retry limit, cancel): forget it."""
+        func = job.func
+        if job.state == RUNNING:
+            func.running -= 1
+            worker = job.worker
+            if worker is not None:
+                del worker.assigned[job.handle]
+            job.worker = None
+        elif not job.ignore:
+            func.queued[job.priority] -= 1
+        job.ignore = True
+        self.jobs.pop(job.handle, None)
+        if job.key is not None and func.unique.get(job.key) is job:
+            del func.unique[job.key]
+        for client in job.clients:
+            client.waiting.discard(job)
+        job.clients = []
+
+    def _requeue(self, job: Job) -> None:
+        """The worker lost the job (disconnect, CANT_DO, timeout): run it again."""
+        func = job.func
+        worker = job.worker
+        if worker is not None:
+            del worker.assigned[job.handle]
+        job.worker = None
+        func.running -= 1
+        job.state = QUEUED
+        job.num = job.den = 0
+        job.deadline = 0.0
+        if job.ignore:
+            # abandoned by its clients while running: nobody wants the result
+            self.jobs.pop(job.handle, None)
+            return
+        job.retries += 1
+        limit = self.config.job_retries
+        if limit and job.retries >= limit:
+            log.warning(
+                "Dropped job due to max retry count: %s %s",
+                job.handle.decode(errors="replace"),
+                job.unique.decode(errors="replace"),
+            )
+            if job.clients:
+                self._forward(job, _packet(PacketType.WORK_FAIL, job.handle))
+            func.queued[job.priority] += 1
+            self._finish(job)
+            return
+        func.queued[job.priority] += 1
+        func.queues[job.priority].append(job)
+        self._wake(func)
+
+    def _abandon(self, job: Job) -> None:
+        """The last foreground client left: a queued job is dropped, a running one ignored."""
+        func = job.func
+        if job.key is not None and func.unique.get(job.key) is job:
+            del func.unique[job.key]
+        if job.state == RUNNING:
+            job.ignore = True
+            return
+        self._finish(job)
+
+    def cancel(self, handle: bytes) -> bool:
+        """Admin ``cancel job``: clients get WORK_FAIL; a running job's result is discarded."""
+        job = self.jobs.get(handle)
+        if job is None or job.ignore:
+            return False
+        if job.clients:
+            self._forward(job, _packet(PacketType.WORK_FAIL, job.handle))
+        for client in job.clients:
+            client.waiting.discard(job)
+        job.clients = []
+        if job.state == RUNNING:
+            job.ignore = True
+            if job.key is not None and job.func.unique.get(job.key) is job:
+                del job.func.unique[job.key]
+        else:
+            self._finish(job)
+        return True
+
+    # ---------------------------------------------------------------- queries
+
+    def _get_status(self, peer: Peer, args: list[bytes]) -> None:
+        handle = args[0]
+        job = self.jobs.get(handle)
+        if job is None or job.ignore:
+            reply = _packet(PacketType.STATUS_RES, handle, b"0", b"0", b"0", b"0")
+        else:
+            reply = _packet(
+                PacketType.STATUS_RES,
+                handle,
+                b"1",
+                b"1" if job.state == RUNNING else b"0",
+                b"%d" % job.num,
+                b"%d" % job.den,
+            )
+        self._send(peer, reply)
+
+    def find_unique(self, unique: bytes) -> Job | None:
+        for func in self.functions.values():
+            job = func.unique.get(unique)
+            if job is not None:
+                return job
+        return None
+
+    def _get_status_unique(self, peer: Peer, args: list[bytes]) -> None:
+        unique = args[0]
+        job = self.find_unique(unique) if unique else None
+        if job is None:
+            reply = _packet(PacketType.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
+        else:
+            reply = _packet(
+                PacketType.STATUS_RES_UNIQUE,
+                unique,
+                b"1",
+                b"1" if job.state == RUNNING else b"0",
+                b"%d" % job.num,
+                b"%d" % job.den,
+                b"%d" % len(job.clients),
+            )
+        self._send(peer, reply)
+
+    def _echo(self, peer: Peer, args: list[bytes]) -> None:
+        self._send(peer, _packet(PacketType.ECHO_RES, args[0]))
+
+    def _set_client_id(self, peer: Peer, args: list[bytes]) -> None:
+        peer.client_id = args[0][:MAX_CLIENT_ID] or b"-"
+
+    def _option(self, peer: Peer, args: list[bytes]) -> None:
+        name = args[0]
+        if len(name) < MAX_OPTION and name.split(b"\x00", 1)[0].lower() == b"exceptions":
+            peer.exceptions = True
+            self._send(peer, _packet(PacketType.OPTION_RES, name))
+        else:
+            self._send(peer, _ERR_OPTION)
+
+    # ----------------------------------------------------------------- timers
+
+    def _push_timer(self, when: float, job: Job, worker: Peer | None) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (when, self._timer_seq, job, worker))
+
+    def next_deadline(self) -> float | None:
+        return self.timers[0][0] if self.timers else None
+
+    def tick(self) -> None:
+        """Run every timer that is due: epoch jobs become runnable, timeouts requeue."""
+        now = self.clock()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            when, _, job, worker = heapq.heappop(timers)
+            if worker is None:
+                if job.state == SCHEDULED and not job.ignore:
+                    job.state = QUEUED
+                    job.func.queues[job.priority].append(job)
+                    self._wake(job.func)
+            elif job.worker is worker and job.deadline == when:
+                log.warning(
+                    "Worker timeout reached on job, requeueing: %s %s",
+                    job.handle.decode(errors="replace"),
+                    job.unique.decode(errors="replace"),
+                )
+                self._requeue(job)
+
+    # -------------------------------------------------------------- shutdown
+
+    def idle(self) -> bool:
+        """Nothing runs and nothing queued can run: a graceful stop may finish."""
+        for func in self.functions.values():
+            if func.running:
+                return False
+            if func.workers and (func.queued[0] or func.queued[1] or func.queued[2]):
+                return False
+        return True
+
