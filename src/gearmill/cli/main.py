@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve.run(args, argv[1:])
     parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

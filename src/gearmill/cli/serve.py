@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 from .. import __version__
 from ..server.app import Server, ServerConfig, default_handle_prefix
@@ -97,7 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="attempts before a job whose worker keeps dying is dropped (0 = no limit)",
     )
-    p.add_argument("--job-handle-prefix", default=None, help='job handle prefix (default "H:<host>")')
+    p.add_argument(
+        "--job-handle-prefix", default=None, help='job handle prefix (default "H:<host>")'
+    )
     p.add_argument("-P", "--pid-file", default=None, help="write the process id to this file")
     p.add_argument(
         "-l", "--log-file", default="stderr", help="log file, or 'stderr' (default) or 'none'"
@@ -115,7 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-d", "--daemon", action="store_true", help="detach and run in the background")
     p.add_argument(
-        "-R", "--round-robin", action="store_true", help="rotate a worker's functions after each job"
+        "-R",
+        "--round-robin",
+        action="store_true",
+        help="rotate a worker's functions after each job",
     )
     p.add_argument(
         "--global-priority",
@@ -149,7 +153,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="persistent queue: only 'builtin' (in memory) for now",
     )
     p.add_argument(
-        "-t", "--threads", type=int, default=None, help="accepted for gearmand compatibility; ignored"
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        help="accepted for gearmand compatibility; ignored",
     )
     p.add_argument(
         "--hashtable-buckets",
@@ -190,9 +198,7 @@ def configure(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         raise ValueError(f"--worker-wakeup {args.worker_wakeup}: use 0 (all) or more")
     level_index = min(LEVELS.index(args.verbose) + args.more_verbose, len(LEVELS) - 1)
     level = LEVELS[level_index]
-    prefix = (
-        args.job_handle_prefix.encode() if args.job_handle_prefix else default_handle_prefix()
-    )
+    prefix = args.job_handle_prefix.encode() if args.job_handle_prefix else default_handle_prefix()
     broker = BrokerConfig(
         handle_prefix=prefix,
         job_retries=args.job_retries,
@@ -327,6 +333,3 @@ async def _serve(config: ServerConfig, logs: _Log, pid_file: str | None) -> int:
 def _reopen(logs: _Log) -> None:
     logs.open()
     logging.getLogger("gearmill.server").warning("SIGHUP, reopening log file")
-
-
-

@@ -112,7 +112,7 @@ def _maxqueue(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
         sizes = [max(text.atoi(t), 0) for t in tokens[2:5]]
         if len(sizes) == 1:
             sizes = sizes * 3
-        func.max_queue = (sizes + [0, 0, 0])[:3]
+        func.max_queue = ([*sizes, 0, 0, 0])[:3]
     return text.OK
 
 

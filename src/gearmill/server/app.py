@@ -95,7 +95,9 @@ class Server:
         if self.broker.idle():
             lost = len(self.broker.jobs)
             if lost:
-                log.warning("graceful shutdown: %d queued jobs have no worker and are dropped", lost)
+                log.warning(
+                    "graceful shutdown: %d queued jobs have no worker and are dropped", lost
+                )
             self.stop()
 
     async def _close(self) -> None:

@@ -416,7 +416,9 @@ class Broker:
         if job is not None:
             self._send(
                 peer,
-                _packet(PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data),
+                _packet(
+                    PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
+                ),
             )
 
     def _grab_job_all(self, peer: Peer, args: list[bytes]) -> None:
@@ -790,4 +792,3 @@ class Broker:
             if func.workers and (func.queued[0] or func.queued[1] or func.queued[2]):
                 return False
         return True
-

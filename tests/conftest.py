@@ -1,0 +1,234 @@
+"""Real servers on loopback ports: gearmill (ours) and, for comparison, C gearmand."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REQ = b"\x00REQ"
+RES = b"\x00RES"
+PREFIX = "H:test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"version\n")
+                if s.recv(100).startswith(b"OK"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+class Running:
+    """A started server process."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int, tmp: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.port = port
+        self.tmp = tmp
+        self.address = f"127.0.0.1:{port}"
+
+    def conn(self) -> Conn:
+        return Conn(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def gearmill_cmd(port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gearmill.cli.main",
+        "serve",
+        "-p",
+        str(port),
+        "--job-handle-prefix",
+        PREFIX,
+        *extra,
+    ]
+
+
+def start_gearmill(*extra: str, tmp: Path | None = None) -> Running:
+    port = free_port()
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="gearmill-"))
+    log = open(tmp / "server.log", "ab")
+    proc = subprocess.Popen(gearmill_cmd(port, *extra), stdout=log, stderr=log)
+    wait_port(port, proc)
+    return Running("gearmill", proc, port, tmp)
+
+
+def start_gearmand(*extra: str) -> Running:
+    binary = shutil.which("gearmand") or "/usr/sbin/gearmand"
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="gearmand-"))
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--log-file={tmp}/gearmand.log",
+            f"--pid-file={tmp}/gearmand.pid",
+            "--threads=1",
+            f"--job-handle-prefix={PREFIX}",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return Running("gearmand", proc, port, tmp)
+
+
+@pytest.fixture
+def gearmill() -> Iterator[Running]:
+    srv = start_gearmill()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def gearmand() -> Iterator[Running]:
+    srv = start_gearmand()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["gearmill", "gearmand"])
+def server(request: pytest.FixtureRequest) -> Iterator[Running]:
+    """The same scenario against ours and against C gearmand 1.1.20."""
+    srv = start_gearmill() if request.param == "gearmill" else start_gearmand()
+    yield srv
+    srv.stop()
+
+
+class Conn:
+    """A raw Gearman connection speaking bytes, for byte-exact assertions."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, ptype: int, *args: bytes, magic: bytes = REQ) -> None:
+        payload = b"\x00".join(args)
+        self.sock.sendall(struct.pack(">4sII", magic, ptype, len(payload)) + payload)
+
+    def raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("closed by server")
+        self.buf += chunk
+
+    def recv(self) -> tuple[int, bytes]:
+        """One packet: (type, payload)."""
+        while len(self.buf) < 12:
+            self._fill()
+        magic, ptype, size = struct.unpack(">4sII", self.buf[:12])
+        assert magic == RES, self.buf[:12]
+        while len(self.buf) < 12 + size:
+            self._fill()
+        payload = self.buf[12 : 12 + size]
+        self.buf = self.buf[12 + size :]
+        return ptype, payload
+
+    def expect(self, ptype: int) -> bytes:
+        got, payload = self.recv()
+        assert got == ptype, (got, payload)
+        return payload
+
+    def quiet(self, wait: float = 0.2) -> bool:
+        """True when nothing arrives within ``wait`` seconds."""
+        if self.buf:
+            return False
+        self.sock.settimeout(wait)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return True
+        finally:
+            self.sock.settimeout(5.0)
+        if not chunk:
+            raise ConnectionError("closed by server")
+        self.buf += chunk
+        return False
+
+    def closed_by_server(self, wait: float = 2.0) -> bool:
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def admin(self, line: bytes) -> bytes:
+        """Send one admin line and read the whole reply (list or single line)."""
+        self.sock.sendall(line)
+        while True:
+            if self.buf.startswith((b"OK", b"ERR")) and b"\n" in self.buf:
+                end = self.buf.index(b"\n") + 1
+                reply, self.buf = self.buf[:end], self.buf[end:]
+                return reply
+            if self.buf == b".\n" or b"\n.\n" in self.buf:
+                end = 2 if self.buf.startswith(b".\n") else self.buf.index(b"\n.\n") + 3
+                reply, self.buf = self.buf[:end], self.buf[end:]
+                return reply
+            self._fill()
+
+
+def gearman_tools_available() -> bool:
+    return bool(shutil.which("gearman") and shutil.which("gearadmin") and shutil.which("gearmand"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The README's test command installs the Debian tools; in CI nothing may be skipped,
+    # so a missing tool fails loudly instead of skipping quietly.
+    if not gearman_tools_available() and os.environ.get("CI"):
+        raise pytest.UsageError("gearman-tools / gearman-job-server are not installed")
