@@ -1,0 +1,208 @@
+"""The gearmill serve process: flags, signals, files, large payloads, timers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import Conn, Running, free_port, start_gearmill
+
+CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED, GRAB_JOB, JOB_ASSIGN = 1, 4, 6, 7, 8, 9, 11
+WORK_COMPLETE, ECHO_REQ, ECHO_RES, SUBMIT_JOB_BG, ERROR, SUBMIT_JOB_EPOCH = 13, 16, 17, 18, 19, 36
+CAN_DO_TIMEOUT = 23
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gearmill.cli.main", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_unknown_gearmand_flag_gets_one_clear_line() -> None:
+    r = serve("--libsqlite3-db", "/tmp/x.db")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "gearmill serve: gearmand option --libsqlite3-db is not supported: "
+        "durable queues are not implemented yet (only -q builtin)"
+    ]
+
+
+def test_bad_values_say_what_to_do() -> None:
+    r = serve("--job-retries", "300")
+    assert r.returncode == 2 and "use 0 (no limit) to 255" in r.stderr
+    r = serve("-q", "redis")
+    assert r.returncode == 2 and "use -q builtin" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "gearmill.cli.main", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "GEARMAND_PORT": "nope"},
+    )
+    assert r.returncode == 2
+    assert r.stderr == "gearmill serve: GEARMAND_PORT='nope' is not a port number\n"
+
+
+def test_port_already_taken_is_one_line() -> None:
+    srv = start_gearmill()
+    try:
+        r = serve("-p", str(srv.port))
+        assert r.returncode == 1
+        assert r.stderr.startswith(f"gearmill serve: cannot listen on 127.0.0.1 port {srv.port}")
+    finally:
+        srv.stop()
+
+
+def test_gearmand_port_environment_variable(tmp_path: object) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gearmill.cli.main", "serve"],
+        env={**os.environ, "GEARMAND_PORT": str(port)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        from conftest import wait_port
+
+        wait_port(port, proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_pid_file_log_file_sighup_and_sigterm(tmp_path: object) -> None:
+    from pathlib import Path
+
+    tmp = Path(str(tmp_path))
+    pid_file, log_file = tmp / "run.pid", tmp / "srv.log"
+    srv = start_gearmill(
+        "--pid-file", str(pid_file), "--log-file", str(log_file), "--verbose", "INFO", tmp=tmp
+    )
+    assert pid_file.read_text().strip() == str(srv.proc.pid)
+    assert "Listening on 127.0.0.1:%d" % srv.port in log_file.read_text()
+    log_file.rename(tmp / "srv.log.1")
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while not log_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "SIGHUP, reopening log file" in log_file.read_text()
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    assert not pid_file.exists()
+
+
+def test_sigusr1_lets_running_job_finish() -> None:
+    srv = start_gearmill()
+    with srv.conn() as c, srv.conn() as w:
+        c.send(SUBMIT_JOB, b"f", b"", b"x")
+        h = c.expect(JOB_CREATED)
+        w.send(CAN_DO, b"f")
+        w.send(GRAB_JOB)
+        w.expect(JOB_ASSIGN)
+        srv.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert srv.proc.poll() is None
+        # new connections are refused, new jobs too
+        try:
+            Conn(srv.port, timeout=1).close()
+            refused = False
+        except OSError:
+            refused = True
+        assert refused
+        c.send(SUBMIT_JOB_BG, b"f", b"", b"y")
+        assert c.expect(ERROR) == b"QUEUE_ERROR\x00Server is shutting down"
+        w.send(WORK_COMPLETE, h, b"done")
+        assert c.expect(WORK_COMPLETE) == h + b"\x00done"
+    assert srv.proc.wait(10) == 0
+
+
+def test_admin_shutdown_is_configurable() -> None:
+    srv = start_gearmill("--admin-shutdown", "off")
+    try:
+        with srv.conn() as c:
+            assert (
+                c.admin(b"shutdown\n") == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
+            )
+    finally:
+        srv.stop()
+    srv = start_gearmill()
+    with srv.conn() as c:
+        assert c.admin(b"shutdown\r\n") == b"OK\r\n"
+    assert srv.proc.wait(10) == 0
+
+
+def test_64mib_job_round_trip(gearmill: Running) -> None:
+    payload = os.urandom(1 << 20) * 64
+    with gearmill.conn() as c, gearmill.conn() as w:
+        c.sock.settimeout(60)
+        w.sock.settimeout(60)
+        w.send(CAN_DO, b"echo")
+        c.send(SUBMIT_JOB, b"echo", b"", payload)
+        h = c.expect(JOB_CREATED)
+        w.send(GRAB_JOB)
+        got = w.expect(JOB_ASSIGN)
+        assert got == h + b"\x00echo\x00" + payload
+        w.send(WORK_COMPLETE, h, payload)
+        assert c.expect(WORK_COMPLETE) == h + b"\x00" + payload
+
+
+def test_epoch_job_wakes_worker_on_time(gearmill: Running) -> None:
+    with gearmill.conn() as c, gearmill.conn() as w:
+        w.send(CAN_DO, b"later")
+        w.send(PRE_SLEEP)
+        c.send(SUBMIT_JOB_EPOCH, b"later", b"", b"%d" % (int(time.time()) + 2), b"x")
+        c.expect(JOB_CREATED)
+        assert w.quiet(0.5)  # not yet due
+        w.sock.settimeout(5)
+        assert w.expect(NOOP) == b""  # gearmand 1.1.20 never sends this one (#101)
+        w.send(GRAB_JOB)
+        assert w.expect(JOB_ASSIGN).endswith(b"\x00later\x00x")
+
+
+def test_can_do_timeout_requeues_on_real_server(gearmill: Running) -> None:
+    with gearmill.conn() as c, gearmill.conn() as w1, gearmill.conn() as w2:
+        c.send(SUBMIT_JOB, b"slow", b"", b"x")
+        h = c.expect(JOB_CREATED)
+        w1.send(CAN_DO_TIMEOUT, b"slow", b"1000")
+        w1.send(GRAB_JOB)
+        w1.expect(JOB_ASSIGN)
+        w2.send(CAN_DO, b"slow")
+        w2.send(PRE_SLEEP)
+        assert w2.expect(NOOP) == b""
+        w2.send(GRAB_JOB)
+        assert w2.expect(JOB_ASSIGN).startswith(h)
+        w2.send(WORK_COMPLETE, h, b"ok")
+        assert c.expect(WORK_COMPLETE) == h + b"\x00ok"
+
+
+def test_many_connections_and_pipelined_submits(gearmill: Running) -> None:
+    conns = [gearmill.conn() for _ in range(50)]
+    try:
+        for i, c in enumerate(conns):
+            c.raw(
+                b"".join(
+                    __import__("struct").pack(
+                        ">4sII", b"\x00REQ", SUBMIT_JOB_BG, 5 + len(b"%d" % j)
+                    )
+                    + b"p\x00\x00%d" % j
+                    + b"xx"
+                    for j in range(i * 20, i * 20 + 20)
+                )
+            )
+        handles = set()
+        for c in conns:
+            for _ in range(20):
+                handles.add(c.expect(JOB_CREATED))
+        assert len(handles) == 1000
+        assert conns[0].admin(b"status\n") == b"p\t1000\t0\t0\n.\n"
+    finally:
+        for c in conns:
+            c.close()
+    with gearmill.conn() as c:
+        c.send(ECHO_REQ, b"ok")
+        assert c.expect(ECHO_RES) == b"ok"

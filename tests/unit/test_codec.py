@@ -1,0 +1,111 @@
+"""The decoder on its own: round trips, arbitrary input, incremental feeding."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gearmill.protocol.codec import MALFORMED, TEXT, WRONG_MAGIC, Decoder
+from gearmill.protocol.packets import ARG_COUNT, ARGS, MAX_TYPE, encode, encode_req
+
+arg = st.binary(max_size=40).filter(lambda b: b"\x00" not in b)
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> tuple[int, list[bytes]]:
+    ptype = draw(st.integers(1, MAX_TYPE))
+    argc, data = ARGS[ptype]
+    args = [draw(arg) for _ in range(argc)]
+    if data:
+        args.append(draw(st.binary(max_size=200)))
+    elif args:
+        args[-1] = draw(st.binary(max_size=60))  # the last argument may hold NULs
+    return ptype, args
+
+
+@given(st.lists(packets(), max_size=8), st.integers(1, 50))
+def test_round_trip_in_any_chunking(pkts: list[tuple[int, list[bytes]]], chunk: int) -> None:
+    stream = b"".join(encode_req(t, *a) for t, a in pkts)
+    dec = Decoder(server=True)
+    events = []
+    for i in range(0, len(stream), chunk):
+        events.extend(dec.feed(stream[i : i + chunk]))
+    expected = []
+    for t, a in pkts:
+        argc, data = ARGS[t]
+        if argc == 0 and not data:
+            expected.append((t, []))
+        elif not data and argc > 1:
+            # no data argument: the payload splits into exactly argc parts
+            expected.append((t, b"\x00".join(a).split(b"\x00", argc - 1)))
+        else:
+            expected.append((t, a))
+    assert events == expected
+    assert dec.buffered == 0
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    dec = Decoder(server=True)
+    events = dec.feed(data)
+    for kind, args in events:
+        assert kind in (TEXT, WRONG_MAGIC, MALFORMED) or 1 <= kind <= MAX_TYPE
+        if kind > 0:
+            assert len(args) == ARG_COUNT[kind]
+    assert all(k != MALFORMED for k, _ in events[:-1])
+
+
+def test_text_and_binary_mixed() -> None:
+    dec = Decoder(server=True)
+    stream = b"status\r\n" + encode_req(16, b"hi") + b"version\n"
+    assert dec.feed(stream) == [(TEXT, [b"status"]), (16, [b"hi"]), (TEXT, [b"version"])]
+
+
+def test_huge_size_header_allocates_nothing() -> None:
+    dec = Decoder(server=True)
+    assert dec.feed(struct.pack(">4sII", b"\x00REQ", 16, 0xFFFFFFF0) + b"abc") == []
+    assert dec.buffered == 15
+
+
+def test_argument_only_packet_over_8k_is_malformed() -> None:
+    dec = Decoder(server=True)
+    (event,) = dec.feed(struct.pack(">4sII", b"\x00REQ", 1, 9000))
+    assert event[0] == MALFORMED
+
+
+def test_wrong_magic_and_bad_type() -> None:
+    dec = Decoder(server=True)
+    assert dec.feed(encode(16, b"x")) == [(WRONG_MAGIC, [b"16"])]
+    assert Decoder().feed(b"\x00REQ" + struct.pack(">II", 43, 0))[0][0] == MALFORMED
+    assert Decoder().feed(b"\x00ABC" + struct.pack(">II", 1, 0))[0][0] == MALFORMED
+
+
+def test_missing_separators_is_malformed_not_desync() -> None:
+    dec = Decoder(server=True)
+    events = dec.feed(encode_req(7, b"func-without-nuls"))
+    assert events[0][0] == MALFORMED
+
+
+def test_long_admin_line_is_malformed() -> None:
+    dec = Decoder(server=True)
+    assert dec.feed(b"x" * 8191) == []
+    assert dec.feed(b"y")[0][0] == MALFORMED
+
+
+def test_client_side_decoder_rejects_text() -> None:
+    dec = Decoder(server=False)
+    assert dec.feed(encode(8, b"H:x:1")) == [(8, [b"H:x:1"])]
+    assert dec.feed(b"OK\n")[0][0] == MALFORMED
+
+
+def test_large_packet_in_small_reads() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    stream = encode_req(16, payload)
+    dec = Decoder(server=True)
+    out = []
+    for i in range(0, len(stream), 65536):
+        out.extend(dec.feed(stream[i : i + 65536]))
+    assert out == [(16, [payload])]
