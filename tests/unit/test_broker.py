@@ -52,7 +52,7 @@ def test_epoch_job_runs_at_its_time_and_wakes_sleepers() -> None:
 
 
 def test_epoch_in_the_past_runs_now_and_garbage_means_now() -> None:
-    b, clock = make()
+    b, _clock = make()
     c, w = peer(b), peer(b)
     b.handle(c, T.SUBMIT_JOB_EPOCH, [b"f", b"", b"12", b"a"])
     b.handle(c, T.SUBMIT_JOB_EPOCH, [b"f", b"", b"junk", b"b"])
@@ -97,7 +97,7 @@ def test_timeout_below_one_second_rounds_up() -> None:
 
 
 def test_retry_limit_drops_and_tells_clients() -> None:
-    b, clock = make(job_retries=1)
+    b, _clock = make(job_retries=1)
     c, w = peer(b), peer(b)
     b.handle(c, T.SUBMIT_JOB, [b"f", b"", b"x"])
     b.handle(w, T.CAN_DO, [b"f"])
