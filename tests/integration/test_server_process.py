@@ -84,7 +84,7 @@ def test_pid_file_log_file_sighup_and_sigterm(tmp_path: object) -> None:
         "--pid-file", str(pid_file), "--log-file", str(log_file), "--verbose", "INFO", tmp=tmp
     )
     assert pid_file.read_text().strip() == str(srv.proc.pid)
-    assert "Listening on 127.0.0.1:%d" % srv.port in log_file.read_text()
+    assert f"Listening on 127.0.0.1:{srv.port}" in log_file.read_text()
     log_file.rename(tmp / "srv.log.1")
     srv.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
