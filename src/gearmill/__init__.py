@@ -1,3 +1,41 @@
 """gearmill: a Gearman job server, client and worker, wire-compatible with gearmand."""
 
+from .client.aio import AsyncClient, Job, JobRequest, JobStatus
+from .client.sync import Client, SyncJob
+from .errors import (
+    ConnectionLost,
+    GearmanError,
+    JobException,
+    JobFailed,
+    NoServersAvailable,
+    ProtocolError,
+    ServerError,
+    Timeout,
+)
+from .protocol.packets import Priority
+from .worker.aio import AsyncWorker, WorkerJob
+from .worker.sync import Worker
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncWorker",
+    "Client",
+    "ConnectionLost",
+    "GearmanError",
+    "Job",
+    "JobException",
+    "JobFailed",
+    "JobRequest",
+    "JobStatus",
+    "NoServersAvailable",
+    "Priority",
+    "ProtocolError",
+    "ServerError",
+    "SyncJob",
+    "Timeout",
+    "Worker",
+    "WorkerJob",
+    "__version__",
+]

@@ -1,0 +1,508 @@
+"""asyncio Gearman client: submit jobs, follow them, query the server.
+
+async with AsyncClient("127.0.0.1:4730") as client:
+    print(await client.run("reverse", b"hello"))          # b"olleh"
+    job = await client.submit("report", b"2026", on_status=print)
+    async for chunk in job:                               # WORK_DATA
+        ...
+    await client.submit("cleanup", background=True, priority="low")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import ConnectionLost, GearmanError, JobException, JobFailed, NoServersAvailable
+from ..errors import Timeout as GearmanTimeout
+from ..protocol.packets import PacketType, Priority, submit_type
+from .connection import Connection
+from .servers import Address, format_address, parse_servers
+
+T = TypeVar("T")
+Data = bytes | bytearray | memoryview | str
+PriorityLike = Priority | str | int
+StatusCallback = Callable[[int, int], Any]
+
+
+def to_bytes(value: Data) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def to_priority(value: PriorityLike) -> Priority:
+    if isinstance(value, str):
+        try:
+            return Priority[value.upper()]
+        except KeyError:
+            raise ValueError(f"priority {value!r}: use 'high', 'normal' or 'low'") from None
+    return Priority(value)
+
+
+async def with_timeout(aw: Awaitable[T], timeout: float | None, what: str) -> T:
+    if timeout is None:
+        return await aw
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        raise GearmanTimeout(f"{what}: no answer within {timeout:g} s") from None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """GET_STATUS / GET_STATUS_UNIQUE answer."""
+
+    known: bool
+    running: bool
+    numerator: int
+    denominator: int
+    clients: int | None = None  # waiting foreground clients (GET_STATUS_UNIQUE only)
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.numerator / self.denominator if self.denominator else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One job for :meth:`AsyncClient.submit_many`."""
+
+    function: Data
+    data: Data = b""
+    unique: Data | None = None
+    priority: PriorityLike = Priority.NORMAL
+    background: bool = False
+
+
+class Job:
+    """A submitted job. Await :meth:`result`, iterate WORK_DATA chunks, watch status."""
+
+    def __init__(
+        self, function: bytes, unique: bytes, background: bool, on_status: StatusCallback | None
+    ) -> None:
+        self.function = function
+        self.unique = unique
+        self.background = background
+        self.handle = ""
+        self.server = ""
+        self.status: tuple[int, int] | None = None
+        self.warnings: list[bytes] = []
+        self.data_chunks: list[bytes] = []
+        self.on_status = on_status
+        self._result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._changed: asyncio.Future[None] | None = None
+        if background:
+            self._result.set_result(b"")
+
+    def __repr__(self) -> str:
+        state = "done" if self._result.done() else "pending"
+        return f"<Job {self.handle or '?'} {self.function.decode(errors='replace')} {state}>"
+
+    def done(self) -> bool:
+        return self._result.done()
+
+    async def result(self, timeout: float | None = None) -> bytes:
+        """The WORK_COMPLETE payload; raises JobFailed, JobException or ConnectionLost."""
+        return await with_timeout(asyncio.shield(self._result), timeout, f"job {self.handle}")
+
+    async def _wait_change(self) -> None:
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        waits: list[asyncio.Future[Any]] = [self._changed, self._result]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+    async def next_status(self, timeout: float | None = None) -> tuple[int, int] | None:
+        """Wait for the next WORK_STATUS; None when the job ended first."""
+        before = self.status
+
+        async def wait() -> tuple[int, int] | None:
+            while self.status is before and not self._result.done():
+                await self._wait_change()
+            return None if self.status is before else self.status
+
+        return await with_timeout(wait(), timeout, f"status of job {self.handle}")
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        i = 0
+        while True:
+            while i < len(self.data_chunks):
+                yield self.data_chunks[i]
+                i += 1
+            if self._result.done():
+                self._result.result()  # raises if the job failed
+                return
+            await self._wait_change()
+
+    def _changed_now(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+    def _packet(self, kind: int, args: list[bytes]) -> None:
+        if self._result.done():
+            return
+        if kind == PacketType.WORK_COMPLETE:
+            self._result.set_result(args[1])
+        elif kind == PacketType.WORK_DATA:
+            self.data_chunks.append(args[1])
+        elif kind == PacketType.WORK_STATUS:
+            self.status = (_int(args[1]), _int(args[2]))
+            if self.on_status is not None:
+                self.on_status(*self.status)
+        elif kind == PacketType.WORK_WARNING:
+            self.warnings.append(args[1])
+        elif kind == PacketType.WORK_FAIL:
+            self._result.set_exception(JobFailed(self.handle))
+        elif kind == PacketType.WORK_EXCEPTION:
+            self._result.set_exception(JobException(self.handle, args[1]))
+        self._changed_now()
+
+    def _lost(self, error: Exception) -> None:
+        if not self._result.done():
+            self._result.set_exception(error)
+            self._result.exception()  # mark retrieved: a lost job nobody awaits is not an error
+            self._changed_now()
+
+
+def _int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+_JOB_PACKETS = frozenset(
+    {
+        PacketType.WORK_COMPLETE,
+        PacketType.WORK_DATA,
+        PacketType.WORK_STATUS,
+        PacketType.WORK_WARNING,
+        PacketType.WORK_FAIL,
+        PacketType.WORK_EXCEPTION,
+    }
+)
+
+
+class _Server:
+    __slots__ = ("address", "conn", "connecting", "down_until", "failures", "name")
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.name = format_address(address)
+        self.conn: Connection | None = None
+        self.connecting: asyncio.Future[Connection] | None = None
+        self.down_until = 0.0
+        self.failures = 0
+
+
+class AsyncClient:
+    """A Gearman client over one connection per job server.
+
+    Jobs are spread round-robin across the servers; a server that refuses
+    connections is skipped and retried after a backoff (0.5 s doubling to 30 s).
+    A foreground job whose server dies fails with :class:`ConnectionLost`.
+    """
+
+    def __init__(
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        client_id: str | None = None,
+        exceptions: bool = True,
+        timeout: float | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.servers = [_Server(a) for a in parse_servers(servers)]
+        self.client_id = client_id
+        self.exceptions = exceptions
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._rr = itertools.count()
+        self._jobs: dict[tuple[int, bytes], list[Job]] = {}
+        self._conn_jobs: dict[int, set[Job]] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for server in self.servers:
+            if server.conn is not None:
+                server.conn.close()
+                server.conn = None
+
+    # ----------------------------------------------------------- connections
+
+    async def _connect(self, server: _Server) -> Connection:
+        if server.conn is not None and server.conn.closed is None:
+            return server.conn
+        if server.connecting is not None:
+            return await asyncio.shield(server.connecting)
+        loop = asyncio.get_running_loop()
+        server.connecting = loop.create_future()
+        try:
+            conn = await Connection.open(
+                server.address, self._on_packet, self._on_lost, self.connect_timeout
+            )
+            if self.client_id:
+                conn.send(PacketType.SET_CLIENT_ID, self.client_id.encode())
+            if self.exceptions:
+                try:
+                    await with_timeout(
+                        conn.request(PacketType.OPTION_REQ, PacketType.OPTION_RES, b"exceptions"),
+                        self.connect_timeout,
+                        f"{server.name} option",
+                    )
+                except GearmanError as e:
+                    if isinstance(e, ConnectionLost | GearmanTimeout):
+                        raise
+                    # a server without the option still ends jobs with WORK_FAIL
+        except Exception as e:
+            server.failures += 1
+            server.down_until = time.monotonic() + min(0.5 * 2 ** (server.failures - 1), 30.0)
+            server.connecting.set_exception(e)
+            server.connecting.exception()
+            server.connecting = None
+            raise
+        server.failures = 0
+        server.conn = conn
+        self._conn_jobs[id(conn)] = set()
+        server.connecting.set_result(conn)
+        server.connecting = None
+        return conn
+
+    async def _pick(self, start: int | None = None) -> tuple[_Server, Connection]:
+        """A connected server, trying each once from the round-robin position."""
+        if self._closed:
+            raise GearmanError("client is closed")
+        n = len(self.servers)
+        first = next(self._rr) if start is None else start
+        order = [self.servers[(first + i) % n] for i in range(n)]
+        now = time.monotonic()
+        # servers in backoff are tried last, not never: better late than failing
+        order.sort(key=lambda s: s.down_until > now)
+        errors = []
+        for server in order:
+            try:
+                return server, await self._connect(server)
+            except ConnectionLost as e:
+                errors.append(str(e))
+            except GearmanTimeout as e:
+                errors.append(f"{server.name}: {e}")
+        raise NoServersAvailable([s.name for s in self.servers], errors)
+
+    def _on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
+        if kind in _JOB_PACKETS:
+            jobs = self._jobs.get((id(conn), args[0]))
+            if jobs:
+                for job in jobs:
+                    job._packet(kind, args)
+                if kind in (
+                    PacketType.WORK_COMPLETE,
+                    PacketType.WORK_FAIL,
+                    PacketType.WORK_EXCEPTION,
+                ):
+                    del self._jobs[(id(conn), args[0])]
+                    waiting = self._conn_jobs.get(id(conn))
+                    if waiting is not None:
+                        waiting.difference_update(jobs)
+
+    def _on_lost(self, conn: Connection, error: Exception) -> None:
+        for server in self.servers:
+            if server.conn is conn:
+                server.conn = None
+        for job in self._conn_jobs.pop(id(conn), ()):
+            job._lost(error)
+            self._jobs.pop((id(conn), job.handle.encode()), None)
+
+    # ------------------------------------------------------------------ jobs
+
+    def _send_submit(
+        self,
+        conn: Connection,
+        function: Data,
+        data: Data,
+        unique: Data | None,
+        priority: PriorityLike,
+        background: bool,
+        when: float | datetime.datetime | None,
+        reducer: Data | None,
+        on_status: StatusCallback | None,
+    ) -> tuple[Job, asyncio.Future[list[bytes]]]:
+        fn = to_bytes(function)
+        prio = to_priority(priority)
+        if unique is None:
+            # background jobs get an id (durable stores key on it, as libgearman does);
+            # foreground jobs without one are never coalesced
+            uniq = uuid.uuid4().hex.encode() if background else b""
+        else:
+            uniq = to_bytes(unique)
+        payload = to_bytes(data)
+        job = Job(fn, uniq, background, on_status)
+        if when is not None:
+            if not background:
+                raise ValueError("a job with a start time (when=) must be a background job")
+            if isinstance(when, datetime.datetime):
+                when = when.timestamp()
+            future = conn.request(
+                PacketType.SUBMIT_JOB_EPOCH, PacketType.JOB_CREATED, fn, uniq,
+                b"%d" % int(when), payload,
+            )  # fmt: skip
+        elif reducer is not None:
+            ptype = (
+                PacketType.SUBMIT_REDUCE_JOB_BACKGROUND
+                if background
+                else PacketType.SUBMIT_REDUCE_JOB
+            )
+            future = conn.request(
+                ptype, PacketType.JOB_CREATED, fn, uniq, to_bytes(reducer), b"", payload
+            )
+        else:
+            future = conn.request(
+                submit_type(prio, background), PacketType.JOB_CREATED, fn, uniq, payload
+            )
+        return job, future
+
+    def _created(self, server: _Server, conn: Connection, job: Job, args: list[bytes]) -> Job:
+        handle = args[0]
+        job.handle = handle.decode(errors="replace")
+        job.server = server.name
+        if not job.background:
+            if conn.closed is not None:
+                job._lost(conn.closed)
+            else:
+                self._jobs.setdefault((id(conn), handle), []).append(job)
+                self._conn_jobs.setdefault(id(conn), set()).add(job)
+        return job
+
+    async def submit(
+        self,
+        function: Data,
+        data: Data = b"",
+        *,
+        unique: Data | None = None,
+        priority: PriorityLike = Priority.NORMAL,
+        background: bool = False,
+        when: float | datetime.datetime | None = None,
+        reducer: Data | None = None,
+        on_status: StatusCallback | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submit a job and return once the server has accepted it (JOB_CREATED)."""
+        server, conn = await self._pick()
+        job, future = self._send_submit(
+            conn, function, data, unique, priority, background, when, reducer, on_status
+        )
+        args = await with_timeout(future, _t(timeout, self.timeout), f"submit to {server.name}")
+        return self._created(server, conn, job, args)
+
+    async def run(
+        self,
+        function: Data,
+        data: Data = b"",
+        *,
+        unique: Data | None = None,
+        priority: PriorityLike = Priority.NORMAL,
+        on_status: StatusCallback | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Submit a foreground job and return its result."""
+        t = _t(timeout, self.timeout)
+        deadline = None if t is None else time.monotonic() + t
+        job = await self.submit(
+            function, data, unique=unique, priority=priority, on_status=on_status, timeout=t
+        )
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return await job.result(left)
+
+    async def submit_many(
+        self, requests: Iterable[JobRequest | tuple[Data, Data]], *, timeout: float | None = None
+    ) -> list[Job]:
+        """Pipeline many submissions (spread over the servers); one JOB_CREATED each."""
+        sent: list[tuple[_Server, Connection, Job, asyncio.Future[list[bytes]]]] = []
+        for request in requests:
+            r = request if isinstance(request, JobRequest) else JobRequest(*request)
+            server, conn = await self._pick()
+            job, future = self._send_submit(
+                conn, r.function, r.data, r.unique, r.priority, r.background, None, None, None
+            )
+            sent.append((server, conn, job, future))
+        replies = await with_timeout(
+            asyncio.gather(*(f for _, _, _, f in sent)), _t(timeout, self.timeout), "submit_many"
+        )
+        return [self._created(s, c, j, a) for (s, c, j, _), a in zip(sent, replies, strict=True)]
+
+    async def map(
+        self,
+        function: Data,
+        items: Iterable[Data],
+        *,
+        priority: PriorityLike = Priority.NORMAL,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Fan ``items`` out as foreground jobs and gather the results in order."""
+        t = _t(timeout, self.timeout)
+        jobs = await self.submit_many(
+            (JobRequest(function, item, priority=priority) for item in items), timeout=t
+        )
+        gathered = asyncio.gather(*(j.result() for j in jobs), return_exceptions=return_exceptions)
+        return list(await with_timeout(gathered, t, "map"))
+
+    # --------------------------------------------------------------- queries
+
+    async def _on_server(self, server_name: str | None) -> tuple[_Server, Connection]:
+        if server_name:
+            for server in self.servers:
+                if server.name == server_name:
+                    return server, await self._connect(server)
+            raise ValueError(f"{server_name} is not one of this client's servers")
+        return await self._pick(0)
+
+    async def get_status(
+        self, job: Job | str, *, server: str | None = None, timeout: float | None = None
+    ) -> JobStatus:
+        """GET_STATUS for a job (asked of the server that took it)."""
+        handle = job.handle if isinstance(job, Job) else job
+        where = job.server if isinstance(job, Job) else server
+        _srv, conn = await self._on_server(where)
+        future = conn.request(PacketType.GET_STATUS, PacketType.STATUS_RES, handle.encode())
+        args = await with_timeout(future, _t(timeout, self.timeout), "get_status")
+        return JobStatus(args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]))
+
+    async def get_status_unique(
+        self, unique: Data, *, server: str | None = None, timeout: float | None = None
+    ) -> JobStatus:
+        _srv, conn = await self._on_server(server)
+        future = conn.request(
+            PacketType.GET_STATUS_UNIQUE, PacketType.STATUS_RES_UNIQUE, to_bytes(unique)
+        )
+        args = await with_timeout(future, _t(timeout, self.timeout), "get_status_unique")
+        return JobStatus(
+            args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]), _int(args[5])
+        )
+
+    async def echo(
+        self, data: Data = b"ping", *, server: str | None = None, timeout: float | None = None
+    ) -> bytes:
+        _srv, conn = await self._on_server(server)
+        future = conn.request(PacketType.ECHO_REQ, PacketType.ECHO_RES, to_bytes(data))
+        return bytes((await with_timeout(future, _t(timeout, self.timeout), "echo"))[0])
+
+
+def _t(timeout: float | None, default: float | None) -> float | None:
+    return default if timeout is None else timeout
+
+
+__all__: Sequence[str] = ("AsyncClient", "Job", "JobRequest", "JobStatus")

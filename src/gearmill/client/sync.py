@@ -1,0 +1,211 @@
+"""Blocking twin of :class:`AsyncClient`: the same methods, without ``await``.
+
+    with Client("127.0.0.1:4730") as client:
+        print(client.run("reverse", "hello"))
+
+It runs an asyncio loop in a private thread, so it is safe to use from
+several threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+from ..protocol.packets import Priority
+from .aio import AsyncClient, Data, Job, JobRequest, JobStatus, PriorityLike, StatusCallback
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop in a daemon thread, for blocking facades."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class SyncJob:
+    """A submitted job, seen from blocking code."""
+
+    def __init__(self, job: Job, runner: LoopThread) -> None:
+        self._job = job
+        self._runner = runner
+
+    def __repr__(self) -> str:
+        return repr(self._job)
+
+    @property
+    def handle(self) -> str:
+        return self._job.handle
+
+    @property
+    def server(self) -> str:
+        return self._job.server
+
+    @property
+    def status(self) -> tuple[int, int] | None:
+        return self._job.status
+
+    @property
+    def warnings(self) -> list[bytes]:
+        return list(self._job.warnings)
+
+    def done(self) -> bool:
+        return self._job.done()
+
+    def result(self, timeout: float | None = None) -> bytes:
+        return self._runner.call(self._job.result(timeout))
+
+    def next_status(self, timeout: float | None = None) -> tuple[int, int] | None:
+        return self._runner.call(self._job.next_status(timeout))
+
+    def __iter__(self) -> Iterator[bytes]:
+        iterator = self._job.__aiter__()
+        while True:
+            try:
+                yield self._runner.call(iterator.__anext__())
+            except StopAsyncIteration:
+                return
+
+
+class Client:
+    def __init__(
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        client_id: str | None = None,
+        exceptions: bool = True,
+        timeout: float | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._runner = LoopThread("gearmill-client")
+        self._async = self._runner.call(
+            _make(servers, client_id, exceptions, timeout, connect_timeout)
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._runner.loop.is_running():
+            self._runner.call(self._async.close())
+        self._runner.stop()
+
+    def submit(
+        self,
+        function: Data,
+        data: Data = b"",
+        *,
+        unique: Data | None = None,
+        priority: PriorityLike = Priority.NORMAL,
+        background: bool = False,
+        when: float | None = None,
+        reducer: Data | None = None,
+        on_status: StatusCallback | None = None,
+        timeout: float | None = None,
+    ) -> SyncJob:
+        job = self._runner.call(
+            self._async.submit(
+                function,
+                data,
+                unique=unique,
+                priority=priority,
+                background=background,
+                when=when,
+                reducer=reducer,
+                on_status=on_status,
+                timeout=timeout,
+            )
+        )
+        return SyncJob(job, self._runner)
+
+    def run(
+        self,
+        function: Data,
+        data: Data = b"",
+        *,
+        unique: Data | None = None,
+        priority: PriorityLike = Priority.NORMAL,
+        on_status: StatusCallback | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        return self._runner.call(
+            self._async.run(
+                function, data, unique=unique, priority=priority, on_status=on_status,
+                timeout=timeout,
+            )
+        )  # fmt: skip
+
+    def submit_many(
+        self, requests: Iterable[JobRequest | tuple[Data, Data]], *, timeout: float | None = None
+    ) -> list[SyncJob]:
+        jobs = self._runner.call(self._async.submit_many(list(requests), timeout=timeout))
+        return [SyncJob(j, self._runner) for j in jobs]
+
+    def map(
+        self,
+        function: Data,
+        items: Iterable[Data],
+        *,
+        priority: PriorityLike = Priority.NORMAL,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        return self._runner.call(
+            self._async.map(
+                function, list(items), priority=priority, timeout=timeout,
+                return_exceptions=return_exceptions,
+            )
+        )  # fmt: skip
+
+    def get_status(
+        self, job: SyncJob | str, *, server: str | None = None, timeout: float | None = None
+    ) -> JobStatus:
+        target: Job | str = job._job if isinstance(job, SyncJob) else job
+        return self._runner.call(self._async.get_status(target, server=server, timeout=timeout))
+
+    def get_status_unique(
+        self, unique: Data, *, server: str | None = None, timeout: float | None = None
+    ) -> JobStatus:
+        return self._runner.call(
+            self._async.get_status_unique(unique, server=server, timeout=timeout)
+        )
+
+    def echo(
+        self, data: Data = b"ping", *, server: str | None = None, timeout: float | None = None
+    ) -> bytes:
+        return self._runner.call(self._async.echo(data, server=server, timeout=timeout))
+
+
+async def _make(
+    servers: str | Iterable[str] | None,
+    client_id: str | None,
+    exceptions: bool,
+    timeout: float | None,
+    connect_timeout: float,
+) -> AsyncClient:
+    return AsyncClient(
+        servers,
+        client_id=client_id,
+        exceptions=exceptions,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+    )

@@ -1,0 +1,75 @@
+"""Blocking twin of :class:`AsyncWorker`: ``worker.work()`` blocks until stopped.
+
+    worker = Worker("127.0.0.1:4730")
+    worker.register("reverse", lambda job: job.data[::-1])
+    worker.work()
+
+Functions run in threads (``concurrency`` at a time); ``stop()`` may be
+called from any thread or a signal handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable
+
+from .aio import AsyncWorker, JobFunction, WorkerJob
+
+
+class Worker:
+    def __init__(
+        self,
+        servers: str | Iterable[str] | None = None,
+        *,
+        client_id: str | None = None,
+        concurrency: int = 1,
+        exceptions: bool = False,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._async = AsyncWorker(
+            servers,
+            client_id=client_id,
+            concurrency=concurrency,
+            exceptions=exceptions,
+            connect_timeout=connect_timeout,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+
+    @property
+    def jobs_done(self) -> int:
+        return self._async.jobs_done
+
+    def register(self, name: str, func: JobFunction, *, timeout: float | None = None) -> None:
+        self._async.register(name, func, timeout=timeout)
+
+    def function(
+        self, name: str, *, timeout: float | None = None
+    ) -> Callable[[JobFunction], JobFunction]:
+        return self._async.function(name, timeout=timeout)
+
+    def work(self, *, handle_signals: bool | None = None) -> None:
+        """Run jobs until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
+        if handle_signals is None:
+            handle_signals = threading.current_thread() is threading.main_thread()
+        asyncio.run(self._main(handle_signals))
+
+    async def _main(self, handle_signals: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        if handle_signals:
+            await self._async.run()
+        else:
+            await self._async.work()
+
+    def stop(self) -> None:
+        self._ready.wait(10)
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._async.stop)
+            except RuntimeError:
+                pass  # the loop already ended
+
+
+__all__ = ["Worker", "WorkerJob"]
