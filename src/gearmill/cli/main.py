@@ -6,16 +6,22 @@ import argparse
 import sys
 
 from .. import __version__
-from . import serve
+from . import admin, serve, submit, work
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gearmill", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gearmill {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("serve", help="run the job server (gearmand compatible)")
     serve.add_arguments(p)
+    p = sub.add_parser("submit", help="submit jobs (like gearman)", add_help=False)
+    submit.add_arguments(p)
+    p = sub.add_parser("work", help="run a command per job (like gearman -w)", add_help=False)
+    work.add_arguments(p)
+    p = sub.add_parser("admin", help="server status and control (like gearadmin)", add_help=False)
+    admin.add_arguments(p)
     return parser
 
 
@@ -28,9 +34,15 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    if args.command == "serve":
+    if args.subcommand == "serve":
         return serve.run(args, argv[1:])
-    parser.error(f"unknown command {args.command}")
+    if args.subcommand == "submit":
+        return submit.run(args)
+    if args.subcommand == "work":
+        return work.run(args)
+    if args.subcommand == "admin":
+        return admin.run(args)
+    parser.error(f"unknown command {args.subcommand}")
 
 
 if __name__ == "__main__":

@@ -356,9 +356,13 @@ class AsyncClient:
             if isinstance(when, datetime.datetime):
                 when = when.timestamp()
             future = conn.request(
-                PacketType.SUBMIT_JOB_EPOCH, PacketType.JOB_CREATED, fn, uniq,
-                b"%d" % int(when), payload,
-            )  # fmt: skip
+                PacketType.SUBMIT_JOB_EPOCH,
+                PacketType.JOB_CREATED,
+                fn,
+                uniq,
+                b"%d" % int(when),
+                payload,
+            )
         elif reducer is not None:
             ptype = (
                 PacketType.SUBMIT_REDUCE_JOB_BACKGROUND

@@ -149,10 +149,14 @@ class Client:
     ) -> bytes:
         return self._runner.call(
             self._async.run(
-                function, data, unique=unique, priority=priority, on_status=on_status,
+                function,
+                data,
+                unique=unique,
+                priority=priority,
+                on_status=on_status,
                 timeout=timeout,
             )
-        )  # fmt: skip
+        )
 
     def submit_many(
         self, requests: Iterable[JobRequest | tuple[Data, Data]], *, timeout: float | None = None
@@ -171,10 +175,13 @@ class Client:
     ) -> list[Any]:
         return self._runner.call(
             self._async.map(
-                function, list(items), priority=priority, timeout=timeout,
+                function,
+                list(items),
+                priority=priority,
+                timeout=timeout,
                 return_exceptions=return_exceptions,
             )
-        )  # fmt: skip
+        )
 
     def get_status(
         self, job: SyncJob | str, *, server: str | None = None, timeout: float | None = None

@@ -1,0 +1,169 @@
+"""``gearmill submit``: the client half of gearmand's ``gearman`` tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+
+from ..client.aio import AsyncClient, Job, JobRequest, StatusCallback
+from ..errors import GearmanError, JobException, JobFailed
+from .common import add_server_arguments, server_list
+from .progress import Progress
+
+BATCH = 1000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_server_arguments(p)
+    p.add_argument(
+        "-f",
+        "--function",
+        action="append",
+        required=True,
+        metavar="FUNC",
+        help="function to run (repeatable: each gets the same workload)",
+    )
+    p.add_argument("-u", "--unique", help="unique id (jobs with the same id coalesce)")
+    p.add_argument("-b", "--background", action="store_true", help="background job")
+    prio = p.add_mutually_exclusive_group()
+    prio.add_argument("-I", "--high", action="store_true", help="high priority")
+    prio.add_argument("-L", "--low", action="store_true", help="low priority")
+    p.add_argument("-n", "--lines", action="store_true", help="one job per input line")
+    p.add_argument(
+        "-N",
+        "--lines-strip",
+        action="store_true",
+        help="like -n, without the newline in the workload",
+    )
+    p.add_argument(
+        "-e", "--epoch", type=int, metavar="UNIXTIME", help="run at this time (a background job)"
+    )
+    p.add_argument(
+        "-P",
+        "--print-status",
+        action="store_true",
+        help="print progress (WORK_STATUS) as 'N%% Complete' on stderr",
+    )
+    p.add_argument(
+        "--prefix", action="store_true", help="prefix output with the function name (gearman -P)"
+    )
+    p.add_argument("-t", "--timeout", type=int, metavar="MS", help="give up after MS milliseconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="print 'Task created: HANDLE'")
+    p.add_argument("workload", nargs="*", help="workloads (one job each); default: stdin")
+
+
+def _workloads(args: argparse.Namespace) -> Iterator[bytes]:
+    if args.workload:
+        for w in args.workload:
+            yield w.encode()
+        return
+    stdin = sys.stdin.buffer
+    if args.lines or args.lines_strip:
+        for line in stdin:
+            yield line.rstrip(b"\r\n") if args.lines_strip else line
+        return
+    yield b"" if sys.stdin.isatty() else stdin.read()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        servers = server_list(args)
+    except ValueError as e:
+        print(f"gearmill submit: {e}", file=sys.stderr)
+        return 2
+    if args.epoch is not None:
+        args.background = True
+    try:
+        return asyncio.run(_submit(args, servers))
+    except GearmanError as e:
+        print(f"gearmill submit: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
+    priority = "high" if args.high else "low" if args.low else "normal"
+    timeout = args.timeout / 1000 if args.timeout else None
+    out = sys.stdout.buffer
+    status = 0
+    progress = Progress(enabled=sys.stderr.isatty() and (args.lines or args.lines_strip))
+    async with AsyncClient(servers, timeout=timeout) as client:
+        batch: list[JobRequest] = []
+        done = 0
+
+        async def flush() -> int:
+            nonlocal done
+            failed = 0
+            if args.epoch is not None or args.unique is not None:
+                jobs = []
+                for r in batch:
+                    jobs.append(
+                        await client.submit(
+                            r.function,
+                            r.data,
+                            unique=r.unique,
+                            priority=r.priority,
+                            background=r.background,
+                            when=args.epoch,
+                            on_status=_status(args),
+                        )
+                    )
+            else:
+                jobs = await client.submit_many(batch)
+            for job in jobs:
+                if args.verbose:
+                    out.write(f"Task created: {job.handle}\n".encode())
+                if not job.background:
+                    job.on_status = _status(args)
+                    failed |= await _follow(job, args, timeout)
+                done += 1
+                progress.update(done)
+            out.flush()
+            batch.clear()
+            return failed
+
+        started = time.monotonic()
+        for workload in _workloads(args):
+            for function in args.function:
+                batch.append(JobRequest(function, workload, args.unique, priority, args.background))
+            if len(batch) >= BATCH or not (args.lines or args.lines_strip):
+                status |= await flush()
+        if batch:
+            status |= await flush()
+        progress.finish(done, time.monotonic() - started)
+    return status
+
+
+def _status(args: argparse.Namespace) -> StatusCallback | None:
+    if not args.print_status:
+        return None
+
+    def show(num: int, den: int) -> None:
+        pct = num * 100 // den if den else 0
+        print(f"{pct}% Complete", file=sys.stderr)
+
+    return show
+
+
+async def _follow(job: Job, args: argparse.Namespace, timeout: float | None) -> int:
+    prefix = (job.function + b": ") if args.prefix else b""
+    write = sys.stdout.buffer.write
+    try:
+        async for chunk in job:
+            write(prefix + chunk)
+        result = await job.result(timeout)
+        write(prefix + result)
+        for warning in job.warnings:
+            sys.stderr.buffer.write(warning)
+        return 0
+    except JobException as e:
+        sys.stderr.buffer.write(e.data + b"\n")
+        print(f"gearmill submit: job {job.handle} failed with an exception", file=sys.stderr)
+        return 1
+    except JobFailed:
+        print(f"gearmill submit: job {job.handle} failed", file=sys.stderr)
+        return 1
