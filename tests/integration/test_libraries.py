@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import gearmill
+import gearmill as gm
 from conftest import Running
 
 
@@ -96,18 +97,13 @@ def test_gearmill_work_serves_c_client(server: Running) -> None:
 
 
 def test_lost_server_fails_foreground_job(gearmill: Running) -> None:
+    server = gearmill
+
     async def scenario() -> None:
-        async with gearmill_client(gearmill) as client:
+        async with gm.AsyncClient(server.address) as client:
             job = await client.submit("never", b"x")
-            gearmill.proc.terminate()
-            with pytest.raises(gearmill_mod.ConnectionLost):
+            server.proc.terminate()
+            with pytest.raises(gm.ConnectionLost):
                 await job.result(10)
 
     asyncio.run(scenario())
-
-
-gearmill_mod = gearmill
-
-
-def gearmill_client(srv: Running) -> gearmill_mod.AsyncClient:
-    return gearmill_mod.AsyncClient(srv.address)
