@@ -32,7 +32,7 @@ from typing import Final
 
 from ..protocol import admin as text
 from ..protocol.codec import WRONG_MAGIC
-from ..protocol.packets import HEADER, RES, SUBMIT_TYPES, ErrorCode, PacketType, encode
+from ..protocol.packets import SUBMIT_TYPES, ErrorCode, PacketType, encode
 
 log = logging.getLogger("gearmill.broker")
 
@@ -47,12 +47,8 @@ SCHEDULED: Final = 2
 
 _NOOP: Final = encode(PacketType.NOOP)
 _NO_JOB: Final = encode(PacketType.NO_JOB)
-_pack_header = HEADER.pack
-
-
-def _packet(ptype: int, *args: bytes) -> bytes:
-    payload = b"\x00".join(args)
-    return _pack_header(RES, ptype, len(payload)) + payload
+# one encoder for the whole project (protocol/packets.py); server packets carry RES magic
+_packet = encode
 
 
 def _error(code: bytes, message: bytes) -> bytes:
@@ -508,9 +504,7 @@ class Broker:
             if peer is not None:
                 self._send(peer, _ERR_SHUTTING_DOWN)
             return None
-        func = self.functions.get(name)
-        if func is None:
-            func = self.functions[name] = Function(name)
+        func = self.function(name)
         key: bytes | None = None
         if unique:
             if unique == b"-":
