@@ -45,8 +45,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
 class Running:
     """A started server process."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int, tmp: Path) -> None:
+    def __init__(
+        self, name: str, proc: subprocess.Popen[bytes], port: int, tmp: Path, cmd: list[str]
+    ) -> None:
         self.name = name
+        self.cmd = cmd
         self.proc = proc
         self.port = port
         self.tmp = tmp
@@ -63,6 +66,13 @@ class Running:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def restart(self) -> None:
+        """Stop, then start the same server on the same port (a fresh, empty one)."""
+        self.stop()
+        log = open(self.tmp / "server.log", "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log)
+        wait_port(self.port, self.proc)
 
 
 def gearmill_cmd(port: int, *extra: str) -> list[str]:
@@ -83,31 +93,29 @@ def start_gearmill(*extra: str, tmp: Path | None = None) -> Running:
     port = free_port()
     tmp = tmp or Path(tempfile.mkdtemp(prefix="gearmill-"))
     log = open(tmp / "server.log", "ab")
-    proc = subprocess.Popen(gearmill_cmd(port, *extra), stdout=log, stderr=log)
+    cmd = gearmill_cmd(port, *extra)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     wait_port(port, proc)
-    return Running("gearmill", proc, port, tmp)
+    return Running("gearmill", proc, port, tmp, cmd)
 
 
 def start_gearmand(*extra: str) -> Running:
     binary = shutil.which("gearmand") or "/usr/sbin/gearmand"
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="gearmand-"))
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--log-file={tmp}/gearmand.log",
-            f"--pid-file={tmp}/gearmand.pid",
-            "--threads=1",
-            f"--job-handle-prefix={PREFIX}",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [
+        binary,
+        "--listen=127.0.0.1",
+        f"--port={port}",
+        f"--log-file={tmp}/gearmand.log",
+        f"--pid-file={tmp}/gearmand.pid",
+        "--threads=1",
+        f"--job-handle-prefix={PREFIX}",
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc)
-    return Running("gearmand", proc, port, tmp)
+    return Running("gearmand", proc, port, tmp, cmd)
 
 
 @pytest.fixture

@@ -403,13 +403,28 @@ class AsyncClient:
         on_status: StatusCallback | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """Submit a job and return once the server has accepted it (JOB_CREATED)."""
-        server, conn = await self._pick()
-        job, future = self._send_submit(
-            conn, function, data, unique, priority, background, when, reducer, on_status
-        )
-        args = await with_timeout(future, _t(timeout, self.timeout), f"submit to {server.name}")
-        return self._created(server, conn, job, args)
+        """Submit a job and return once the server has accepted it (JOB_CREATED).
+
+        A server lost before it answered is no loss of work (no handle was
+        given out), so the submission moves on to the next server; one that
+        dies after JOB_CREATED fails the job with :class:`ConnectionLost`.
+        """
+        t = _t(timeout, self.timeout)
+        deadline = None if t is None else time.monotonic() + t
+        for attempt in range(len(self.servers)):
+            server, conn = await self._pick()
+            job, future = self._send_submit(
+                conn, function, data, unique, priority, background, when, reducer, on_status
+            )
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                args = await with_timeout(future, left, f"submit to {server.name}")
+            except ConnectionLost:
+                if attempt == len(self.servers) - 1:
+                    raise
+                continue
+            return self._created(server, conn, job, args)
+        raise AssertionError("unreachable")
 
     async def run(
         self,
@@ -435,6 +450,7 @@ class AsyncClient:
     ) -> list[Job]:
         """Pipeline many submissions (spread over the servers); one JOB_CREATED each."""
         sent: list[tuple[_Server, Connection, Job, asyncio.Future[list[bytes]]]] = []
+        asked: list[JobRequest] = []
         for request in requests:
             r = request if isinstance(request, JobRequest) else JobRequest(*request)
             server, conn = await self._pick()
@@ -442,10 +458,29 @@ class AsyncClient:
                 conn, r.function, r.data, r.unique, r.priority, r.background, None, None, None
             )
             sent.append((server, conn, job, future))
+            asked.append(r)
+        t = _t(timeout, self.timeout)
         replies = await with_timeout(
-            asyncio.gather(*(f for _, _, _, f in sent)), _t(timeout, self.timeout), "submit_many"
+            asyncio.gather(*(f for _, _, _, f in sent), return_exceptions=True), t, "submit_many"
         )
-        return [self._created(s, c, j, a) for (s, c, j, _), a in zip(sent, replies, strict=True)]
+        jobs = []
+        for (server, conn, job, _), r, reply in zip(sent, asked, replies, strict=True):
+            if isinstance(reply, ConnectionLost):
+                # lost before JOB_CREATED: submit it again elsewhere (see submit())
+                job = await self.submit(
+                    r.function,
+                    r.data,
+                    unique=r.unique,
+                    priority=r.priority,
+                    background=r.background,
+                    timeout=t,
+                )
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                job = self._created(server, conn, job, reply)
+            jobs.append(job)
+        return jobs
 
     async def map(
         self,

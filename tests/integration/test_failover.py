@@ -1,0 +1,126 @@
+"""Several servers, one of them dying: nothing hangs, nothing is silently lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+import gearmill as gm
+from conftest import Running, start_gearmand, start_gearmill
+
+JOBS = 120
+
+
+async def _work(job: gm.WorkerJob) -> bytes:
+    await asyncio.sleep(0.01)
+    return job.data[::-1]
+
+
+async def _failover(first: Running, second: Running) -> None:
+    addresses = [first.address, second.address]
+    worker = gm.AsyncWorker(addresses, concurrency=4)
+    worker.register("slow", _work)
+    working = asyncio.ensure_future(worker.work())
+    try:
+        async with gm.AsyncClient(addresses, timeout=30) as client:
+            items = [b"job-%03d" % i for i in range(JOBS)]
+            jobs = await client.submit_many(("slow", item) for item in items)
+            assert {j.server for j in jobs} == set(addresses)  # spread over both
+            results = [asyncio.ensure_future(j.result()) for j in jobs]
+            # let some finish, then kill one server hard while it still holds queued jobs
+            while sum(r.done() for r in results) < 10:
+                await asyncio.sleep(0.01)
+            first.proc.send_signal(signal.SIGKILL)
+            outcomes = await asyncio.wait_for(asyncio.gather(*results, return_exceptions=True), 60)
+            completed = failed = 0
+            for job, item, outcome in zip(jobs, items, outcomes, strict=True):
+                if isinstance(outcome, gm.ConnectionLost):
+                    assert job.server == first.address  # only the dead server's jobs fail
+                    failed += 1
+                else:
+                    assert outcome == item[::-1]
+                    completed += 1
+            assert completed + failed == JOBS
+            assert failed > 0 and completed > 0
+            # every job on the surviving server completed
+            assert completed >= sum(j.server == second.address for j in jobs)
+
+            # the client keeps working: new jobs go to the survivor
+            more = [b"again-%d" % i for i in range(20)]
+            assert await client.map("slow", more) == [m[::-1] for m in more]
+            assert await client.run("slow", b"abc") == b"cba"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+
+def test_two_gearmill_servers_one_killed() -> None:
+    first, second = start_gearmill(), start_gearmill()
+    try:
+        asyncio.run(_failover(first, second))
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_gearmand_and_gearmill_one_killed() -> None:
+    # a mixed pair: the libraries treat both kinds of server the same way
+    first, second = start_gearmand(), start_gearmill()
+    try:
+        asyncio.run(_failover(first, second))
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def _survives_restart(server: Running) -> None:
+    worker = gm.AsyncWorker(server.address)
+    worker.register("slow", _work)
+    working = asyncio.ensure_future(worker.work())
+    try:
+        async with gm.AsyncClient(server.address, timeout=30) as client:
+            assert await client.run("slow", b"before") == b"erofeb"
+        await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        async with gm.AsyncClient(server.address, timeout=30) as client:
+            # the new server knows nothing; the worker must reconnect and register again
+            assert await client.run("slow", b"after") == b"retfa"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+
+def test_worker_survives_server_restart(server: Running) -> None:
+    asyncio.run(_survives_restart(server))
+
+
+def test_blocking_worker_survives_server_restart(gearmill: Running) -> None:
+    import threading
+
+    worker = gm.Worker(gearmill.address)
+    worker.register("up", lambda job: job.data.upper())
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with gm.Client(gearmill.address, timeout=30) as client:
+            assert client.run("up", b"one") == b"ONE"
+        gearmill.restart()
+        with gm.Client(gearmill.address, timeout=30) as client:
+            assert client.run("up", b"two") == b"TWO"
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("dead_first", [True, False])
+def test_submit_skips_a_dead_server(gearmill: Running, dead_first: bool) -> None:
+    dead = start_gearmill()
+    dead.stop()
+    servers = [dead.address, gearmill.address] if dead_first else [gearmill.address, dead.address]
+    with gm.Client(servers, timeout=30) as client:
+        handles = [client.submit("nobody", b"%d" % i, background=True).handle for i in range(6)]
+    assert all(handles)
+    with gm.AdminClient(gearmill.address) as admin:
+        assert {f.name: f.queued for f in admin.status()}["nobody"] == 6
