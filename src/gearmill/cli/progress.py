@@ -1,29 +1,43 @@
-"""A one-line progress counter on a terminal; silent when not enabled."""
+"""A one-line progress bar on a terminal; silent when not enabled (piped, redirected)."""
 
 from __future__ import annotations
 
 import sys
 import time
 
+WIDTH = 30
+
 
 class Progress:
-    def __init__(self, enabled: bool, every: float = 0.2) -> None:
+    """Jobs done and rate; with ``total`` (bytes of a regular input file) a bar and a percent."""
+
+    def __init__(self, enabled: bool, total: int | None = None, every: float = 0.2) -> None:
         self.enabled = enabled
+        self.total = total or None
         self.every = every
         self._last = 0.0
         self._start = time.monotonic()
 
-    def update(self, done: int) -> None:
+    def _line(self, done: int, position: int, seconds: float) -> str:
+        rate = done / max(seconds, 1e-9)
+        text = f"{done:,} jobs  {rate:,.0f}/s"
+        if self.total:
+            frac = min(position / self.total, 1.0)
+            filled = int(frac * WIDTH)
+            text = f"[{'#' * filled}{'.' * (WIDTH - filled)}] {frac * 100:3.0f}%  " + text
+        return text
+
+    def update(self, done: int, position: int = 0) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
-            rate = done / max(now - self._start, 1e-9)
-            sys.stderr.write(f"\r{done} jobs  {rate:,.0f}/s")
+            sys.stderr.write("\r" + self._line(done, position, now - self._start))
             sys.stderr.flush()
 
     def finish(self, done: int, seconds: float) -> None:
         if self.enabled:
-            sys.stderr.write(f"\r{done} jobs in {seconds:.1f} s\n")
+            end = self.total or 0
+            sys.stderr.write(f"\r{self._line(done, end, seconds)}  in {seconds:.1f} s\n")
             sys.stderr.flush()

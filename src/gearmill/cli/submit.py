@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -55,6 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("workload", nargs="*", help="workloads (one job each); default: stdin")
 
 
+class _Input:
+    """Bytes of stdin consumed so far, for the progress bar."""
+
+    position = 0
+
+
+def _stdin_size() -> int | None:
+    try:
+        st = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def _workloads(args: argparse.Namespace) -> Iterator[bytes]:
     if args.workload:
         for w in args.workload:
@@ -63,6 +79,7 @@ def _workloads(args: argparse.Namespace) -> Iterator[bytes]:
     stdin = sys.stdin.buffer
     if args.lines or args.lines_strip:
         for line in stdin:
+            _Input.position += len(line)
             yield line.rstrip(b"\r\n") if args.lines_strip else line
         return
     yield b"" if sys.stdin.isatty() else stdin.read()
@@ -90,7 +107,10 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
     timeout = args.timeout / 1000 if args.timeout else None
     out = sys.stdout.buffer
     status = 0
-    progress = Progress(enabled=sys.stderr.isatty() and (args.lines or args.lines_strip))
+    progress = Progress(
+        enabled=sys.stderr.isatty() and (args.lines or args.lines_strip),
+        total=_stdin_size() if not args.workload else None,
+    )
     async with AsyncClient(servers, timeout=timeout) as client:
         batch: list[JobRequest] = []
         done = 0
@@ -121,7 +141,7 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
                     job.on_status = _status(args)
                     failed |= await _follow(job, args, timeout)
                 done += 1
-                progress.update(done)
+                progress.update(done, _Input.position)
             out.flush()
             batch.clear()
             return failed

@@ -1,0 +1,210 @@
+"""``gearmill submit`` and ``gearmill admin`` as a user runs them: real processes, real server."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gearmill as gm
+from conftest import Running, free_port
+
+CLI = [sys.executable, "-m", "gearmill.cli.main"]
+
+
+def cli(
+    *args: str, input: bytes | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], input=input, capture_output=True, timeout=timeout)
+
+
+def on_tty(*args: str, stdin: Path | None = None) -> tuple[int, str]:
+    """Run with stdout and stderr on a pseudo-terminal; returns (exit code, what it showed)."""
+    master, slave = pty.openpty()
+    with open(stdin or os.devnull, "rb") as inp:
+        proc = subprocess.Popen([*CLI, *args], stdin=inp, stdout=slave, stderr=slave)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(10), shown.decode(errors="replace")
+
+
+def queued(server: Running) -> dict[str, tuple[int, int, int]]:
+    with gm.AdminClient(server.address) as admin:
+        reply = admin.command("prioritystatus").decode()
+    out = {}
+    for line in reply.splitlines():
+        if line and line != ".":
+            name, high, normal, low, _workers = line.split("\t")
+            out[name] = (int(high), int(normal), int(low))
+    return out
+
+
+@pytest.fixture
+def worker(gearmill: Running) -> Iterator[Running]:
+    """A worker with 'rev' (reverse, with progress and a chunk of data) and 'fail'."""
+    w = gm.Worker(gearmill.address, concurrency=2, exceptions=True)
+
+    def rev(job: gm.WorkerJob) -> bytes:
+        job.send_status(1, 2)
+        return job.data[::-1]
+
+    def fail(job: gm.WorkerJob) -> bytes:
+        raise RuntimeError("broken input")
+
+    w.register("rev", rev)
+    w.register("fail", fail)
+    thread = threading.Thread(target=w.work, daemon=True)
+    thread.start()
+    yield gearmill
+    w.stop()
+    thread.join(30)
+
+
+def test_submit_foreground_prints_result_and_status(worker: Running) -> None:
+    out = cli("submit", "-p", str(worker.port), "-f", "rev", "-P", "hello")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"olleh"
+    assert b"50% Complete" in out.stderr
+    # workload from stdin when none is given
+    out = cli("submit", "-p", str(worker.port), "-f", "rev", "--prefix", input=b"abc")
+    assert out.stdout == b"rev: cba"
+
+
+def test_submit_failure_exits_nonzero_with_message(worker: Running) -> None:
+    out = cli("submit", "-p", str(worker.port), "-f", "fail", "x")
+    assert out.returncode == 1
+    assert b"broken input" in out.stderr  # the worker's exception text reaches the user
+    assert b"failed" in out.stderr
+
+
+def test_submit_no_server(tmp_path: Path) -> None:
+    port = free_port()
+    out = cli("submit", "-p", str(port), "-f", "rev", "x")
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port}".encode() in out.stderr
+    assert out.stderr.count(b"\n") == 1  # one line, no traceback
+
+
+def test_submit_background_priorities_unique_and_lines(gearmill: Running) -> None:
+    port = str(gearmill.port)
+    out = cli("submit", "-p", port, "-f", "hi", "-b", "-I", "-v", "a")
+    assert out.returncode == 0
+    assert out.stdout.startswith(b"Task created: H:test:")
+    assert cli("submit", "-p", port, "-f", "lo", "-b", "-L", "a", "b").returncode == 0
+    for _ in range(3):  # the same unique id coalesces into one job
+        assert cli("submit", "-p", port, "-f", "once", "-b", "-u", "key", "x").returncode == 0
+    lines = b"".join(b"line %d\n" % i for i in range(2500))
+    assert cli("submit", "-p", port, "-f", "bulk", "-b", "-n", input=lines).returncode == 0
+    assert queued(gearmill) == {
+        "hi": (1, 0, 0),
+        "lo": (0, 0, 2),
+        "once": (0, 1, 0),
+        "bulk": (0, 2500, 0),
+    }
+
+
+def test_submit_epoch_job_waits_for_its_time(gearmill: Running) -> None:
+    later = str(int(time.time()) + 3600)
+    out = cli("submit", "-p", str(gearmill.port), "-f", "later", "-e", later, "-v", "x")
+    assert out.returncode == 0 and out.stdout.startswith(b"Task created:")
+    with gm.Client(gearmill.address, timeout=10) as client:
+        # queued for later: a worker asking now gets nothing
+        w = gm.Worker(gearmill.address)
+        got: list[bytes] = []
+        w.register("later", lambda job: got.append(job.data))
+        thread = threading.Thread(target=w.work, daemon=True)
+        thread.start()
+        client.echo(b"sync")
+        time.sleep(0.5)
+        w.stop()
+        thread.join(10)
+    assert got == []
+
+
+def test_progress_bar_on_a_terminal_and_quiet_when_piped(gearmill: Running, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.txt"
+    path.write_bytes(b"".join(b"%d\n" % i for i in range(3000)))
+    code, shown = on_tty("submit", "-p", str(gearmill.port), "-f", "p", "-b", "-n", stdin=path)
+    assert code == 0
+    assert "3,000 jobs" in shown and "100%" in shown and "#" * 30 in shown
+    with open(path, "rb") as f:
+        out = subprocess.run(
+            [*CLI, "submit", "-p", str(gearmill.port), "-f", "p", "-b", "-n"],
+            stdin=f,
+            capture_output=True,
+            timeout=30,
+        )
+    assert out.returncode == 0
+    assert out.stdout == b"" and out.stderr == b""
+
+
+def test_admin_table_on_terminal_raw_when_asked(gearmill: Running) -> None:
+    port = str(gearmill.port)
+    assert cli("submit", "-p", port, "-f", "resize", "-b", "-I", "x").returncode == 0
+    code, shown = on_tty("admin", "-p", port, "--status", "--priority-status")
+    assert code == 0
+    lines = shown.replace("\r", "").splitlines()
+    assert lines[0].split() == ["FUNCTION", "TOTAL", "RUNNING", "WORKERS"]
+    assert lines[1].split() == ["resize", "1", "0", "0"]
+    assert lines[2].split() == ["FUNCTION", "HIGH", "NORMAL", "LOW", "WORKERS"]
+    assert lines[3].split() == ["resize", "1", "0", "0", "0"]
+    raw = cli("admin", "-p", port, "--status", "--raw")
+    assert raw.stdout == b"resize\t1\t0\t0\n.\n"
+    # piped without --raw: gearadmin's own output, so scripts written for it keep working
+    piped = cli("admin", "-p", port, "--status")
+    gearadmin = subprocess.run(
+        ["gearadmin", "-h", "127.0.0.1", "-p", port, "--status"], capture_output=True, timeout=30
+    )
+    assert piped.stdout == gearadmin.stdout
+
+
+def test_admin_error_reply(gearmill: Running) -> None:
+    out = cli("admin", "-p", str(gearmill.port), "--drop-function", "nosuch")
+    assert out.returncode == 1
+    assert out.stderr.startswith(b"Error: ")
+
+
+def test_admin_check_exit_codes(gearmill: Running) -> None:
+    port = str(gearmill.port)
+
+    def check(*flags: str) -> tuple[int, str]:
+        out = cli("admin", "-p", port, "check", *flags)
+        return out.returncode, out.stdout.decode()
+
+    code, text = check()
+    assert code == 0 and text.startswith("GEARMAN OK")
+    for i in range(5):
+        assert cli("submit", "-p", port, "-f", "q", "-b", str(i)).returncode == 0
+    code, text = check("--warn-queue", "3", "--crit-queue", "10")
+    assert code == 1 and "q: 5 queued >= 3" in text and "'q_queued'=5" in text
+    code, text = check("--warn-queue", "3", "--crit-queue", "5")
+    assert code == 2 and text.startswith("GEARMAN CRITICAL")
+    code, text = check("--require-workers")
+    assert code == 2 and "no worker" in text
+    code, text = check("--function", "missing", "--min-workers", "1")
+    assert code == 2 and "missing: unknown function" in text
+    gearmill.stop()
+    code, text = check()
+    assert code == 2 and text.startswith("GEARMAN CRITICAL")
