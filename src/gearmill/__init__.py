@@ -1,5 +1,6 @@
 """gearmill: a Gearman job server, client and worker, wire-compatible with gearmand."""
 
+from ._accel import IMPLEMENTATION
 from .client.admin import AdminClient
 from .client.aio import AsyncClient, Job, JobRequest, JobStatus
 from .client.sync import Client, SyncJob
@@ -20,6 +21,7 @@ from .worker.sync import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMPLEMENTATION",
     "AdminClient",
     "AsyncClient",
     "AsyncWorker",

@@ -1,0 +1,91 @@
+"""Micro-benchmarks of the server's inner loop (pytest-benchmark; not pass/fail tests).
+
+    python -m pytest bench/micro                          # compiled twin (default)
+    GEARMILL_PURE=1 python -m pytest bench/micro          # the pure-Python reference
+    python -m pytest bench/micro --benchmark-disable      # run once each: a smoke test
+
+Each benchmark asserts what it computed, so a smoke run also checks the code
+still does the work being timed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gearmill
+from gearmill.protocol.codec import Decoder
+from gearmill.protocol.packets import PacketType as T
+from gearmill.protocol.packets import encode_req
+from gearmill.server.broker import Broker, BrokerConfig, Peer
+
+N = 1000
+
+
+def test_implementation_in_use(benchmark: Any) -> None:
+    benchmark.extra_info["implementation"] = gearmill.IMPLEMENTATION
+    benchmark(lambda: None)
+
+
+def test_decode_submit_bg(benchmark: Any) -> None:
+    stream = b"".join(
+        encode_req(T.SUBMIT_JOB_BG, b"func", b"u%d" % i, b"payload-%010d" % i) for i in range(N)
+    )
+
+    def decode() -> int:
+        return len(Decoder(server=True).feed(stream))
+
+    assert benchmark(decode) == N
+
+
+def test_decode_64mib_in_256kib_reads(benchmark: Any) -> None:
+    payload = b"x" * (64 << 20)
+    packet = encode_req(T.SUBMIT_JOB, b"big", b"", payload)
+    chunks = [packet[i : i + (256 << 10)] for i in range(0, len(packet), 256 << 10)]
+
+    def decode() -> int:
+        dec = Decoder(server=True)
+        events = []
+        for chunk in chunks:
+            events += dec.feed(chunk)
+        return len(events[0][1][2])
+
+    assert benchmark.pedantic(decode, rounds=3, iterations=1) == len(payload)
+
+
+def _broker() -> tuple[Broker, Peer, Peer]:
+    broker = Broker(BrokerConfig(handle_prefix=b"H:bench"), time.time)
+    client = broker.connect(Peer(10, "127.0.0.1"))
+    worker = broker.connect(Peer(11, "127.0.0.1"))
+    return broker, client, worker
+
+
+def test_broker_queue_background(benchmark: Any) -> None:
+    def queue() -> int:
+        broker, client, _ = _broker()
+        for i in range(N):
+            broker.handle(client, T.SUBMIT_JOB_BG, [b"f", b"u%d" % i, b"data"])
+        return broker.functions[b"f"].total
+
+    assert benchmark(queue) == N
+
+
+def test_broker_round_trip(benchmark: Any) -> None:
+    """Submit, grab, complete: the server-side work of one foreground job."""
+
+    def round_trips() -> int:
+        broker, client, worker = _broker()
+        broker.handle(worker, T.CAN_DO, [b"f"])
+        done = 0
+        for _ in range(N):
+            broker.handle(client, T.SUBMIT_JOB, [b"f", b"", b"data"])
+            broker.handle(worker, T.GRAB_JOB, [])
+            handle = next(iter(worker.assigned))
+            broker.handle(worker, T.WORK_COMPLETE, [handle, b"atad"])
+            done += 1
+            client.out.clear()
+            worker.out.clear()
+        broker.dirty.clear()
+        return done if not worker.assigned else -1
+
+    assert benchmark(round_trips) == N

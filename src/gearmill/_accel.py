@@ -1,0 +1,66 @@
+"""Choose the compiled (mypyc) or the pure-Python hot path, once, before it is imported.
+
+The compiled extension modules sit beside their sources and Python would
+prefer them. They are used only when every one of them is present and at
+least as new as its source (a stale build after an edit would otherwise
+run old code) and ``GEARMILL_PURE`` is unset; otherwise an import hook loads
+the ``.py`` files. All or nothing: compiled modules of one build call each
+other directly, so they cannot be mixed with pure ones.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+HOT_MODULES = ("gearmill.protocol.packets", "gearmill.protocol.codec", "gearmill.server.broker")
+_ROOT = Path(__file__).resolve().parent
+
+
+def _source(name: str) -> Path:
+    return _ROOT.joinpath(*name.split(".")[1:]).with_suffix(".py")
+
+
+def _compiled_is_current() -> bool:
+    for name in HOT_MODULES:
+        src = _source(name)
+        built = [
+            src.with_name(src.stem + suffix)
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            if src.with_name(src.stem + suffix).exists()
+        ]
+        if not built:
+            return False
+        if src.exists() and max(p.stat().st_mtime for p in built) < src.stat().st_mtime:
+            return False
+    return True
+
+
+class _PureFinder(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if fullname in HOT_MODULES:
+            return importlib.util.spec_from_file_location(fullname, _source(fullname))
+        return None
+
+
+def _select() -> str:
+    if not os.environ.get("GEARMILL_PURE") and _compiled_is_current():
+        return "compiled"
+    if not any(isinstance(f, _PureFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PureFinder())
+    return "pure"
+
+
+IMPLEMENTATION = _select()

@@ -1,0 +1,52 @@
+"""The compiled twin is what runs by default, and GEARMILL_PURE selects the reference code."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gearmill
+
+SHOW = (
+    "import gearmill, gearmill.server.broker as b, gearmill.protocol.codec as c;"
+    "print(gearmill.IMPLEMENTATION, b.__file__.endswith('.py'), c.__file__.endswith('.py'))"
+)
+
+
+def _run(env_extra: dict[str, str], pythonpath: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "GEARMILL_PURE"}
+    env.update(env_extra)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    out = subprocess.run(
+        [sys.executable, "-c", SHOW], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_installed_build_is_compiled() -> None:
+    # scripts/setup installs with mypyc; a silent fallback to pure Python would cost speed
+    assert _run({}) == "compiled False False"
+
+
+def test_pure_python_on_request() -> None:
+    assert _run({"GEARMILL_PURE": "1"}) == "pure True True"
+
+
+def test_stale_build_is_not_used(tmp_path: Path) -> None:
+    src = Path(gearmill.__file__).parent
+    shutil.copytree(src, tmp_path / "gearmill")
+    for lib in src.parent.glob("*__mypyc*"):
+        shutil.copy2(lib, tmp_path)
+    edited = tmp_path / "gearmill" / "protocol" / "codec.py"
+    later = time.time() + 60
+    os.utime(edited, (later, later))  # as if edited after the build
+    assert any(
+        (edited.with_name("codec" + s)).exists() for s in importlib.machinery.EXTENSION_SUFFIXES
+    )
+    assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
