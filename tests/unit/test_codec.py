@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gearmill.protocol.codec import MALFORMED, TEXT, WRONG_MAGIC, Decoder
-from gearmill.protocol.packets import ARG_COUNT, ARGS, MAX_TYPE, encode, encode_req
+from gearmill.protocol.packets import (
+    ARG_COUNT,
+    ARGS,
+    BIG_PIECE,
+    MAX_TYPE,
+    PacketType,
+    encode,
+    encode_pieces,
+    encode_req,
+)
 
 arg = st.binary(max_size=40).filter(lambda b: b"\x00" not in b)
 
@@ -109,3 +118,53 @@ def test_large_packet_in_small_reads() -> None:
     for i in range(0, len(stream), 65536):
         out.extend(dec.feed(stream[i : i + 65536]))
     assert out == [(16, [payload])]
+
+
+def _feed_chunked(dec: Decoder, stream: bytes, chunk: int) -> list[tuple[int, list[bytes]]]:
+    events: list[tuple[int, list[bytes]]] = []
+    for i in range(0, len(stream), chunk):
+        events += dec.feed(stream[i : i + chunk])
+    return events
+
+
+def test_large_packets_in_reads_keep_every_argument() -> None:
+    # large packets take a one-copy path; what comes out must be the same
+    big = bytes(range(256)) * 12289  # ~3 MiB, with NULs inside the data
+    stream = (
+        encode_req(PacketType.SUBMIT_JOB, b"f", b"u", big)
+        + encode_req(PacketType.ECHO_REQ, big)
+        + encode_req(PacketType.GRAB_JOB)
+        + encode_req(PacketType.WORK_DATA, b"H:x:1", big[:5])
+    )
+    for chunk in (65536, 262144, 1 << 20):
+        events = _feed_chunked(Decoder(server=True), stream, chunk)
+        assert events == [
+            (PacketType.SUBMIT_JOB, [b"f", b"u", big]),
+            (PacketType.ECHO_REQ, [big]),
+            (PacketType.GRAB_JOB, []),
+            (PacketType.WORK_DATA, [b"H:x:1", big[:5]]),
+        ]
+
+
+def test_large_bad_packets_are_reported_as_usual() -> None:
+    big = b"x" * (2 << 20)
+    wrong_magic = encode(PacketType.SUBMIT_JOB, b"f", b"u", big)  # RES magic to a server
+    events = _feed_chunked(
+        Decoder(server=True), wrong_magic + encode_req(PacketType.GRAB_JOB), 65536
+    )
+    assert events == [(WRONG_MAGIC, [b"%d" % PacketType.SUBMIT_JOB]), (PacketType.GRAB_JOB, [])]
+    missing = struct.pack(">4sII", b"\x00REQ", PacketType.SUBMIT_JOB, len(big)) + big
+    events = _feed_chunked(Decoder(server=True), missing, 65536)
+    assert events[0][0] == MALFORMED and b"missing arguments" in events[0][1][0]
+    too_big = Decoder(server=True, max_payload=1 << 20)
+    events = _feed_chunked(too_big, encode_req(PacketType.ECHO_REQ, big), 65536)
+    assert events[0] == (MALFORMED, [b"packet too large"])  # then the connection closes
+
+
+def test_encode_pieces_is_encode_in_parts() -> None:
+    for data in (b"small", b"y" * (BIG_PIECE + 7)):
+        pieces = encode_pieces(PacketType.WORK_COMPLETE, b"H:x:1", data)
+        assert b"".join(pieces) == encode(PacketType.WORK_COMPLETE, b"H:x:1", data)
+        assert len(pieces) == (2 if len(data) >= BIG_PIECE else 1)
+        if len(pieces) == 2:
+            assert pieces[1] is data  # not copied

@@ -172,3 +172,16 @@ def encode(ptype: int, *args: bytes, magic: bytes = RES) -> bytes:
 
 def encode_req(ptype: int, *args: bytes) -> bytes:
     return encode(ptype, *args, magic=REQ)
+
+
+# A last argument at least this large is written as its own piece, never copied.
+BIG_PIECE: Final = 1 << 20
+
+
+def encode_pieces(ptype: int, *args: bytes) -> list[bytes]:
+    """``encode`` as a list of pieces to write in turn: a large last argument is not joined."""
+    last = args[-1]
+    if len(last) < BIG_PIECE:
+        return [encode(ptype, *args)]
+    head = b"".join(a + b"\x00" for a in args[:-1])
+    return [HEADER.pack(RES, ptype, len(head) + len(last)) + head, last]

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..protocol.codec import MAX_PAYLOAD
-from ..protocol.packets import DEFAULT_PORT
+from ..protocol.packets import BIG_PIECE, DEFAULT_PORT
 from .broker import Broker, BrokerConfig
 from .connection import GearmanProtocol
 
@@ -145,8 +145,15 @@ class Server:
                 out = peer.out
                 if isinstance(io, GearmanProtocol) and io.transport is not None:
                     transport = io.transport
-                    if out:
-                        transport.write(out[0] if len(out) == 1 else b"".join(out))
+                    if len(out) == 1:
+                        transport.write(out[0])
+                    elif out:
+                        # many small packets: one joined write; a large piece is
+                        # handed over as is (uvloop writes the list with writev)
+                        if sum(map(len, out)) >= BIG_PIECE:
+                            transport.writelines(out)
+                        else:
+                            transport.write(b"".join(out))
                     if peer.close:
                         transport.close()
                 out.clear()

@@ -32,7 +32,14 @@ from typing import Final
 
 from ..protocol import admin as text
 from ..protocol.codec import WRONG_MAGIC
-from ..protocol.packets import SUBMIT_TYPES, ErrorCode, PacketType, encode
+from ..protocol.packets import (
+    BIG_PIECE,
+    SUBMIT_TYPES,
+    ErrorCode,
+    PacketType,
+    encode,
+    encode_pieces,
+)
 
 log = logging.getLogger("gearmill.broker")
 
@@ -273,6 +280,11 @@ class Broker:
             self.dirty.append(peer)
         peer.out.append(data)
 
+    def _send_pieces(self, peer: Peer, pieces: list[bytes]) -> None:
+        if not peer.out:
+            self.dirty.append(peer)
+        peer.out += pieces
+
     def handle(self, peer: Peer, ptype: int, args: list[bytes]) -> None:
         if ptype == WRONG_MAGIC:
             self._send(peer, _ERR_MAGIC)
@@ -405,14 +417,19 @@ class Broker:
     def _grab_job(self, peer: Peer, args: list[bytes]) -> None:
         job = self._grab(peer)
         if job is not None:
-            self._send(peer, _packet(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data))
+            if len(job.data) < BIG_PIECE:
+                packet = _packet(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
+                self._send(peer, packet)
+            else:
+                pieces = encode_pieces(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
+                self._send_pieces(peer, pieces)
 
     def _grab_job_uniq(self, peer: Peer, args: list[bytes]) -> None:
         job = self._grab(peer)
         if job is not None:
-            self._send(
+            self._send_pieces(
                 peer,
-                _packet(
+                encode_pieces(
                     PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
                 ),
             )
@@ -422,7 +439,7 @@ class Broker:
         if job is None:
             return
         if job.reducer:
-            packet = _packet(
+            packet = encode_pieces(
                 PacketType.JOB_ASSIGN_ALL,
                 job.handle,
                 job.func.name,
@@ -431,10 +448,10 @@ class Broker:
                 job.data,
             )
         else:
-            packet = _packet(
+            packet = encode_pieces(
                 PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
             )
-        self._send(peer, packet)
+        self._send_pieces(peer, packet)
 
     def _wake(self, func: Function) -> None:
         """NOOP sleeping workers of ``func``, at most once per sleep (§3.3)."""
@@ -554,6 +571,10 @@ class Broker:
         for client in job.clients:
             self._send(client, packet)
 
+    def _forward_pieces(self, job: Job, pieces: list[bytes]) -> None:
+        for client in job.clients:
+            self._send_pieces(client, pieces)
+
     def _work_status(self, peer: Peer, args: list[bytes]) -> None:
         job = peer.assigned.get(args[0])
         if job is None:
@@ -570,7 +591,10 @@ class Broker:
             self._send(peer, _ERR_RESULT_NOT_FOUND)
             return
         if job.clients:
-            self._forward(job, _packet(PacketType.WORK_COMPLETE, args[0], args[1]))
+            if len(args[1]) < BIG_PIECE:
+                self._forward(job, _packet(PacketType.WORK_COMPLETE, args[0], args[1]))
+            else:
+                self._forward_pieces(job, encode_pieces(PacketType.WORK_COMPLETE, *args))
         self._finish(job)
 
     def _work_fail(self, peer: Peer, args: list[bytes]) -> None:
@@ -611,7 +635,10 @@ class Broker:
             self._send(peer, _ERR_DATA_NOT_FOUND)
             return
         if job.clients:
-            self._forward(job, _packet(ptype, args[0], args[1]))
+            if len(args[1]) < BIG_PIECE:
+                self._forward(job, _packet(ptype, args[0], args[1]))
+            else:
+                self._forward_pieces(job, encode_pieces(ptype, args[0], args[1]))
 
     def _finish(self, job: Job) -> None:
         """A job ended (complete, fail, exception, retry limit, cancel): forget it."""
