@@ -194,7 +194,9 @@ class Job:
         self.background = background
         self.when = 0
         self.reducer = b""
-        self.clients: list[Peer] = []
+        # () until a foreground client waits: most jobs are background jobs,
+        # and an empty list per queued job would cost 72 bytes
+        self.clients: list[Peer] | tuple[Peer, ...] = ()
         self.worker: Peer | None = None
         self.num = 0
         self.den = 0
@@ -202,6 +204,16 @@ class Job:
         self.ignore = False
         self.state = QUEUED
         self.deadline = 0.0
+
+    def add_client(self, peer: Peer) -> None:
+        if isinstance(self.clients, list):
+            self.clients.append(peer)
+        else:
+            self.clients = [peer]
+
+    def remove_client(self, peer: Peer) -> None:
+        if isinstance(self.clients, list):
+            self.clients.remove(peer)
 
 
 def _uint32(value: bytes) -> int:
@@ -269,7 +281,7 @@ class Broker:
                 pass
         peer.abilities.clear()
         for job in peer.waiting:
-            job.clients.remove(peer)
+            job.remove_client(peer)
             if not job.clients and not job.background:
                 self._abandon(job)
         peer.waiting.clear()
@@ -533,7 +545,7 @@ class Broker:
                 existing = func.unique.get(key)
                 if existing is not None:
                     if not background and peer is not None:
-                        existing.clients.append(peer)
+                        existing.add_client(peer)
                         peer.waiting.add(existing)
                     if peer is not None:
                         self._send(peer, _packet(PacketType.JOB_CREATED, existing.handle))
@@ -552,7 +564,7 @@ class Broker:
             func.unique[key] = job
         self.jobs[handle] = job
         if not background and peer is not None:
-            job.clients.append(peer)
+            job.add_client(peer)
             peer.waiting.add(job)
         if peer is not None:
             self._send(peer, _packet(PacketType.JOB_CREATED, handle))
@@ -657,7 +669,7 @@ class Broker:
             del func.unique[job.key]
         for client in job.clients:
             client.waiting.discard(job)
-        job.clients = []
+        job.clients = ()
 
     def _requeue(self, job: Job) -> None:
         """The worker lost the job (disconnect, CANT_DO, timeout): run it again."""
@@ -710,7 +722,7 @@ class Broker:
             self._forward(job, _packet(PacketType.WORK_FAIL, job.handle))
         for client in job.clients:
             client.waiting.discard(job)
-        job.clients = []
+        job.clients = ()
         if job.state == RUNNING:
             job.ignore = True
             if job.key is not None and job.func.unique.get(job.key) is job:
