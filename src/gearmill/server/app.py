@@ -10,6 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from .._accel import IMPLEMENTATION
 from ..protocol.codec import MAX_PAYLOAD
 from ..protocol.packets import BIG_PIECE, DEFAULT_PORT
 from .broker import Broker, BrokerConfig
@@ -59,7 +60,7 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
-                log.info("Listening on %s:%d", addr[0], addr[1])
+                log.info("Listening on %s:%d (%s hot path)", addr[0], addr[1], IMPLEMENTATION)
 
     @property
     def port(self) -> int:
