@@ -135,7 +135,12 @@ def main() -> int:
     (out / "ratios.md").write_text(text)
     print(text)
     print(f"results in {out}", file=sys.stderr)
-    return done.returncode
+    failed = [r for r in results if r.get("value") is None]
+    for r in failed:
+        print(
+            f"compare.py: {r['server']} {r['scenario']} failed: {r.get('error')}", file=sys.stderr
+        )
+    return done.returncode or (1 if failed else 0)
 
 
 if __name__ == "__main__":
