@@ -16,6 +16,7 @@ import pytest
 
 import gearmill as gm
 from conftest import Running, free_port
+from gearmill.protocol.packets import PacketType
 
 CLI = [sys.executable, "-m", "gearmill.cli.main"]
 
@@ -52,13 +53,7 @@ def on_tty(*args: str, stdin: Path | None = None) -> tuple[int, str]:
 
 def queued(server: Running) -> dict[str, tuple[int, int, int]]:
     with gm.AdminClient(server.address) as admin:
-        reply = admin.command("prioritystatus").decode()
-    out = {}
-    for line in reply.splitlines():
-        if line and line != ".":
-            name, high, normal, low, _workers = line.split("\t")
-            out[name] = (int(high), int(normal), int(low))
-    return out
+        return {f.name: (f.high, f.normal, f.low) for f in admin.priority_status()}
 
 
 @pytest.fixture
@@ -129,18 +124,11 @@ def test_submit_epoch_job_waits_for_its_time(gearmill: Running) -> None:
     later = str(int(time.time()) + 3600)
     out = cli("submit", "-p", str(gearmill.port), "-f", "later", "-e", later, "-v", "x")
     assert out.returncode == 0 and out.stdout.startswith(b"Task created:")
-    with gm.Client(gearmill.address, timeout=10) as client:
-        # queued for later: a worker asking now gets nothing
-        w = gm.Worker(gearmill.address)
-        got: list[bytes] = []
-        w.register("later", lambda job: got.append(job.data))
-        thread = threading.Thread(target=w.work, daemon=True)
-        thread.start()
-        client.echo(b"sync")
-        time.sleep(0.5)
-        w.stop()
-        thread.join(10)
-    assert got == []
+    with gearmill.conn() as worker:
+        # scheduled for later: a worker asking now is told there is no job
+        worker.send(PacketType.CAN_DO, b"later")
+        worker.send(PacketType.GRAB_JOB)
+        worker.expect(PacketType.NO_JOB)
 
 
 def test_progress_bar_on_a_terminal_and_quiet_when_piped(gearmill: Running, tmp_path: Path) -> None:

@@ -63,9 +63,13 @@ async def _priorities_warnings_status(address: str) -> None:
             assert await job.result() == b"done"
             assert job.warnings == [b"careful"]
             assert job.status == (3, 4)
+
             # the background jobs ran in priority order
-            while len(seen) < 4:
-                await asyncio.sleep(0.01)
+            async def four_done() -> None:
+                while len(seen) < 4:
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(four_done(), 30)
             assert seen == [b"high", b"normal", b"tracked", b"low"]
             status = await client.get_status_unique("track-1", server=bg.server)
             assert status.known is False  # done and forgotten

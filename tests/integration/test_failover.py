@@ -56,23 +56,16 @@ async def _failover(first: Running, second: Running) -> None:
         await asyncio.wait_for(working, 30)
 
 
-def test_two_gearmill_servers_one_killed() -> None:
-    first, second = start_gearmill(), start_gearmill()
+@pytest.mark.parametrize("first", ["gearmill", "gearmand"])
+def test_two_servers_one_killed(first: str) -> None:
+    # gearmill beside gearmill, and beside gearmand: the libraries treat both alike
+    killed = start_gearmill() if first == "gearmill" else start_gearmand()
+    survivor = start_gearmill()
     try:
-        asyncio.run(_failover(first, second))
+        asyncio.run(_failover(killed, survivor))
     finally:
-        first.stop()
-        second.stop()
-
-
-def test_gearmand_and_gearmill_one_killed() -> None:
-    # a mixed pair: the libraries treat both kinds of server the same way
-    first, second = start_gearmand(), start_gearmill()
-    try:
-        asyncio.run(_failover(first, second))
-    finally:
-        first.stop()
-        second.stop()
+        killed.stop()
+        survivor.stop()
 
 
 async def _survives_restart(server: Running) -> None:
