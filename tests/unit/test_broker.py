@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gearmill.protocol.codec import Decoder
 from gearmill.protocol.packets import PacketType as T
+from gearmill.server import admin
 from gearmill.server.broker import Broker, BrokerConfig, Peer
 
 
@@ -82,7 +83,8 @@ def test_can_do_timeout_requeues_and_counts_a_retry() -> None:
     assert sent(w1)[0][1][0] == b"JOB_NOT_FOUND"
     b.handle(w2, T.GRAB_JOB, [])
     assert sent(w2)[0][0] == T.JOB_ASSIGN
-    assert b.jobs[b"H:t:1"].retries == 1
+    # operators see the retry in "show jobs" (handle, retries, ignored, background)
+    assert admin.run(b, c, b"show jobs") == b"H:t:1\t1\t0\t0\n.\n"
     b.handle(w2, T.WORK_COMPLETE, [b"H:t:1", b"ok"])
     assert sent(c)[-1] == (T.WORK_COMPLETE, [b"H:t:1", b"ok"])
 

@@ -63,7 +63,7 @@ def _show(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     what = [t.lower() for t in tokens[1:]]
     if what[:1] == [b"jobs"]:
         lines = [
-            b"%s\t%d\t%d\t%d\n" % (j.handle, j.retries, int(j.ignore), int(j.background))
+            b"%s\t%d\t%d\t%d\n" % (j.handle, j.more.retries, int(j.ignore), int(j.background))
             for j in broker.jobs.values()
         ]
     elif what[:2] == [b"unique", b"jobs"]:

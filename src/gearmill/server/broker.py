@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from mypy_extensions import u8
+
 from ..protocol import admin as text
 from ..protocol.codec import WRONG_MAGIC
 from ..protocol.packets import (
@@ -155,24 +157,35 @@ class Function:
         return self.queued[0] + self.queued[1] + self.queued[2] + self.running
 
 
+class JobMore:
+    """What few jobs need (status, timeouts, retries, reduce): kept apart so
+    that a plain queued job stays small (issue 4: at most 400 bytes a job)."""
+
+    __slots__ = ("deadline", "den", "num", "reducer", "retries")
+
+    def __init__(self) -> None:
+        self.reducer = b""
+        self.num = 0
+        self.den = 0
+        self.retries = 0
+        self.deadline = 0.0
+
+
+_NO_MORE: Final = JobMore()  # read-only defaults for jobs without any
+
+
 class Job:
     __slots__ = (
         "background",
         "clients",
         "data",
-        "deadline",
-        "den",
         "func",
         "handle",
         "ignore",
-        "key",
-        "num",
+        "more",
         "priority",
-        "reducer",
-        "retries",
         "state",
         "unique",
-        "when",
         "worker",
     )
 
@@ -188,22 +201,25 @@ class Job:
         self.handle = handle
         self.func = func
         self.unique = unique
-        self.key: bytes | None = None
         self.data = data
-        self.priority = priority
-        self.background = background
-        self.when = 0
-        self.reducer = b""
         # () until a foreground client waits: most jobs are background jobs,
         # and an empty list per queued job would cost 72 bytes
         self.clients: list[Peer] | tuple[Peer, ...] = ()
         self.worker: Peer | None = None
-        self.num = 0
-        self.den = 0
-        self.retries = 0
+        # the four small fields last and adjacent: mypyc packs them in one word
+        self.priority: u8 = priority
+        self.state: u8 = QUEUED
+        self.background = background
         self.ignore = False
-        self.state = QUEUED
-        self.deadline = 0.0
+        # _NO_MORE (shared, never written) until the job needs a field of JobMore
+        self.more = _NO_MORE
+
+    def extra(self) -> JobMore:
+        """This job's own JobMore, to write to."""
+        more = self.more
+        if more is _NO_MORE:
+            more = self.more = JobMore()
+        return more
 
     def add_client(self, peer: Peer) -> None:
         if isinstance(self.clients, list):
@@ -214,6 +230,22 @@ class Job:
     def remove_client(self, peer: Peer) -> None:
         if isinstance(self.clients, list):
             self.clients.remove(peer)
+
+
+def _unique_key(unique: bytes, data: bytes) -> bytes | None:
+    """The coalescing key of a job: its unique id, or for ``-`` its payload."""
+    if unique == b"-":
+        # the key cannot clash with a real unique id, which has no NUL
+        return b"\x00" + data if data else None
+    return unique or None
+
+
+def _forget_unique(job: Job) -> None:
+    key = _unique_key(job.unique, job.data)
+    if key is not None:
+        uniques = job.func.unique
+        if uniques.get(key) is job:
+            del uniques[key]
 
 
 def _uint32(value: bytes) -> int:
@@ -422,8 +454,8 @@ class Broker:
         timeout = ability[1]
         assert isinstance(timeout, int)
         if timeout:
-            job.deadline = self.clock() + timeout / 1000.0
-            self._push_timer(job.deadline, job, peer)
+            deadline = job.extra().deadline = self.clock() + timeout / 1000.0
+            self._push_timer(deadline, job, peer)
         if self.config.round_robin and len(peer.abilities) > 1:
             del peer.abilities[index]
             peer.abilities.append(ability)
@@ -453,13 +485,14 @@ class Broker:
         job = self._grab(peer)
         if job is None:
             return
-        if job.reducer:
+        reducer = job.more.reducer
+        if reducer:
             packet = encode_pieces(
                 PacketType.JOB_ASSIGN_ALL,
                 job.handle,
                 job.func.name,
                 job.unique,
-                job.reducer,
+                reducer,
                 job.data,
             )
         else:
@@ -537,22 +570,16 @@ class Broker:
                 self._send(peer, _ERR_SHUTTING_DOWN)
             return None
         func = self.function(name)
-        key: bytes | None = None
-        if unique:
-            if unique == b"-":
-                # coalesce on identical payload; the key cannot clash with a real unique (no NUL)
-                key = b"\x00" + data if data else None
-            else:
-                key = unique
-            if key is not None:
-                existing = func.unique.get(key)
-                if existing is not None:
-                    if not background and peer is not None:
-                        existing.add_client(peer)
-                        peer.waiting.add(existing)
-                    if peer is not None:
-                        self._send(peer, _packet(PacketType.JOB_CREATED, existing.handle))
-                    return existing
+        key = _unique_key(unique, data) if unique else None
+        if key is not None:
+            existing = func.unique.get(key)
+            if existing is not None:
+                if not background and peer is not None:
+                    existing.add_client(peer)
+                    peer.waiting.add(existing)
+                if peer is not None:
+                    self._send(peer, _packet(PacketType.JOB_CREATED, existing.handle))
+                return existing
         limit = func.max_queue[priority]
         if limit and func.total >= limit:
             if peer is not None:
@@ -561,9 +588,9 @@ class Broker:
         self._handle_seq += 1
         handle = self._handle_base + b"%d" % self._handle_seq
         job = Job(handle, func, unique, data, priority, background)
-        job.reducer = reducer
+        if reducer:
+            job.extra().reducer = reducer
         if key is not None:
-            job.key = key
             func.unique[key] = job
         self.jobs[handle] = job
         if not background and peer is not None:
@@ -573,7 +600,6 @@ class Broker:
             self._send(peer, _packet(PacketType.JOB_CREATED, handle))
         func.queued[priority] += 1
         if when:
-            job.when = when
             if when > self.clock():
                 job.state = SCHEDULED
                 self._push_timer(float(when), job, None)
@@ -595,8 +621,9 @@ class Broker:
         if job is None:
             self._send(peer, _ERR_RESULT_NOT_FOUND)
             return
-        job.num = _uint32(args[1])
-        job.den = _uint32(args[2])
+        more = job.extra()
+        more.num = _uint32(args[1])
+        more.den = _uint32(args[2])
         if job.clients:
             self._forward(job, _packet(PacketType.WORK_STATUS, *args))
 
@@ -668,8 +695,7 @@ class Broker:
             func.queued[job.priority] -= 1
         job.ignore = True
         self.jobs.pop(job.handle, None)
-        if job.key is not None and func.unique.get(job.key) is job:
-            del func.unique[job.key]
+        _forget_unique(job)
         for client in job.clients:
             client.waiting.discard(job)
         job.clients = ()
@@ -683,15 +709,18 @@ class Broker:
         job.worker = None
         func.running -= 1
         job.state = QUEUED
-        job.num = job.den = 0
-        job.deadline = 0.0
+        more = job.more
+        if more is not _NO_MORE:
+            more.num = more.den = 0
+            more.deadline = 0.0
         if job.ignore:
             # abandoned by its clients while running: nobody wants the result
             self.jobs.pop(job.handle, None)
             return
-        job.retries += 1
+        more = job.extra()
+        more.retries += 1
         limit = self.config.job_retries
-        if limit and job.retries >= limit:
+        if limit and more.retries >= limit:
             log.warning(
                 "Dropped job due to max retry count: %s %s",
                 job.handle.decode(errors="replace"),
@@ -708,9 +737,7 @@ class Broker:
 
     def _abandon(self, job: Job) -> None:
         """The last foreground client left: a queued job is dropped, a running one ignored."""
-        func = job.func
-        if job.key is not None and func.unique.get(job.key) is job:
-            del func.unique[job.key]
+        _forget_unique(job)
         if job.state == RUNNING:
             job.ignore = True
             return
@@ -728,8 +755,7 @@ class Broker:
         job.clients = ()
         if job.state == RUNNING:
             job.ignore = True
-            if job.key is not None and job.func.unique.get(job.key) is job:
-                del job.func.unique[job.key]
+            _forget_unique(job)
         else:
             self._finish(job)
         return True
@@ -747,8 +773,8 @@ class Broker:
                 handle,
                 b"1",
                 b"1" if job.state == RUNNING else b"0",
-                b"%d" % job.num,
-                b"%d" % job.den,
+                b"%d" % job.more.num,
+                b"%d" % job.more.den,
             )
         self._send(peer, reply)
 
@@ -770,8 +796,8 @@ class Broker:
                 unique,
                 b"1",
                 b"1" if job.state == RUNNING else b"0",
-                b"%d" % job.num,
-                b"%d" % job.den,
+                b"%d" % job.more.num,
+                b"%d" % job.more.den,
                 b"%d" % len(job.clients),
             )
         self._send(peer, reply)
@@ -810,7 +836,7 @@ class Broker:
                     job.state = QUEUED
                     job.func.queues[job.priority].append(job)
                     self._wake(job.func)
-            elif job.worker is worker and job.deadline == when:
+            elif job.worker is worker and job.more.deadline == when:
                 log.warning(
                     "Worker timeout reached on job, requeueing: %s %s",
                     job.handle.decode(errors="replace"),
