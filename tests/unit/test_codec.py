@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from hypothesis import given, settings
@@ -73,10 +74,19 @@ def test_text_and_binary_mixed() -> None:
     assert dec.feed(stream) == [(TEXT, [b"status"]), (16, [b"hi"]), (TEXT, [b"version"])]
 
 
-def test_huge_size_header_allocates_nothing() -> None:
-    dec = Decoder(server=True)
-    assert dec.feed(struct.pack(">4sII", b"\x00REQ", 16, 0xFFFFFFF0) + b"abc") == []
-    assert dec.buffered == 15
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_huge_size_headers_cost_no_memory_until_data_comes() -> None:
+    before = _rss()
+    decoders = [Decoder(server=True) for _ in range(8)]
+    for dec in decoders:
+        # ECHO_REQ claiming 4 GiB of data, of which 3 bytes arrived
+        assert dec.feed(struct.pack(">4sII", b"\x00REQ", 16, 0xFFFFFFF0) + b"abc") == []
+        assert dec.buffered == 3
+    assert _rss() - before < 64 << 20  # 8 x 4 GiB claimed
 
 
 def test_argument_only_packet_over_8k_is_malformed() -> None:
@@ -144,6 +154,46 @@ def test_large_packets_in_reads_keep_every_argument() -> None:
             (PacketType.GRAB_JOB, []),
             (PacketType.WORK_DATA, [b"H:x:1", big[:5]]),
         ]
+
+
+def _read_like_the_server(dec: Decoder, stream: bytes, chunk: int) -> list[tuple[int, list[bytes]]]:
+    """Reads of at most ``chunk`` bytes, into the payload target when there is one."""
+    events: list[tuple[int, list[bytes]]] = []
+    pos = 0
+    while pos < len(stream):
+        target = dec.payload_target()
+        if target is None:
+            events += dec.feed(stream[pos : pos + chunk])
+            pos += chunk
+        else:
+            n = min(len(target), chunk)
+            target[:n] = stream[pos : pos + n]
+            events += dec.payload_filled(n)
+            pos += n
+    return events
+
+
+def test_large_packets_read_in_place_keep_every_argument() -> None:
+    big = bytes(range(256)) * 8193  # just over 2 MiB, with NULs inside the data
+    stream = (
+        encode_req(PacketType.ECHO_REQ, b"a")
+        + encode_req(PacketType.WORK_COMPLETE, b"H:x:1", big)
+        + encode_req(PacketType.SUBMIT_JOB, b"f", b"u", big[::-1])
+        + encode_req(PacketType.GRAB_JOB)
+    )
+    expected = [
+        (PacketType.ECHO_REQ, [b"a"]),
+        (PacketType.WORK_COMPLETE, [b"H:x:1", big]),
+        (PacketType.SUBMIT_JOB, [b"f", b"u", big[::-1]]),
+        (PacketType.GRAB_JOB, []),
+    ]
+    # 7-byte reads split headers and leading arguments across reads
+    for chunk in (7, 65536, 262144):
+        dec = Decoder(server=True)
+        assert _read_like_the_server(dec, stream, chunk) == expected
+        assert dec.buffered == 0 and dec.payload_target() is None
+    events = _read_like_the_server(Decoder(server=True), stream, 262144)
+    assert type(events[1][1][1]) is bytes  # a real bytes object, like any other argument
 
 
 def test_large_bad_packets_are_reported_as_usual() -> None:

@@ -12,8 +12,11 @@
 * ``MALFORMED`` (-2): the stream cannot be parsed further; ``args == [reason]``.
   It is always the last event; the connection must be closed.
 
-The decoder never allocates from a size header: it only keeps the bytes that
-arrived, so a header claiming 4 GiB costs nothing until the bytes come.
+The decoder keeps only the bytes that arrived, with one exception: a packet
+of ``BIG`` or more data bytes gets its final ``bytes`` object as soon as its
+leading arguments are in (see ``Decoder``). That reserves address space, not
+memory: the pages are zero-filled on demand and become resident only as data
+arrives, so a header claiming 4 GiB still costs nothing until the bytes come.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Final
 
 from .packets import ARG_COUNT, ARGS, HEADER, HEADER_SIZE, MAX_TYPE, REQ, RES, SEPARATORS
+from .payload import Payload
 
 TEXT: Final = 0
 WRONG_MAGIC: Final = -1
@@ -33,16 +37,34 @@ Event = tuple[int, list[bytes]]
 MAX_ARGS_SIZE: Final = 8192
 MAX_TEXT_LINE: Final = 8192
 MAX_PAYLOAD: Final = 0xFFFFFFFF
-# buffered packets at least this large take the one-copy path
+# packets with at least this much data are received in place (see Decoder)
 BIG: Final = 1 << 20
 
 _HAS_DATA: Final = tuple(ARGS[t][1] for t in range(MAX_TYPE + 1))
 
 
 class Decoder:
-    """Splits a byte stream into packets (and admin lines when ``text`` is on)."""
+    """Splits a byte stream into packets (and admin lines when ``text`` is on).
 
-    __slots__ = ("_buf", "_expect", "_need", "_other", "_text", "max_payload")
+    A packet with at least ``BIG`` bytes of data is received in place: once its
+    header and leading arguments are in, the decoder allocates the data's final
+    ``bytes`` and ``payload_target()`` offers the unfilled part of it, for the
+    edge to read the socket straight into (then ``payload_filled(n)``).
+    ``feed()`` works in that state too, copying into the target.
+    """
+
+    __slots__ = (
+        "_args",
+        "_buf",
+        "_expect",
+        "_filled",
+        "_need",
+        "_other",
+        "_payload",
+        "_ptype",
+        "_text",
+        "max_payload",
+    )
 
     def __init__(self, *, server: bool = True, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
@@ -51,67 +73,89 @@ class Decoder:
         self._other = RES if server else REQ
         self._text = server
         self.max_payload = max_payload
+        # the large packet being received in place, if any
+        self._payload: Payload | None = None
+        self._ptype = 0
+        self._args: list[bytes] = []
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet part of a complete event."""
-        return len(self._buf)
+        """Bytes held for an incomplete event (of a large packet: its data so far)."""
+        return len(self._buf) + self._filled
 
-    def _feed_big(self) -> list[Event]:
-        """The buffer starts with a large packet: take its arguments with one copy.
+    def payload_target(self) -> memoryview | None:
+        """The unfilled part of a large packet's data, to read into; else None."""
+        payload = self._payload
+        if payload is None:
+            return None
+        return payload.view[self._filled :]
 
-        The general path would copy the whole buffer to ``bytes`` and then again
-        when splitting; for a 64 MiB job that is most of the server's work.
-        """
-        buf = self._buf
-        magic, ptype, size = HEADER.unpack_from(buf, 0)
-        stop = HEADER_SIZE + size
-        if (
-            magic != self._expect
-            or ptype == 0
-            or ptype > MAX_TYPE
-            or size > self.max_payload
-            or not _HAS_DATA[ptype]
-            or len(buf) < stop
-        ):
-            # anything unusual: the general path reports it exactly as usual
-            self._buf = bytearray()
-            self._need = 0
-            return self.feed(bytes(buf))
+    def payload_filled(self, n: int) -> list[Event]:
+        """``n`` bytes were written at the start of ``payload_target()``."""
+        payload = self._payload
+        assert payload is not None
+        self._filled += n
+        if self._filled < len(payload.view):
+            return []
+        return [self._finish_payload(payload)]
+
+    def _finish_payload(self, payload: Payload) -> Event:
+        args = self._args
+        args.append(payload.finish())
+        self._payload = None
+        self._args = []
+        self._filled = 0
+        return (self._ptype, args)
+
+    def _start_payload(self, buf: bytes, pos: int, end: int, ptype: int, size: int) -> bool:
+        """An incomplete large packet starts at ``pos``: switch to receiving in place
+        once its leading arguments are all here."""
+        stop = pos + HEADER_SIZE + size
         args: list[bytes] = []
-        pos = HEADER_SIZE
+        at = pos + HEADER_SIZE
         for _ in range(SEPARATORS[ptype]):
-            nul = buf.find(b"\x00", pos, stop)
+            nul = buf.find(b"\x00", at, end)
             if nul < 0:
-                self._buf = bytearray()
-                self._need = 0
-                return [(MALFORMED, [b"missing arguments in packet type %d" % ptype])]
-            args.append(bytes(buf[pos:nul]))
-            pos = nul + 1
-        with memoryview(buf) as view:
-            args.append(view[pos:stop].tobytes())
-            rest = bytes(view[stop:])
-        self._buf = bytearray()
+                return False
+            args.append(buf[at:nul])
+            at = nul + 1
+        try:
+            payload = Payload(stop - at)
+        except MemoryError:
+            return False  # no address space left: buffer what arrives instead
+        payload.view[: end - at] = memoryview(buf)[at:end]
+        self._payload = payload
+        self._ptype = ptype
+        self._args = args
+        self._filled = end - at
         self._need = 0
-        events: list[Event] = [(ptype, args)]
-        if rest:
-            events += self.feed(rest)
-        return events
+        return True
 
     def feed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        payload = self._payload
+        if payload is not None:
+            room = len(payload.view) - self._filled
+            if len(data) < room:
+                payload.view[self._filled : self._filled + len(data)] = data
+                self._filled += len(data)
+                return events
+            payload.view[self._filled :] = memoryview(data)[:room]
+            events.append(self._finish_payload(payload))
+            if len(data) == room:
+                return events
+            data = data[room:]
         if self._buf:
-            # Accumulate in place: a 64 MiB packet arriving in 256 KiB reads
-            # must not be re-copied or re-parsed on every read.
+            # Accumulate in place: a packet arriving in many reads must not be
+            # re-copied or re-parsed on every read.
             self._buf += data
             if len(self._buf) < self._need:
-                return []
-            if len(self._buf) >= BIG and self._buf[0] == 0:
-                return self._feed_big()
+                return events
             buf = bytes(self._buf)
             self._buf = bytearray()
         else:
             buf = data
-        events: list[Event] = []
         pos = 0
         end = len(buf)
         unpack = HEADER.unpack_from
@@ -148,7 +192,19 @@ class Decoder:
                 return events
             stop = pos + HEADER_SIZE + size
             if stop > end:
-                self._need = HEADER_SIZE + size
+                if (
+                    size >= BIG
+                    and magic == self._expect
+                    and _HAS_DATA[ptype]
+                    and self._start_payload(buf, pos, end, ptype, size)
+                ):
+                    return events
+                # not yet: wait for the whole packet, or (a large packet whose
+                # leading arguments are still incomplete) for a few more bytes
+                if size >= BIG and end - pos < HEADER_SIZE + MAX_ARGS_SIZE:
+                    self._need = end - pos + 1
+                else:
+                    self._need = HEADER_SIZE + size
                 break
             if magic != self._expect:
                 events.append((WRONG_MAGIC, [b"%d" % ptype]))

@@ -18,6 +18,8 @@ from .connection import GearmanProtocol
 
 log = logging.getLogger("gearmill.server")
 
+RECV_BUFFER = 256 * 1024
+
 
 @dataclass(slots=True)
 class ServerConfig:
@@ -42,6 +44,9 @@ class Server:
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
+        # every connection reads into this (see connection.py); uvloop reads
+        # up to 256 KiB at a time
+        self.recv_view = memoryview(bytearray(RECV_BUFFER))
 
     # ------------------------------------------------------------ lifecycle
 

@@ -1,4 +1,10 @@
-"""asyncio edge: bytes in -> decoder -> broker -> one write per peer per batch."""
+"""asyncio edge: bytes in -> decoder -> broker -> one write per peer per batch.
+
+Reads go into one receive buffer shared by every connection (the loop reads
+and calls ``buffer_updated`` before it reads another socket), so an idle
+connection holds no read buffer; the data of a large packet is read straight
+into its final place (``Decoder.payload_target``).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def _is_loopback(host: str) -> bool:
         return host == "" or host.startswith("/")  # unix sockets are local
 
 
-class GearmanProtocol(asyncio.Protocol):
+class GearmanProtocol(asyncio.BufferedProtocol):
     __slots__ = ("broker", "decoder", "peer", "server", "transport")
 
     def __init__(self, server: Server) -> None:
@@ -48,13 +54,22 @@ class GearmanProtocol(asyncio.Protocol):
         self.peer = self.broker.connect(Peer(fd, host or "-", _is_loopback(host)))
         self.peer.io = self
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        target = self.decoder.payload_target()
+        return self.server.recv_view if target is None else target
+
+    def buffer_updated(self, nbytes: int) -> None:
+        decoder = self.decoder
+        if decoder.payload_target() is None:
+            events = decoder.feed(self.server.recv_view[:nbytes].tobytes())
+        else:
+            events = decoder.payload_filled(nbytes)
         peer = self.peer
         if peer is None or peer.close:
             return
         broker = self.broker
         handle = broker.handle
-        for kind, args in self.decoder.feed(data):
+        for kind, args in events:
             if kind > 0:
                 handle(peer, kind, args)
             elif kind == TEXT:
