@@ -70,6 +70,30 @@ def test_broker_queue_background(benchmark: Any) -> None:
     assert benchmark(queue) == N
 
 
+def test_read_of_256_background_submissions(benchmark: Any) -> None:
+    """What the server does for one read in bg_100k: decode 256 pipelined
+    SUBMIT_JOB_BG, queue them, answer JOB_CREATED (1000 jobs a round)."""
+    reads = [
+        b"".join(
+            encode_req(T.SUBMIT_JOB_BG, b"func", b"u%d" % (r * 256 + i), b"payload-%07d" % i)
+            for i in range(256)
+        )
+        for r in range(4)
+    ]
+
+    def serve() -> int:
+        broker, client, _ = _broker()
+        decoder = Decoder(server=True)
+        for data in reads:
+            events = decoder.feed(data)
+            broker.handle_events(client, events, 0)
+            client.out.clear()
+        broker.dirty.clear()
+        return broker.functions[b"func"].total
+
+    assert benchmark(serve) == 1024
+
+
 def test_broker_round_trip(benchmark: Any) -> None:
     """Submit, grab, complete: the server-side work of one foreground job."""
 

@@ -68,21 +68,21 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         if peer is None or peer.close:
             return
         broker = self.broker
-        handle = broker.handle
-        for kind, args in events:
-            if kind > 0:
-                handle(peer, kind, args)
-            elif kind == TEXT:
+        n = len(events)
+        i = broker.handle_events(peer, events, 0)
+        while i < n:  # the broker stopped at an admin line or a malformed stream
+            kind, args = events[i]
+            if kind == TEXT:
                 reply = admin.run(broker, peer, args[0])
                 if reply is None:
                     self._close_after_flush(peer, "admin line with more than 5 tokens")
                     break
                 broker._send(peer, reply)
-            elif kind == MALFORMED:
+            else:
+                assert kind == MALFORMED
                 self._close_after_flush(peer, args[0].decode())
                 break
-            else:
-                handle(peer, kind, args)
+            i = broker.handle_events(peer, events, i + 1)
         self.server.flush()
 
     def _close_after_flush(self, peer: Peer, why: str) -> None:
