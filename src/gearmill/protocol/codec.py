@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .packets import ARG_COUNT, ARGS, HEADER, HEADER_SIZE, MAX_TYPE, REQ, RES, SEPARATORS
+from .packets import ARG_COUNT, ARGS, HEADER_SIZE, MAX_TYPE, REQ, RES, SEPARATORS
 from .payload import Payload
 
 TEXT: Final = 0
@@ -56,10 +56,9 @@ class Decoder:
     __slots__ = (
         "_args",
         "_buf",
-        "_expect",
         "_filled",
+        "_mine",
         "_need",
-        "_other",
         "_payload",
         "_ptype",
         "_text",
@@ -69,8 +68,8 @@ class Decoder:
     def __init__(self, *, server: bool = True, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
         self._need = 0  # bytes the buffer must hold before parsing can progress
-        self._expect = REQ if server else RES
-        self._other = RES if server else REQ
+        # last byte of the magic this side expects: "Q" of \0REQ or "S" of \0RES
+        self._mine = (REQ if server else RES)[3]
         self._text = server
         self.max_payload = max_payload
         # the large packet being received in place, if any
@@ -158,7 +157,6 @@ class Decoder:
             buf = data
         pos = 0
         end = len(buf)
-        unpack = HEADER.unpack_from
         while pos < end:
             if buf[pos] != 0:
                 if not self._text:
@@ -180,11 +178,14 @@ class Decoder:
             if end - pos < HEADER_SIZE:
                 self._need = HEADER_SIZE
                 break
-            magic, ptype, size = unpack(buf, pos)
+            # the header byte by byte (compiled, no tuple or magic bytes per packet)
+            kind = buf[pos + 3]
+            ptype = buf[pos + 4] << 24 | buf[pos + 5] << 16 | buf[pos + 6] << 8 | buf[pos + 7]
+            size = buf[pos + 8] << 24 | buf[pos + 9] << 16 | buf[pos + 10] << 8 | buf[pos + 11]
             if ptype == 0 or ptype > MAX_TYPE:
                 events.append((MALFORMED, [b"invalid packet type %d" % ptype]))
                 return events
-            if magic != self._expect and magic != self._other:
+            if buf[pos + 1] != 0x52 or buf[pos + 2] != 0x45 or (kind != 0x51 and kind != 0x53):
                 events.append((MALFORMED, [b"invalid magic"]))
                 return events
             if size > self.max_payload or (size > MAX_ARGS_SIZE and not _HAS_DATA[ptype]):
@@ -194,7 +195,7 @@ class Decoder:
             if stop > end:
                 if (
                     size >= BIG
-                    and magic == self._expect
+                    and kind == self._mine
                     and _HAS_DATA[ptype]
                     and self._start_payload(buf, pos, end, ptype, size)
                 ):
@@ -206,7 +207,7 @@ class Decoder:
                 else:
                     self._need = HEADER_SIZE + size
                 break
-            if magic != self._expect:
+            if kind != self._mine:
                 events.append((WRONG_MAGIC, [b"%d" % ptype]))
                 pos = stop
                 continue
