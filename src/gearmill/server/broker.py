@@ -648,16 +648,18 @@ class Broker:
         if not background and peer is not None:
             job.add_client(peer)
             peer.waiting.add(job)
+        func.queued[priority] += 1
+        if when and when > self.clock():
+            job.state = SCHEDULED
+            self._push_timer(float(when), job, None)
+        else:
+            func.queues[priority].append(job)
+            # The NOOP to a sleeping worker is queued (and written) before the
+            # JOB_CREATED: the job's result waits on the worker, not on the
+            # client learning its handle, which still arrives first.
+            self._wake(func)
         if peer is not None:
             self._send(peer, _job_created(handle))
-        func.queued[priority] += 1
-        if when:
-            if when > self.clock():
-                job.state = SCHEDULED
-                self._push_timer(float(when), job, None)
-                return job
-        func.queues[priority].append(job)
-        self._wake(func)
         return job
 
     def _forward(self, job: Job, packet: bytes) -> None:
