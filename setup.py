@@ -13,6 +13,7 @@ HOT = [
     "src/gearmill/protocol/packets.py",
     "src/gearmill/protocol/codec.py",
     "src/gearmill/server/broker.py",
+    "src/gearmill/server/stream.py",
 ]
 
 ext_modules = []

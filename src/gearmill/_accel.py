@@ -20,7 +20,12 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-HOT_MODULES = ("gearmill.protocol.packets", "gearmill.protocol.codec", "gearmill.server.broker")
+HOT_MODULES = (
+    "gearmill.protocol.packets",
+    "gearmill.protocol.codec",
+    "gearmill.server.broker",
+    "gearmill.server.stream",
+)
 _ROOT = Path(__file__).resolve().parent
 
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from .._accel import IMPLEMENTATION
 from ..protocol.codec import MAX_PAYLOAD
-from ..protocol.packets import BIG_PIECE, DEFAULT_PORT
-from .broker import Broker, BrokerConfig
+from ..protocol.packets import DEFAULT_PORT
+from . import admin
+from .broker import Broker, BrokerConfig, Peer
 from .connection import GearmanProtocol
+from .stream import Hub, Stream, flush
 
 log = logging.getLogger("gearmill.server")
-
-RECV_BUFFER = 256 * 1024
 
 
 @dataclass(slots=True)
@@ -44,9 +44,7 @@ class Server:
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
-        # every connection reads into this (see connection.py); uvloop reads
-        # up to 256 KiB at a time
-        self.recv_view = memoryview(bytearray(RECV_BUFFER))
+        self.hub = Hub(self.broker, self._admin_line, self._after_flush)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -111,7 +109,7 @@ class Server:
             server.close()
         for peer in list(self.broker.peers.values()):
             io = peer.io
-            if isinstance(io, GearmanProtocol) and io.transport is not None:
+            if isinstance(io, Stream) and io.transport is not None:
                 io.transport.abort()
         for server in self._servers:
             await server.wait_closed()
@@ -142,28 +140,14 @@ class Server:
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
     def flush(self) -> None:
-        """Write every peer's pending output (one write each), then re-arm timers."""
+        """Write every peer's pending output, then arm timers / go on with a shutdown."""
+        flush(self.hub)
+
+    def _admin_line(self, peer: Peer, line: bytes) -> bytes | None:
+        return admin.run(self.broker, peer, line)
+
+    def _after_flush(self) -> None:
         broker = self.broker
-        dirty = broker.dirty
-        if dirty:
-            for peer in dirty:
-                io = peer.io
-                out = peer.out
-                if isinstance(io, GearmanProtocol) and io.transport is not None:
-                    transport = io.transport
-                    if len(out) == 1:
-                        transport.write(out[0])
-                    elif out:
-                        # many small packets: one joined write; a large piece is
-                        # handed over as is (uvloop writes the list with writev)
-                        if sum(map(len, out)) >= BIG_PIECE:
-                            transport.writelines(out)
-                        else:
-                            transport.write(b"".join(out))
-                    if peer.close:
-                        transport.close()
-                out.clear()
-            dirty.clear()
         if broker.timers:
             self._arm_timer()
         if broker.stopping is not None:
