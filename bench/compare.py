@@ -4,6 +4,7 @@
     python3 bench/compare.py                      # full run, 3 interleaved repeats
     python3 bench/compare.py --quick              # 1/10 sizes, 1 repeat (a smoke test)
     python3 bench/compare.py --scenarios bg_100k,big_64MiB --repeat 5
+    python3 bench/compare.py --cpus 0 --scenarios lat_5k_c1_w1,status_20k_c1   # pinned
 
 The ratio column is "how many times better gearmill is than the best gearmand
 configuration" (c-gearmand -t1, or -t1 with a 1M-bucket hashtable, whichever
@@ -99,6 +100,11 @@ def main() -> int:
         "--with-pure", action="store_true", help="also measure GEARMILL_PURE=1 (the reference)"
     )
     p.add_argument("--no-hash", action="store_true", help="skip the -t1-hash1M configuration")
+    p.add_argument(
+        "--cpus",
+        help="run every server and load generator under taskset -c CPUS (the harness's "
+        "stable software-path latencies; for lat_*/status_* only)",
+    )
     p.add_argument("--out", help="folder for results (default: a new temporary folder)")
     args = p.parse_args()
 
@@ -112,6 +118,8 @@ def main() -> int:
     cmd += ["--quick"] if args.quick else ["--repeat", str(args.repeat)]
     if args.scenarios:
         cmd += ["--scenarios", args.scenarios]
+    if args.cpus:
+        cmd += ["--cpus", args.cpus]
     cmd += ["-s", "gearmill=" + gearmill_command(args.gearmill_args)]
     if args.with_pure:
         cmd += ["-s", "gearmill-pure=env GEARMILL_PURE=1 " + gearmill_command(args.gearmill_args)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from conftest import Conn, Running, free_port, start_gearmill
 
 CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED, GRAB_JOB, JOB_ASSIGN = 1, 4, 6, 7, 8, 9, 11
 WORK_COMPLETE, ECHO_REQ, ECHO_RES, SUBMIT_JOB_BG, ERROR, SUBMIT_JOB_EPOCH = 13, 16, 17, 18, 19, 36
-CAN_DO_TIMEOUT = 23
+CAN_DO_TIMEOUT, NO_JOB = 23, 10
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -149,6 +150,27 @@ def test_64mib_job_round_trip(gearmill: Running) -> None:
         assert got == h + b"\x00echo\x00" + payload
         w.send(WORK_COMPLETE, h, payload)
         assert c.expect(WORK_COMPLETE) == h + b"\x00" + payload
+
+
+def test_large_job_cut_off_halfway_leaves_nothing_behind(server: Running) -> None:
+    """A client gone in the middle of an 8 MiB submission (received in place
+    by gearmill): no job, and the server goes on serving."""
+    payload = b"z" * (8 << 20)
+    body = b"half\x00\x00" + payload
+    packet = b"\x00REQ" + struct.pack(">II", SUBMIT_JOB_BG, len(body)) + body
+    with server.conn() as c:
+        c.raw(packet[: len(packet) // 2])
+    with server.conn() as c, server.conn() as w:
+        w.send(CAN_DO, b"half")
+        w.send(GRAB_JOB)
+        assert w.expect(NO_JOB) == b""
+        c.send(SUBMIT_JOB, b"half", b"", b"small")
+        h = c.expect(JOB_CREATED)
+        w.send(GRAB_JOB)
+        assert w.expect(JOB_ASSIGN) == h + b"\x00half\x00small"
+        w.send(WORK_COMPLETE, h, b"done")
+        assert c.expect(WORK_COMPLETE) == h + b"\x00done"
+        assert c.admin(b"status\n") == b"half\t0\t0\t1\n.\n"
 
 
 def test_epoch_job_wakes_worker_on_time(gearmill: Running) -> None:
