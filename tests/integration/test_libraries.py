@@ -30,6 +30,9 @@ async def _scenario(address: str) -> None:
     try:
         async with gearmill.AsyncClient(address, timeout=10) as client:
             assert await client.run("reverse", b"hello") == b"olleh"
+            # large packets both ways (read in place by server, worker and client)
+            big = bytes(range(256)) * 12289  # 3 MiB with NULs inside
+            assert await client.run("reverse", big) == big[::-1]
             seen: list[tuple[int, int]] = []
             job = await client.submit("reverse", b"abc", on_status=lambda n, d: seen.append((n, d)))
             assert [c async for c in job] == [b"chunk"]
