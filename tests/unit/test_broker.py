@@ -167,6 +167,71 @@ def test_worker_wakeup_limit_rotates() -> None:
     assert woken == [1, 1, 0]
 
 
+def _sleepers(b: Broker, n: int, *funcs: bytes) -> list[Peer]:
+    workers = [peer(b) for _ in range(n)]
+    for w in workers:
+        for f in funcs or (b"f",):
+            b.handle(w, T.CAN_DO, [f])
+        b.handle(w, T.PRE_SLEEP, [])
+    return workers
+
+
+def test_one_sleeper_woken_per_queued_job_by_default() -> None:
+    b, _ = make()
+    c = peer(b)
+    workers = _sleepers(b, 3)
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"1"])
+    assert [sent(w) for w in workers] == [[(T.NOOP, [])], [], []]
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"2"])
+    assert [sent(w) for w in workers] == [[], [(T.NOOP, [])], []]
+    # the first one takes a job: the second job still has its own worker coming
+    b.handle(workers[0], T.GRAB_JOB, [])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"3"])
+    assert [len(sent(w)) for w in workers] == [1, 0, 1]
+
+
+def test_worker_wakeup_zero_wakes_every_sleeper_like_gearmand() -> None:
+    b, _ = make(worker_wakeup=0)
+    c = peer(b)
+    workers = _sleepers(b, 3)
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"1"])
+    assert [sent(w) for w in workers] == [[(T.NOOP, [])]] * 3
+
+
+def test_woken_worker_that_leaves_or_never_answers_is_replaced() -> None:
+    b, clock = make()
+    c = peer(b)
+    w1, *rest = _sleepers(b, 3)
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"1"])
+    assert sent(w1) == [(T.NOOP, [])]
+    b.disconnect(w1)
+    noops = [sent(w) for w in rest]
+    assert sorted(noops) == [[], [(T.NOOP, [])]]
+    hung, other = rest if noops[0] else rest[::-1]
+    # the second one hangs: a second after its NOOP the last one is woken
+    clock.now += 0.5
+    b.tick()
+    assert sent(other) == []
+    clock.now += 0.6
+    b.tick()
+    assert sent(other) == [(T.NOOP, [])] and sent(hung) == []
+    b.handle(other, T.GRAB_JOB, [])
+    assert sent(other)[0][0] == T.JOB_ASSIGN
+
+
+def test_woken_worker_taking_another_functions_job_hands_its_wake_on() -> None:
+    b, _ = make()
+    c = peer(b)
+    (both,) = _sleepers(b, 1, b"f", b"g")
+    (only_f,) = _sleepers(b, 1, b"f")
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"for f"])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"g", b"", b"for g"])
+    assert sent(both) == [(T.NOOP, [])] and sent(only_f) == []
+    b.handle(both, T.GRAB_JOB, [])  # its latest CAN_DO (g) comes first
+    assert sent(both)[0][1][2] == b"for g"
+    assert sent(only_f) == [(T.NOOP, [])]
+
+
 def test_cancel_running_job_discards_result() -> None:
     b, _ = make()
     c, w = peer(b), peer(b)

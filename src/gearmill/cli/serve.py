@@ -131,9 +131,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-w",
         "--worker-wakeup",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="sleeping workers woken per new job (0 = all, gearmand's default)",
+        help="sleeping workers woken per new job: 0 = all (gearmand's default), N = at "
+        "most N; unset: one per queued job that no woken worker is coming for",
     )
     p.add_argument("--exceptions", action="store_true", help="enable the exceptions option for all")
     p.add_argument("--keepalive", action="store_true", help="tune TCP keepalive on connections")
@@ -195,7 +196,7 @@ def configure(args: argparse.Namespace) -> tuple[ServerConfig, str]:
         raise ValueError(f"--port {port}: a port is 0..65535")
     if not 0 <= args.job_retries <= 255:
         raise ValueError(f"--job-retries {args.job_retries}: use 0 (no limit) to 255")
-    if args.worker_wakeup < 0:
+    if args.worker_wakeup is not None and args.worker_wakeup < 0:
         raise ValueError(f"--worker-wakeup {args.worker_wakeup}: use 0 (all) or more")
     level_index = min(LEVELS.index(args.verbose) + args.more_verbose, len(LEVELS) - 1)
     level = LEVELS[level_index]
@@ -203,7 +204,7 @@ def configure(args: argparse.Namespace) -> tuple[ServerConfig, str]:
     broker = BrokerConfig(
         handle_prefix=prefix,
         job_retries=args.job_retries,
-        worker_wakeup=args.worker_wakeup,
+        worker_wakeup=-1 if args.worker_wakeup is None else args.worker_wakeup,
         round_robin=args.round_robin,
         global_priority=args.global_priority,
         exceptions=args.exceptions,

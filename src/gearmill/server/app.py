@@ -148,7 +148,8 @@ class Server:
 
     def _after_flush(self) -> None:
         broker = self.broker
-        if broker.timers:
+        if broker.timers_changed:
+            broker.timers_changed = False
             self._arm_timer()
         if broker.stopping is not None:
             if broker.stopping == "now":

@@ -147,5 +147,5 @@ def flush(hub: Hub) -> None:
                         transport.close()
             out.clear()
         dirty.clear()
-    if broker.timers or broker.stopping is not None:
+    if broker.timers_changed or broker.stopping is not None:
         hub.after()
