@@ -228,3 +228,50 @@ def test_many_connections_and_pipelined_submits(gearmill: Running) -> None:
     with gearmill.conn() as c:
         c.send(ECHO_REQ, b"ok")
         assert c.expect(ECHO_RES) == b"ok"
+
+
+def test_one_sleeping_worker_woken_per_job_and_a_silent_one_passed_over(
+    gearmill: Running,
+) -> None:
+    workers = [gearmill.conn() for _ in range(3)]
+    try:
+        for w in workers:
+            w.send(CAN_DO, b"herd")
+            w.send(PRE_SLEEP)
+        with gearmill.conn() as c:
+            c.send(SUBMIT_JOB_BG, b"herd", b"", b"only one")
+            c.expect(JOB_CREATED)
+        woken = [w for w in workers if not w.quiet(0.3)]
+        assert len(woken) == 1  # gearmand NOOPs all three
+        assert woken[0].expect(NOOP) == b""
+        # the woken worker never asks: about a second later another one is woken
+        rest = [w for w in workers if w is not woken[0]]
+        deadline = time.monotonic() + 5
+        second = [w for w in rest if not w.quiet(0.1)]
+        while not second and time.monotonic() < deadline:
+            second = [w for w in rest if not w.quiet(0.1)]
+        assert len(second) == 1
+        assert second[0].expect(NOOP) == b""
+        second[0].send(GRAB_JOB)
+        assert second[0].expect(JOB_ASSIGN).endswith(b"\x00herd\x00only one")
+        assert woken[0].quiet(0.2)
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_worker_wakeup_zero_wakes_every_sleeper_like_gearmand() -> None:
+    srv = start_gearmill("--worker-wakeup", "0")
+    try:
+        workers = [srv.conn() for _ in range(3)]
+        for w in workers:
+            w.send(CAN_DO, b"herd")
+            w.send(PRE_SLEEP)
+        with srv.conn() as c:
+            c.send(SUBMIT_JOB_BG, b"herd", b"", b"x")
+            c.expect(JOB_CREATED)
+        assert [w.expect(NOOP) for w in workers] == [b""] * 3
+        for w in workers:
+            w.close()
+    finally:
+        srv.stop()
