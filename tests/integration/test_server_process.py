@@ -230,17 +230,23 @@ def test_many_connections_and_pipelined_submits(gearmill: Running) -> None:
         assert c.expect(ECHO_RES) == b"ok"
 
 
+def _three_sleepers_then_one_job(srv: Running, data: bytes) -> list[Conn]:
+    """Three workers of ``herd`` asleep, then one background job for them."""
+    workers = [srv.conn() for _ in range(3)]
+    for w in workers:
+        w.send(CAN_DO, b"herd")
+        w.send(PRE_SLEEP)
+    with srv.conn() as c:
+        c.send(SUBMIT_JOB_BG, b"herd", b"", data)
+        c.expect(JOB_CREATED)
+    return workers
+
+
 def test_one_sleeping_worker_woken_per_job_and_a_silent_one_passed_over(
     gearmill: Running,
 ) -> None:
-    workers = [gearmill.conn() for _ in range(3)]
+    workers = _three_sleepers_then_one_job(gearmill, b"only one")
     try:
-        for w in workers:
-            w.send(CAN_DO, b"herd")
-            w.send(PRE_SLEEP)
-        with gearmill.conn() as c:
-            c.send(SUBMIT_JOB_BG, b"herd", b"", b"only one")
-            c.expect(JOB_CREATED)
         woken = [w for w in workers if not w.quiet(0.3)]
         assert len(woken) == 1  # gearmand NOOPs all three
         assert woken[0].expect(NOOP) == b""
@@ -263,13 +269,7 @@ def test_one_sleeping_worker_woken_per_job_and_a_silent_one_passed_over(
 def test_worker_wakeup_zero_wakes_every_sleeper_like_gearmand() -> None:
     srv = start_gearmill("--worker-wakeup", "0")
     try:
-        workers = [srv.conn() for _ in range(3)]
-        for w in workers:
-            w.send(CAN_DO, b"herd")
-            w.send(PRE_SLEEP)
-        with srv.conn() as c:
-            c.send(SUBMIT_JOB_BG, b"herd", b"", b"x")
-            c.expect(JOB_CREATED)
+        workers = _three_sleepers_then_one_job(srv, b"x")
         assert [w.expect(NOOP) for w in workers] == [b""] * 3
         for w in workers:
             w.close()
