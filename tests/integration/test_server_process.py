@@ -39,6 +39,12 @@ def test_bad_values_say_what_to_do() -> None:
     assert r.returncode == 2 and "use 0 (no limit) to 255" in r.stderr
     r = serve("-q", "redis")
     assert r.returncode == 2 and "use -q builtin" in r.stderr
+    r = serve("--worker-wakeup", "-1")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "gearmill serve: --worker-wakeup -1: use 0 (all), N (at most N), or leave it out "
+        "(one per queued job)"
+    ]
     r = subprocess.run(
         [sys.executable, "-m", "gearmill.cli.main", "serve"],
         capture_output=True,

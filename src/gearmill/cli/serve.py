@@ -197,7 +197,10 @@ def configure(args: argparse.Namespace) -> tuple[ServerConfig, str]:
     if not 0 <= args.job_retries <= 255:
         raise ValueError(f"--job-retries {args.job_retries}: use 0 (no limit) to 255")
     if args.worker_wakeup is not None and args.worker_wakeup < 0:
-        raise ValueError(f"--worker-wakeup {args.worker_wakeup}: use 0 (all) or more")
+        raise ValueError(
+            f"--worker-wakeup {args.worker_wakeup}: use 0 (all), N (at most N), or leave it "
+            "out (one per queued job)"
+        )
     level_index = min(LEVELS.index(args.verbose) + args.more_verbose, len(LEVELS) - 1)
     level = LEVELS[level_index]
     prefix = args.job_handle_prefix.encode() if args.job_handle_prefix else default_handle_prefix()
