@@ -20,6 +20,21 @@ REQ = b"\x00REQ"
 RES = b"\x00RES"
 PREFIX = "H:test"
 
+# Servers' working folders (logs, pid files) go under pytest's own temporary
+# folder, which keeps the last three runs for a look after a failure and
+# removes older ones.
+_TMP_ROOT: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _server_tmp_root(tmp_path_factory: pytest.TempPathFactory) -> None:
+    global _TMP_ROOT
+    _TMP_ROOT = tmp_path_factory.mktemp("servers")
+
+
+def _server_tmp(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_TMP_ROOT))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -91,7 +106,7 @@ def gearmill_cmd(port: int, *extra: str) -> list[str]:
 
 def start_gearmill(*extra: str, tmp: Path | None = None) -> Running:
     port = free_port()
-    tmp = tmp or Path(tempfile.mkdtemp(prefix="gearmill-"))
+    tmp = tmp or _server_tmp("gearmill-")
     log = open(tmp / "server.log", "ab")
     cmd = gearmill_cmd(port, *extra)
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -102,7 +117,7 @@ def start_gearmill(*extra: str, tmp: Path | None = None) -> Running:
 def start_gearmand(*extra: str) -> Running:
     binary = shutil.which("gearmand") or "/usr/sbin/gearmand"
     port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="gearmand-"))
+    tmp = _server_tmp("gearmand-")
     cmd = [
         binary,
         "--listen=127.0.0.1",
