@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gearmill.protocol.codec import Decoder
 from gearmill.protocol.packets import PacketType as T
 from gearmill.server import admin
@@ -284,3 +287,92 @@ def test_idle_for_graceful_stop() -> None:
     assert not b.idle()
     b.handle(w, T.WORK_COMPLETE, [b"H:t:2", b""])
     assert b.idle()
+
+
+class _SimWorker:
+    """A worker as libraries write them: GRAB until NO_JOB, PRE_SLEEP, GRAB again
+    after a NOOP, complete each job it is given. A hung (or departed) one does
+    nothing."""
+
+    def __init__(self, b: Broker, abilities: list[bytes], hung: bool) -> None:
+        self.b = b
+        self.peer = peer(b)
+        self.hung = hung
+        self.abilities = abilities
+        self.awake = True
+        self.job: bytes | None = None
+        for f in abilities:
+            b.handle(self.peer, T.CAN_DO, [f])
+        self.act()  # asks for work, finds none and sleeps
+
+    def act(self) -> None:
+        if self.hung:
+            self.peer.out.clear()
+            return
+        for kind, _args in sent(self.peer):
+            if kind == T.NOOP:
+                self.awake = True
+        if self.job is not None:
+            self.b.handle(self.peer, T.WORK_COMPLETE, [self.job, b"done"])
+            self.job = None
+        elif self.awake:
+            self.b.handle(self.peer, T.GRAB_JOB, [])
+            for kind, args in sent(self.peer):
+                if kind == T.JOB_ASSIGN:
+                    self.job = args[0]
+                elif kind == T.NO_JOB:
+                    self.awake = False
+                    self.b.handle(self.peer, T.PRE_SLEEP, [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("submit"), st.sampled_from([b"f", b"g"])),
+            st.tuples(st.just("act"), st.integers(0, 3)),
+            st.tuples(st.just("replace"), st.integers(0, 3), st.integers(1, 3)),
+            st.tuples(st.just("hang"), st.integers(0, 3)),
+            st.tuples(st.just("leave"), st.integers(0, 3)),
+            st.tuples(st.just("time"), st.sampled_from([0.3, 0.6, 1.2])),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([-1, 0, 1]),
+)
+def test_no_job_is_stranded_while_a_working_worker_can_do_it(
+    steps: list[tuple[object, ...]], wakeup: int
+) -> None:
+    """Whatever happens in between, once the working workers get to act and
+    time passes, every queued job some working worker can do gets done."""
+    b, clock = make(worker_wakeup=wakeup)
+    client = peer(b)
+    kinds = {1: [b"f"], 2: [b"g"], 3: [b"f", b"g"]}
+    workers = [_SimWorker(b, kinds[1 + i % 3], hung=False) for i in range(4)]
+    for step in steps:
+        if step[0] == "submit":
+            b.handle(client, T.SUBMIT_JOB_BG, [step[1], b"", b"x"])  # type: ignore[list-item]
+        elif step[0] == "act":
+            workers[step[1]].act()  # type: ignore[index]
+        elif step[0] == "replace":
+            _, i, kind = step
+            b.disconnect(workers[i].peer)  # type: ignore[index]
+            workers[i] = _SimWorker(b, kinds[kind], hung=False)  # type: ignore[index]
+        elif step[0] == "hang":  # stops answering, asleep or not
+            workers[step[1]].hung = True  # type: ignore[index]
+        elif step[0] == "leave" and not workers[step[1]].hung:  # type: ignore[index]
+            b.disconnect(workers[step[1]].peer)  # type: ignore[index]
+            workers[step[1]].hung = True  # type: ignore[index]
+        else:
+            clock.now += step[1]  # type: ignore[operator]
+            b.tick()
+    for _ in range(20):  # bounded: each round lets every working worker act, then 1.1 s pass
+        for _ in range(4):
+            for w in workers:
+                w.act()
+        clock.now += 1.1
+        b.tick()
+    can_do = {f for w in workers if not w.hung for f in w.abilities}
+    for name, func in b.functions.items():
+        if name in can_do:
+            assert sum(func.queued) == 0, (name, func.queued, wakeup)
