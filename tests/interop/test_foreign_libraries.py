@@ -60,7 +60,6 @@ def test_foreign_client_and_workers(server: Running, library: str, tmp_path: Pat
         while _function_status(server, func)[2:] != ["3"]:
             assert time.monotonic() < deadline, f"{library} workers did not register"
             time.sleep(0.05)
-        time.sleep(0.2)  # let them all reach PRE_SLEEP
 
         client = subprocess.run([*client_cmd, *where], capture_output=True, text=True, timeout=60)
         assert client.returncode == 0, client.stderr

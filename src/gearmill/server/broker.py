@@ -597,8 +597,8 @@ class Broker:
         By default only as many as there are queued jobs that no woken worker
         is on its way to take: waking every sleeper for each job (gearmand's
         default, ``worker_wakeup=0``) sends the others GRAB_JOB -> NO_JOB ->
-        PRE_SLEEP for nothing (bench/herd.py, 1 client and 32 workers: 4.9x the
-        round trips per second at a seventh of the server CPU).
+        PRE_SLEEP for nothing (bench/herd.py, 1 client and 32 workers: 4 to 5x
+        the round trips per second at a fifth to a seventh of the server CPU).
         """
         workers = func.workers
         count = len(workers)
