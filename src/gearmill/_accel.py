@@ -1,10 +1,12 @@
 """Choose the compiled (mypyc) or the pure-Python hot path, once, before it is imported.
 
 The compiled extension modules sit beside their sources and Python would
-prefer them. They are used only when every one of them is present and at
-least as new as its source (a stale build after an edit would otherwise
-run old code) and ``GEARMILL_PURE`` is unset; otherwise an import hook loads
-the ``.py`` files. All or nothing: compiled modules of one build call each
+prefer them. They are used only when ``GEARMILL_PURE`` is unset, every one of
+them is present, and every source still has the SHA-256 recorded in the build's
+stamp (``_compiled.json``, written by ``setup.py`` after a successful build), so
+a stale build after an edit never runs old code while a wheel, whose files all
+get new mtimes when unpacked, is trusted. Otherwise an import hook loads the
+``.py`` files. All or nothing: compiled modules of one build call each
 other directly, so they cannot be mixed with pure ones.
 """
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
+from hashlib import sha256
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -34,16 +38,18 @@ def _source(name: str) -> Path:
 
 
 def _compiled_is_current() -> bool:
+    try:
+        stamp = json.loads(_ROOT.joinpath("_compiled.json").read_text())
+    except (OSError, ValueError):
+        return False
     for name in HOT_MODULES:
         src = _source(name)
-        built = [
-            src.with_name(src.stem + suffix)
+        if not any(
+            src.with_name(src.stem + suffix).exists()
             for suffix in importlib.machinery.EXTENSION_SUFFIXES
-            if src.with_name(src.stem + suffix).exists()
-        ]
-        if not built:
+        ):
             return False
-        if src.exists() and max(p.stat().st_mtime for p in built) < src.stat().st_mtime:
+        if src.exists() and sha256(src.read_bytes()).hexdigest() != stamp.get(name):
             return False
     return True
 

@@ -38,15 +38,33 @@ def test_pure_python_on_request() -> None:
     assert _run({"GEARMILL_PURE": "1"}) == "pure True True"
 
 
-def test_stale_build_is_not_used(tmp_path: Path) -> None:
+def _copy_install(tmp_path: Path) -> Path:
     src = Path(gearmill.__file__).parent
     shutil.copytree(src, tmp_path / "gearmill")
     for lib in src.parent.glob("*__mypyc*"):
         shutil.copy2(lib, tmp_path)
-    edited = tmp_path / "gearmill" / "protocol" / "codec.py"
-    later = time.time() + 60
-    os.utime(edited, (later, later))  # as if edited after the build
+    codec = tmp_path / "gearmill" / "protocol" / "codec.py"
     assert any(
-        (edited.with_name("codec" + s)).exists() for s in importlib.machinery.EXTENSION_SUFFIXES
+        (codec.with_name("codec" + s)).exists() for s in importlib.machinery.EXTENSION_SUFFIXES
     )
+    return codec
+
+
+def test_stale_build_is_not_used(tmp_path: Path) -> None:
+    codec = _copy_install(tmp_path)
+    codec.write_text(codec.read_text() + "\n# edited after the build\n")
+    assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
+
+
+def test_newer_mtimes_alone_keep_the_compiled_build(tmp_path: Path) -> None:
+    # unpacking a wheel gives every .py a later mtime than its .so: same content, still compiled
+    codec = _copy_install(tmp_path)
+    later = time.time() + 60
+    os.utime(codec, (later, later))
+    assert _run({}, pythonpath=str(tmp_path)) == "compiled False False"
+
+
+def test_build_without_stamp_is_not_used(tmp_path: Path) -> None:
+    _copy_install(tmp_path)
+    (tmp_path / "gearmill" / "_compiled.json").unlink()
     assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
