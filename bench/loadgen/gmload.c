@@ -45,10 +45,11 @@ static struct {
   size_t size;
   double timeout;
   double stall;
+  double cap; /* bg, rt, status: issue no new job after this many seconds (0: no cap) */
   int drain; /* bg: drain and verify after submitting (off for the memory scenario) */
   int hold;  /* conns: wait for stdin to close before the final check */
   long sockbuf; /* -1: let the kernel autotune; 0: keep libgearman's 32 KiB; >0: bytes */
-} opt = {"127.0.0.1", 4730, NULL, 1000, 1, 1, 256, 16, 120.0, 10.0, 1, 0, -1};
+} opt = {"127.0.0.1", 4730, NULL, 1000, 1, 1, 256, 16, 120.0, 10.0, 0.0, 1, 0, -1};
 
 static char func[64];       /* the benchmark function, unique to this run */
 static uint64_t nonce;      /* mixed into every payload's filler */
@@ -56,7 +57,7 @@ static unsigned char *sent; /* per sequence number: 1 once a client issued it */
 static unsigned char *seen; /* per sequence number: how many times a worker got it */
 static uint32_t *lat_us;    /* per sequence number: round trip as the client saw it */
 static atomic_long progress, done_jobs, accepted, malformed, dups, target;
-static atomic_int holding;
+static atomic_int holding, capped;
 static double t_start, t0, t_done;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int emitted;
@@ -141,6 +142,7 @@ static void finish(void) {
     printf(",\"p50_us\":%.0f,\"p99_us\":%.0f,\"max_us\":%.0f", res.p50, res.p99, res.pmax);
   if (res.drain_rate > 0) printf(",\"drain_jobs_per_s\":%.1f", res.drain_rate);
   if (!strcmp(opt.mode, "conns")) printf(",\"open_at_end\":%ld", res.open_at_end);
+  if (atomic_load(&capped)) printf(",\"capped_s\":%g", opt.cap);
   if (opt.sockbuf < 0) json_str("sockbuf", "kernel");
   else printf(",\"sockbuf\":%ld", opt.sockbuf ? opt.sockbuf : 32768L);
   json_str("function", func);
@@ -360,6 +362,13 @@ typedef struct {
 
 static pthread_barrier_t client_gate; /* clients + main: the clock starts when it opens */
 
+/* --cap: a slow server gets a bounded run; what was issued is still verified */
+static int over_cap(double start) {
+  if (opt.cap <= 0 || now() - start < opt.cap) return 0;
+  atomic_store(&capped, 1);
+  return 1;
+}
+
 static gearman_client_st *ready_client(client_t *cl) {
   char who[32];
   snprintf(who, sizeof who, "client %d", cl->id);
@@ -383,7 +392,8 @@ static void *bg_client(void *arg) {
     finish();
   }
   pthread_barrier_wait(&client_gate);
-  for (long seq = cl->lo; seq < cl->hi;) {
+  double start = now();
+  for (long seq = cl->lo; seq < cl->hi && !over_cap(start);) {
     size_t k = 0;
     for (; k < b && seq < cl->hi; k++, seq++) {
       unsigned char *p = bufs + k * opt.size;
@@ -433,7 +443,8 @@ static void *rt_client(void *arg) {
     finish();
   }
   pthread_barrier_wait(&client_gate);
-  for (long seq = cl->lo; seq < cl->hi; seq++) {
+  double start = now();
+  for (long seq = cl->lo; seq < cl->hi && !over_cap(start); seq++) {
     fill(p, opt.size, (uint64_t)seq);
     sent[seq] = 1;
     size_t size = 0;
@@ -464,13 +475,15 @@ static void *status_client(void *arg) {
   client_t *cl = arg;
   gearman_client_st *c = ready_client(cl);
   pthread_barrier_wait(&client_gate);
-  for (long i = cl->lo; i < cl->hi; i++) {
+  double start = now();
+  for (long i = cl->lo; i < cl->hi && !over_cap(start); i++) {
     double t = now();
     if (!ping(c)) {
       fail("client %d: GET_STATUS %ld failed: %s", cl->id, i, gearman_client_error(c));
       finish();
     }
     lat_us[i] = (uint32_t)((now() - t) * 1e6 + 0.5);
+    sent[i] = 1;
     atomic_fetch_add(&accepted, 1);
     atomic_fetch_add(&progress, 1);
   }
@@ -500,6 +513,10 @@ static double run_clients(void *(*body)(void *), long n, int batch) {
   }
   pthread_barrier_destroy(&client_gate);
   free(cs);
+  if (atomic_load(&accepted) == 0) {
+    fail("the server accepted no job or request at all");
+    finish();
+  }
   return end;
 }
 
@@ -526,7 +543,11 @@ static int cmp_u32(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static void latencies(long count) {
+/* Percentiles over the sequence numbers that were issued (all of them unless capped). */
+static void latencies(void) {
+  long count = 0;
+  for (long s = 0; s < opt.n; s++)
+    if (sent[s]) lat_us[count++] = lat_us[s];
   if (count <= 0) return;
   qsort(lat_us, (size_t)count, sizeof *lat_us, cmp_u32);
   res.p50 = lat_us[(count - 1) / 2];
@@ -569,9 +590,9 @@ static void mode_rt(void) {
   await_workers(opt.workers);
   double end = run_clients(rt_client, opt.n, 1);
   res.elapsed = end - t0;
-  res.value = (double)opt.n / res.elapsed;
-  latencies(opt.n);
-  atomic_store(&target, opt.n);
+  res.value = (double)atomic_load(&accepted) / res.elapsed;
+  latencies();
+  atomic_store(&target, atomic_load(&accepted));
   await_done(); /* a worker ticks before it answers, so this returns at once */
   count_missing();
 }
@@ -580,8 +601,8 @@ static void mode_status(void) {
   res.unit = "req/s";
   double end = run_clients(status_client, opt.n, 1);
   res.elapsed = end - t0;
-  res.value = (double)opt.n / res.elapsed;
-  latencies(opt.n);
+  res.value = (double)atomic_load(&accepted) / res.elapsed;
+  latencies();
 }
 
 static void mode_big(void) {
@@ -670,6 +691,8 @@ static void usage(FILE *f) {
           "  --hold              conns: print '# holding N', wait for stdin to close\n"
           "  -t SECONDS          hard time limit of the whole run (120)\n"
           "  --stall SECONDS     fail when nothing moves this long (10)\n"
+          "  --cap SECONDS       bg, rt, status: issue no new job after this long (the\n"
+          "                      rate is over what was done; every issued job is checked)\n"
           "  --sockbuf BYTES     SO_SNDBUF/SO_RCVBUF: -1 kernel autotuning (default),\n"
           "                      0 libgearman's 32 KiB, or a size\n",
           HDR);
@@ -697,12 +720,12 @@ static double parse_seconds(const char *flag, const char *s) {
 }
 
 int main(int argc, char **argv) {
-  enum { O_HOST = 256, O_PORT, O_STALL, O_SOCKBUF, O_NODRAIN, O_HOLD };
+  enum { O_HOST = 256, O_PORT, O_STALL, O_SOCKBUF, O_NODRAIN, O_HOLD, O_CAP };
   static const struct option longs[] = {
       {"host", required_argument, NULL, O_HOST},   {"port", required_argument, NULL, O_PORT},
       {"stall", required_argument, NULL, O_STALL}, {"sockbuf", required_argument, NULL, O_SOCKBUF},
       {"no-drain", no_argument, NULL, O_NODRAIN},  {"hold", no_argument, NULL, O_HOLD},
-      {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+      {"cap", required_argument, NULL, O_CAP},     {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "n:c:w:b:s:t:h", longs, NULL)) != -1) {
     switch (ch) {
@@ -710,6 +733,7 @@ int main(int argc, char **argv) {
       case O_PORT: opt.port = (int)parse_long("--port", optarg, 1); break;
       case O_STALL: opt.stall = parse_seconds("--stall", optarg); break;
       case O_SOCKBUF: opt.sockbuf = parse_long("--sockbuf", optarg, -1); break;
+      case O_CAP: opt.cap = parse_seconds("--cap", optarg); break;
       case O_NODRAIN: opt.drain = 0; break;
       case O_HOLD: opt.hold = 1; break;
       case 'n': opt.n = parse_long("-n", optarg, 1); break;
