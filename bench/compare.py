@@ -250,12 +250,12 @@ def ratio_table(results: list[dict[str, Any]], ours: str, against: list[str], la
             lines.append(f"| {scenario} | {unit} | failed | {theirs:,.1f} | {name} | - |")
             continue
         value = float(mine["value"])
-        r = ratio(unit, value, theirs)
-        mark = "" if r >= 1.0 else " (behind)"
+        times = ratio(unit, value, theirs)
+        mark = "" if times >= 1.0 else " (behind)"
         if best.get("note") or mine.get("note"):
             mark += " *"
         lines.append(
-            f"| {scenario} | {unit} | {value:,.1f} | {theirs:,.1f} | {name} | {r:.2f}{mark} |"
+            f"| {scenario} | {unit} | {value:,.1f} | {theirs:,.1f} | {name} | {times:.2f}{mark} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -265,18 +265,21 @@ def full_table(results: list[dict[str, Any]], servers: list[str]) -> str:
     by: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         by.setdefault(r["scenario"], {})[r["server"]] = r
-    lines = ["| scenario | unit | " + " | ".join(servers) + " |", "|---|---|" + "---:|" * len(servers)]
+    lines = [
+        "| scenario | unit | " + " | ".join(servers) + " |",
+        "|---|---|" + "---:|" * len(servers),
+    ]
     for scenario, row in by.items():
         unit = next(iter(row.values()))["unit"]
         cells = []
         for s in servers:
-            r = row.get(s)
-            if r is None:
+            cell = row.get(s)
+            if cell is None:
                 cells.append("")
-            elif r["value"] is None:
+            elif cell["value"] is None:
                 cells.append("failed")
             else:
-                cells.append(f"{r['value']:,.1f}" + (" *" if r.get("note") else ""))
+                cells.append(f"{cell['value']:,.1f}" + (" *" if cell.get("note") else ""))
         lines.append(f"| {scenario} | {unit} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -81,7 +81,7 @@ def gearman_status_ok(port: int, timeout: float = 1.0) -> bool:
     except OSError:
         return False
     magic, kind, _ = struct.unpack(">4sII", header)
-    return magic == b"\0RES" and kind == 20
+    return bool(magic == b"\0RES" and kind == 20)
 
 
 def gearmill_command(python: str, extra: str = "") -> str:
@@ -122,7 +122,7 @@ def check_python(python: str) -> None:
 
 def _raise_nofile() -> None:
     # thousands of idle connections need as many descriptors in the server
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
