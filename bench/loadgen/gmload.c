@@ -56,7 +56,7 @@ static uint64_t nonce;      /* mixed into every payload's filler */
 static unsigned char *sent; /* per sequence number: 1 once a client issued it */
 static unsigned char *seen; /* per sequence number: how many times a worker got it */
 static uint32_t *lat_us;    /* per sequence number: round trip as the client saw it */
-static atomic_long progress, done_jobs, accepted, malformed, dups, target;
+static atomic_long progress, done_jobs, distinct, accepted, malformed, dups, target;
 static atomic_int holding, capped;
 static double t_start, t0, t_done;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -88,9 +88,12 @@ static struct {
   char error[512];
   double value, elapsed, p50, p99, pmax, drain_rate;
   const char *unit;
-  long missing, open_at_end;
+  long missing, unissued, open_at_end;
+  int verifying; /* workers are checking jobs off: count what is missing at the end */
   int have_latency;
 } res = {.unit = "jobs/s"};
+
+static void count_missing(void);
 
 static void fail(const char *fmt, ...) {
   pthread_mutex_lock(&out_lock);
@@ -122,7 +125,8 @@ static void finish(void) {
     for (;;) pause();
   }
   emitted = 1;
-  long d = atomic_load(&dups), m = atomic_load(&malformed);
+  if (res.verifying) count_missing();
+  long d = atomic_load(&dups), m = atomic_load(&malformed) + res.unissued;
   int ok = !res.error[0] && d == 0 && m == 0 && res.missing == 0;
   printf("{\"mode\":\"%s\",\"ok\":%s", opt.mode, ok ? "true" : "false");
   if (!ok) {
@@ -216,10 +220,11 @@ static void tick(const unsigned char *p, size_t size) {
     atomic_fetch_add(&malformed, 1);
   } else if (__atomic_fetch_add(&seen[seq], 1, __ATOMIC_RELAXED) != 0) {
     atomic_fetch_add(&dups, 1);
+  } else if (atomic_fetch_add(&distinct, 1) + 1 == atomic_load(&target)) {
+    t_done = now();
   }
-  long d = atomic_fetch_add(&done_jobs, 1) + 1;
+  atomic_fetch_add(&done_jobs, 1);
   atomic_fetch_add(&progress, 1);
-  if (d == atomic_load(&target)) t_done = now();
 }
 
 /* ---- workers --------------------------------------------------------------------- */
@@ -522,19 +527,21 @@ static double run_clients(void *(*body)(void *), long n, int batch) {
 
 /* ---- verification ---------------------------------------------------------------- */
 
-/* Waits (bounded by the monitor) until workers have got every accepted job. */
+/* Waits until workers have got every accepted job; a lost one shows as a stall (the
+ * monitor then reports what is missing). */
 static void await_done(void) {
-  while (atomic_load(&done_jobs) < atomic_load(&target)) {
+  res.verifying = 1;
+  while (atomic_load(&distinct) < atomic_load(&target)) {
     struct timespec ts = {0, 200 * 1000};
     nanosleep(&ts, NULL);
   }
 }
 
 static void count_missing(void) {
-  res.missing = 0;
+  res.missing = res.unissued = 0;
   for (long s = 0; s < opt.n; s++) {
     if (sent[s] && !seen[s]) res.missing++;
-    if (!sent[s] && seen[s]) atomic_fetch_add(&malformed, 1); /* never issued */
+    if (!sent[s] && seen[s]) res.unissued++; /* a job nobody submitted */
   }
 }
 
@@ -568,7 +575,6 @@ static void mode_bg(void) {
   start_workers(opt.workers, 0, 1);
   await_done();
   res.drain_rate = (double)atomic_load(&target) / (t_done - d0);
-  count_missing();
 }
 
 static void mode_drain(void) {
@@ -582,7 +588,6 @@ static void mode_drain(void) {
   await_done();
   res.elapsed = t_done - t0;
   res.value = (double)atomic_load(&target) / res.elapsed;
-  count_missing();
 }
 
 static void mode_rt(void) {
@@ -594,7 +599,6 @@ static void mode_rt(void) {
   latencies();
   atomic_store(&target, atomic_load(&accepted));
   await_done(); /* a worker ticks before it answers, so this returns at once */
-  count_missing();
 }
 
 static void mode_status(void) {
@@ -617,7 +621,6 @@ static void mode_big(void) {
   res.value = (double)opt.size / res.elapsed / 1e6;
   atomic_store(&target, 1);
   await_done();
-  count_missing();
 }
 
 /* Client connections to our server's port that the kernel still sees established. */
