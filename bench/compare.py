@@ -370,7 +370,7 @@ def main() -> int:
         return 2
     out = Path(args.out or tempfile.mkdtemp(prefix="gearmill-bench-"))
     out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="gearmill-bench-servers-"))
+    workdir = out / "servers"  # one folder per run: the server's log and scratch files
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for name, command in servers.items():
         say(f"{name}: {command}")
@@ -426,7 +426,7 @@ def main() -> int:
         text += "\\* capped: the server was too slow to finish in time; a rate over what it did.\n"
     (out / "ratios.md").write_text(text)
     print(text)
-    say(f"results in {out} (servers' logs in {workdir})")
+    say(f"results in {out}")
     failed = {(r["server"], r["scenario"].split(".")[0]): r for r in records if r["value"] is None}
     for (server, scenario), r in failed.items():
         say(f"compare.py: {server} {scenario} failed: {r.get('error')}")
