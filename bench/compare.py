@@ -423,7 +423,7 @@ def main() -> int:
             text += f"{name} against {ours[0]} in the same run:\n\n"
             text += ratio_table(records, name, [ours[0]], ours[0]) + "\n"
     if any(r.get("note") for r in records):
-        text += "\\* capped: the server was too slow to finish in time; a rate over what it did.\n"
+        text += "\\* capped: the server was too slow to finish in time; the value is over what it did.\n"
     (out / "ratios.md").write_text(text)
     print(text)
     say(f"results in {out}")
