@@ -4,10 +4,10 @@
  *
  * Every client and worker is a thread with its own libgearman object and connection.
  * Every job payload starts with its sequence number in 10 decimal digits, followed by
- * filler bytes derived from that number and a per-run nonce; workers regenerate the
- * expected payload, compare it byte for byte and tick the number off, so a lost,
- * duplicated or corrupted job makes the run fail. Foreground results are compared with
- * what was sent. A monitor thread fails the run when nothing moves for --stall seconds
+ * filler bytes derived from that number and a per-run nonce; workers tick every number
+ * off, so a lost, duplicated or corrupted job makes the run fail. Background payloads
+ * are regenerated and compared byte for byte by the worker; foreground results are
+ * compared byte for byte by the client with what it sent. A monitor thread fails the run when nothing moves for --stall seconds
  * and when it runs longer than --timeout seconds.
  *
  * Output: one JSON object on stdout; exit status 0 only when the run was verified.
