@@ -291,9 +291,11 @@ def parse_servers(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
         servers["gearmill-pure"] = "env GEARMILL_PURE=1 " + servers["gearmill"]
     for spec in args.gearmill_python:
         label, _, python = spec.rpartition("=")
-        label = label or Path(python).absolute().parents[2].name or python
-        servers[f"gearmill@{label}"] = gearmill_command(python, args.gearmill_args)
         check_python(python)
+        if not label:  # the folder holding the venv: /tmp/old/.venv/bin/python -> old
+            parents = Path(python).absolute().parents
+            label = (parents[2].name if len(parents) > 2 else "") or python
+        servers[f"gearmill@{label}"] = gearmill_command(python, args.gearmill_args)
     for spec in args.server:
         name, eq, command = spec.partition("=")
         if not eq or not name or "{port}" not in command:
@@ -423,7 +425,7 @@ def main() -> int:
             text += f"{name} against {ours[0]} in the same run:\n\n"
             text += ratio_table(records, name, [ours[0]], ours[0]) + "\n"
     if any(r.get("note") for r in records):
-        text += "\\* capped: the server was too slow to finish in time; the value is over what it did.\n"
+        text += "\\* capped: the server was too slow to finish; the value is over what it did.\n"
     (out / "ratios.md").write_text(text)
     print(text)
     say(f"results in {out}")
