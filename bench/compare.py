@@ -176,7 +176,12 @@ def one_run(
     """A fresh server, one load generator run, the server's RSS and CPU around it."""
     args = [*sc.args, "-t", str(sc.limit)] + (["--cap", str(sc.cap)] if sc.cap else [])
     rec: dict[str, Any] = {"server": name, "scenario": sc.name, "rep": rep, "command": command}
-    with Server(command, workdir / f"{name}.{sc.name}.{rep}", pin) as server:
+    try:
+        server = Server(command, workdir / f"{name}.{sc.name}.{rep}", pin)
+    except OSError as e:
+        rec.update(ok=False, error=f"cannot start the server: {e}")
+        return rec
+    with server:
         rec["argv"] = server.argv
         try:
             server.wait_ready()
