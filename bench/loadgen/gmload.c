@@ -58,7 +58,8 @@ static unsigned char *seen; /* per sequence number: how many times a worker got 
 static uint32_t *lat_us;    /* per sequence number: round trip as the client saw it */
 static atomic_long progress, done_jobs, distinct, accepted, malformed, dups, target;
 static atomic_int holding, capped;
-static double t_start, t0, t_done;
+static double t_start, t0;
+static _Atomic double t_done; /* when the target-th distinct job reached a worker */
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int emitted;
 
@@ -229,7 +230,7 @@ static void tick(const unsigned char *p, size_t size, int foreground) {
   } else if (__atomic_fetch_add(&seen[seq], 1, __ATOMIC_RELAXED) != 0) {
     atomic_fetch_add(&dups, 1);
   } else if (atomic_fetch_add(&distinct, 1) + 1 == atomic_load(&target)) {
-    t_done = now();
+    atomic_store(&t_done, now());
   }
   atomic_fetch_add(&done_jobs, 1);
   atomic_fetch_add(&progress, 1);
@@ -532,9 +533,11 @@ static double run_clients(void *(*body)(void *), long n, int batch) {
 
 /* Waits until workers have got every accepted job; a lost one shows as a stall (the
  * monitor then reports what is missing). */
-static void await_done(void) {
+static void await_done(int timed) {
   res.verifying = 1;
-  while (atomic_load(&distinct) < atomic_load(&target)) {
+  /* timed: the target was set before any worker started, so the worker that reaches it
+   * stores t_done; wait for that store too */
+  while (atomic_load(&distinct) < atomic_load(&target) || (timed && atomic_load(&t_done) == 0)) {
     struct timespec ts = {0, 200 * 1000};
     nanosleep(&ts, NULL);
   }
@@ -576,8 +579,8 @@ static void mode_bg(void) {
   atomic_store(&target, atomic_load(&accepted));
   double d0 = now();
   start_workers(opt.workers, 0, 1);
-  await_done();
-  res.drain_rate = (double)atomic_load(&target) / (t_done - d0);
+  await_done(1);
+  res.drain_rate = (double)atomic_load(&target) / (atomic_load(&t_done) - d0);
 }
 
 static void mode_drain(void) {
@@ -588,8 +591,8 @@ static void mode_drain(void) {
   start_workers(workers, 0, 0);
   pthread_barrier_wait(&worker_gate);
   t0 = now();
-  await_done();
-  res.elapsed = t_done - t0;
+  await_done(1);
+  res.elapsed = atomic_load(&t_done) - t0;
   res.value = (double)atomic_load(&target) / res.elapsed;
 }
 
@@ -601,7 +604,7 @@ static void mode_rt(void) {
   res.value = (double)atomic_load(&accepted) / res.elapsed;
   latencies();
   atomic_store(&target, atomic_load(&accepted));
-  await_done(); /* a worker ticks before it answers, so this returns at once */
+  await_done(0); /* a worker ticks before it answers, so this returns at once */
 }
 
 static void mode_status(void) {
@@ -623,7 +626,7 @@ static void mode_big(void) {
   res.elapsed = end - t0;
   res.value = (double)opt.size / res.elapsed / 1e6;
   atomic_store(&target, 1);
-  await_done();
+  await_done(0);
 }
 
 /* Client connections to our server's port that the kernel still sees established. */
