@@ -234,8 +234,10 @@ class SQLiteStore:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         if free >= VACUUM_MIN_FREE_PAGES and free * 4 >= pages:
-            db.execute("PRAGMA incremental_vacuum")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The pragma frees one page per step and execute() steps a column-less
+            # statement only once; executescript steps it to the end.
+            db.executescript("PRAGMA incremental_vacuum;")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
         return await self._run(self._load_sync, after, limit)

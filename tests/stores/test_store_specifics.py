@@ -1,0 +1,174 @@
+"""What only one kind of store does: SQLite's single-server lock and bounded disk use,
+Redis's AOF check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from storekit import run
+
+from gearmill.server.store import StoredJob, StoreError, open_store
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first_pid(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    child = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from gearmill.server.store import open_store
+
+        async def main():
+            s = open_store({url!r})
+            await s.open()
+            print("open", flush=True)
+            sys.stdin.readline()  # hold the store until told (or killed)
+
+        asyncio.run(main())
+        """
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline() == b"open\n"
+        with pytest.raises(StoreError) as err:
+            run(open_store(url).open())
+        text = str(err.value)
+        assert f"pid {first.pid}" in text and "\n" not in text
+    finally:
+        first.kill()
+        first.wait(10)
+
+    # The kernel drops the lock of a killed server: the next one starts.
+    async def reopen() -> int:
+        s = open_store(url)
+        await s.open()
+        try:
+            return await s.count()
+        finally:
+            await s.close()
+
+    assert run(reopen()) == 0
+
+
+def test_sqlite_gives_back_the_disk_of_deleted_jobs(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    files = [tmp_path / "queue.db", tmp_path / "queue.db-wal"]
+
+    def on_disk() -> int:
+        return sum(f.stat().st_size for f in files if f.exists())
+
+    async def main() -> tuple[int, int, int]:
+        s = open_store(url)
+        await s.open()
+        try:
+            jobs = [StoredJob(b"fn", b"%d" % i, os.urandom(100_000)) for i in range(400)]
+            for i in range(0, 400, 40):
+                await s.commit(jobs[i : i + 40], [])
+            full = on_disk()
+            await s.commit([], [(j.function, j.unique) for j in jobs])
+            # Ordinary traffic goes on; housekeeping runs every few dozen commits.
+            for i in range(200):
+                await s.commit([StoredJob(b"fn", b"small%d" % i, b"x")], [])
+            return full, on_disk(), await s.size_bytes()
+        finally:
+            await s.close()
+
+    full, after, reported = run(main())
+    assert full > 40_000_000
+    assert after < 5_000_000, f"{after} bytes still used after deleting 40 MB of jobs"
+    assert reported == after
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    async def main() -> None:
+        s = open_store(f"sqlite://{tmp_path}/queue.db")
+        await s.open()
+        await s.close()
+
+    run(main())
+    con = sqlite3.connect(tmp_path / "queue.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def _redis_server(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp),
+            "--save",
+            "",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    r.close()
+    return proc, port
+
+
+@pytest.mark.parametrize(
+    ("args", "window"),
+    [
+        ((), "since its last RDB snapshot"),
+        (("--appendonly", "yes", "--appendfsync", "everysec"), "the last second"),
+        (("--appendonly", "yes", "--appendfsync", "always"), None),
+    ],
+)
+def test_redis_warns_naming_the_loss_window_unless_appendfsync_always(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, args: tuple[str, ...], window: str | None
+) -> None:
+    proc, port = _redis_server(tmp_path, *args)
+    try:
+
+        async def main() -> None:
+            s = open_store(f"redis://127.0.0.1:{port}/0")
+            await s.open()
+            await s.commit([StoredJob(b"fn", b"1", b"x")], [])
+            await s.close()
+
+        with caplog.at_level(logging.WARNING, logger="gearmill.store"):
+            run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if window is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and window in warnings[0] and "appendfsync always" in warnings[0]
