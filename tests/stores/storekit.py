@@ -168,16 +168,16 @@ def make_backend(kind: str, tmp: Path) -> Iterator[Backend]:
         raise AssertionError(kind)
 
 
-@pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+@pytest.fixture(params=KINDS, name="backend")
+def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
 
-@pytest.fixture(params=DURABLE)
-def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+@pytest.fixture(params=DURABLE, name="durable")
+def durable_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
 
-@pytest.fixture(params=NETWORK)
-def network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+@pytest.fixture(params=NETWORK, name="network")
+def network_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)

@@ -10,7 +10,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from storekit import Backend, backend, durable, network, run  # noqa: F401  (fixtures)
+from storekit import Backend, backend_fixture, durable_fixture, network_fixture, run  # noqa: F401
 
 from gearmill.server.store import SCHEMA_VERSION, Store, StoredJob, StoreError
 

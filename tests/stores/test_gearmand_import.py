@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from conftest import Running, start_gearmand
-from storekit import Backend, durable, run  # noqa: F401  (fixture)
+from storekit import Backend, durable_fixture, run  # noqa: F401
 
+from conftest import Running, start_gearmand
 from gearmill.server.store import Store, StoredJob, open_store
 
 # (function, unique, priority flag, data); the last one comes on stdin with NULs in it.

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from storekit import run
 
+from conftest import free_port
 from gearmill.server.store import StoredJob, StoreError, open_store
 
 
