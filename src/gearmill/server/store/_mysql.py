@@ -163,8 +163,8 @@ class MySQLStore:
         try:
             async with self._p().acquire() as con:
                 try:
+                    # autocommit is off: the first statement opens the transaction.
                     async with con.cursor() as cur:
-                        await cur.execute("BEGIN")
                         if remove:
                             await self._delete(cur, "gearmill_jobs", remove)
                         if add:

@@ -125,23 +125,32 @@ class PostgreSQLStore:
         if not add and not remove:
             return
         try:
-            async with self._p().acquire() as con, con.transaction():
-                if remove:
-                    await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
-                if add:
-                    await con.execute(
-                        _INSERT,
-                        [j.function for j in add],
-                        [j.unique for j in add],
-                        [j.data for j in add],
-                        [j.priority for j in add],
-                        [j.when for j in add],
-                        [j.reducer for j in add],
-                        [j.attempts for j in add],
-                        int(time.time()),
-                    )
+            async with self._p().acquire() as con:
+                # One statement is a transaction by itself: a round trip less than BEGIN/COMMIT.
+                if add and remove:
+                    async with con.transaction():
+                        await self._commit(con, add, remove)
+                else:
+                    await self._commit(con, add, remove)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise self._error(e, "commit failed") from None
+
+    @staticmethod
+    async def _commit(con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        if remove:
+            await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
+        if add:
+            await con.execute(
+                _INSERT,
+                [j.function for j in add],
+                [j.unique for j in add],
+                [j.data for j in add],
+                [j.priority for j in add],
+                [j.when for j in add],
+                [j.reducer for j in add],
+                [j.attempts for j in add],
+                int(time.time()),
+            )
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         try:

@@ -8,7 +8,7 @@ Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
   {p}dead     hash     dead letters (id -> packed job + error), {p}dead:seq their counter
   {p}schedules hash    name -> recurring job
   {p}leases   hash     field -> owner, expiry, fence; {p}fence the fencing counter
-A group is one MULTI/EXEC. Redis is only as durable as its AOF: open reads
+A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
 appendonly/appendfsync and warns loudly, naming the loss window, unless it is `always`.
 """
 
@@ -36,6 +36,28 @@ from ._base import (
 )
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
+
+# One group in one atomic script: removes first, then adds. HSETNX keeps a stored key's
+# job and place; only a real add takes the next sequence number (the zset score).
+# ARGV: number of removes, their fields, then field, packed job pairs.
+_COMMIT = """
+local jobs, order, seqkey = KEYS[1], KEYS[2], KEYS[3]
+local n = tonumber(ARGV[1])
+for j = 2, n + 1, 1000 do
+  local last = math.min(j + 999, n + 1)
+  redis.call('HDEL', jobs, unpack(ARGV, j, last))
+  redis.call('ZREM', order, unpack(ARGV, j, last))
+end
+local seq = tonumber(redis.call('GET', seqkey) or '0')
+for i = n + 2, #ARGV, 2 do
+  if redis.call('HSETNX', jobs, ARGV[i], ARGV[i + 1]) == 1 then
+    seq = seq + 1
+    redis.call('ZADD', order, seq, ARGV[i])
+  end
+end
+redis.call('SET', seqkey, seq)
+return seq
+"""
 _GLOB = re.compile(rb"([\\*?\[\]])")
 
 
@@ -65,6 +87,7 @@ class RedisStore:
         p = self.prefix
         self._k_schema, self._k_seq = p + b"schema", p + b"seq"
         self._k_jobs, self._k_order = p + b"jobs", p + b"order"
+        self._commit_sha = ""
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
         return StoreError(f"{self.url}: {doing}: {e or type(e).__name__}")
@@ -96,6 +119,7 @@ class RedisStore:
                 ) from None
             await self._check_aof()
             await self._migrate()
+            await self._load_script()
         except BaseException:
             await self.close()
             raise
@@ -168,35 +192,43 @@ class RedisStore:
             check_job(job)
         if not add and not remove:
             return
-        r = self._c()
+        args: list[bytes | int] = [len(remove)]
+        args += [field_of(f, u) for f, u in remove]
+        for job in add:
+            args += (field_of(job.function, job.unique), pack_job(0, job))
+        keys = (self._k_jobs, self._k_order, self._k_seq)
         try:
-            first = 0
-            if add:
-                first = int(await r.incrby(self._k_seq, len(add))) - len(add) + 1
-            async with r.pipeline(transaction=True) as pipe:
-                if remove:
-                    fields = [field_of(f, u) for f, u in remove]
-                    pipe.hdel(self._k_jobs, *fields)
-                    pipe.zrem(self._k_order, *fields)
-                for i, job in enumerate(add):
-                    field = field_of(job.function, job.unique)
-                    # NX on both: a key already stored keeps its job and its place.
-                    pipe.hsetnx(self._k_jobs, field, pack_job(first + i, job))
-                    pipe.zadd(self._k_order, {field: first + i}, nx=True)
-                await pipe.execute()
+            try:
+                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
+            except rexc.NoScriptError:  # Redis restarted or flushed its script cache
+                self._commit_sha = await self._c().script_load(_COMMIT)
+                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
         except _ERRORS as e:
             raise self._error(e, "commit failed") from None
+
+    async def _load_script(self) -> None:
+        try:
+            self._commit_sha = await self._c().script_load(_COMMIT)
+        except _ERRORS as e:
+            raise self._error(e, "loading the commit script") from None
 
     async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
         r = self._c()
         try:
-            fields = await r.zrangebyscore(self._k_order, f"({after}", "+inf", start=0, num=limit)
-            if not fields:
+            pairs = await r.zrangebyscore(
+                self._k_order, f"({after}", "+inf", start=0, num=limit, withscores=True
+            )
+            if not pairs:
                 return []
-            values = await r.hmget(self._k_jobs, fields)
+            values = await r.hmget(self._k_jobs, [f for f, _ in pairs])
         except _ERRORS as e:
             raise self._error(e, "query failed") from None
-        return [unpack_job(v) for v in values if v is not None]
+        # The sequence number is the score; the packed value's own is not used.
+        return [
+            (int(score), unpack_job(v)[1])
+            for (_, score), v in zip(pairs, values, strict=True)
+            if v is not None
+        ]
 
     async def count(self) -> int:
         try:
