@@ -107,7 +107,10 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 
 def _redis_server(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    return _redis_server_on(tmp, free_port(), *args)
+
+
+def _redis_server_on(tmp: Path, port: int, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
         [
@@ -172,3 +175,37 @@ def test_redis_warns_naming_the_loss_window_unless_appendfsync_always(
         assert warnings == []
     else:
         assert len(warnings) == 1 and window in warnings[0] and "appendfsync always" in warnings[0]
+
+
+def test_redis_with_appendfsync_always_keeps_commits_across_its_crash_and_the_store_recovers(
+    tmp_path: Path,
+) -> None:
+    """A store outage: commits fail with one StoreError line while Redis is down, and the
+    same store object works again once Redis is back (no reopen), with every job it had
+    acknowledged before Redis was SIGKILLed."""
+    args = ("--appendonly", "yes", "--appendfsync", "always")
+    proc, port = _redis_server(tmp_path, *args)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            proc.kill()
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc, _ = _redis_server_on(tmp_path, port, *args)
+            await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]

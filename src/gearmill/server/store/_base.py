@@ -87,24 +87,31 @@ class Store(Protocol):
         """Release connections, threads and locks; the store can be opened again later."""
 
 
+_SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")
+
+
 def hide_password(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs and errors."""
+    """The URL with its password (in the user part or the query) replaced by ***."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable store URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
+        password = parts.password
         port = parts.port
     except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return "<unparsable store URL>"
+    netloc = parts.netloc
+    if password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
+    query = "&".join(
+        item.split("=", 1)[0] + "=***" if item.split("=", 1)[0].lower() in _SECRET_PARAMS else item
+        for item in parts.query.split("&")
+        if item
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret; urlunsplit would also drop sqlite:///'s empty host
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def check_job(job: StoredJob) -> None:
