@@ -3,11 +3,13 @@ Redis's AOF check."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -207,5 +209,91 @@ def test_redis_with_appendfsync_always_keeps_commits_across_its_crash_and_the_st
     finally:
         proc.kill()
         proc.wait(10)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
+
+
+def _pg_bin(name: str) -> str:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: p.parts)
+    assert versions, f"PostgreSQL's {name} is not installed: run scripts/services"
+    return str(versions[-1])
+
+
+def _as_postgres() -> dict[str, str]:
+    """Popen arguments that run a PostgreSQL program as `postgres` (it refuses root); the
+    test waits for the server itself, so its exit is reaped and its pid file freed."""
+    return {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
+
+
+def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
+    cmd = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(data.parent)]
+    cmd += ["-c", "listen_addresses=127.0.0.1"]
+    log = open(data.parent / "postgres.log", "ab")  # the server keeps it open
+    proc = subprocess.Popen(
+        cmd,
+        **_as_postgres(),  # type: ignore[call-overload]
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # SIGKILL reaches the whole server at once, as a crash would
+    )
+    ready = [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+    deadline = time.monotonic() + 30
+    while subprocess.run(ready).returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+            tail = (data.parent / "postgres.log").read_text(errors="replace")[-500:]
+            raise RuntimeError(f"postgres did not start: {tail}")
+        time.sleep(0.1)
+    return proc
+
+
+def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
+    """A PostgreSQL of the test's own on a free port, SIGKILLed with all its processes:
+    commits fail with one StoreError line while it is down; once it is back (crash
+    recovery from its WAL), the same store object commits again and has every job it
+    acknowledged before the kill."""
+    # Its own folder: pytest's is private to root, and postgres must not run as root.
+    folder = Path(tempfile.mkdtemp(prefix="gearmill-pg-"))
+    if os.getuid() == 0:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [_pg_bin("initdb"), "-D", str(data), "-U", "root", "--auth=trust", "-N"],
+        check=True,
+        capture_output=True,
+        **_as_postgres(),  # type: ignore[call-overload]
+    )
+    port = free_port()
+    proc = _start_postgres(data, port)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"postgresql://root@127.0.0.1:{port}/postgres", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc = _start_postgres(data, port)
+            # The caller retries a failed group; the store reconnects by itself.
+            for _attempt in range(20):
+                try:
+                    await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.2)
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
     assert f"127.0.0.1:{port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
