@@ -228,14 +228,14 @@ def _as_postgres() -> dict[str, str]:
 def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(data.parent)]
     cmd += ["-c", "listen_addresses=127.0.0.1"]
-    log = open(data.parent / "postgres.log", "ab")  # the server keeps it open
-    proc = subprocess.Popen(
-        cmd,
-        **_as_postgres(),  # type: ignore[call-overload]
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # SIGKILL reaches the whole server at once, as a crash would
-    )
+    with open(data.parent / "postgres.log", "ab") as log:  # the server keeps its own copy
+        proc = subprocess.Popen(
+            cmd,
+            **_as_postgres(),  # type: ignore[call-overload]
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # SIGKILL reaches the whole server at once, as a crash would
+        )
     ready = [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
     deadline = time.monotonic() + 30
     while subprocess.run(ready).returncode != 0:
