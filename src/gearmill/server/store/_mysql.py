@@ -53,7 +53,10 @@ class MySQLStore:
         self._pool: Any = None
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
-        return StoreError(f"{self.url}: {doing}: {e or type(e).__name__}")
+        text = str(e) or type(e).__name__
+        if "max_allowed_packet" in text:
+            text += "; a job this big needs a larger max_allowed_packet in MariaDB's config"
+        return StoreError(f"{self.url}: {doing}: {text}")
 
     async def open(self) -> None:
         if self._pool is not None:
