@@ -297,3 +297,29 @@ def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     assert f"127.0.0.1:{port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
+
+
+def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
+    """Scores and the counter are written as integers (a Lua number would be rounded)."""
+    proc, port = _redis_server(tmp_path)
+    start = 2**52 - 10
+    try:
+        import redis
+
+        r = redis.Redis(port=port)
+        r.set("gearmill:seq", start)
+        r.close()
+
+        async def main() -> list[int]:
+            s = open_store(f"redis://127.0.0.1:{port}/0")
+            await s.open()
+            try:
+                await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(3)], [])
+                return [seq for seq, _ in await s.load(start, 10)]
+            finally:
+                await s.close()
+
+        assert run(main()) == [start + 1, start + 2, start + 3]
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -52,10 +52,11 @@ local seq = tonumber(redis.call('GET', seqkey) or '0')
 for i = n + 2, #ARGV, 2 do
   if redis.call('HSETNX', jobs, ARGV[i], ARGV[i + 1]) == 1 then
     seq = seq + 1
-    redis.call('ZADD', order, seq, ARGV[i])
+    redis.call('ZADD', order, string.format('%d', seq), ARGV[i])
   end
 end
-redis.call('SET', seqkey, seq)
+-- %d: a Lua number as an argument is written %.14g, which rounds past 10^14
+redis.call('SET', seqkey, string.format('%d', seq))
 return seq
 """
 _GLOB = re.compile(rb"([\\*?\[\]])")
