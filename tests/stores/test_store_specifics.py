@@ -323,3 +323,71 @@ def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def _start_mariadb(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    cmd = ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={folder}/data"]
+    cmd += [f"--port={port}", "--bind-address=127.0.0.1", f"--socket={folder}/sock"]
+    cmd += [f"--pid-file={folder}/pid", f"--log-error={folder}/err.log"]
+    cmd += ["--skip-grant-tables", "--innodb-buffer-pool-size=32M"]
+    if os.getuid() == 0:
+        cmd.append("--user=mysql")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                tail = (folder / "err.log").read_text(errors="replace")[-500:]
+                raise RuntimeError(f"mariadbd did not start: {tail}") from None
+            time.sleep(0.1)
+
+
+def test_mariadb_killed_keeps_every_commit_and_the_store_recovers() -> None:
+    """The same outage for a MariaDB of the test's own: SIGKILLed, InnoDB recovers from
+    its redo log, and the store object commits again with nothing acknowledged lost."""
+    folder = Path(tempfile.mkdtemp(prefix="gearmill-maria-"))
+    if os.getuid() == 0:
+        shutil.chown(folder, "mysql")
+    install = ["mariadb-install-db", f"--datadir={folder}/data", "--skip-test-db"]
+    install += ["--auth-root-authentication-method=normal"]
+    if os.getuid() == 0:
+        install.append("--user=mysql")
+    subprocess.run(install, check=True, capture_output=True)
+    port = free_port()
+    proc = _start_mariadb(folder, port)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"mysql://root@127.0.0.1:{port}/mysql", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            proc.kill()
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc = _start_mariadb(folder, port)
+            for _attempt in range(20):
+                try:
+                    await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.2)
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
