@@ -1,0 +1,153 @@
+"""What every store shares: the stored job, the one error class, the URL redaction."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger("gearmill.store")
+
+# The schema version this code writes; stores refuse a newer one (written by a newer gearmill).
+SCHEMA_VERSION = 1
+
+PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A background job as a store keeps it.
+
+    The key is (function, unique), as in gearmand's queue tables; the edge gives every
+    background job a non-empty unique (gearmand uses a generated one when the client
+    sent none), so that key is unique per job. The store assigns a submission sequence
+    number when the job is first added; `load` returns it beside the job.
+    """
+
+    function: bytes
+    unique: bytes
+    data: bytes
+    priority: int = PRIORITY_NORMAL  # 0 high, 1 normal, 2 low
+    when: int = 0  # epoch seconds for SUBMIT_JOB_EPOCH, 0 = now
+    reducer: bytes = b""
+    attempts: int = 0
+
+
+Key = tuple[bytes, bytes]  # (function, unique)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A durable queue of background jobs.
+
+    One writer at a time calls `commit`; `load` may run beside it (replay while new
+    work is accepted). Every method raises StoreError and nothing else.
+    """
+
+    url: str  # password hidden, for logs
+    durable: bool  # False only for the memory store
+
+    async def open(self) -> None:
+        """Connect, check the durability settings, create or migrate the schema."""
+
+    async def commit(self, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        """Make a whole group durable in one transaction.
+
+        Removes are applied before adds, so a key finished and submitted again in the same
+        group ends up stored once (with a new sequence number). Adding a key that is
+        already stored changes nothing (gearmand coalesces such a submission with the
+        stored job). The caller drops an add whose job already finished in the same group.
+        """
+
+    async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
+        """Up to `limit` stored jobs with a sequence number above `after`, in that order."""
+
+    async def count(self) -> int:
+        """How many jobs are stored."""
+
+    async def size_bytes(self) -> int:
+        """The space the store's own tables or keys take (on disk, or in Redis memory)."""
+
+    async def import_gearmand(self, source: str | None = None) -> int:
+        """Move the jobs a C gearmand left in its queue table or keys into this store.
+
+        `source` names gearmand's table (SQL stores) or key prefix (Redis); None means
+        gearmand's default. Imported rows are deleted from gearmand's table once they
+        are committed here, so a second call imports nothing; returns how many came.
+        """
+
+    async def close(self) -> None:
+        """Release connections, threads and locks; the store can be opened again later."""
+
+
+_SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password (in the user part or the query) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        port = parts.port
+    except ValueError:
+        return "<unparsable store URL>"
+    netloc = parts.netloc
+    if password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
+    query = "&".join(
+        item.split("=", 1)[0] + "=***" if item.split("=", 1)[0].lower() in _SECRET_PARAMS else item
+        for item in parts.query.split("&")
+        if item
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret; urlunsplit would also drop sqlite:///'s empty host
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def check_job(job: StoredJob) -> None:
+    if job.priority not in (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW):
+        raise StoreError(f"job priority must be 0, 1 or 2, not {job.priority}")
+
+
+# A compact value encoding for key-value stores (Redis): fixed header, then the bytes.
+_HEADER = struct.Struct("!QBqIIII")  # seq, priority, when, attempts, len(function, unique, reducer)
+
+
+def pack_job(seq: int, job: StoredJob) -> bytes:
+    head = _HEADER.pack(
+        seq,
+        job.priority,
+        job.when,
+        job.attempts,
+        len(job.function),
+        len(job.unique),
+        len(job.reducer),
+    )
+    return b"".join((head, job.function, job.unique, job.reducer, job.data))
+
+
+def unpack_job(value: bytes) -> tuple[int, StoredJob]:
+    seq, priority, when, attempts, lf, lu, lr = _HEADER.unpack_from(value)
+    at = _HEADER.size
+    function = value[at : at + lf]
+    at += lf
+    unique = value[at : at + lu]
+    at += lu
+    reducer = value[at : at + lr]
+    at += lr
+    return seq, StoredJob(function, unique, value[at:], priority, when, reducer, attempts)
+
+
+def field_of(function: bytes, unique: bytes) -> bytes:
+    """An unambiguous single-bytes form of the (function, unique) key."""
+    return b"%d:%b%b" % (len(function), function, unique)

@@ -1,0 +1,55 @@
+"""The memory store: today's behaviour, nothing survives the process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._base import Key, StoredJob, check_job
+
+
+class MemoryStore:
+    durable = False
+
+    def __init__(self, url: str = "memory") -> None:
+        self.url = url
+        # Insertion order is sequence order: a re-add keeps the first, a remove deletes.
+        self._jobs: dict[Key, tuple[int, StoredJob]] = {}
+        self._seq = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def commit(self, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        for job in add:
+            check_job(job)
+        for key in remove:
+            self._jobs.pop(key, None)
+        for job in add:
+            key = (job.function, job.unique)
+            if key not in self._jobs:
+                self._seq += 1
+                self._jobs[key] = (self._seq, job)
+
+    async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
+        out: list[tuple[int, StoredJob]] = []
+        for seq, job in self._jobs.values():
+            if seq > after:
+                out.append((seq, job))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def count(self) -> int:
+        return len(self._jobs)
+
+    async def size_bytes(self) -> int:
+        return sum(
+            len(j.function) + len(j.unique) + len(j.data) + len(j.reducer)
+            for _, j in self._jobs.values()
+        )
+
+    async def import_gearmand(self, source: str | None = None) -> int:
+        return 0
+
+    async def close(self) -> None:
+        pass

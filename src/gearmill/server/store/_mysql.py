@@ -1,0 +1,284 @@
+"""MariaDB (and MySQL) through asyncmy: InnoDB tables, one transaction per group.
+
+Durability at commit is a server setting (innodb_flush_log_at_trx_commit=1, the
+default); open checks it and warns loudly, naming the loss window, when it is not 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncmy
+from asyncmy import errors as myerrors
+
+from ._base import SCHEMA_VERSION, Key, StoredJob, StoreError, check_job, log
+from ._sql import JOB_COLUMNS, MYSQL, check_table
+
+_TABLES = ("gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules")
+_INSERT = (
+    "INSERT INTO gearmill_jobs (function, unique_key, data, priority, when_to_run, reducer,"
+    " attempts, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON DUPLICATE KEY UPDATE seq = seq"
+)
+_DELETE_CHUNK = 256  # keys per DELETE statement: (function = %s AND unique_key = %s) OR ...
+_ERRORS = (OSError, TimeoutError, myerrors.Error)
+
+
+class MySQLStore:
+    durable = True
+
+    def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        parts = urlsplit(raw_url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self._params: dict[str, Any] = {
+            "host": parts.hostname or "localhost",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or "root"),
+            "password": unquote(parts.password or ""),
+            "database": unquote(parts.path.lstrip("/")) or None,
+            "connect_timeout": connect_timeout,
+            "charset": "utf8mb4",
+            "binary_prefix": True,
+            "autocommit": False,
+            "max_allowed_packet": 1 << 30,
+        }
+        if "unix_socket" in query:
+            self._params["unix_socket"] = query["unix_socket"]
+        if self._params["database"] is None:
+            raise StoreError(f"{url}: no database named; give one, e.g. mysql://user@host/gearmill")
+        self._pool: Any = None
+
+    def _error(self, e: BaseException, doing: str) -> StoreError:
+        text = str(e) or type(e).__name__
+        if "max_allowed_packet" in text:
+            text += "; a job this big needs a larger max_allowed_packet in MariaDB's config"
+        return StoreError(f"{self.url}: {doing}: {text}")
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncmy.create_pool(minsize=1, maxsize=2, **self._params)
+        except _ERRORS as e:
+            raise StoreError(
+                f"cannot reach the store {self.url}: {e or type(e).__name__}; "
+                "start MariaDB, or fix the URL given to --store"
+            ) from None
+        try:
+            async with self._pool.acquire() as con:
+                await self._check(con)
+                await self._migrate(con)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check(self, con: Any) -> None:
+        async with con.cursor() as cur:
+            await cur.execute("SELECT @@innodb_flush_log_at_trx_commit, @@log_bin, @@sync_binlog")
+            flush, log_bin, sync_binlog = await cur.fetchone()
+        if int(flush) != 1:
+            log.warning(
+                "STORE NOT FULLY DURABLE: %s has innodb_flush_log_at_trx_commit=%s; a machine "
+                "crash can lose about the last second of committed jobs. Set it to 1.",
+                self.url,
+                flush,
+            )
+        if int(log_bin) and int(sync_binlog) != 1:
+            log.warning(
+                "STORE NOT FULLY DURABLE: %s writes a binary log with sync_binlog=%s; after a "
+                "machine crash replicas can miss the last committed jobs. Set sync_binlog=1.",
+                self.url,
+                sync_binlog,
+            )
+
+    async def _migrate(self, con: Any) -> None:
+        try:
+            async with con.cursor() as cur:
+                # DDL commits by itself in MariaDB; a named lock keeps two servers apart.
+                await cur.execute("SELECT GET_LOCK('gearmill_migrate', 30)")
+                try:
+                    # Asked first: CREATE ... IF NOT EXISTS would log a warning at every start.
+                    await cur.execute("SHOW TABLES LIKE 'gearmill_schema'")
+                    if not await cur.fetchall():
+                        await cur.execute(
+                            "CREATE TABLE gearmill_schema (version INT NOT NULL) ENGINE=InnoDB"
+                        )
+                    await cur.execute("SELECT version FROM gearmill_schema")
+                    row = await cur.fetchone()
+                    version = 0 if row is None else int(row[0])
+                    if row is None:
+                        await cur.execute("INSERT INTO gearmill_schema (version) VALUES (0)")
+                    if version > SCHEMA_VERSION:
+                        raise StoreError(
+                            f"{self.url}: schema version {version} was written by a newer "
+                            f"gearmill (this one knows {SCHEMA_VERSION}); upgrade gearmill"
+                        )
+                    for v, statements in MYSQL:
+                        if v > version:
+                            for sql in statements:
+                                await cur.execute(sql)
+                            await cur.execute("UPDATE gearmill_schema SET version = %s", (v,))
+                            log.info("store %s: schema migrated to version %d", self.url, v)
+                    await con.commit()
+                    await cur.execute(
+                        "SELECT table_name, engine FROM information_schema.tables"
+                        " WHERE table_schema = DATABASE() AND table_name LIKE 'gearmill%%'"
+                    )
+                    for name, engine in await cur.fetchall():
+                        if str(engine).lower() != "innodb":
+                            raise StoreError(
+                                f"{self.url}: table {name} uses {engine}, not InnoDB; "
+                                "enable InnoDB (it gives the crash-safe commits a store needs)"
+                            )
+                finally:
+                    await cur.execute("SELECT RELEASE_LOCK('gearmill_migrate')")
+        except _ERRORS as e:
+            raise self._error(e, "creating the schema") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    def _p(self) -> Any:
+        if self._pool is None:
+            raise StoreError(f"{self.url}: store is not open")
+        return self._pool
+
+    @staticmethod
+    async def _delete(cur: Any, table: str, keys: Sequence[Key]) -> None:
+        for i in range(0, len(keys), _DELETE_CHUNK):
+            chunk = keys[i : i + _DELETE_CHUNK]
+            where = " OR ".join(["(function = %s AND unique_key = %s)"] * len(chunk))
+            await cur.execute(f"DELETE FROM {table} WHERE {where}", [x for k in chunk for x in k])
+
+    async def commit(self, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        for job in add:
+            check_job(job)
+        if not add and not remove:
+            return
+        now = int(time.time())
+        try:
+            async with self._p().acquire() as con:
+                try:
+                    # autocommit is off: the first statement opens the transaction.
+                    async with con.cursor() as cur:
+                        if remove:
+                            await self._delete(cur, "gearmill_jobs", remove)
+                        if add:
+                            await cur.executemany(
+                                _INSERT,
+                                [
+                                    (
+                                        j.function,
+                                        j.unique,
+                                        j.data,
+                                        j.priority,
+                                        j.when,
+                                        j.reducer,
+                                        j.attempts,
+                                        now,
+                                    )
+                                    for j in add
+                                ],
+                            )
+                    await con.commit()
+                except BaseException:
+                    await _rollback(con)
+                    raise
+        except _ERRORS as e:
+            raise self._error(e, "commit failed") from None
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self._p().acquire() as con:
+                async with con.cursor() as cur:
+                    await cur.execute(sql, args)
+                    rows = list(await cur.fetchall())
+                await con.commit()  # ends the read snapshot, so the next read sees new commits
+                return rows
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+
+    async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM gearmill_jobs WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit),
+        )
+        return [
+            (int(r[0]), StoredJob(r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], int(r[7])))
+            for r in rows
+        ]
+
+    async def count(self) -> int:
+        return int((await self._fetch("SELECT count(*) FROM gearmill_jobs"))[0][0])
+
+    async def size_bytes(self) -> int:
+        marks = ", ".join(["%s"] * len(_TABLES))
+        rows = await self._fetch(
+            "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+            f" WHERE table_schema = DATABASE() AND table_name IN ({marks})",
+            _TABLES,
+        )
+        return int(rows[0][0])
+
+    async def import_gearmand(self, source: str | None = None) -> int:
+        """Import gearmand's `-q MySQL` table (default `gearman_queue`) from this database."""
+        table = check_table(source or "gearman_queue")
+        now = int(time.time())
+        try:
+            async with self._p().acquire() as con:
+                try:
+                    async with con.cursor() as cur:
+                        await cur.execute(
+                            "SELECT count(*) FROM information_schema.tables"
+                            " WHERE table_schema = DATABASE() AND table_name = %s",
+                            (table,),
+                        )
+                        if (await cur.fetchone())[0] == 0:
+                            await con.commit()
+                            return 0
+                        await cur.execute("BEGIN")
+                        # FOR UPDATE: a gearmand still running must not slip rows in between.
+                        await cur.execute(
+                            "SELECT CAST(function_name AS BINARY), CAST(unique_key AS BINARY),"
+                            " COALESCE(data, ''), COALESCE(priority, 1), COALESCE(when_to_run, 0)"
+                            f" FROM {table} ORDER BY priority FOR UPDATE"
+                        )
+                        rows = list(await cur.fetchall())
+                        if rows:
+                            await cur.executemany(
+                                _INSERT,
+                                [(f, u, d, int(p), int(w), b"", 0, now) for f, u, d, p, w in rows],
+                            )
+                            await self._delete_gearmand(cur, table, rows)
+                    await con.commit()
+                except BaseException:
+                    await _rollback(con)
+                    raise
+        except _ERRORS as e:
+            raise self._error(e, f"importing gearmand's table {table}") from None
+        if rows:
+            log.info("store %s: imported %d jobs from gearmand's %s", self.url, len(rows), table)
+        return len(rows)
+
+    @staticmethod
+    async def _delete_gearmand(cur: Any, table: str, rows: Sequence[Any]) -> None:
+        for i in range(0, len(rows), _DELETE_CHUNK):
+            chunk = rows[i : i + _DELETE_CHUNK]
+            where = " OR ".join(["(function_name = %s AND unique_key = %s)"] * len(chunk))
+            await cur.execute(
+                f"DELETE FROM {table} WHERE {where}", [x for r in chunk for x in r[:2]]
+            )
+
+
+async def _rollback(con: Any) -> None:
+    try:
+        await con.rollback()
+    except _ERRORS:
+        pass  # the connection is gone; the server rolls back for us

@@ -1,0 +1,214 @@
+"""PostgreSQL through asyncpg, with synchronous_commit on for every connection.
+
+A group is one transaction of two statements (a DELETE joined to unnest'ed key arrays,
+an INSERT from unnest'ed column arrays), so its cost hardly grows with its size.
+Deleted rows are reclaimed by PostgreSQL's autovacuum.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ._base import SCHEMA_VERSION, Key, StoredJob, StoreError, check_job, log
+from ._sql import JOB_COLUMNS, POSTGRESQL, check_table
+
+_TABLES = ["gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"]
+
+_INSERT = (
+    "INSERT INTO gearmill_jobs (function, unique_key, data, priority, when_to_run, reducer,"
+    " attempts, created)"
+    " SELECT f, u, d, p, w, r, a, $8 FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],"
+    " $4::smallint[], $5::bigint[], $6::bytea[], $7::int[])"
+    " WITH ORDINALITY AS t(f, u, d, p, w, r, a, o)"
+    " ORDER BY o ON CONFLICT (function, unique_key) DO NOTHING"
+)
+_DELETE = (
+    "DELETE FROM gearmill_jobs j USING unnest($1::bytea[], $2::bytea[]) AS k(f, u)"
+    " WHERE j.function = k.f AND j.unique_key = k.u"
+)
+_MIGRATION_LOCK = 0x6765_6172  # pg_advisory_xact_lock key: one migrating server at a time
+
+
+class PostgreSQLStore:
+    durable = True
+
+    def __init__(self, url: str, dsn: str, *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self._dsn = dsn
+        self._timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def _error(self, e: BaseException, doing: str) -> StoreError:
+        text = str(e) or type(e).__name__
+        return StoreError(f"{self.url}: {doing}: {text}")
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=2,
+                timeout=self._timeout,
+                server_settings={"synchronous_commit": "on", "application_name": "gearmill"},
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise StoreError(
+                f"cannot reach the store {self.url}: {e or type(e).__name__}; "
+                "start PostgreSQL, or fix the URL given to --store"
+            ) from None
+        try:
+            async with self._pool.acquire() as con:
+                await self._check(con)
+                await self._migrate(con)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check(self, con: Any) -> None:
+        sync = await con.fetchval("SHOW synchronous_commit")
+        if sync == "off":
+            raise StoreError(f"{self.url}: synchronous_commit is {sync} and could not be set on")
+        if await con.fetchval("SHOW fsync") != "on":
+            log.warning(
+                "STORE NOT DURABLE: %s runs with fsync=off; a machine crash can lose every job "
+                "committed since its last checkpoint. Set fsync=on in postgresql.conf.",
+                self.url,
+            )
+
+    async def _migrate(self, con: Any) -> None:
+        try:
+            async with con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS gearmill_schema (version INTEGER NOT NULL)"
+                )
+                version = await con.fetchval("SELECT version FROM gearmill_schema")
+                if version is None:
+                    await con.execute("INSERT INTO gearmill_schema (version) VALUES (0)")
+                    version = 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.url}: schema version {version} was written by a newer gearmill "
+                        f"(this one knows {SCHEMA_VERSION}); upgrade gearmill"
+                    )
+                for v, statements in POSTGRESQL:
+                    if v > version:
+                        for sql in statements:
+                            await con.execute(sql)
+                        await con.execute("UPDATE gearmill_schema SET version = $1", v)
+                        log.info("store %s: schema migrated to version %d", self.url, v)
+        except asyncpg.PostgresError as e:
+            raise self._error(e, "creating the schema") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"{self.url}: store is not open")
+        return self._pool
+
+    async def commit(self, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        for job in add:
+            check_job(job)
+        if not add and not remove:
+            return
+        try:
+            async with self._p().acquire() as con:
+                # One statement is a transaction by itself: a round trip less than BEGIN/COMMIT.
+                if add and remove:
+                    async with con.transaction():
+                        await self._commit(con, add, remove)
+                else:
+                    await self._commit(con, add, remove)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise self._error(e, "commit failed") from None
+
+    @staticmethod
+    async def _commit(con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        if remove:
+            await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
+        if add:
+            await con.execute(
+                _INSERT,
+                [j.function for j in add],
+                [j.unique for j in add],
+                [j.data for j in add],
+                [j.priority for j in add],
+                [j.when for j in add],
+                [j.reducer for j in add],
+                [j.attempts for j in add],
+                int(time.time()),
+            )
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            async with self._p().acquire() as con:
+                return list(await con.fetch(sql, *args))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise self._error(e, "query failed") from None
+
+    async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM gearmill_jobs WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            limit,
+        )
+        return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    async def count(self) -> int:
+        rows = await self._fetch("SELECT count(*) FROM gearmill_jobs")
+        return int(rows[0][0])
+
+    async def size_bytes(self) -> int:
+        rows = await self._fetch(
+            "SELECT COALESCE(sum(pg_total_relation_size(to_regclass(t))), 0)"
+            " FROM unnest($1::text[]) AS t",
+            _TABLES,
+        )
+        return int(rows[0][0])
+
+    async def import_gearmand(self, source: str | None = None) -> int:
+        """Import gearmand's `-q Postgres` table (default `queue`) from this database."""
+        table = check_table(source or "queue")
+        try:
+            async with self._p().acquire() as con, con.transaction():
+                if await con.fetchval("SELECT to_regclass($1)", table) is None:
+                    return 0
+                # A gearmand still running on the table must not add rows between read and delete.
+                await con.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+                rows = await con.fetch(
+                    "SELECT convert_to(function_name, 'UTF8'), convert_to(unique_key, 'UTF8'),"
+                    f" COALESCE(data, ''::bytea), COALESCE(priority, 1), COALESCE(when_to_run, 0)"
+                    f" FROM {table} ORDER BY priority"
+                )
+                if rows:
+                    await con.execute(
+                        _INSERT,
+                        [r[0] for r in rows],
+                        [r[1] for r in rows],
+                        [r[2] for r in rows],
+                        [r[3] for r in rows],
+                        [r[4] for r in rows],
+                        [b"" for _ in rows],
+                        [0 for _ in rows],
+                        int(time.time()),
+                    )
+                    # Same database, same transaction: imported exactly once.
+                    await con.execute(f"DELETE FROM {table}")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise self._error(e, f"importing gearmand's table {table}") from None
+        if rows:
+            log.info("store %s: imported %d jobs from gearmand's %s", self.url, len(rows), table)
+        return len(rows)

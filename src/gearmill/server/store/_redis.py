@@ -1,0 +1,304 @@
+"""Redis through redis-py (hiredis parser when installed).
+
+Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
+  {p}schema   string   the schema version
+  {p}seq      string   the submission counter (INCRBY once per group)
+  {p}jobs     hash     field(function, unique) -> packed job (seq, priority, when, ...)
+  {p}order    zset     field -> seq; replay pages through it (never KEYS)
+  {p}dead     hash     dead letters (id -> packed job + error), {p}dead:seq their counter
+  {p}schedules hash    name -> recurring job
+  {p}leases   hash     field -> owner, expiry, fence; {p}fence the fencing counter
+A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
+appendonly/appendfsync and warns loudly, naming the loss window, unless it is `always`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from ._base import (
+    PRIORITY_NORMAL,
+    SCHEMA_VERSION,
+    Key,
+    StoredJob,
+    StoreError,
+    check_job,
+    field_of,
+    log,
+    pack_job,
+    unpack_job,
+)
+
+_ERRORS = (OSError, TimeoutError, rexc.RedisError)
+
+# One group in one atomic script: removes first, then adds. HSETNX keeps a stored key's
+# job and place; only a real add takes the next sequence number (the zset score).
+# ARGV: number of removes, their fields, then field, packed job pairs.
+_COMMIT = """
+local jobs, order, seqkey = KEYS[1], KEYS[2], KEYS[3]
+local n = tonumber(ARGV[1])
+for j = 2, n + 1, 1000 do
+  local last = math.min(j + 999, n + 1)
+  redis.call('HDEL', jobs, unpack(ARGV, j, last))
+  redis.call('ZREM', order, unpack(ARGV, j, last))
+end
+local seq = tonumber(redis.call('GET', seqkey) or '0')
+for i = n + 2, #ARGV, 2 do
+  if redis.call('HSETNX', jobs, ARGV[i], ARGV[i + 1]) == 1 then
+    seq = seq + 1
+    redis.call('ZADD', order, string.format('%d', seq), ARGV[i])
+  end
+end
+-- %d: a Lua number as an argument is written %.14g, which rounds past 10^14
+redis.call('SET', seqkey, string.format('%d', seq))
+return seq
+"""
+_GLOB = re.compile(rb"([\\*?\[\]])")
+
+
+def split_prefix(raw_url: str) -> tuple[str, str]:
+    """The URL without gearmill's own `prefix` query option, and that prefix."""
+    parts = urlsplit(raw_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "gearmill:"
+    rest = []
+    for k, v in query:
+        if k == "prefix":
+            prefix = v
+        else:
+            rest.append((k, v))
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+class RedisStore:
+    durable = True
+
+    def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self._raw, prefix = split_prefix(raw_url)
+        self.prefix = prefix.encode()
+        self._timeout = connect_timeout
+        self._r: Any = None  # redis-py types replies as str | bytes; ours are bytes
+        p = self.prefix
+        self._k_schema, self._k_seq = p + b"schema", p + b"seq"
+        self._k_jobs, self._k_order = p + b"jobs", p + b"order"
+        self._commit_sha = ""
+
+    def _error(self, e: BaseException, doing: str) -> StoreError:
+        return StoreError(f"{self.url}: {doing}: {e or type(e).__name__}")
+
+    def _c(self) -> Any:
+        if self._r is None:
+            raise StoreError(f"{self.url}: store is not open")
+        return self._r
+
+    async def open(self) -> None:
+        if self._r is not None:
+            return
+        try:
+            self._r = aioredis.from_url(
+                self._raw,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=60,
+                decode_responses=False,
+            )
+        except ValueError as e:
+            raise StoreError(f"{self.url}: {e}; fix the URL given to --store") from None
+        try:
+            try:
+                await self._r.ping()
+            except _ERRORS as e:
+                raise StoreError(
+                    f"cannot reach the store {self.url}: {e or type(e).__name__}; "
+                    "start Redis, or fix the URL given to --store"
+                ) from None
+            await self._check_aof()
+            await self._migrate()
+            await self._load_script()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_aof(self) -> None:
+        r = self._c()
+        try:
+            conf = await r.config_get("append*")
+            appendonly = _s(conf.get(b"appendonly", conf.get("appendonly", b"")))
+            fsync = _s(conf.get(b"appendfsync", conf.get("appendfsync", b"")))
+        except rexc.ResponseError:  # CONFIG renamed or refused (managed Redis)
+            info = await r.info("persistence")
+            appendonly = "yes" if info.get("aof_enabled") else "no"
+            fsync = "unknown"
+        if appendonly != "yes":
+            window = (
+                "every job committed since its last RDB snapshot (all of them if it takes none)"
+            )
+        elif fsync == "always":
+            return
+        elif fsync == "everysec":
+            window = "about the last second of committed jobs"
+        elif fsync == "no":
+            window = "the jobs committed in the last ~30 seconds (whenever the OS flushes)"
+        else:
+            window = "an unknown amount of committed jobs (CONFIG GET is not allowed here)"
+        log.warning(
+            "STORE NOT FULLY DURABLE: %s runs with appendonly=%s appendfsync=%s: a crash of "
+            "Redis or its machine can lose %s. For durable jobs set `appendonly yes` and "
+            "`appendfsync always` in redis.conf.",
+            self.url,
+            appendonly,
+            fsync,
+            window,
+        )
+
+    async def _migrate(self) -> None:
+        r = self._c()
+        try:
+            kind = await r.type(self._k_jobs)
+            if kind not in (b"none", b"hash"):
+                raise StoreError(
+                    f"{self.url}: key {self._k_jobs.decode(errors='replace')} holds a {_s(kind)}, "
+                    "not gearmill's jobs; give gearmill its own ?prefix= or database number"
+                )
+            version = await r.get(self._k_schema)
+            current = 0 if version is None else int(version)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.url}: schema version {current} was written by a newer gearmill "
+                    f"(this one knows {SCHEMA_VERSION}); upgrade gearmill"
+                )
+            if current < SCHEMA_VERSION:
+                # Version 1 is the key layout above; later versions convert here, in order.
+                await r.set(self._k_schema, SCHEMA_VERSION)
+                log.info("store %s: schema migrated to version %d", self.url, SCHEMA_VERSION)
+        except _ERRORS as e:
+            raise self._error(e, "reading the schema version") from None
+
+    async def close(self) -> None:
+        r, self._r = self._r, None
+        if r is not None:
+            try:
+                await r.aclose()
+            except _ERRORS:
+                pass
+
+    async def commit(self, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        for job in add:
+            check_job(job)
+        if not add and not remove:
+            return
+        args: list[bytes | int] = [len(remove)]
+        args += [field_of(f, u) for f, u in remove]
+        for job in add:
+            args += (field_of(job.function, job.unique), pack_job(0, job))
+        keys = (self._k_jobs, self._k_order, self._k_seq)
+        try:
+            try:
+                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
+            except rexc.NoScriptError:  # Redis restarted or flushed its script cache
+                self._commit_sha = await self._c().script_load(_COMMIT)
+                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
+        except _ERRORS as e:
+            raise self._error(e, "commit failed") from None
+
+    async def _load_script(self) -> None:
+        try:
+            self._commit_sha = await self._c().script_load(_COMMIT)
+        except _ERRORS as e:
+            raise self._error(e, "loading the commit script") from None
+
+    async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
+        r = self._c()
+        try:
+            pairs = await r.zrangebyscore(
+                self._k_order, f"({after}", "+inf", start=0, num=limit, withscores=True
+            )
+            if not pairs:
+                return []
+            values = await r.hmget(self._k_jobs, [f for f, _ in pairs])
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        # The sequence number is the score; the packed value's own is not used.
+        return [
+            (int(score), unpack_job(v)[1])
+            for (_, score), v in zip(pairs, values, strict=True)
+            if v is not None
+        ]
+
+    async def count(self) -> int:
+        try:
+            return int(await self._c().hlen(self._k_jobs))
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+
+    async def size_bytes(self) -> int:
+        r = self._c()
+        try:
+            total = 0
+            for key in (self._k_jobs, self._k_order):
+                total += int(await r.memory_usage(key) or 0)
+            return total
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+
+    async def import_gearmand(self, source: str | None = None) -> int:
+        """Import the keys gearmand's `-q redis` left: `{prefix}-{function}-{unique}` hashes.
+
+        gearmand 1.1.16+ stores a hash {data, priority}; older ones a plain string (the
+        data, normal priority). Found with SCAN (never KEYS), deleted once committed here.
+        gearmand splits the key at the first '-', so a function name never holds one.
+        """
+        prefix = (source if source is not None else "_gear_").encode() + b"-"
+        pattern = _GLOB.sub(rb"\\\1", prefix) + b"*"
+        r = self._c()
+        total = 0
+        try:
+            cursor = 0
+            while True:
+                cursor, keys = await r.scan(cursor, match=pattern, count=1000)
+                jobs: list[StoredJob] = []
+                done: list[bytes] = []
+                for key in keys:
+                    job = await self._gearmand_job(r, key, len(prefix))
+                    if job is not None:
+                        jobs.append(job)
+                        done.append(key)
+                if jobs:
+                    await self.commit(jobs, ())
+                    await r.delete(*done)
+                    total += len(jobs)
+                if cursor == 0:
+                    break
+        except _ERRORS as e:
+            raise self._error(e, "importing gearmand's keys") from None
+        if total:
+            log.info("store %s: imported %d jobs from gearmand's keys", self.url, total)
+        return total
+
+    async def _gearmand_job(self, r: Any, key: bytes, skip: int) -> StoredJob | None:
+        function, sep, unique = key[skip:].partition(b"-")
+        if not sep:
+            return None
+        kind = await r.type(key)
+        if kind == b"hash":
+            h: dict[Any, Any] = await r.hgetall(key)
+            data = h.get(b"data", b"")
+            priority = int(h.get(b"priority", PRIORITY_NORMAL))
+        elif kind == b"string":
+            data = await r.get(key) or b""
+            priority = PRIORITY_NORMAL
+        else:
+            return None
+        if priority not in (0, 1, 2):
+            priority = PRIORITY_NORMAL
+        return StoredJob(function, unique, data, priority)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

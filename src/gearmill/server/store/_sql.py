@@ -1,0 +1,171 @@
+"""The schema the SQL stores share, as one list of migrations per dialect.
+
+Version 1 already holds what retries and several servers need: attempts, a lease
+(owner, expiry, and a fencing number that grows with every lease so a stale owner's
+late update can be refused), a dead-letter table and recurring schedules.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._base import StoreError
+
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def check_table(name: str) -> str:
+    if not TABLE_NAME.match(name):
+        raise StoreError(f"table name {name!r} must be letters, digits and _ only")
+    return name
+
+
+# (version, statements) per dialect; each version runs in order, once.
+SQLITE: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE gearmill_jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                function BLOB NOT NULL,
+                unique_key BLOB NOT NULL,
+                data BLOB NOT NULL,
+                priority INTEGER NOT NULL,
+                when_to_run INTEGER NOT NULL DEFAULT 0,
+                reducer BLOB NOT NULL DEFAULT x'',
+                attempts INTEGER NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_expires INTEGER,
+                fence INTEGER NOT NULL DEFAULT 0,
+                created INTEGER NOT NULL,
+                UNIQUE (function, unique_key))""",
+            "CREATE INDEX gearmill_jobs_lease ON gearmill_jobs (lease_expires)"
+            " WHERE lease_expires IS NOT NULL",
+            """CREATE TABLE gearmill_dead_letters (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                function BLOB NOT NULL,
+                unique_key BLOB NOT NULL,
+                data BLOB NOT NULL,
+                priority INTEGER NOT NULL,
+                when_to_run INTEGER NOT NULL DEFAULT 0,
+                reducer BLOB NOT NULL DEFAULT x'',
+                attempts INTEGER NOT NULL,
+                error TEXT NOT NULL,
+                failed_at INTEGER NOT NULL)""",
+            """CREATE TABLE gearmill_schedules (
+                name TEXT PRIMARY KEY,
+                function BLOB NOT NULL,
+                unique_key BLOB NOT NULL,
+                data BLOB NOT NULL,
+                priority INTEGER NOT NULL DEFAULT 1,
+                reducer BLOB NOT NULL DEFAULT x'',
+                every_seconds INTEGER,
+                cron TEXT,
+                next_run INTEGER NOT NULL,
+                last_run INTEGER,
+                fence INTEGER NOT NULL DEFAULT 0,
+                enabled INTEGER NOT NULL DEFAULT 1)""",
+        ],
+    )
+]
+
+POSTGRESQL: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE gearmill_jobs (
+                seq BIGSERIAL PRIMARY KEY,
+                function BYTEA NOT NULL,
+                unique_key BYTEA NOT NULL,
+                data BYTEA NOT NULL,
+                priority SMALLINT NOT NULL,
+                when_to_run BIGINT NOT NULL DEFAULT 0,
+                reducer BYTEA NOT NULL DEFAULT ''::bytea,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_expires BIGINT,
+                fence BIGINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                UNIQUE (function, unique_key))""",
+            "CREATE INDEX gearmill_jobs_lease ON gearmill_jobs (lease_expires)"
+            " WHERE lease_expires IS NOT NULL",
+            """CREATE TABLE gearmill_dead_letters (
+                id BIGSERIAL PRIMARY KEY,
+                function BYTEA NOT NULL,
+                unique_key BYTEA NOT NULL,
+                data BYTEA NOT NULL,
+                priority SMALLINT NOT NULL,
+                when_to_run BIGINT NOT NULL DEFAULT 0,
+                reducer BYTEA NOT NULL DEFAULT ''::bytea,
+                attempts INTEGER NOT NULL,
+                error TEXT NOT NULL,
+                failed_at BIGINT NOT NULL)""",
+            """CREATE TABLE gearmill_schedules (
+                name TEXT PRIMARY KEY,
+                function BYTEA NOT NULL,
+                unique_key BYTEA NOT NULL,
+                data BYTEA NOT NULL,
+                priority SMALLINT NOT NULL DEFAULT 1,
+                reducer BYTEA NOT NULL DEFAULT ''::bytea,
+                every_seconds INTEGER,
+                cron TEXT,
+                next_run BIGINT NOT NULL,
+                last_run BIGINT,
+                fence BIGINT NOT NULL DEFAULT 0,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE)""",
+        ],
+    )
+]
+
+# InnoDB, binary keys (gearmand's function names and uniques are bytes).
+MYSQL: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE IF NOT EXISTS gearmill_jobs (
+                seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                function VARBINARY(512) NOT NULL,
+                unique_key VARBINARY(255) NOT NULL,
+                data LONGBLOB NOT NULL,
+                priority TINYINT NOT NULL,
+                when_to_run BIGINT NOT NULL DEFAULT 0,
+                reducer VARBINARY(512) NOT NULL DEFAULT '',
+                attempts INT NOT NULL DEFAULT 0,
+                lease_owner VARCHAR(255) NULL,
+                lease_expires BIGINT NULL,
+                fence BIGINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                UNIQUE KEY gearmill_jobs_key (function, unique_key),
+                KEY gearmill_jobs_lease (lease_expires)
+            ) ENGINE=InnoDB""",
+            """CREATE TABLE IF NOT EXISTS gearmill_dead_letters (
+                id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                function VARBINARY(512) NOT NULL,
+                unique_key VARBINARY(255) NOT NULL,
+                data LONGBLOB NOT NULL,
+                priority TINYINT NOT NULL,
+                when_to_run BIGINT NOT NULL DEFAULT 0,
+                reducer VARBINARY(512) NOT NULL DEFAULT '',
+                attempts INT NOT NULL,
+                error TEXT NOT NULL,
+                failed_at BIGINT NOT NULL
+            ) ENGINE=InnoDB""",
+            """CREATE TABLE IF NOT EXISTS gearmill_schedules (
+                name VARCHAR(255) NOT NULL PRIMARY KEY,
+                function VARBINARY(512) NOT NULL,
+                unique_key VARBINARY(255) NOT NULL,
+                data LONGBLOB NOT NULL,
+                priority TINYINT NOT NULL DEFAULT 1,
+                reducer VARBINARY(512) NOT NULL DEFAULT '',
+                every_seconds INT NULL,
+                cron VARCHAR(255) NULL,
+                next_run BIGINT NOT NULL,
+                last_run BIGINT NULL,
+                fence BIGINT NOT NULL DEFAULT 0,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE
+            ) ENGINE=InnoDB""",
+        ],
+    )
+]
+
+JOB_COLUMNS = "seq, function, unique_key, data, priority, when_to_run, reducer, attempts"

@@ -1,0 +1,393 @@
+"""What only one kind of store does: SQLite's single-server lock and bounded disk use,
+Redis's AOF check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from storekit import run
+
+from conftest import free_port
+from gearmill.server.store import StoredJob, StoreError, open_store
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first_pid(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    child = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from gearmill.server.store import open_store
+
+        async def main():
+            s = open_store({url!r})
+            await s.open()
+            print("open", flush=True)
+            sys.stdin.readline()  # hold the store until told (or killed)
+
+        asyncio.run(main())
+        """
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline() == b"open\n"
+        with pytest.raises(StoreError) as err:
+            run(open_store(url).open())
+        text = str(err.value)
+        assert f"pid {first.pid}" in text and "\n" not in text
+    finally:
+        first.kill()
+        first.wait(10)
+
+    # The kernel drops the lock of a killed server: the next one starts.
+    async def reopen() -> int:
+        s = open_store(url)
+        await s.open()
+        try:
+            return await s.count()
+        finally:
+            await s.close()
+
+    assert run(reopen()) == 0
+
+
+def test_sqlite_gives_back_the_disk_of_deleted_jobs(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    files = [tmp_path / "queue.db", tmp_path / "queue.db-wal"]
+
+    def on_disk() -> int:
+        return sum(f.stat().st_size for f in files if f.exists())
+
+    async def main() -> tuple[int, int, int]:
+        s = open_store(url)
+        await s.open()
+        try:
+            jobs = [StoredJob(b"fn", b"%d" % i, os.urandom(100_000)) for i in range(400)]
+            for i in range(0, 400, 40):
+                await s.commit(jobs[i : i + 40], [])
+            full = on_disk()
+            await s.commit([], [(j.function, j.unique) for j in jobs])
+            # Ordinary traffic goes on; housekeeping runs every few dozen commits.
+            for i in range(200):
+                await s.commit([StoredJob(b"fn", b"small%d" % i, b"x")], [])
+            return full, on_disk(), await s.size_bytes()
+        finally:
+            await s.close()
+
+    full, after, reported = run(main())
+    assert full > 40_000_000
+    assert after < 5_000_000, f"{after} bytes still used after deleting 40 MB of jobs"
+    assert reported == after
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    async def main() -> None:
+        s = open_store(f"sqlite://{tmp_path}/queue.db")
+        await s.open()
+        await s.close()
+
+    run(main())
+    con = sqlite3.connect(tmp_path / "queue.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def _redis_server(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    return _redis_server_on(tmp, free_port(), *args)
+
+
+def _redis_server_on(tmp: Path, port: int, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp),
+            "--save",
+            "",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    r.close()
+    return proc, port
+
+
+@pytest.mark.parametrize(
+    ("args", "window"),
+    [
+        ((), "since its last RDB snapshot"),
+        (("--appendonly", "yes", "--appendfsync", "everysec"), "the last second"),
+        (("--appendonly", "yes", "--appendfsync", "always"), None),
+    ],
+)
+def test_redis_warns_naming_the_loss_window_unless_appendfsync_always(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, args: tuple[str, ...], window: str | None
+) -> None:
+    proc, port = _redis_server(tmp_path, *args)
+    try:
+
+        async def main() -> None:
+            s = open_store(f"redis://127.0.0.1:{port}/0")
+            await s.open()
+            await s.commit([StoredJob(b"fn", b"1", b"x")], [])
+            await s.close()
+
+        with caplog.at_level(logging.WARNING, logger="gearmill.store"):
+            run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    if window is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and window in warnings[0] and "appendfsync always" in warnings[0]
+
+
+def test_redis_with_appendfsync_always_keeps_commits_across_its_crash_and_the_store_recovers(
+    tmp_path: Path,
+) -> None:
+    """A store outage: commits fail with one StoreError line while Redis is down, and the
+    same store object works again once Redis is back (no reopen), with every job it had
+    acknowledged before Redis was SIGKILLed."""
+    args = ("--appendonly", "yes", "--appendfsync", "always")
+    proc, port = _redis_server(tmp_path, *args)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            proc.kill()
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc, _ = _redis_server_on(tmp_path, port, *args)
+            await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
+
+
+def _pg_bin(name: str) -> str:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: p.parts)
+    assert versions, f"PostgreSQL's {name} is not installed: run scripts/services"
+    return str(versions[-1])
+
+
+def _as_postgres() -> dict[str, str]:
+    """Popen arguments that run a PostgreSQL program as `postgres` (it refuses root); the
+    test waits for the server itself, so its exit is reaped and its pid file freed."""
+    return {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
+
+
+def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
+    cmd = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(data.parent)]
+    cmd += ["-c", "listen_addresses=127.0.0.1"]
+    with open(data.parent / "postgres.log", "ab") as log:  # the server keeps its own copy
+        proc = subprocess.Popen(
+            cmd,
+            **_as_postgres(),  # type: ignore[call-overload]
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # SIGKILL reaches the whole server at once, as a crash would
+        )
+    ready = [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+    deadline = time.monotonic() + 30
+    while subprocess.run(ready).returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+            tail = (data.parent / "postgres.log").read_text(errors="replace")[-500:]
+            raise RuntimeError(f"postgres did not start: {tail}")
+        time.sleep(0.1)
+    return proc
+
+
+def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
+    """A PostgreSQL of the test's own on a free port, SIGKILLed with all its processes:
+    commits fail with one StoreError line while it is down; once it is back (crash
+    recovery from its WAL), the same store object commits again and has every job it
+    acknowledged before the kill."""
+    # Its own folder: pytest's is private to root, and postgres must not run as root.
+    folder = Path(tempfile.mkdtemp(prefix="gearmill-pg-"))
+    if os.getuid() == 0:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [_pg_bin("initdb"), "-D", str(data), "-U", "root", "--auth=trust", "-N"],
+        check=True,
+        capture_output=True,
+        **_as_postgres(),  # type: ignore[call-overload]
+    )
+    port = free_port()
+    proc = _start_postgres(data, port)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"postgresql://root@127.0.0.1:{port}/postgres", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc = _start_postgres(data, port)
+            # The caller retries a failed group; the store reconnects by itself.
+            for _attempt in range(20):
+                try:
+                    await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.2)
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
+
+
+def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
+    """Scores and the counter are written as integers (a Lua number would be rounded)."""
+    proc, port = _redis_server(tmp_path)
+    start = 2**52 - 10
+    try:
+        import redis
+
+        r = redis.Redis(port=port)
+        r.set("gearmill:seq", start)
+        r.close()
+
+        async def main() -> list[int]:
+            s = open_store(f"redis://127.0.0.1:{port}/0")
+            await s.open()
+            try:
+                await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(3)], [])
+                return [seq for seq, _ in await s.load(start, 10)]
+            finally:
+                await s.close()
+
+        assert run(main()) == [start + 1, start + 2, start + 3]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _start_mariadb(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    cmd = ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={folder}/data"]
+    cmd += [f"--port={port}", "--bind-address=127.0.0.1", f"--socket={folder}/sock"]
+    cmd += [f"--pid-file={folder}/pid", f"--log-error={folder}/err.log"]
+    cmd += ["--skip-grant-tables", "--innodb-buffer-pool-size=32M"]
+    if os.getuid() == 0:
+        cmd.append("--user=mysql")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                tail = (folder / "err.log").read_text(errors="replace")[-500:]
+                raise RuntimeError(f"mariadbd did not start: {tail}") from None
+            time.sleep(0.1)
+
+
+def test_mariadb_killed_keeps_every_commit_and_the_store_recovers() -> None:
+    """The same outage for a MariaDB of the test's own: SIGKILLed, InnoDB recovers from
+    its redo log, and the store object commits again with nothing acknowledged lost."""
+    folder = Path(tempfile.mkdtemp(prefix="gearmill-maria-"))
+    if os.getuid() == 0:
+        shutil.chown(folder, "mysql")
+    install = ["mariadb-install-db", f"--datadir={folder}/data", "--skip-test-db"]
+    install += ["--auth-root-authentication-method=normal"]
+    if os.getuid() == 0:
+        install.append("--user=mysql")
+    subprocess.run(install, check=True, capture_output=True)
+    port = free_port()
+    proc = _start_mariadb(folder, port)
+
+    async def main() -> tuple[str, list[bytes]]:
+        nonlocal proc
+        s = open_store(f"mysql://root@127.0.0.1:{port}/mysql", connect_timeout=2)
+        await s.open()
+        try:
+            await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
+            proc.kill()
+            proc.wait(10)
+            with pytest.raises(StoreError) as err:
+                await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
+            proc = _start_mariadb(folder, port)
+            for _attempt in range(20):
+                try:
+                    await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.2)
+            return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
+        finally:
+            await s.close()
+
+    try:
+        error, uniques = run(main())
+    finally:
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert f"127.0.0.1:{port}" in error and "\n" not in error
+    assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
