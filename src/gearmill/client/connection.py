@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from ..errors import ConnectionLost, ProtocolError, ServerError
+from ..errors import CannotConnect, ConnectionLost, ProtocolError, ServerError, connect_reason
 from ..protocol.codec import MALFORMED, Decoder
 from ..protocol.packets import HEADER, REQ, PacketType
 from .servers import Address, format_address
@@ -72,7 +72,7 @@ class Connection(asyncio.Protocol):
                 timeout,
             )
         except (TimeoutError, OSError) as e:
-            raise ConnectionLost(format_address(address), str(e) or type(e).__name__) from e
+            raise CannotConnect(format_address(address), connect_reason(e, timeout)) from e
         return protocol
 
     # ----------------------------------------------------------- asyncio API
