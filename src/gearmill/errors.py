@@ -26,6 +26,7 @@ class ConnectionLost(GearmanError):
 
     def __init__(self, server: str, detail: str = "") -> None:
         self.server = server
+        self.detail = detail
         super().__init__(f"connection to {server} lost" + (f": {detail}" if detail else ""))
 
 

@@ -222,6 +222,24 @@ def test_server_round_trip_timeout_says_what_it_waited_for() -> None:
     assert message == f"{address} did not accept the 'slow' job (no JOB_CREATED) within 0.4 s"
 
 
+def test_server_that_never_answers_the_option_is_named() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+        async def scenario() -> None:
+            async with gm.AsyncClient(address, connect_timeout=0.3) as client:
+                await client.echo(b"x")
+
+        with pytest.raises(gm.NoServersAvailable) as caught:
+            asyncio.run(scenario())
+    assert str(caught.value).startswith(
+        f"could not connect to {address}: connected, but no answer to OPTION_REQ exceptions"
+        " within 0.3 s; "
+    )
+
+
 # ----------------------------------------------------------------- callbacks
 
 

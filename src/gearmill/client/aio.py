@@ -397,13 +397,20 @@ class AsyncClient:
                     await with_timeout(
                         conn.request(PacketType.OPTION_REQ, PacketType.OPTION_RES, b"exceptions"),
                         self.connect_timeout,
-                        f"{server.name} did not answer OPTION_REQ exceptions",
+                        "OPTION_REQ",
                     )
-                except GearmanError as e:
-                    if isinstance(e, ConnectionLost | GearmanTimeout):
-                        conn.close()
-                        raise
-                    # a server without the option still ends jobs with WORK_FAIL
+                except ConnectionLost as e:
+                    conn.close()
+                    raise CannotConnect(server.name, f"connected, then {e.detail}") from e
+                except GearmanTimeout as e:
+                    conn.close()
+                    raise CannotConnect(
+                        server.name,
+                        "connected, but no answer to OPTION_REQ exceptions within"
+                        f" {seconds(self.connect_timeout)} s",
+                    ) from e
+                except GearmanError:
+                    pass  # a server without the option still ends jobs with WORK_FAIL
         except Exception as e:
             server.failures += 1
             server.down_until = time.monotonic() + min(0.5 * 2 ** (server.failures - 1), 30.0)
@@ -434,8 +441,8 @@ class AsyncClient:
                 return server, await self._connect(server)
             except CannotConnect as e:
                 errors.append(f"{server.name}: {e.reason}")
-            except (ConnectionLost, GearmanTimeout) as e:
-                errors.append(str(e))
+            except ConnectionLost as e:
+                errors.append(f"{server.name}: {e.detail or e}")
         raise NoServersAvailable([s.name for s in self.servers], errors)
 
     def _on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
@@ -567,7 +574,8 @@ class AsyncClient:
                 args = await with_timeout(
                     future,
                     left,
-                    f"{server.name} did not accept {job._name} (no JOB_CREATED)",
+                    f"{server.name} did not accept the {job.function.decode(errors='replace')!r}"
+                    " job (no JOB_CREATED)",
                     shown=t,
                 )
             except ConnectionLost:
