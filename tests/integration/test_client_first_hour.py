@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -319,6 +320,50 @@ def test_handles_repeat_after_server_restart(gearmill: Running) -> None:
                 await asyncio.wait_for(working, 30)
 
     asyncio.run(scenario())
+
+
+def _scripted_server(listener: socket.socket, requests: int) -> None:
+    """Answers each SUBMIT_JOB with JOB_CREATED and WORK_COMPLETE in one write,
+    as a real server does when the worker is quicker than the client."""
+    sock, _ = listener.accept()
+    with sock:
+        buf = b""
+        for n in range(1, requests + 1):
+            while len(buf) < 12 or len(buf) < 12 + struct.unpack(">I", buf[8:12])[0]:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            size = struct.unpack(">I", buf[8:12])[0]
+            data = buf[12 + size - 1 : 12 + size]  # the last byte of the workload
+            buf = buf[12 + size :]
+            handle = b"H:s:%d" % n
+            reply = b"\x00RES" + struct.pack(">II", PacketType.JOB_CREATED, len(handle)) + handle
+            done = handle + b"\x00done " + data
+            reply += b"\x00RES" + struct.pack(">II", PacketType.WORK_COMPLETE, len(done)) + done
+            sock.sendall(reply)
+        sock.recv(1)  # until the client hangs up
+
+
+@pytest.mark.parametrize("how", ["submit", "submit_many"])
+def test_result_in_the_same_read_as_job_created(how: str) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        thread = threading.Thread(target=_scripted_server, args=(listener, 2), daemon=True)
+        thread.start()
+
+        async def scenario() -> list[bytes]:
+            async with gm.AsyncClient(address, exceptions=False, timeout=5) as client:
+                if how == "submit":
+                    jobs = [await client.submit("f", b"a"), await client.submit("f", b"b")]
+                else:
+                    jobs = await client.submit_many([("f", b"a"), ("f", b"b")])
+                return [await job.result() for job in jobs]
+
+        assert asyncio.run(scenario()) == [b"done a", b"done b"]
+        thread.join(10)
 
 
 # ---------------------------------------------------------------- exceptions

@@ -478,6 +478,7 @@ class AsyncClient:
 
     def _send_submit(
         self,
+        server: _Server,
         conn: Connection,
         function: Data,
         data: Any,
@@ -499,6 +500,10 @@ class AsyncClient:
             uniq = to_bytes(unique, "unique id")
         payload = encode(data, codec)
         job = Job(fn, uniq, background, on_status, codec)
+
+        def created(args: list[bytes]) -> None:
+            self._created(server, conn, job, args)
+
         if when is not None:
             if not background:
                 raise ValueError("a job with a start time (when=) must be a background job")
@@ -511,6 +516,7 @@ class AsyncClient:
                 uniq,
                 b"%d" % int(when),
                 payload,
+                on_reply=created,
             )
         elif reducer is not None:
             ptype = (
@@ -519,15 +525,28 @@ class AsyncClient:
                 else PacketType.SUBMIT_REDUCE_JOB
             )
             future = conn.request(
-                ptype, PacketType.JOB_CREATED, fn, uniq, to_bytes(reducer, "reducer"), b"", payload
+                ptype,
+                PacketType.JOB_CREATED,
+                fn,
+                uniq,
+                to_bytes(reducer, "reducer"),
+                b"",
+                payload,
+                on_reply=created,
             )
         else:
             future = conn.request(
-                submit_type(prio, background), PacketType.JOB_CREATED, fn, uniq, payload
+                submit_type(prio, background),
+                PacketType.JOB_CREATED,
+                fn,
+                uniq,
+                payload,
+                on_reply=created,
             )
         return job, future
 
-    def _created(self, server: _Server, conn: Connection, job: Job, args: list[bytes]) -> Job:
+    def _created(self, server: _Server, conn: Connection, job: Job, args: list[bytes]) -> None:
+        """JOB_CREATED: the job gets its handle and, in the foreground, its packets."""
         handle = args[0]
         job.handle = handle.decode(errors="replace")
         job.server = server.name
@@ -537,7 +556,6 @@ class AsyncClient:
             else:
                 self._jobs.setdefault((conn, handle), []).append(job)
                 self._conn_jobs.setdefault(conn, set()).add(job)
-        return job
 
     async def submit(
         self,
@@ -566,12 +584,22 @@ class AsyncClient:
         for attempt in range(len(self.servers)):
             server, conn = await self._pick()
             job, future = self._send_submit(
-                conn, function, data, unique, priority, background, when, reducer, on_status, c
+                server,
+                conn,
+                function,
+                data,
+                unique,
+                priority,
+                background,
+                when,
+                reducer,
+                on_status,
+                c,
             )
             job.timeout, job.deadline = t, deadline
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                args = await with_timeout(
+                await with_timeout(
                     future,
                     left,
                     f"{server.name} did not accept the {job.function.decode(errors='replace')!r}"
@@ -582,7 +610,7 @@ class AsyncClient:
                 if attempt == len(self.servers) - 1:
                     raise
                 continue
-            return self._created(server, conn, job, args)
+            return job  # registered by _created as the reply was read
         raise AssertionError("unreachable")
 
     async def run(
@@ -619,26 +647,36 @@ class AsyncClient:
         t = self._timeout(timeout)
         deadline = None if t is None else time.monotonic() + t
         c = self._codec(codec)
-        sent: list[tuple[_Server, Connection, Job, asyncio.Future[list[bytes]]]] = []
+        sent: list[tuple[Job, asyncio.Future[list[bytes]]]] = []
         asked: list[JobRequest] = []
         for request in requests:
             r = request if isinstance(request, JobRequest) else JobRequest(*request)
             server, conn = await self._pick()
             job, future = self._send_submit(
-                conn, r.function, r.data, r.unique, r.priority, r.background, None, None, None, c
+                server,
+                conn,
+                r.function,
+                r.data,
+                r.unique,
+                r.priority,
+                r.background,
+                None,
+                None,
+                None,
+                c,
             )
             job.timeout, job.deadline = t, deadline
-            sent.append((server, conn, job, future))
+            sent.append((job, future))
             asked.append(r)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         replies = await with_timeout(
-            asyncio.gather(*(f for _, _, _, f in sent), return_exceptions=True),
+            asyncio.gather(*(f for _, f in sent), return_exceptions=True),
             left,
             f"the servers did not accept all {len(sent)} jobs (no JOB_CREATED)",
             shown=t,
         )
         jobs = []
-        for (server, conn, job, _), r, reply in zip(sent, asked, replies, strict=True):
+        for (job, _), r, reply in zip(sent, asked, replies, strict=True):
             if isinstance(reply, ConnectionLost):
                 # lost before JOB_CREATED: submit it again elsewhere (see submit())
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -654,8 +692,6 @@ class AsyncClient:
                 job.timeout, job.deadline = t, deadline
             elif isinstance(reply, BaseException):
                 raise reply
-            else:
-                job = self._created(server, conn, job, reply)
             jobs.append(job)
         return jobs
 
