@@ -158,7 +158,6 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
                 if args.verbose:
                     out.write(f"Task created: {job.handle}\n".encode())
                 if not job.background:
-                    job.on_status = _status(args)
                     failed |= await _follow(job, args)
                 done += 1
                 progress.update(done, _Input.position)
@@ -169,7 +168,11 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
         started = time.monotonic()
         for workload in _workloads(args):
             for function in args.function:
-                batch.append(JobRequest(function, workload, args.unique, priority, args.background))
+                batch.append(
+                    JobRequest(
+                        function, workload, args.unique, priority, args.background, _status(args)
+                    )
+                )
             if len(batch) >= BATCH or not (args.lines or args.lines_strip):
                 status |= await flush()
         if batch:

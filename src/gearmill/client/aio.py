@@ -137,6 +137,7 @@ class JobRequest:
     unique: Data | None = None
     priority: PriorityLike = Priority.NORMAL
     background: bool = False
+    on_status: StatusCallback | None = None
 
 
 class Job:
@@ -662,7 +663,7 @@ class AsyncClient:
                 r.background,
                 None,
                 None,
-                None,
+                r.on_status,
                 c,
             )
             job.timeout, job.deadline = t, deadline
@@ -686,6 +687,7 @@ class AsyncClient:
                     unique=r.unique,
                     priority=r.priority,
                     background=r.background,
+                    on_status=r.on_status,
                     timeout=left,
                     codec=c,
                 )
