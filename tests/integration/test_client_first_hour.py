@@ -322,26 +322,36 @@ def test_handles_repeat_after_server_restart(gearmill: Running) -> None:
     asyncio.run(scenario())
 
 
+def _res(ptype: int, *args: bytes) -> bytes:
+    payload = b"\x00".join(args)
+    return b"\x00RES" + struct.pack(">II", ptype, len(payload)) + payload
+
+
 def _scripted_server(listener: socket.socket, requests: int) -> None:
-    """Answers each SUBMIT_JOB with JOB_CREATED and WORK_COMPLETE in one write,
-    as a real server does when the worker is quicker than the client."""
+    """Answers each SUBMIT_JOB with JOB_CREATED, WORK_STATUS 1/2 and WORK_COMPLETE in
+    one write, as a real server does when the worker is quicker than the client."""
     sock, _ = listener.accept()
     with sock:
         buf = b""
-        for n in range(1, requests + 1):
+        n = 0
+        while n < requests:
             while len(buf) < 12 or len(buf) < 12 + struct.unpack(">I", buf[8:12])[0]:
                 chunk = sock.recv(65536)
                 if not chunk:
                     return
                 buf += chunk
-            size = struct.unpack(">I", buf[8:12])[0]
-            data = buf[12 + size - 1 : 12 + size]  # the last byte of the workload
-            buf = buf[12 + size :]
+            ptype, size = struct.unpack(">II", buf[4:12])
+            payload, buf = buf[12 : 12 + size], buf[12 + size :]
+            if ptype == PacketType.OPTION_REQ:
+                sock.sendall(_res(PacketType.OPTION_RES, payload))
+                continue
+            n += 1
             handle = b"H:s:%d" % n
-            reply = b"\x00RES" + struct.pack(">II", PacketType.JOB_CREATED, len(handle)) + handle
-            done = handle + b"\x00done " + data
-            reply += b"\x00RES" + struct.pack(">II", PacketType.WORK_COMPLETE, len(done)) + done
-            sock.sendall(reply)
+            sock.sendall(
+                _res(PacketType.JOB_CREATED, handle)
+                + _res(PacketType.WORK_STATUS, handle, b"1", b"2")
+                + _res(PacketType.WORK_COMPLETE, handle, b"done " + payload[-1:])
+            )
         sock.recv(1)  # until the client hangs up
 
 
@@ -354,16 +364,45 @@ def test_result_in_the_same_read_as_job_created(how: str) -> None:
         thread = threading.Thread(target=_scripted_server, args=(listener, 2), daemon=True)
         thread.start()
 
+        seen: list[tuple[int, int]] = []
+
+        def status(num: int, den: int) -> None:
+            seen.append((num, den))
+
         async def scenario() -> list[bytes]:
-            async with gm.AsyncClient(address, exceptions=False, timeout=5) as client:
+            async with gm.AsyncClient(address, timeout=5) as client:
                 if how == "submit":
-                    jobs = [await client.submit("f", b"a"), await client.submit("f", b"b")]
+                    jobs = [
+                        await client.submit("f", b"a", on_status=status),
+                        await client.submit("f", b"b", on_status=status),
+                    ]
                 else:
-                    jobs = await client.submit_many([("f", b"a"), ("f", b"b")])
+                    jobs = await client.submit_many(
+                        [gm.JobRequest("f", b"a", on_status=status), ("f", b"b")]
+                    )
                 return [await job.result() for job in jobs]
 
         assert asyncio.run(scenario()) == [b"done a", b"done b"]
+        assert seen == ([(1, 2)] * 2 if how == "submit" else [(1, 2)])
         thread.join(10)
+
+
+def test_submit_prints_a_status_read_with_job_created() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        thread = threading.Thread(target=_scripted_server, args=(listener, 1), daemon=True)
+        thread.start()
+        out = subprocess.run(
+            [*CLI, "submit", "-p", str(port), "-P", "-f", "f", "x"],
+            capture_output=True,
+            timeout=30,
+        )
+        thread.join(10)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"done x"
+    assert out.stderr == b"50% Complete\n"
 
 
 # ---------------------------------------------------------------- exceptions
