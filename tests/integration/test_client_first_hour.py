@@ -192,6 +192,11 @@ def test_unreachable_server_says_why_and_where() -> None:
     assert f"could not connect to 127.0.0.1:{port}: connection refused" in message
     assert "GEARMAN_SERVERS" in message
     assert "Connect call failed" not in message and "lost" not in message
+    with (
+        gm.AdminClient(f"127.0.0.1:{port}") as admin,
+        pytest.raises(gm.CannotConnect, match=f"to 127.0.0.1:{port}: connection refused$"),
+    ):
+        admin.status()
 
 
 def test_submit_unreachable_server_hints_at_the_flags() -> None:

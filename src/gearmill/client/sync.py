@@ -67,6 +67,18 @@ class SyncJob:
         return self._job.handle
 
     @property
+    def function(self) -> bytes:
+        return self._job.function
+
+    @property
+    def unique(self) -> bytes:
+        return self._job.unique
+
+    @property
+    def background(self) -> bool:
+        return self._job.background
+
+    @property
     def server(self) -> str:
         return self._job.server
 
