@@ -6,6 +6,11 @@ async with AsyncClient("127.0.0.1:4730") as client:
     async for chunk in job:                               # WORK_DATA
         ...
     await client.submit("cleanup", background=True, priority="low")
+
+Every wait ends: at the client's ``timeout`` (60 s unless given; ``None`` for
+no limit) or a call's own. Job data is bytes or str unless a codec is given
+(``codec=gearmill.JSON``). User callbacks (``on_status``) run inside the
+protocol, so what they raise is logged and dropped, never passed on.
 """
 
 from __future__ import annotations
