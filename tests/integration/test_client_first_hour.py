@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pty
 import re
+import select
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +114,33 @@ def test_submit_timeout_gives_up_with_a_message(gearmill: Running) -> None:
     err = out.stderr.decode()
     assert err.count("\n") == 1, err
     assert "gave up" in err and "500 ms" in err and "'nobody'" in err
+
+
+def test_submit_on_a_terminal_says_it_is_still_waiting(gearmill: Running) -> None:
+    """Without -t it waits as gearman does, but a person at a terminal is told why."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, "submit", "-p", str(gearmill.port), "-f", "nobody", "x"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"no word from a worker" not in shown and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                shown += os.read(master, 4096)
+        assert proc.poll() is None  # still waiting: no -t, like gearman
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.close(master)
+    text = shown.decode()
+    assert "still waiting for job H:test:1 (nobody): no word from a worker yet" in text
+    assert "-t MS" in text
 
 
 def test_submit_negative_timeout_is_refused(gearmill: Running) -> None:

@@ -16,6 +16,9 @@ from .common import add_server_arguments, server_list
 from .progress import Progress
 
 BATCH = 1000
+# On a terminal, say once that a foreground job is still waiting after this long
+# with no word from a worker (gearman waits silently; a new user thinks it hung).
+WAIT_HINT = 5.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -196,6 +199,9 @@ async def _follow(job: Job, args: argparse.Namespace) -> int:
     """Print the job's data and result; waits end at the job's deadline (``-t``)."""
     prefix = (job.function + b": ") if args.prefix else b""
     write = sys.stdout.buffer.write
+    hint = None
+    if sys.stderr.isatty():
+        hint = asyncio.get_running_loop().call_later(WAIT_HINT, _still_waiting, job, args)
     try:
         async for chunk in job:
             write(prefix + chunk)
@@ -219,3 +225,19 @@ async def _follow(job: Job, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if hint is not None:
+            hint.cancel()
+
+
+def _still_waiting(job: Job, args: argparse.Namespace) -> None:
+    if job.done() or job.status is not None or job.data_chunks:
+        return
+    fn = job.function.decode(errors="replace")
+    tail = f"gives up after {args.timeout} ms" if args.timeout else "-t MS gives up on its own"
+    print(
+        f"gearmill submit: still waiting for job {job.handle} ({fn}): no word from a worker"
+        f" yet (Ctrl-C stops; {tail})",
+        file=sys.stderr,
+        flush=True,
+    )
