@@ -2,9 +2,11 @@
 
 from ._accel import IMPLEMENTATION
 from .client.admin import AdminClient
-from .client.aio import AsyncClient, Job, JobRequest, JobStatus
+from .client.aio import DEFAULT_TIMEOUT, AsyncClient, Job, JobRequest, JobStatus
 from .client.sync import Client, SyncJob
+from .data import JSON, Codec
 from .errors import (
+    CannotConnect,
     ConnectionLost,
     GearmanError,
     JobException,
@@ -21,11 +23,15 @@ from .worker.sync import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "IMPLEMENTATION",
+    "JSON",
     "AdminClient",
     "AsyncClient",
     "AsyncWorker",
+    "CannotConnect",
     "Client",
+    "Codec",
     "ConnectionLost",
     "GearmanError",
     "Job",

@@ -32,7 +32,13 @@ class JsonCodec:
             raise TypeError(f"job data cannot be encoded as JSON: {e}") from None
 
     def decode(self, data: bytes) -> Any:
-        return json.loads(data) if data else None
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as e:  # also UnicodeDecodeError
+            shown = data[:40] + (b"..." if len(data) > 40 else b"")
+            raise ValueError(f"job result is not JSON ({e}): {shown!r}") from None
 
     def __repr__(self) -> str:
         return "JSON"

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+
+# Said after a connection failure: where the address came from and how to change it.
+ADDRESS_HINT = (
+    "is a job server running there? (`gearmill serve` starts one; the address comes from"
+    " the servers argument, else $GEARMAN_SERVERS, else 127.0.0.1:4730)"
+)
+
 
 class GearmanError(Exception):
     """Root of every gearmill library error."""
@@ -16,21 +26,53 @@ class ConnectionLost(GearmanError):
 
     def __init__(self, server: str, detail: str = "") -> None:
         self.server = server
+        self.detail = detail
         super().__init__(f"connection to {server} lost" + (f": {detail}" if detail else ""))
 
 
+class CannotConnect(ConnectionLost):
+    """A job server could not be reached at all (refused, unknown host, no answer)."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(server)
+        self.reason = reason
+        self.args = (f"could not connect to {server}: {reason}",)
+
+
+def connect_reason(error: BaseException, timeout: float | None = None) -> str:
+    """Why a connect failed, in words: 'connection refused', 'unknown host', …"""
+    if isinstance(error, socket.gaierror):
+        return f"unknown host ({error.strerror or error})"
+    if isinstance(error, TimeoutError):
+        return "no answer" + (f" within {seconds(timeout)} s" if timeout is not None else "")
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None:
+        # asyncio joins the failures of several addresses (::1 and 127.0.0.1 for
+        # localhost) into one "Multiple exceptions" OSError without an errno
+        codes = set(re.findall(r"\[Errno (\d+)\]", str(error)))
+        code = int(codes.pop()) if len(codes) == 1 else None
+    if code is not None:
+        return os.strerror(code).lower()
+    return str(error) or type(error).__name__
+
+
+def seconds(value: float) -> str:
+    """A duration as people write it: 2, 0.5, 1.25, 120 (not 1.99984)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
+
+
 class NoServersAvailable(GearmanError):
-    """No configured job server accepted a connection."""
+    """No configured job server accepted a connection; ``errors`` says why, per server."""
 
     def __init__(self, servers: list[str], errors: list[str] | None = None) -> None:
         self.servers = servers
         self.errors = errors or []
-        detail = "; ".join(self.errors)
-        super().__init__(
-            "no job server available among "
-            + ", ".join(servers)
-            + (f" ({detail})" if detail else "")
-        )
+        if len(self.errors) == 1:
+            what = self.errors[0]
+        else:
+            what = f"any of {', '.join(servers)} (" + "; ".join(self.errors) + ")"
+        self.reason = f"could not connect to {what}"
+        super().__init__(f"{self.reason}; {ADDRESS_HINT}")
 
 
 class Timeout(GearmanError, TimeoutError):
@@ -46,18 +88,31 @@ class ServerError(GearmanError):
         super().__init__(f"{code}: {text}")
 
 
+def _named(handle: str, function: str) -> str:
+    return f"job {handle}" + (f" ({function})" if function else "")
+
+
 class JobFailed(GearmanError):
     """The worker reported WORK_FAIL (or the server gave up on the job)."""
 
-    def __init__(self, handle: str, data: bytes = b"") -> None:
+    def __init__(self, handle: str, data: bytes = b"", function: str = "") -> None:
         self.handle = handle
         self.data = data
-        super().__init__(f"job {handle} failed")
+        self.function = function
+        super().__init__(
+            f"{_named(handle, function)} failed: the worker reported failure (WORK_FAIL)"
+        )
 
 
 class JobException(JobFailed):
-    """The worker reported WORK_EXCEPTION; ``data`` holds what it sent."""
+    """The worker reported WORK_EXCEPTION; ``data`` holds what it sent, ``text`` decoded.
 
-    def __init__(self, handle: str, data: bytes) -> None:
-        super().__init__(handle, data)
-        self.args = (f"job {handle} raised: {data.decode(errors='replace')}",)
+    gearmill workers send ``TypeName: message``, so ``text`` reads like the
+    worker's own traceback line, e.g. ``ValueError: bad input``.
+    """
+
+    def __init__(self, handle: str, data: bytes, function: str = "") -> None:
+        super().__init__(handle, data, function)
+        self.text = data.decode(errors="replace")
+        raised = self.text or "an exception (no details sent)"
+        self.args = (f"{_named(handle, function)} failed: the worker raised {raised}",)

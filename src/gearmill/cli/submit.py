@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterator
 
 from ..client.aio import AsyncClient, Job, JobRequest, StatusCallback
-from ..errors import GearmanError, JobException, JobFailed
+from ..errors import GearmanError, JobFailed, NoServersAvailable, Timeout
 from .common import add_server_arguments, server_list
 from .progress import Progress
 
 BATCH = 1000
+# On a terminal, say once that a foreground job is still waiting after this long
+# with no word from a worker (gearman waits silently; a new user thinks it hung).
+WAIT_HINT = 5.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefix", action="store_true", help="prefix output with the function name (gearman -P)"
     )
-    p.add_argument("-t", "--timeout", type=int, metavar="MS", help="give up after MS milliseconds")
+    p.add_argument(
+        "-t",
+        "--timeout",
+        type=int,
+        metavar="MS",
+        help="give up on a job not done MS milliseconds after it was submitted, exit 1"
+        " (default: wait as long as it takes, like gearman)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print 'Task created: HANDLE'")
     p.add_argument("workload", nargs="*", help="workloads (one job each); default: stdin")
 
@@ -93,8 +103,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.epoch is not None:
         args.background = True
+    if args.timeout is not None and args.timeout < 0:
+        print(
+            f"gearmill submit: -t {args.timeout}: milliseconds must be 0 (no limit) or more",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return asyncio.run(_submit(args, servers))
+    except NoServersAvailable as e:
+        print(
+            f"gearmill submit: {e.reason}; is a job server running there? (`gearmill serve`"
+            " starts one; give its address with -s HOST:PORT or -h/-p, or set $GEARMAN_SERVERS)",
+            file=sys.stderr,
+        )
+        return 1
     except GearmanError as e:
         print(f"gearmill submit: {e}", file=sys.stderr)
         return 1
@@ -138,8 +161,7 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
                 if args.verbose:
                     out.write(f"Task created: {job.handle}\n".encode())
                 if not job.background:
-                    job.on_status = _status(args)
-                    failed |= await _follow(job, args, timeout)
+                    failed |= await _follow(job, args)
                 done += 1
                 progress.update(done, _Input.position)
             out.flush()
@@ -149,7 +171,11 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
         started = time.monotonic()
         for workload in _workloads(args):
             for function in args.function:
-                batch.append(JobRequest(function, workload, args.unique, priority, args.background))
+                batch.append(
+                    JobRequest(
+                        function, workload, args.unique, priority, args.background, _status(args)
+                    )
+                )
             if len(batch) >= BATCH or not (args.lines or args.lines_strip):
                 status |= await flush()
         if batch:
@@ -169,21 +195,49 @@ def _status(args: argparse.Namespace) -> StatusCallback | None:
     return show
 
 
-async def _follow(job: Job, args: argparse.Namespace, timeout: float | None) -> int:
+async def _follow(job: Job, args: argparse.Namespace) -> int:
+    """Print the job's data and result; waits end at the job's deadline (``-t``)."""
     prefix = (job.function + b": ") if args.prefix else b""
     write = sys.stdout.buffer.write
+    hint = None
+    if sys.stderr.isatty():
+        hint = asyncio.get_running_loop().call_later(WAIT_HINT, _still_waiting, job, args)
     try:
         async for chunk in job:
             write(prefix + chunk)
-        result = await job.result(timeout)
+        result = await job.result()
         write(prefix + result)
         for warning in job.warnings:
             sys.stderr.buffer.write(warning)
         return 0
-    except JobException as e:
-        sys.stderr.buffer.write(e.data + b"\n")
-        print(f"gearmill submit: job {job.handle} failed with an exception", file=sys.stderr)
+    except JobFailed as e:
+        print(f"gearmill submit: {e}", file=sys.stderr)
         return 1
-    except JobFailed:
-        print(f"gearmill submit: job {job.handle} failed", file=sys.stderr)
+    except Timeout:
+        fn = job.function.decode(errors="replace")
+        if job.status is None and not job.data_chunks:
+            why = f"no word from a worker: is one for {fn!r} running?"
+        else:
+            why = "its worker is still on it"
+        print(
+            f"gearmill submit: gave up on job {job.handle} ({fn}) after {args.timeout} ms"
+            f" (-t {args.timeout}): {why}",
+            file=sys.stderr,
+        )
         return 1
+    finally:
+        if hint is not None:
+            hint.cancel()
+
+
+def _still_waiting(job: Job, args: argparse.Namespace) -> None:
+    if job.done() or job.status is not None or job.data_chunks:
+        return
+    fn = job.function.decode(errors="replace")
+    tail = f"gives up after {args.timeout} ms" if args.timeout else "-t MS gives up on its own"
+    print(
+        f"gearmill submit: still waiting for job {job.handle} ({fn}): no word from a worker"
+        f" yet (Ctrl-C stops; {tail})",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from ..errors import ConnectionLost, ServerError
+from ..errors import CannotConnect, ConnectionLost, ServerError, connect_reason
 from .servers import Address, format_address, parse_server
 
 # commands whose reply is a list ending in ".\n"
@@ -73,7 +73,7 @@ class AdminClient:
             try:
                 self._sock = socket.create_connection(self.address, timeout=self.timeout)
             except OSError as e:
-                raise ConnectionLost(self.name, e.strerror or str(e)) from e
+                raise CannotConnect(self.name, connect_reason(e, self.timeout)) from e
         return self._sock
 
     def command(self, line: str) -> bytes:

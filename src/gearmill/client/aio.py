@@ -6,33 +6,62 @@ async with AsyncClient("127.0.0.1:4730") as client:
     async for chunk in job:                               # WORK_DATA
         ...
     await client.submit("cleanup", background=True, priority="low")
+
+Every wait ends: at the client's ``timeout`` (60 s unless given; ``None`` for
+no limit) or a call's own. Job data is bytes or str unless a codec is given
+(``codec=gearmill.JSON``). User callbacks (``on_status``) run inside the
+protocol, so what they raise is logged and dropped, never passed on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
+import inspect
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import ConnectionLost, GearmanError, JobException, JobFailed, NoServersAvailable
+from ..data import Codec, Data, encode, to_bytes
+from ..errors import (
+    CannotConnect,
+    ConnectionLost,
+    GearmanError,
+    JobException,
+    JobFailed,
+    NoServersAvailable,
+    seconds,
+)
 from ..errors import Timeout as GearmanTimeout
 from ..protocol.packets import PacketType, Priority, submit_type
 from .connection import Connection
 from .servers import Address, format_address, parse_servers
 
 T = TypeVar("T")
-Data = bytes | bytearray | memoryview | str
 PriorityLike = Priority | str | int
 StatusCallback = Callable[[int, int], Any]
 
+log = logging.getLogger("gearmill.client")
 
-def to_bytes(value: Data) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+# How long a call waits when neither the client nor the call says: long enough
+# for ordinary jobs, short enough that a job nobody works on fails loudly
+# instead of hanging. ``timeout=None`` waits without limit.
+DEFAULT_TIMEOUT = 60.0
+
+
+class _Default(enum.Enum):
+    DEFAULT = "the client's timeout"
+
+
+DEFAULT = _Default.DEFAULT
+"""A call's ``timeout`` when not given: the client's own ``timeout``."""
+TimeoutArg = float | _Default | None
+CodecArg = Codec | _Default | None
 
 
 def to_priority(value: PriorityLike) -> Priority:
@@ -41,16 +70,52 @@ def to_priority(value: PriorityLike) -> Priority:
             return Priority[value.upper()]
         except KeyError:
             raise ValueError(f"priority {value!r}: use 'high', 'normal' or 'low'") from None
-    return Priority(value)
+    try:
+        return Priority(value)
+    except ValueError:
+        raise ValueError(f"priority {value!r}: use 'high', 'normal' or 'low'") from None
 
 
-async def with_timeout(aw: Awaitable[T], timeout: float | None, what: str) -> T:
+async def with_timeout(
+    aw: Awaitable[T], timeout: float | None, what: str, shown: float | None = None
+) -> T:
+    """``aw``, or :class:`Timeout` saying "<what> within N s" (N is ``shown`` when given:
+    the whole time the caller allowed, of which ``timeout`` may be the rest)."""
     if timeout is None:
         return await aw
     try:
         return await asyncio.wait_for(aw, timeout)
     except TimeoutError:
-        raise GearmanTimeout(f"{what}: no answer within {timeout:g} s") from None
+        figure = timeout if shown is None else shown
+        raise GearmanTimeout(f"{what} within {seconds(figure)} s") from None
+
+
+_TASKS: set[asyncio.Task[Any]] = set()  # async callbacks still running (kept referenced)
+
+
+def call_user(callback: Callable[..., Any], what: str, *args: Any) -> None:
+    """Run a user's callback from inside the protocol: whatever it raises is logged,
+    never passed on (it would abort the connection and every job on it)."""
+    try:
+        returned = callback(*args)
+    except Exception:
+        log.exception("%s raised (ignored; the job carries on)", what)
+        return
+    if inspect.isawaitable(returned):
+        task = asyncio.ensure_future(returned)
+        _TASKS.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            _TASKS.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                log.error(
+                    "%s raised (ignored; the job carries on)",
+                    what,
+                    exc_info=(type(error), error, error.__traceback__) if error else None,
+                )
+
+        task.add_done_callback(done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +138,28 @@ class JobRequest:
     """One job for :meth:`AsyncClient.submit_many`."""
 
     function: Data
-    data: Data = b""
+    data: Any = b""
     unique: Data | None = None
     priority: PriorityLike = Priority.NORMAL
     background: bool = False
+    on_status: StatusCallback | None = None
 
 
 class Job:
-    """A submitted job. Await :meth:`result`, iterate WORK_DATA chunks, watch status."""
+    """A submitted job. Await :meth:`result`, iterate WORK_DATA chunks, watch status.
+
+    Waiting on it (``result()``, ``next_status()``, ``async for``) ends at the
+    job's deadline: the client's (or the submitting call's) timeout counted
+    from submission, unless a ``timeout`` is given to that wait.
+    """
 
     def __init__(
-        self, function: bytes, unique: bytes, background: bool, on_status: StatusCallback | None
+        self,
+        function: bytes,
+        unique: bytes,
+        background: bool,
+        on_status: StatusCallback | None,
+        codec: Codec | None = None,
     ) -> None:
         self.function = function
         self.unique = unique
@@ -94,6 +170,9 @@ class Job:
         self.warnings: list[bytes] = []
         self.data_chunks: list[bytes] = []
         self.on_status = on_status
+        self.codec = codec
+        self.timeout: float | None = None  # what the submitting call allowed, for messages
+        self.deadline: float | None = None  # time.monotonic() when default waits give up
         self._result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._changed: asyncio.Future[None] | None = None
         if background:
@@ -103,12 +182,51 @@ class Job:
         state = "done" if self._result.done() else "pending"
         return f"<Job {self.handle or '?'} {self.function.decode(errors='replace')} {state}>"
 
+    @property
+    def _name(self) -> str:
+        return f"job {self.handle or '?'} ({self.function.decode(errors='replace')})"
+
     def done(self) -> bool:
         return self._result.done()
 
-    async def result(self, timeout: float | None = None) -> bytes:
-        """The WORK_COMPLETE payload; raises JobFailed, JobException or ConnectionLost."""
-        return await with_timeout(asyncio.shield(self._result), timeout, f"job {self.handle}")
+    def _limit(self, timeout: TimeoutArg) -> tuple[float | None, float | None]:
+        """(seconds left to wait, the figure to quote) for a wait given ``timeout``."""
+        if not isinstance(timeout, _Default):
+            return timeout, timeout
+        if self.deadline is None:
+            return None, None
+        return max(self.deadline - time.monotonic(), 0.0), self.timeout
+
+    def _not_done(self, figure: str) -> str:
+        if self.status is None and not self.data_chunks and not self.warnings:
+            fn = self.function.decode(errors="replace")
+            why = f"no word from a worker: is one for {fn!r} running?"
+        else:
+            why = "a worker is still on it;"
+        return (
+            f"{self._name} did not finish within {figure} s"
+            f" ({why} timeout=None waits without limit)"
+        )
+
+    async def _wait(
+        self, aw: Awaitable[T], timeout: TimeoutArg, message: Callable[[str], str]
+    ) -> T:
+        left, shown = self._limit(timeout)
+        if left is None:
+            return await aw
+        try:
+            return await asyncio.wait_for(aw, left)
+        except TimeoutError:
+            raise GearmanTimeout(message(seconds(shown if shown is not None else left))) from None
+
+    async def result(self, timeout: TimeoutArg = DEFAULT) -> Any:
+        """The WORK_COMPLETE payload (decoded by the codec, if any).
+
+        Raises :class:`JobFailed`, :class:`JobException`, :class:`ConnectionLost`,
+        or :class:`Timeout` at the job's deadline (``timeout=None``: no limit).
+        """
+        raw = await self._wait(asyncio.shield(self._result), timeout, self._not_done)
+        return raw if self.codec is None or self.background else self.codec.decode(raw)
 
     async def _wait_change(self) -> None:
         if self._changed is None or self._changed.done():
@@ -116,7 +234,7 @@ class Job:
         waits: list[asyncio.Future[Any]] = [self._changed, self._result]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
 
-    async def next_status(self, timeout: float | None = None) -> tuple[int, int] | None:
+    async def next_status(self, timeout: TimeoutArg = DEFAULT) -> tuple[int, int] | None:
         """Wait for the next WORK_STATUS; None when the job ended first."""
         before = self.status
 
@@ -125,7 +243,9 @@ class Job:
                 await self._wait_change()
             return None if self.status is before else self.status
 
-        return await with_timeout(wait(), timeout, f"status of job {self.handle}")
+        return await self._wait(
+            wait(), timeout, lambda s: f"no new status for {self._name} within {s} s"
+        )
 
     def __aiter__(self) -> Any:
         return self._iterate()
@@ -139,7 +259,7 @@ class Job:
             if self._result.done():
                 self._result.result()  # raises if the job failed
                 return
-            await self._wait_change()
+            await self._wait(self._wait_change(), DEFAULT, self._not_done)
 
     def _changed_now(self) -> None:
         if self._changed is not None and not self._changed.done():
@@ -148,6 +268,7 @@ class Job:
     def _packet(self, kind: int, args: list[bytes]) -> None:
         if self._result.done():
             return
+        function = self.function.decode(errors="replace")
         if kind == PacketType.WORK_COMPLETE:
             self._result.set_result(args[1])
         elif kind == PacketType.WORK_DATA:
@@ -155,13 +276,13 @@ class Job:
         elif kind == PacketType.WORK_STATUS:
             self.status = (_int(args[1]), _int(args[2]))
             if self.on_status is not None:
-                self.on_status(*self.status)
+                call_user(self.on_status, f"on_status for {self._name}", *self.status)
         elif kind == PacketType.WORK_WARNING:
             self.warnings.append(args[1])
         elif kind == PacketType.WORK_FAIL:
-            self._result.set_exception(JobFailed(self.handle))
+            self._result.set_exception(JobFailed(self.handle, function=function))
         elif kind == PacketType.WORK_EXCEPTION:
-            self._result.set_exception(JobException(self.handle, args[1]))
+            self._result.set_exception(JobException(self.handle, args[1], function))
         self._changed_now()
 
     def _lost(self, error: Exception) -> None:
@@ -208,6 +329,12 @@ class AsyncClient:
     Jobs are spread round-robin across the servers; a server that refuses
     connections is skipped and retried after a backoff (0.5 s doubling to 30 s).
     A foreground job whose server dies fails with :class:`ConnectionLost`.
+
+    ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`) bounds every call,
+    including waiting for a job's result; ``None`` waits without limit. Each
+    call takes its own ``timeout=`` too. ``codec`` (e.g. ``gearmill.JSON``)
+    encodes job arguments and decodes results; without one, job data must be
+    ``bytes`` or ``str`` and results are ``bytes``.
     """
 
     def __init__(
@@ -216,17 +343,21 @@ class AsyncClient:
         *,
         client_id: str | None = None,
         exceptions: bool = True,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
+        codec: Codec | None = None,
     ) -> None:
         self.servers = [_Server(a) for a in parse_servers(servers)]
         self.client_id = client_id
         self.exceptions = exceptions
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.codec = codec
         self._rr = itertools.count()
-        self._jobs: dict[tuple[int, bytes], list[Job]] = {}
-        self._conn_jobs: dict[int, set[Job]] = {}
+        # keyed by the connection object, not id(): an id can be reused once a
+        # lost connection is garbage collected
+        self._jobs: dict[tuple[Connection, bytes], list[Job]] = {}
+        self._conn_jobs: dict[Connection, set[Job]] = {}
         self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
@@ -241,6 +372,14 @@ class AsyncClient:
             if server.conn is not None:
                 server.conn.close()
                 server.conn = None
+        self._jobs.clear()
+        self._conn_jobs.clear()
+
+    def _timeout(self, timeout: TimeoutArg) -> float | None:
+        return self.timeout if isinstance(timeout, _Default) else timeout
+
+    def _codec(self, codec: CodecArg) -> Codec | None:
+        return self.codec if isinstance(codec, _Default) else codec
 
     # ----------------------------------------------------------- connections
 
@@ -258,16 +397,26 @@ class AsyncClient:
             if self.client_id:
                 conn.send(PacketType.SET_CLIENT_ID, self.client_id.encode())
             if self.exceptions:
+                # what gearmand and libgearman do: without it, gearmand turns a
+                # worker's WORK_EXCEPTION into a bare WORK_FAIL
                 try:
                     await with_timeout(
                         conn.request(PacketType.OPTION_REQ, PacketType.OPTION_RES, b"exceptions"),
                         self.connect_timeout,
-                        f"{server.name} option",
+                        "OPTION_REQ",
                     )
-                except GearmanError as e:
-                    if isinstance(e, ConnectionLost | GearmanTimeout):
-                        raise
-                    # a server without the option still ends jobs with WORK_FAIL
+                except ConnectionLost as e:
+                    conn.close()
+                    raise CannotConnect(server.name, f"connected, then {e.detail}") from e
+                except GearmanTimeout as e:
+                    conn.close()
+                    raise CannotConnect(
+                        server.name,
+                        "connected, but no answer to OPTION_REQ exceptions within"
+                        f" {seconds(self.connect_timeout)} s",
+                    ) from e
+                except GearmanError:
+                    pass  # a server without the option still ends jobs with WORK_FAIL
         except Exception as e:
             server.failures += 1
             server.down_until = time.monotonic() + min(0.5 * 2 ** (server.failures - 1), 30.0)
@@ -277,7 +426,7 @@ class AsyncClient:
             raise
         server.failures = 0
         server.conn = conn
-        self._conn_jobs[id(conn)] = set()
+        self._conn_jobs[conn] = set()
         server.connecting.set_result(conn)
         server.connecting = None
         return conn
@@ -296,15 +445,20 @@ class AsyncClient:
         for server in order:
             try:
                 return server, await self._connect(server)
+            except CannotConnect as e:
+                errors.append(f"{server.name}: {e.reason}")
             except ConnectionLost as e:
-                errors.append(str(e))
-            except GearmanTimeout as e:
-                errors.append(f"{server.name}: {e}")
+                errors.append(f"{server.name}: {e.detail or e}")
         raise NoServersAvailable([s.name for s in self.servers], errors)
 
     def _on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
         if kind in _JOB_PACKETS:
-            jobs = self._jobs.get((id(conn), args[0]))
+            handle = args[0]
+            if kind == PacketType.WORK_FAIL and handle.endswith(b"\0"):
+                # gearmand sends WORK_FAIL as ``handle\0`` when it stands in for a
+                # WORK_EXCEPTION the client did not ask for
+                handle = handle[:-1]
+            jobs = self._jobs.get((conn, handle))
             if jobs:
                 for job in jobs:
                     job._packet(kind, args)
@@ -313,8 +467,8 @@ class AsyncClient:
                     PacketType.WORK_FAIL,
                     PacketType.WORK_EXCEPTION,
                 ):
-                    del self._jobs[(id(conn), args[0])]
-                    waiting = self._conn_jobs.get(id(conn))
+                    del self._jobs[(conn, handle)]
+                    waiting = self._conn_jobs.get(conn)
                     if waiting is not None:
                         waiting.difference_update(jobs)
 
@@ -322,34 +476,40 @@ class AsyncClient:
         for server in self.servers:
             if server.conn is conn:
                 server.conn = None
-        for job in self._conn_jobs.pop(id(conn), ()):
+        for job in self._conn_jobs.pop(conn, ()):
             job._lost(error)
-            self._jobs.pop((id(conn), job.handle.encode()), None)
+            self._jobs.pop((conn, job.handle.encode()), None)
 
     # ------------------------------------------------------------------ jobs
 
     def _send_submit(
         self,
+        server: _Server,
         conn: Connection,
         function: Data,
-        data: Data,
+        data: Any,
         unique: Data | None,
         priority: PriorityLike,
         background: bool,
         when: float | datetime.datetime | None,
         reducer: Data | None,
         on_status: StatusCallback | None,
+        codec: Codec | None,
     ) -> tuple[Job, asyncio.Future[list[bytes]]]:
-        fn = to_bytes(function)
+        fn = to_bytes(function, "function name")
         prio = to_priority(priority)
         if unique is None:
             # background jobs get an id (durable stores key on it, as libgearman does);
             # foreground jobs without one are never coalesced
             uniq = uuid.uuid4().hex.encode() if background else b""
         else:
-            uniq = to_bytes(unique)
-        payload = to_bytes(data)
-        job = Job(fn, uniq, background, on_status)
+            uniq = to_bytes(unique, "unique id")
+        payload = encode(data, codec)
+        job = Job(fn, uniq, background, on_status, codec)
+
+        def created(args: list[bytes]) -> None:
+            self._created(server, conn, job, args)
+
         if when is not None:
             if not background:
                 raise ValueError("a job with a start time (when=) must be a background job")
@@ -362,6 +522,7 @@ class AsyncClient:
                 uniq,
                 b"%d" % int(when),
                 payload,
+                on_reply=created,
             )
         elif reducer is not None:
             ptype = (
@@ -370,15 +531,28 @@ class AsyncClient:
                 else PacketType.SUBMIT_REDUCE_JOB
             )
             future = conn.request(
-                ptype, PacketType.JOB_CREATED, fn, uniq, to_bytes(reducer), b"", payload
+                ptype,
+                PacketType.JOB_CREATED,
+                fn,
+                uniq,
+                to_bytes(reducer, "reducer"),
+                b"",
+                payload,
+                on_reply=created,
             )
         else:
             future = conn.request(
-                submit_type(prio, background), PacketType.JOB_CREATED, fn, uniq, payload
+                submit_type(prio, background),
+                PacketType.JOB_CREATED,
+                fn,
+                uniq,
+                payload,
+                on_reply=created,
             )
         return job, future
 
-    def _created(self, server: _Server, conn: Connection, job: Job, args: list[bytes]) -> Job:
+    def _created(self, server: _Server, conn: Connection, job: Job, args: list[bytes]) -> None:
+        """JOB_CREATED: the job gets its handle and, in the foreground, its packets."""
         handle = args[0]
         job.handle = handle.decode(errors="replace")
         job.server = server.name
@@ -386,14 +560,13 @@ class AsyncClient:
             if conn.closed is not None:
                 job._lost(conn.closed)
             else:
-                self._jobs.setdefault((id(conn), handle), []).append(job)
-                self._conn_jobs.setdefault(id(conn), set()).add(job)
-        return job
+                self._jobs.setdefault((conn, handle), []).append(job)
+                self._conn_jobs.setdefault(conn, set()).add(job)
 
     async def submit(
         self,
         function: Data,
-        data: Data = b"",
+        data: Any = b"",
         *,
         unique: Data | None = None,
         priority: PriorityLike = Priority.NORMAL,
@@ -401,103 +574,152 @@ class AsyncClient:
         when: float | datetime.datetime | None = None,
         reducer: Data | None = None,
         on_status: StatusCallback | None = None,
-        timeout: float | None = None,
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
     ) -> Job:
         """Submit a job and return once the server has accepted it (JOB_CREATED).
 
         A server lost before it answered is no loss of work (no handle was
         given out), so the submission moves on to the next server; one that
         dies after JOB_CREATED fails the job with :class:`ConnectionLost`.
+        ``timeout`` counts from now and also bounds waiting on the job.
         """
-        t = _t(timeout, self.timeout)
+        t = self._timeout(timeout)
         deadline = None if t is None else time.monotonic() + t
+        c = self._codec(codec)
         for attempt in range(len(self.servers)):
             server, conn = await self._pick()
             job, future = self._send_submit(
-                conn, function, data, unique, priority, background, when, reducer, on_status
+                server,
+                conn,
+                function,
+                data,
+                unique,
+                priority,
+                background,
+                when,
+                reducer,
+                on_status,
+                c,
             )
+            job.timeout, job.deadline = t, deadline
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                args = await with_timeout(future, left, f"submit to {server.name}")
+                await with_timeout(
+                    future,
+                    left,
+                    f"{server.name} did not accept the {job.function.decode(errors='replace')!r}"
+                    " job (no JOB_CREATED)",
+                    shown=t,
+                )
             except ConnectionLost:
                 if attempt == len(self.servers) - 1:
                     raise
                 continue
-            return self._created(server, conn, job, args)
+            return job  # registered by _created as the reply was read
         raise AssertionError("unreachable")
 
     async def run(
         self,
         function: Data,
-        data: Data = b"",
+        data: Any = b"",
         *,
         unique: Data | None = None,
         priority: PriorityLike = Priority.NORMAL,
         on_status: StatusCallback | None = None,
-        timeout: float | None = None,
-    ) -> bytes:
-        """Submit a foreground job and return its result."""
-        t = _t(timeout, self.timeout)
-        deadline = None if t is None else time.monotonic() + t
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
+    ) -> Any:
+        """Submit a foreground job and return its result (decoded by the codec, if any)."""
         job = await self.submit(
-            function, data, unique=unique, priority=priority, on_status=on_status, timeout=t
+            function,
+            data,
+            unique=unique,
+            priority=priority,
+            on_status=on_status,
+            timeout=timeout,
+            codec=codec,
         )
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        return await job.result(left)
+        return await job.result()
 
     async def submit_many(
-        self, requests: Iterable[JobRequest | tuple[Data, Data]], *, timeout: float | None = None
+        self,
+        requests: Iterable[JobRequest | tuple[Data, Any]],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
     ) -> list[Job]:
         """Pipeline many submissions (spread over the servers); one JOB_CREATED each."""
-        sent: list[tuple[_Server, Connection, Job, asyncio.Future[list[bytes]]]] = []
+        t = self._timeout(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        c = self._codec(codec)
+        sent: list[tuple[Job, asyncio.Future[list[bytes]]]] = []
         asked: list[JobRequest] = []
         for request in requests:
             r = request if isinstance(request, JobRequest) else JobRequest(*request)
             server, conn = await self._pick()
             job, future = self._send_submit(
-                conn, r.function, r.data, r.unique, r.priority, r.background, None, None, None
+                server,
+                conn,
+                r.function,
+                r.data,
+                r.unique,
+                r.priority,
+                r.background,
+                None,
+                None,
+                r.on_status,
+                c,
             )
-            sent.append((server, conn, job, future))
+            job.timeout, job.deadline = t, deadline
+            sent.append((job, future))
             asked.append(r)
-        t = _t(timeout, self.timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         replies = await with_timeout(
-            asyncio.gather(*(f for _, _, _, f in sent), return_exceptions=True), t, "submit_many"
+            asyncio.gather(*(f for _, f in sent), return_exceptions=True),
+            left,
+            f"the servers did not accept all {len(sent)} jobs (no JOB_CREATED)",
+            shown=t,
         )
         jobs = []
-        for (server, conn, job, _), r, reply in zip(sent, asked, replies, strict=True):
+        for (job, _), r, reply in zip(sent, asked, replies, strict=True):
             if isinstance(reply, ConnectionLost):
                 # lost before JOB_CREATED: submit it again elsewhere (see submit())
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 job = await self.submit(
                     r.function,
                     r.data,
                     unique=r.unique,
                     priority=r.priority,
                     background=r.background,
-                    timeout=t,
+                    on_status=r.on_status,
+                    timeout=left,
+                    codec=c,
                 )
+                job.timeout, job.deadline = t, deadline
             elif isinstance(reply, BaseException):
                 raise reply
-            else:
-                job = self._created(server, conn, job, reply)
             jobs.append(job)
         return jobs
 
     async def map(
         self,
         function: Data,
-        items: Iterable[Data],
+        items: Iterable[Any],
         *,
         priority: PriorityLike = Priority.NORMAL,
-        timeout: float | None = None,
+        timeout: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
+        codec: CodecArg = DEFAULT,
     ) -> list[Any]:
         """Fan ``items`` out as foreground jobs and gather the results in order."""
-        t = _t(timeout, self.timeout)
         jobs = await self.submit_many(
-            (JobRequest(function, item, priority=priority) for item in items), timeout=t
+            (JobRequest(function, item, priority=priority) for item in items),
+            timeout=timeout,
+            codec=codec,
         )
         gathered = asyncio.gather(*(j.result() for j in jobs), return_exceptions=return_exceptions)
-        return list(await with_timeout(gathered, t, "map"))
+        return list(await gathered)
 
     # --------------------------------------------------------------- queries
 
@@ -510,38 +732,50 @@ class AsyncClient:
         return await self._pick(0)
 
     async def get_status(
-        self, job: Job | str, *, server: str | None = None, timeout: float | None = None
+        self, job: Job | str, *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> JobStatus:
         """GET_STATUS for a job (asked of the server that took it)."""
         handle = job.handle if isinstance(job, Job) else job
         where = job.server if isinstance(job, Job) else server
-        _srv, conn = await self._on_server(where)
+        srv, conn = await self._on_server(where)
         future = conn.request(PacketType.GET_STATUS, PacketType.STATUS_RES, handle.encode())
-        args = await with_timeout(future, _t(timeout, self.timeout), "get_status")
+        args = await with_timeout(
+            future, self._timeout(timeout), f"{srv.name} did not answer GET_STATUS {handle}"
+        )
         return JobStatus(args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]))
 
     async def get_status_unique(
-        self, unique: Data, *, server: str | None = None, timeout: float | None = None
+        self, unique: Data, *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> JobStatus:
-        _srv, conn = await self._on_server(server)
+        srv, conn = await self._on_server(server)
         future = conn.request(
-            PacketType.GET_STATUS_UNIQUE, PacketType.STATUS_RES_UNIQUE, to_bytes(unique)
+            PacketType.GET_STATUS_UNIQUE,
+            PacketType.STATUS_RES_UNIQUE,
+            to_bytes(unique, "unique id"),
         )
-        args = await with_timeout(future, _t(timeout, self.timeout), "get_status_unique")
+        args = await with_timeout(
+            future, self._timeout(timeout), f"{srv.name} did not answer GET_STATUS_UNIQUE"
+        )
         return JobStatus(
             args[1] == b"1", args[2] == b"1", _int(args[3]), _int(args[4]), _int(args[5])
         )
 
     async def echo(
-        self, data: Data = b"ping", *, server: str | None = None, timeout: float | None = None
+        self, data: Data = b"ping", *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> bytes:
-        _srv, conn = await self._on_server(server)
-        future = conn.request(PacketType.ECHO_REQ, PacketType.ECHO_RES, to_bytes(data))
-        return bytes((await with_timeout(future, _t(timeout, self.timeout), "echo"))[0])
+        srv, conn = await self._on_server(server)
+        future = conn.request(PacketType.ECHO_REQ, PacketType.ECHO_RES, to_bytes(data, "echo data"))
+        reply = await with_timeout(
+            future, self._timeout(timeout), f"{srv.name} did not answer ECHO_REQ"
+        )
+        return bytes(reply[0])
 
 
-def _t(timeout: float | None, default: float | None) -> float | None:
-    return default if timeout is None else timeout
-
-
-__all__: Sequence[str] = ("AsyncClient", "Job", "JobRequest", "JobStatus")
+__all__: Sequence[str] = (
+    "DEFAULT",
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "Job",
+    "JobRequest",
+    "JobStatus",
+)

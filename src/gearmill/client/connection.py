@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from ..errors import ConnectionLost, ProtocolError, ServerError
+from ..errors import CannotConnect, ConnectionLost, ProtocolError, ServerError, connect_reason
 from ..protocol.codec import MALFORMED, Decoder
 from ..protocol.packets import HEADER, REQ, PacketType
 from .servers import Address, format_address
@@ -33,6 +33,7 @@ _REPLIES = frozenset(
 _ERROR = int(PacketType.ERROR)
 
 PacketHandler = Callable[["Connection", int, list[bytes]], None]
+ReplyHandler = Callable[[list[bytes]], None]
 
 
 class Connection(asyncio.Protocol):
@@ -48,9 +49,9 @@ class Connection(asyncio.Protocol):
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
         self.decoder = Decoder(server=False)
-        self.pending: collections.deque[tuple[int, asyncio.Future[list[bytes]]]] = (
-            collections.deque()
-        )
+        self.pending: collections.deque[
+            tuple[int, asyncio.Future[list[bytes]], ReplyHandler | None]
+        ] = collections.deque()
         self.closed: Exception | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -72,7 +73,7 @@ class Connection(asyncio.Protocol):
                 timeout,
             )
         except (TimeoutError, OSError) as e:
-            raise ConnectionLost(format_address(address), str(e) or type(e).__name__) from e
+            raise CannotConnect(format_address(address), connect_reason(e, timeout)) from e
         return protocol
 
     # ----------------------------------------------------------- asyncio API
@@ -90,7 +91,7 @@ class Connection(asyncio.Protocol):
                 if not pending:
                     self._fail(ProtocolError(f"{self.name}: unexpected reply type {kind}"))
                     return
-                expected, future = pending.popleft()
+                expected, future, on_reply = pending.popleft()
                 if future.done():
                     continue  # the caller gave up waiting (timeout, cancel)
                 if kind == _ERROR:
@@ -99,6 +100,8 @@ class Connection(asyncio.Protocol):
                     self._fail(ProtocolError(f"{self.name}: reply {kind} to request {expected}"))
                     return
                 else:
+                    if on_reply is not None:
+                        on_reply(args)
                     future.set_result(args)
             elif kind == MALFORMED:
                 self._fail(ProtocolError(f"{self.name}: {args[0].decode()}"))
@@ -118,7 +121,7 @@ class Connection(asyncio.Protocol):
         if abort and self.transport is not None:
             self.transport.abort()
         while self.pending:
-            _, future = self.pending.popleft()
+            _, future, _ = self.pending.popleft()
             if not future.done():
                 future.set_exception(error)
         if self.on_lost is not None:
@@ -141,10 +144,15 @@ class Connection(asyncio.Protocol):
             self.transport.writelines(self._out)
         self._out = []
 
-    def request(self, ptype: int, expect: int, *args: bytes) -> asyncio.Future[list[bytes]]:
+    def request(
+        self, ptype: int, expect: int, *args: bytes, on_reply: ReplyHandler | None = None
+    ) -> asyncio.Future[list[bytes]]:
+        """Send a request; the future gets its reply. ``on_reply`` runs as the reply is
+        read, before any later packet: the client registers a job's handle there, so
+        a WORK_COMPLETE in the same read as its JOB_CREATED is not dropped."""
         future: asyncio.Future[list[bytes]] = self._loop.create_future()
         self.send(ptype, *args)
-        self.pending.append((expect, future))
+        self.pending.append((expect, future, on_reply))
         return future
 
     def close(self) -> None:

@@ -10,12 +10,25 @@ several threads at once.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
+from ..data import Codec, Data
 from ..protocol.packets import Priority
-from .aio import AsyncClient, Data, Job, JobRequest, JobStatus, PriorityLike, StatusCallback
+from .aio import (
+    DEFAULT,
+    DEFAULT_TIMEOUT,
+    AsyncClient,
+    CodecArg,
+    Job,
+    JobRequest,
+    JobStatus,
+    PriorityLike,
+    StatusCallback,
+    TimeoutArg,
+)
 
 T = TypeVar("T")
 
@@ -54,6 +67,18 @@ class SyncJob:
         return self._job.handle
 
     @property
+    def function(self) -> bytes:
+        return self._job.function
+
+    @property
+    def unique(self) -> bytes:
+        return self._job.unique
+
+    @property
+    def background(self) -> bool:
+        return self._job.background
+
+    @property
     def server(self) -> str:
         return self._job.server
 
@@ -68,10 +93,10 @@ class SyncJob:
     def done(self) -> bool:
         return self._job.done()
 
-    def result(self, timeout: float | None = None) -> bytes:
+    def result(self, timeout: TimeoutArg = DEFAULT) -> Any:
         return self._runner.call(self._job.result(timeout))
 
-    def next_status(self, timeout: float | None = None) -> tuple[int, int] | None:
+    def next_status(self, timeout: TimeoutArg = DEFAULT) -> tuple[int, int] | None:
         return self._runner.call(self._job.next_status(timeout))
 
     def __iter__(self) -> Iterator[bytes]:
@@ -84,18 +109,21 @@ class SyncJob:
 
 
 class Client:
+    """Blocking client: see :class:`AsyncClient` for the arguments and defaults."""
+
     def __init__(
         self,
         servers: str | Iterable[str] | None = None,
         *,
         client_id: str | None = None,
         exceptions: bool = True,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
+        codec: Codec | None = None,
     ) -> None:
         self._runner = LoopThread("gearmill-client")
         self._async = self._runner.call(
-            _make(servers, client_id, exceptions, timeout, connect_timeout)
+            _make(servers, client_id, exceptions, timeout, connect_timeout, codec)
         )
 
     def __enter__(self) -> Client:
@@ -112,15 +140,16 @@ class Client:
     def submit(
         self,
         function: Data,
-        data: Data = b"",
+        data: Any = b"",
         *,
         unique: Data | None = None,
         priority: PriorityLike = Priority.NORMAL,
         background: bool = False,
-        when: float | None = None,
+        when: float | datetime.datetime | None = None,
         reducer: Data | None = None,
         on_status: StatusCallback | None = None,
-        timeout: float | None = None,
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
     ) -> SyncJob:
         job = self._runner.call(
             self._async.submit(
@@ -133,6 +162,7 @@ class Client:
                 reducer=reducer,
                 on_status=on_status,
                 timeout=timeout,
+                codec=codec,
             )
         )
         return SyncJob(job, self._runner)
@@ -140,13 +170,14 @@ class Client:
     def run(
         self,
         function: Data,
-        data: Data = b"",
+        data: Any = b"",
         *,
         unique: Data | None = None,
         priority: PriorityLike = Priority.NORMAL,
         on_status: StatusCallback | None = None,
-        timeout: float | None = None,
-    ) -> bytes:
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
+    ) -> Any:
         return self._runner.call(
             self._async.run(
                 function,
@@ -155,23 +186,31 @@ class Client:
                 priority=priority,
                 on_status=on_status,
                 timeout=timeout,
+                codec=codec,
             )
         )
 
     def submit_many(
-        self, requests: Iterable[JobRequest | tuple[Data, Data]], *, timeout: float | None = None
+        self,
+        requests: Iterable[JobRequest | tuple[Data, Any]],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        codec: CodecArg = DEFAULT,
     ) -> list[SyncJob]:
-        jobs = self._runner.call(self._async.submit_many(list(requests), timeout=timeout))
+        jobs = self._runner.call(
+            self._async.submit_many(list(requests), timeout=timeout, codec=codec)
+        )
         return [SyncJob(j, self._runner) for j in jobs]
 
     def map(
         self,
         function: Data,
-        items: Iterable[Data],
+        items: Iterable[Any],
         *,
         priority: PriorityLike = Priority.NORMAL,
-        timeout: float | None = None,
+        timeout: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
+        codec: CodecArg = DEFAULT,
     ) -> list[Any]:
         return self._runner.call(
             self._async.map(
@@ -180,24 +219,25 @@ class Client:
                 priority=priority,
                 timeout=timeout,
                 return_exceptions=return_exceptions,
+                codec=codec,
             )
         )
 
     def get_status(
-        self, job: SyncJob | str, *, server: str | None = None, timeout: float | None = None
+        self, job: SyncJob | str, *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> JobStatus:
         target: Job | str = job._job if isinstance(job, SyncJob) else job
         return self._runner.call(self._async.get_status(target, server=server, timeout=timeout))
 
     def get_status_unique(
-        self, unique: Data, *, server: str | None = None, timeout: float | None = None
+        self, unique: Data, *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> JobStatus:
         return self._runner.call(
             self._async.get_status_unique(unique, server=server, timeout=timeout)
         )
 
     def echo(
-        self, data: Data = b"ping", *, server: str | None = None, timeout: float | None = None
+        self, data: Data = b"ping", *, server: str | None = None, timeout: TimeoutArg = DEFAULT
     ) -> bytes:
         return self._runner.call(self._async.echo(data, server=server, timeout=timeout))
 
@@ -208,6 +248,7 @@ async def _make(
     exceptions: bool,
     timeout: float | None,
     connect_timeout: float,
+    codec: Codec | None,
 ) -> AsyncClient:
     return AsyncClient(
         servers,
@@ -215,4 +256,5 @@ async def _make(
         exceptions=exceptions,
         timeout=timeout,
         connect_timeout=connect_timeout,
+        codec=codec,
     )
