@@ -351,7 +351,7 @@ def start_work(port: int, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_work_gives_the_job_to_another_worker(
     server: Running, tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -386,3 +386,18 @@ def test_work_refuses_a_missing_command(gearmill: Running) -> None:
     assert out.stderr == b"gearmill work: command not found: /no/such/cmd" + (
         b" (give a program on $PATH or a path to an executable file)\n"
     )
+
+
+def test_failing_command_is_one_log_line_and_reaches_the_client(gearmill: Running) -> None:
+    proc = start_work(gearmill.port, "-f", "oops", "--", "sh", "-c", "echo broken >&2; exit 3")
+    try:
+        with gm.Client(gearmill.address, timeout=30) as client:
+            with pytest.raises(gm.JobException) as failed:
+                client.run("oops", b"")
+            assert failed.value.data == b"CommandFailed: broken"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert err.decode().splitlines() == [
+        f"gearmill work: job {failed.value.handle} (oops) failed: CommandFailed: broken"
+    ]

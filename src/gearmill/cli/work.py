@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=logging.WARNING, format="gearmill work: %(message)s")
+    logging.getLogger("gearmill.worker").addFilter(_no_command_traceback)
     worker = AsyncWorker(
         servers,
         client_id=args.client_id,
@@ -122,7 +123,14 @@ def _executable(program: str) -> bool:
 
 
 class CommandFailed(Exception):
-    pass
+    """The command exited non-zero (its stderr is the message)."""
+
+
+def _no_command_traceback(record: logging.LogRecord) -> bool:
+    # a failing command is one log line; a traceback would show only gearmill's own frames
+    if record.exc_info and isinstance(record.exc_info[1], CommandFailed):
+        record.exc_info = None
+    return True
 
 
 async def _run_command(job: WorkerJob, command: list[str], args: argparse.Namespace) -> bytes:

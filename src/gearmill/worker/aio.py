@@ -59,6 +59,7 @@ class WorkerJob:
     __slots__ = (
         "_codec",
         "_conn",
+        "_dropped",
         "_exceptions",
         "_loop",
         "data",
@@ -84,6 +85,7 @@ class WorkerJob:
         self._loop = asyncio.get_running_loop()
         self._codec = codec
         self._exceptions = exceptions
+        self._dropped = False  # past its timeout: the server took it back, nothing more is sent
         self.handle = handle.decode(errors="replace")
         self.function = function.decode(errors="replace")
         self.unique = unique.decode(errors="replace")
@@ -110,11 +112,14 @@ class WorkerJob:
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._conn.send(ptype, self.handle.encode(), *args)
+            if not self._dropped:
+                self._conn.send(ptype, self.handle.encode(), *args)
         else:
             self._loop.call_soon_threadsafe(self._send_quiet, ptype, *args)
 
     def _send_quiet(self, ptype: int, *args: bytes) -> None:
+        if self._dropped:
+            return
         try:
             self._conn.send(ptype, self.handle.encode(), *args)
         except ConnectionLost:
@@ -142,6 +147,7 @@ class _ChildJob(WorkerJob):
     def of(cls, job: WorkerJob) -> _ChildJob:
         child = cls.__new__(cls)
         child._codec = job._codec
+        child._dropped = False
         child.handle = job.handle
         child.function = job.function
         child.unique = job.unique
@@ -537,6 +543,7 @@ class AsyncWorker:
         job._send_quiet(PacketType.WORK_COMPLETE, payload)
 
     def _timed_out(self, job: WorkerJob, timeout: float, what: str) -> None:
+        job._dropped = True
         log.warning(
             "job %s (%s) passed its %g s timeout: %s; the server gives it to another worker",
             job.handle,
@@ -549,12 +556,16 @@ class AsyncWorker:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await func(job)
+                result = await func(job)
         except TimeoutError:
             if timeout is None or not deadline.expired():
                 raise  # the function's own TimeoutError is an ordinary failure
             self._timed_out(job, timeout, "cancelled")
             raise _Abandoned from None
+        if timeout is not None and deadline.expired():  # it swallowed the cancellation
+            self._timed_out(job, timeout, "it ignored the cancellation; its result is dropped")
+            raise _Abandoned
+        return result
 
     async def _in_thread(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
         loop = asyncio.get_running_loop()
