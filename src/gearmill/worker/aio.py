@@ -235,13 +235,16 @@ class _Child:
         self.conn.close()
 
 
-class _Function:
-    __slots__ = ("func", "is_async", "timeout")
-
-    def __init__(self, func: JobFunction, timeout: float | None) -> None:
-        self.func = func
-        self.timeout = timeout or None
-        self.is_async = inspect.iscoroutinefunction(func)
+def _process_context(functions: Iterable[JobFunction]) -> Any:
+    """A forkserver that has imported the functions' modules: a child (the first, or
+    one replacing a killed one) then starts in milliseconds, not after re-importing
+    them, which on a busy machine can take longer than a job's timeout."""
+    context = multiprocessing.get_context("forkserver")
+    modules = {"gearmill.worker.aio"} | {getattr(f, "__module__", None) or "" for f in functions}
+    modules.discard("")
+    # the forkserver is one per program: the first worker to start it sets its imports
+    context.set_forkserver_preload(sorted(modules))
+    return context
 
 
 def _describe(error: BaseException) -> str:
@@ -588,7 +591,7 @@ class AsyncWorker:
 
     async def _in_process(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
         if self._context is None:
-            self._context = multiprocessing.get_context("forkserver")
+            self._context = _process_context(f for f, _ in self.functions.values())
         child = self._children.pop() if self._children else _Child(self._context)
         loop = asyncio.get_running_loop()
         running = loop.run_in_executor(self._threads, child.call, func, _ChildJob.of(job))
