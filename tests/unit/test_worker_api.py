@@ -42,7 +42,7 @@ def test_error_description_has_type_and_message() -> None:
 def test_job_value_needs_a_codec() -> None:
     async def scenario() -> None:
         raw = WorkerJob(NO_CONNECTION, b"H:1", b"f", b"", b'{"a": 1}')
-        with pytest.raises(AttributeError, match=r"codec=gearmill\.data\.JSON"):
+        with pytest.raises(AttributeError, match=r"codec=gearmill\.JSON"):
             _ = raw.value
         coded = WorkerJob(NO_CONNECTION, b"H:1", b"f", b"", b'{"a": 1}', codec=JSON)
         assert coded.value == {"a": 1}

@@ -100,7 +100,7 @@ class WorkerJob:
         """The job data decoded by the worker's codec (e.g. a dict with ``codec=JSON``)."""
         if self._codec is None:
             raise AttributeError(
-                "job.value needs a codec: create the worker with codec=gearmill.data.JSON"
+                "job.value needs a codec: create the worker with codec=gearmill.JSON"
                 " (job.data has the raw bytes)"
             )
         return self._codec.decode(self.data)
@@ -395,7 +395,7 @@ class AsyncWorker:
     processes (they must be picklable: defined at module level; the job's data
     goes in and the return value comes back; ``send_status`` and friends are not
     available there). ``codec``: decodes ``job.value`` and encodes return values
-    (``gearmill.data.JSON``). ``exceptions``: how a raised error reaches the
+    (``gearmill.JSON``). ``exceptions``: how a raised error reaches the
     client: ``True`` WORK_EXCEPTION (``TypeName: message``; the server passes it
     to clients that asked for exceptions and a WORK_FAIL to the others),
     ``False`` WORK_FAIL, ``None`` (default) WORK_EXCEPTION on gearmill servers
