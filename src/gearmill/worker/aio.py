@@ -107,13 +107,14 @@ class WorkerJob:
 
     def _send(self, ptype: int, *args: bytes) -> None:
         # callable from the worker's loop or from a plain function's thread
+        if self._dropped:
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            if not self._dropped:
-                self._conn.send(ptype, self.handle.encode(), *args)
+            self._conn.send(ptype, self.handle.encode(), *args)
         else:
             self._loop.call_soon_threadsafe(self._send_quiet, ptype, *args)
 
