@@ -593,8 +593,12 @@ class AsyncWorker:
     async def _in_process(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
         if self._context is None:
             self._context = _process_context(f for f, _ in self.functions.values())
-        child = self._children.pop() if self._children else _Child(self._context)
         loop = asyncio.get_running_loop()
+        if self._children:
+            child = self._children.pop()
+        else:
+            # started in a thread: the first start waits for the forkserver's imports
+            child = await loop.run_in_executor(self._threads, _Child, self._context)
         running = loop.run_in_executor(self._threads, child.call, func, _ChildJob.of(job))
         running.add_done_callback(_consume)
         try:
