@@ -194,10 +194,15 @@ def reports_progress(job: gm.WorkerJob) -> bytes:
     return b"unreachable"
 
 
+def dies(job: gm.WorkerJob) -> bytes:
+    os._exit(3)
+
+
 def test_process_pool_runs_functions_in_other_processes(gearmill: Running) -> None:
     w = gm.Worker(gearmill.address, concurrency=2, processes=True, codec=JSON)
     w.register("sum", pid_and_sum)
     w.register("progress", reports_progress)
+    w.register("dies", dies)
     with pytest.raises(ValueError, match="picklable"):
         w.register("lambda", lambda job: b"")
     with running_worker(w), gm.Client(gearmill.address, timeout=60) as client:
@@ -208,6 +213,13 @@ def test_process_pool_runs_functions_in_other_processes(gearmill: Running) -> No
             client.run("progress", b"")
         assert b"RuntimeError: job.send_status() is not available" in failed.value.data
         assert b"processes=True" in failed.value.data
+        # a process that dies fails its job, and is replaced for the next one
+        with pytest.raises(gm.JobException) as failed:
+            client.run("dies", b"")
+        assert failed.value.data == (
+            b"RuntimeError: the process running the job exited (exit code 3)"
+        )
+        assert json.loads(client.run("sum", b"[7]"))["sum"] == 7
 
 
 # ------------------------------------------------------------------ 3. timeouts

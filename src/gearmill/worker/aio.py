@@ -614,8 +614,11 @@ class AsyncWorker:
             raise _Abandoned
         try:
             result = running.result()
-        except RuntimeError:
-            child.kill()
+        except _ChildError:
+            self._children.append(child)  # the function raised; its process is fine
+            raise
+        except BaseException:
+            child.kill()  # it died, or the pipe to it broke: never reuse it
             raise
         self._children.append(child)
         return result
