@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import signal
 import sys
 
@@ -43,13 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         metavar="SECONDS",
-        help="per-job limit: told to the server (CAN_DO_TIMEOUT) and the command is killed",
+        help="per-job limit: told to the server (CAN_DO_TIMEOUT); the command is killed then",
     )
     p.add_argument("--client-id", help="identifier shown by 'gearmill admin --workers'")
     p.add_argument(
         "--exceptions",
         action="store_true",
-        help="a failing command sends WORK_EXCEPTION with its stderr",
+        help="a failing command always sends WORK_EXCEPTION with its stderr"
+        " (default: on gearmill servers only; gearmand 1.1 clients hang on it)",
     )
     p.add_argument(
         "cmd",
@@ -69,9 +72,20 @@ def run(args: argparse.Namespace) -> int:
         print("gearmill work: --concurrency must be at least 1", file=sys.stderr)
         return 2
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if command and not _executable(command[0]):
+        print(
+            f"gearmill work: command not found: {command[0]}"
+            " (give a program on $PATH or a path to an executable file)",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level=logging.WARNING, format="gearmill work: %(message)s")
+    logging.getLogger("gearmill.worker").addFilter(_no_command_traceback)
     worker = AsyncWorker(
-        servers, client_id=args.client_id, concurrency=args.concurrency, exceptions=args.exceptions
+        servers,
+        client_id=args.client_id,
+        concurrency=args.concurrency,
+        exceptions=True if args.exceptions else None,
     )
     done = 0
 
@@ -93,16 +107,30 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        # like `gearman -w`: an interrupted job goes back to the server for another worker
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, lambda: worker.stop(requeue=True))
         await worker.work()
 
     asyncio.run(main())
     return 0
 
 
+def _executable(program: str) -> bool:
+    if os.sep in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program) is not None
+
+
 class CommandFailed(Exception):
-    pass
+    """The command exited non-zero (its stderr is the message)."""
+
+
+def _no_command_traceback(record: logging.LogRecord) -> bool:
+    # a failing command is one log line; a traceback would show only gearmill's own frames
+    if record.exc_info and isinstance(record.exc_info[1], CommandFailed):
+        record.exc_info = None
+    return True
 
 
 async def _run_command(job: WorkerJob, command: list[str], args: argparse.Namespace) -> bytes:
@@ -111,13 +139,21 @@ async def _run_command(job: WorkerJob, command: list[str], args: argparse.Namesp
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # its own process group: a Ctrl-C at the terminal reaches only gearmill work,
+        # which then decides the command's fate (killed, job given back)
+        process_group=0,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(job.data), args.timeout)
-    except TimeoutError:
-        proc.kill()
+        out, err = await proc.communicate(job.data)
+    except asyncio.CancelledError:
+        # past --timeout, or stopping on a signal: the job goes back to the server.
+        # The whole group goes, so a shell's own children do not outlive it.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await proc.wait()
-        raise CommandFailed(f"{command[0]} timed out after {args.timeout:g} s") from None
+        raise
     if proc.returncode != 0:
         if out:
             job.send_data(out)

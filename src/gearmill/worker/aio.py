@@ -4,29 +4,43 @@
 
     @worker.function("reverse")
     async def reverse(job: WorkerJob) -> bytes:
-        await job.send_status(1, 2)
+        job.send_status(1, 2)
         return job.data[::-1]
 
-    await worker.work()          # until worker.stop() or SIGTERM (with run())
+    await worker.run()   # until worker.stop(), SIGTERM or SIGINT
 
-Returning completes the job (``bytes``, ``str`` or ``None``); raising fails it
-(WORK_FAIL), or with ``exceptions=True`` sends WORK_EXCEPTION carrying the
-error text. Plain (non-async) functions run in a thread, so a slow one does
-not stop the worker from talking to its servers.
+Returning completes the job: ``bytes`` or ``str`` (UTF-8), ``None`` for an
+empty result; with ``codec=JSON`` any JSON value, and ``job.value`` is the
+decoded job data. Raising fails the job: the traceback goes to the
+``gearmill.worker`` log at WARNING and the client gets ``TypeName: message``
+(WORK_EXCEPTION) or a plain WORK_FAIL, see ``exceptions``.
+
+Plain (non-async) functions run in a pool of ``concurrency`` threads, so a
+slow one does not stop the worker from talking to its servers; with
+``processes=True`` they run in ``concurrency`` child processes instead (for
+CPU-bound work). A function registered with ``timeout`` is stopped when it
+runs longer: a coroutine is cancelled, a child process is killed, a thread
+(which cannot be stopped) is abandoned; no late result is sent, since the
+server has already given the job to another worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import inspect
 import logging
+import multiprocessing
+import multiprocessing.connection
+import pickle
 import signal
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..client.connection import Connection
 from ..client.servers import Address, format_address, parse_servers
+from ..data import Codec, encode, to_bytes
 from ..errors import ConnectionLost
 from ..protocol.packets import PacketType
 
@@ -36,9 +50,24 @@ JobFunction = Callable[["WorkerJob"], Any]
 
 
 class WorkerJob:
-    """The job a function is running, with ways to talk back to the client."""
+    """The job a function is running, with ways to talk back to the client.
 
-    __slots__ = ("_conn", "_loop", "data", "function", "handle", "reducer", "unique")
+    ``data`` is the job's payload as bytes; ``value`` is that payload decoded by
+    the worker's codec (only when the worker has one).
+    """
+
+    __slots__ = (
+        "_codec",
+        "_conn",
+        "_dropped",
+        "_exceptions",
+        "_loop",
+        "data",
+        "function",
+        "handle",
+        "reducer",
+        "unique",
+    )
 
     def __init__(
         self,
@@ -48,9 +77,15 @@ class WorkerJob:
         unique: bytes,
         data: bytes,
         reducer: bytes = b"",
+        *,
+        codec: Codec | None = None,
+        exceptions: bool = False,
     ) -> None:
         self._conn = conn
         self._loop = asyncio.get_running_loop()
+        self._codec = codec
+        self._exceptions = exceptions
+        self._dropped = False  # past its timeout: the server took it back, nothing more is sent
         self.handle = handle.decode(errors="replace")
         self.function = function.decode(errors="replace")
         self.unique = unique.decode(errors="replace")
@@ -60,8 +95,20 @@ class WorkerJob:
     def __repr__(self) -> str:
         return f"<WorkerJob {self.handle} {self.function}>"
 
+    @property
+    def value(self) -> Any:
+        """The job data decoded by the worker's codec (e.g. a dict with ``codec=JSON``)."""
+        if self._codec is None:
+            raise AttributeError(
+                "job.value needs a codec: create the worker with codec=gearmill.JSON"
+                " (job.data has the raw bytes)"
+            )
+        return self._codec.decode(self.data)
+
     def _send(self, ptype: int, *args: bytes) -> None:
         # callable from the worker's loop or from a plain function's thread
+        if self._dropped:
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -72,29 +119,158 @@ class WorkerJob:
             self._loop.call_soon_threadsafe(self._send_quiet, ptype, *args)
 
     def _send_quiet(self, ptype: int, *args: bytes) -> None:
+        if self._dropped:
+            return
         try:
             self._conn.send(ptype, self.handle.encode(), *args)
         except ConnectionLost:
             pass
 
     def send_data(self, data: bytes | str) -> None:
-        self._send(PacketType.WORK_DATA, _b(data))
+        """WORK_DATA: a chunk of output the client sees before the result."""
+        self._send(PacketType.WORK_DATA, to_bytes(data, "WORK_DATA"))
 
     def send_warning(self, data: bytes | str) -> None:
-        self._send(PacketType.WORK_WARNING, _b(data))
+        """WORK_WARNING: a warning the client sees while the job runs."""
+        self._send(PacketType.WORK_WARNING, to_bytes(data, "WORK_WARNING"))
 
     def send_status(self, numerator: int, denominator: int) -> None:
+        """WORK_STATUS: progress, ``numerator`` of ``denominator`` done."""
         self._send(PacketType.WORK_STATUS, b"%d" % numerator, b"%d" % denominator)
 
 
-def _b(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    return str(value).encode()
+class _ChildJob(WorkerJob):
+    """The picklable copy of a job that a child process gets (``processes=True``)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, job: WorkerJob) -> _ChildJob:
+        child = cls.__new__(cls)
+        child._codec = job._codec
+        child._dropped = False
+        child.handle = job.handle
+        child.function = job.function
+        child.unique = job.unique
+        child.data = job.data
+        child.reducer = job.reducer
+        return child
+
+    def _send(self, ptype: int, *args: bytes) -> None:
+        names = {
+            int(PacketType.WORK_DATA): "send_data",
+            int(PacketType.WORK_WARNING): "send_warning",
+            int(PacketType.WORK_STATUS): "send_status",
+        }
+        name = names.get(ptype, "send")
+        raise RuntimeError(
+            f"job.{name}() is not available in a function run with processes=True"
+            " (it runs in another process); use a thread or a coroutine for jobs that report"
+            " progress or data"
+        )
+
+
+class _ChildError(Exception):
+    """A function raised in a child process; carries its type name and traceback."""
+
+    def __init__(self, type_name: str, message: str, trace: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.trace = trace
+
+
+def _child_main(conn: multiprocessing.connection.Connection) -> None:
+    """A child process's loop: run (function, job) pairs until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what happens on Ctrl-C
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        func, job = task
+        try:
+            reply: tuple[Any, ...] = ("ok", func(job))
+            conn.send(reply)
+        except BaseException as e:  # every failure goes back to the parent
+            conn.send(("error", type(e).__name__, str(e), traceback.format_exc()))
+
+
+class _Child:
+    """One child process that runs jobs one at a time."""
+
+    def __init__(self, context: Any) -> None:
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=_child_main, args=(child_end,), daemon=True)
+        self.process.start()
+        child_end.close()
+
+    def call(self, func: JobFunction, job: _ChildJob) -> Any:
+        """Run ``func(job)`` in the child (blocking; called from a thread)."""
+        self.conn.send((func, job))
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            raise RuntimeError(
+                f"the process running the job exited (exit code {self.process.exitcode})"
+            ) from None
+        if reply[0] == "ok":
+            return reply[1]
+        raise _ChildError(reply[1], reply[2], reply[3])
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+
+
+def _process_context(functions: Iterable[JobFunction]) -> Any:
+    """A forkserver that has imported the functions' modules: a child (the first, or
+    one replacing a killed one) then starts in milliseconds, not after re-importing
+    them, which on a busy machine can take longer than a job's timeout."""
+    context = multiprocessing.get_context("forkserver")
+    modules = {"gearmill.worker.aio"} | {getattr(f, "__module__", None) or "" for f in functions}
+    modules.discard("")
+    # the forkserver is one per program: the first worker to start it sets its imports
+    context.set_forkserver_preload(sorted(modules))
+    return context
+
+
+def _describe(error: BaseException) -> str:
+    """``TypeName: message`` (just the type name when there is no message)."""
+    if isinstance(error, _ChildError):
+        name, text = error.type_name, str(error)
+    else:
+        name, text = type(error).__name__, str(error)
+    return f"{name}: {text}" if text else name
+
+
+async def _is_gearmill(address: Address, timeout: float) -> bool:
+    """Whether the server says (admin ``version``) that it is gearmill."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"version\n")
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+    return line.startswith(b"OK ") and b"gearmill" in line
 
 
 class _Link:
@@ -107,6 +283,7 @@ class _Link:
         self.conn: Connection | None = None
         self.wake = asyncio.Event()
         self.reply: asyncio.Future[tuple[int, list[bytes]]] | None = None
+        self.exceptions = bool(worker.exceptions)
 
     def on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
         if kind == PacketType.NOOP:
@@ -154,6 +331,12 @@ class _Link:
             delay = 0.5
             self.conn = conn
             try:
+                if w.exceptions is None:
+                    # gearmill turns WORK_EXCEPTION into a plain WORK_FAIL for clients that
+                    # did not ask for exceptions; gearmand 1.1 sends them a WORK_FAIL with a
+                    # trailing NUL that libgearman 1.1 clients (the `gearman` tool) never
+                    # match, so they would hang: there, only WORK_FAIL is safe.
+                    self.exceptions = await _is_gearmill(self.address, w.connect_timeout)
                 await self.register(conn)
                 await self.cycle(conn)
             except ConnectionLost as e:
@@ -187,22 +370,48 @@ class _Link:
                     raise conn.closed
                 continue
             if kind == PacketType.JOB_ASSIGN:
-                job = WorkerJob(conn, args[0], args[1], b"", args[2])
+                handle, function, unique, reducer, data = args[0], args[1], b"", b"", args[2]
             elif kind == PacketType.JOB_ASSIGN_UNIQ:
-                job = WorkerJob(conn, args[0], args[1], args[2], args[3])
+                handle, function, unique, reducer, data = args[0], args[1], args[2], b"", args[3]
             else:
-                job = WorkerJob(conn, args[0], args[1], args[2], args[4], args[3])
+                handle, function, unique, reducer, data = args
+            job = WorkerJob(
+                conn,
+                handle,
+                function,
+                unique,
+                data,
+                reducer,
+                codec=w.codec,
+                exceptions=self.exceptions,
+            )
             w._start(job)
 
 
 class AsyncWorker:
+    """Runs registered functions for jobs from one or more servers.
+
+    ``concurrency``: jobs run at once across all servers (and the size of the
+    thread or process pool). ``processes=True``: plain functions run in child
+    processes (they must be picklable: defined at module level; the job's data
+    goes in and the return value comes back; ``send_status`` and friends are not
+    available there). ``codec``: decodes ``job.value`` and encodes return values
+    (``gearmill.JSON``). ``exceptions``: how a raised error reaches the
+    client: ``True`` WORK_EXCEPTION (``TypeName: message``; the server passes it
+    to clients that asked for exceptions and a WORK_FAIL to the others),
+    ``False`` WORK_FAIL, ``None`` (default) WORK_EXCEPTION on gearmill servers
+    and WORK_FAIL on others (gearmand 1.1 would leave its own clients hanging).
+    """
+
     def __init__(
         self,
         servers: str | Iterable[str] | None = None,
         *,
         client_id: str | None = None,
         concurrency: int = 1,
-        exceptions: bool = False,
+        processes: bool = False,
+        codec: Codec | None = None,
+        exceptions: bool | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         if concurrency < 1:
@@ -210,18 +419,42 @@ class AsyncWorker:
         self.addresses = parse_servers(servers)
         self.client_id = client_id
         self.concurrency = concurrency
+        self.processes = processes
+        self.codec = codec
         self.exceptions = exceptions
         self.connect_timeout = connect_timeout
         self.functions: dict[str, tuple[JobFunction, float | None]] = {}
         self.stopping = False
         self.jobs_done = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._requeue = False
+        self._tasks: dict[asyncio.Task[None], WorkerJob] = {}
         self._stop_event: asyncio.Event | None = None
         self.slots: asyncio.Semaphore
         self._links: list[_Link] = []
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._children: list[_Child] = []
+        self._context: Any = None
 
     def register(self, name: str, func: JobFunction, *, timeout: float | None = None) -> None:
-        """Do ``name`` with ``func``; ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT."""
+        """Do ``name`` with ``func``.
+
+        ``timeout`` (seconds) is sent as CAN_DO_TIMEOUT (the server takes the job
+        back after it) and the worker stops the function then.
+        """
+        if self.processes:
+            if inspect.iscoroutinefunction(func):
+                raise ValueError(
+                    f"{name}: a coroutine function runs on the worker's event loop, not in a"
+                    " process; register a plain function, or use a worker without processes=True"
+                )
+            try:
+                pickle.dumps(func)
+            except Exception as e:
+                raise ValueError(
+                    f"{name}: functions run with processes=True must be picklable: define"
+                    f" {getattr(func, '__qualname__', func)!s} at module level (not a lambda"
+                    f" or nested function) ({e})"
+                ) from None
         self.functions[name] = (func, timeout)
         for link in self._links:
             if link.conn is not None and link.conn.closed is None:
@@ -264,49 +497,158 @@ class AsyncWorker:
 
     def _start(self, job: WorkerJob) -> None:
         task = asyncio.ensure_future(self._execute(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = job
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self.slots.release()
 
     async def _execute(self, job: WorkerJob) -> None:
+        entry = self.functions.get(job.function)
         try:
-            entry = self.functions.get(job.function)
-            try:
-                if entry is None:
-                    raise LookupError(f"no function {job.function} registered")
-                func = entry[0]
-                if inspect.iscoroutinefunction(func):
-                    result = await func(job)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(None, functools.partial(func, job))
-                    if inspect.isawaitable(result):
-                        result = await result
-            except Exception as e:
-                log.info("job %s (%s) failed: %r", job.handle, job.function, e)
-                if self.exceptions:
-                    job._send_quiet(PacketType.WORK_EXCEPTION, _b(str(e) or type(e).__name__))
-                else:
-                    job._send_quiet(PacketType.WORK_FAIL)
+            if entry is None:
+                raise LookupError(f"no function {job.function} registered")
+            func, timeout = entry
+            if inspect.iscoroutinefunction(func):
+                result = await self._in_loop(func, job, timeout)
+            elif self.processes:
+                result = await self._in_process(func, job, timeout)
             else:
-                job._send_quiet(PacketType.WORK_COMPLETE, _b(result))
+                result = await self._in_thread(func, job, timeout)
+            payload = (
+                b""
+                if result is None and self.codec is None
+                else encode(result, self.codec, "job result")
+            )
+        except _Abandoned:
+            return  # the server takes the job back; a late result would only be refused
+        except Exception as e:
             self.jobs_done += 1
-        finally:
-            self.slots.release()
+            description = _describe(e)
+            if isinstance(e, _ChildError):
+                log.warning(
+                    "job %s (%s) failed in its process: %s\n%s",
+                    job.handle,
+                    job.function,
+                    description,
+                    e.trace.rstrip(),
+                )
+            else:
+                log.warning(
+                    "job %s (%s) failed: %s", job.handle, job.function, description, exc_info=e
+                )
+            if job._exceptions:
+                job._send_quiet(PacketType.WORK_EXCEPTION, description.encode(errors="replace"))
+            else:
+                job._send_quiet(PacketType.WORK_FAIL)
+            return
+        self.jobs_done += 1
+        job._send_quiet(PacketType.WORK_COMPLETE, payload)
+
+    def _timed_out(self, job: WorkerJob, timeout: float, what: str) -> None:
+        job._dropped = True
+        log.warning(
+            "job %s (%s) passed its %g s timeout: %s; the server gives it to another worker",
+            job.handle,
+            job.function,
+            timeout,
+            what,
+        )
+
+    async def _in_loop(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                result = await func(job)
+        except TimeoutError:
+            if timeout is None or not deadline.expired():
+                raise  # the function's own TimeoutError is an ordinary failure
+            self._timed_out(job, timeout, "cancelled")
+            raise _Abandoned from None
+        if timeout is not None and deadline.expired():  # it swallowed the cancellation
+            self._timed_out(job, timeout, "it ignored the cancellation; its result is dropped")
+            raise _Abandoned
+        return result
+
+    async def _in_thread(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._threads, func, job)
+        running.add_done_callback(_consume)
+        done, _ = await asyncio.wait([running], timeout=timeout)
+        if not done:
+            assert timeout is not None
+            self._timed_out(
+                job, timeout, "abandoned (a thread cannot be stopped; its result will be dropped)"
+            )
+            # the thread still runs: keep its slot until it returns, so no more jobs are
+            # taken than there are threads to run them
+            await asyncio.wait([running])
+            raise _Abandoned
+        result = running.result()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _in_process(self, func: JobFunction, job: WorkerJob, timeout: float | None) -> Any:
+        if self._context is None:
+            self._context = _process_context(f for f, _ in self.functions.values())
+        loop = asyncio.get_running_loop()
+        if self._children:
+            child = self._children.pop()
+        else:
+            # started in a thread: the first start waits for the forkserver's imports
+            child = await loop.run_in_executor(self._threads, _Child, self._context)
+        running = loop.run_in_executor(self._threads, child.call, func, _ChildJob.of(job))
+        running.add_done_callback(_consume)
+        try:
+            done, _ = await asyncio.wait([running], timeout=timeout)
+        except BaseException:
+            child.kill()  # cancelled (stop with requeue): the job goes back to the server
+            raise
+        if not done:
+            assert timeout is not None
+            child.kill()
+            await asyncio.wait([running])
+            self._timed_out(job, timeout, "its process was killed")
+            raise _Abandoned
+        try:
+            result = running.result()
+        except _ChildError:
+            self._children.append(child)  # the function raised; its process is fine
+            raise
+        except BaseException:
+            child.kill()  # it died, or the pipe to it broke: never reuse it
+            raise
+        self._children.append(child)
+        return result
 
     async def work(self) -> None:
         """Connect to every server and run jobs until :meth:`stop`."""
         if not self.functions:
             raise ValueError("register at least one function before work()")
         self.stopping = False
+        self._requeue = False
         self._stop_event = asyncio.Event()
         self.slots = asyncio.Semaphore(self.concurrency)
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="gearmill-job"
+        )
         self._links = [_Link(self, a) for a in self.addresses]
         runners = [asyncio.ensure_future(link.run()) for link in self._links]
         try:
             await self._stop_event.wait()
         finally:
             self.stopping = True
-            # running jobs finish and report before the connections close
+            if self._requeue and self._tasks:
+                log.warning(
+                    "stopping: %d running job(s) given back to the server: %s",
+                    len(self._tasks),
+                    " ".join(job.handle for job in self._tasks.values()),
+                )
+                for task in self._tasks:
+                    task.cancel()
+            # running jobs finish and report (or are cancelled) before the connections close
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             for link in self._links:
@@ -316,13 +658,25 @@ class AsyncWorker:
                 runner.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
             self._links = []
+            for child in self._children:
+                child.close()
+            self._children = []
+            # a thread abandoned at requeue may still run; do not wait for it here
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def is_stopping(self) -> bool:
         return self.stopping
 
-    def stop(self) -> None:
-        """Stop taking jobs; :meth:`work` returns once running jobs are done."""
+    def stop(self, *, requeue: bool = False) -> None:
+        """Stop taking jobs; :meth:`work` returns once running jobs are done.
+
+        ``requeue=True`` does not wait: running jobs are cancelled (a coroutine is
+        cancelled, a child process killed, a thread abandoned) and the worker
+        disconnects without their results, so the server gives them to another
+        worker, as ``gearman -w`` does when interrupted.
+        """
         self.stopping = True
+        self._requeue = self._requeue or requeue
         if self._stop_event is not None:
             self._stop_event.set()
 
@@ -336,3 +690,13 @@ class AsyncWorker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    # an abandoned job's outcome is read here, so asyncio does not log it as unread
+    if not future.cancelled():
+        future.exception()
+
+
+class _Abandoned(Exception):
+    """The job passed its timeout and was stopped: nothing is sent for it."""

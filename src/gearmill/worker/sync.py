@@ -4,8 +4,8 @@
     worker.register("reverse", lambda job: job.data[::-1])
     worker.work()
 
-Functions run in threads (``concurrency`` at a time); ``stop()`` may be
-called from any thread or a signal handler.
+Functions run in threads (``concurrency`` at a time), or in child processes with
+``processes=True``; ``stop()`` may be called from any thread or a signal handler.
 """
 
 from __future__ import annotations
@@ -14,23 +14,30 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterable
 
+from ..data import Codec
 from .aio import AsyncWorker, JobFunction, WorkerJob
 
 
 class Worker:
+    """The blocking :class:`AsyncWorker`; the same arguments, see there."""
+
     def __init__(
         self,
         servers: str | Iterable[str] | None = None,
         *,
         client_id: str | None = None,
         concurrency: int = 1,
-        exceptions: bool = False,
+        processes: bool = False,
+        codec: Codec | None = None,
+        exceptions: bool | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         self._async = AsyncWorker(
             servers,
             client_id=client_id,
             concurrency=concurrency,
+            processes=processes,
+            codec=codec,
             exceptions=exceptions,
             connect_timeout=connect_timeout,
         )
@@ -49,6 +56,9 @@ class Worker:
     ) -> Callable[[JobFunction], JobFunction]:
         return self._async.function(name, timeout=timeout)
 
+    def unregister(self, name: str) -> None:
+        self._async.unregister(name)
+
     def work(self, *, handle_signals: bool | None = None) -> None:
         """Run jobs until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
         if handle_signals is None:
@@ -63,11 +73,12 @@ class Worker:
         else:
             await self._async.work()
 
-    def stop(self) -> None:
+    def stop(self, *, requeue: bool = False) -> None:
+        """See :meth:`AsyncWorker.stop`."""
         self._ready.wait(10)
         if self._loop is not None and not self._loop.is_closed():
             try:
-                self._loop.call_soon_threadsafe(self._async.stop)
+                self._loop.call_soon_threadsafe(lambda: self._async.stop(requeue=requeue))
             except RuntimeError:
                 pass  # the loop already ended
 
