@@ -149,13 +149,13 @@ class _Bad(ValueError):
 # ---------------------------------------------------------------- converters
 
 
-def _int(lo: int, hi: int, fix: str) -> Callable[[object, bool], int]:
+def _int(lo: int, hi: int, fix: str, noun: str = "a whole number") -> Callable[[object, bool], int]:
     def convert(raw: object, text: bool) -> int:
         if text and isinstance(raw, str):
             try:
                 raw = int(raw.strip())
             except ValueError:
-                raise _Bad(f"not a whole number; {fix}") from None
+                raise _Bad(f"not {noun}; {fix}") from None
         elif isinstance(raw, bool) or not isinstance(raw, int):
             raise _Bad(f"write a number without quotes; {fix}")
         if not lo <= raw <= hi:
@@ -242,7 +242,7 @@ def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None], ...]:
     return tuple(out)
 
 
-_port = _int(0, 65535, "use a port from 0 to 65535 (0 picks a free one)")
+_port = _int(0, 65535, "use 0 to 65535 (0 picks a free one)", "a port number")
 _KEEPALIVE = _int(-1, 32767, "use seconds (or a count) from 1 to 32767, or -1 for the default")
 
 
