@@ -243,7 +243,15 @@ def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None], ...]:
 
 
 _port = _int(0, 65535, "use 0 to 65535 (0 picks a free one)", "a port number")
-_KEEPALIVE = _int(-1, 32767, "use seconds (or a count) from 1 to 32767, or -1 for the default")
+_KEEPALIVE_FIX: Final = "use seconds (or a count) from 1 to 32767, or -1 for the default"
+_keepalive_range = _int(-1, 32767, _KEEPALIVE_FIX)
+
+
+def _keepalive(raw: object, text: bool) -> int:
+    value = _keepalive_range(raw, text)
+    if value == 0:  # the kernel refuses 0
+        raise _Bad(_KEEPALIVE_FIX)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,9 +280,9 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "global_priority": _Setting(_bool),
     "exceptions": _Setting(_bool),
     "keepalive": _Setting(_bool),
-    "keepalive_idle": _Setting(_KEEPALIVE),
-    "keepalive_interval": _Setting(_KEEPALIVE),
-    "keepalive_count": _Setting(_KEEPALIVE),
+    "keepalive_idle": _Setting(_keepalive),
+    "keepalive_interval": _Setting(_keepalive),
+    "keepalive_count": _Setting(_keepalive),
     "admin_shutdown": _Setting(_choice(AdminShutdown, str.lower)),
     "verbose": _Setting(_choice(Level, str.upper)),
     "log_file": _Setting(_str),
