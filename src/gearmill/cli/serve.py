@@ -419,6 +419,7 @@ async def _serve(config: Config, logs: _Log, report: _Report) -> int:
         except OSError as e:
             await server.close()
             return report.fail(f"cannot write pid file {pid_file}: {e.strerror or e}")
+    server.announce()
     report.ready()
     try:
         await server.serve_forever()

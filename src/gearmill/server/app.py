@@ -62,6 +62,9 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
+
+    def announce(self) -> None:
+        """The start line, once the server is ready (listening, pid file written)."""
         where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
         store = "jobs in memory" if self.config.store.url == "memory" else self.config.store.url
         lifecycle.info(
