@@ -90,9 +90,16 @@ class Running:
     """A started server process."""
 
     def __init__(
-        self, name: str, proc: subprocess.Popen[bytes], port: int, tmp: Path, cmd: list[str]
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        tmp: Path,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = env
         self.cmd = cmd
         self.proc = proc
         self.port = port
@@ -115,7 +122,7 @@ class Running:
         """Stop, then start the same server on the same port (a fresh, empty one)."""
         self.stop()
         with open(self.tmp / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)
         wait_port(self.port, self.proc)
 
 
@@ -146,7 +153,7 @@ def start_gearmill(
     if given == "none":
         raise ValueError("start_gearmill reads the port from the log: do not pass -l none")
     port = wait_listening(Path(given) if given else own_log, proc)
-    return Running("gearmill", proc, port, tmp, gearmill_cmd(port, *extra))
+    return Running("gearmill", proc, port, tmp, gearmill_cmd(port, *extra), env)
 
 
 def start_gearmand(*extra: str) -> Running:
