@@ -14,7 +14,7 @@ import gearmill
 from conftest import Conn, Running, start_gearmill
 
 CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED, GRAB_JOB = 1, 4, 6, 7, 8, 9
-SUBMIT_JOB_BG, JOB_ASSIGN = 18, 11
+SUBMIT_JOB_BG, JOB_ASSIGN, SUBMIT_JOB_EPOCH = 18, 11, 36
 
 SERVE = [sys.executable, "-m", "gearmill.cli.main", "serve"]
 
@@ -83,6 +83,8 @@ def test_sigterm_says_which_jobs_are_lost() -> None:
             c.expect(JOB_CREATED)
         c.send(SUBMIT_JOB, b"fg", b"", b"c")
         c.expect(JOB_CREATED)
+        c.send(SUBMIT_JOB_EPOCH, b"later", b"", b"%d" % (int(time.time()) + 3600), b"d")
+        c.expect(JOB_CREATED)
         w.send(CAN_DO, b"bg")
         w.send(GRAB_JOB)
         w.expect(JOB_ASSIGN)
@@ -92,7 +94,7 @@ def test_sigterm_says_which_jobs_are_lost() -> None:
     warnings = [x for x in lines if x.startswith("WARNING")]
     assert len(warnings) == 1, lines
     assert warnings[0].endswith(
-        "SIGTERM: 3 jobs lost at exit: 2 background (1 queued, 1 running), "
+        "SIGTERM: 4 jobs lost at exit: 3 background (1 queued, 1 scheduled, 1 running), "
         "1 foreground (1 queued); jobs are kept in memory only and do not survive a restart"
     )
     assert lines[-1].endswith("Shutdown complete (SIGTERM)")
@@ -237,4 +239,13 @@ def test_bad_value_in_each_source_is_one_line_and_exit_2(tmp_path: Path) -> None
         2,
         "gearmill serve: --keepalive-idle 0: use seconds (or a count) from 1 to 32767, "
         "or -1 for the default\n",
+    )
+
+
+def test_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    pid_file = tmp_path / "no-such-dir" / "f.pid"
+    r = serve("-p", "0", "-P", str(pid_file))
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"gearmill serve: cannot write pid file {pid_file}: No such file or directory\n"
     )

@@ -417,7 +417,7 @@ async def _serve(config: Config, logs: _Log, report: _Report) -> int:
             with open(pid_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
         except OSError as e:
-            await server.close()
+            await server.close("start-up failed")
             return report.fail(f"cannot write pid file {pid_file}: {e.strerror or e}")
     server.announce()
     report.ready()

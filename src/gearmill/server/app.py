@@ -12,7 +12,7 @@ import time
 from .. import __version__
 from .._accel import IMPLEMENTATION
 from . import admin
-from .broker import RUNNING, Broker, Peer
+from .broker import RUNNING, SCHEDULED, Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
 from .stream import Hub, Stream, flush
@@ -28,6 +28,7 @@ class Server:
         self.config = config
         self.broker = Broker(config.broker_config(os.getpid()), time.time)
         self._why = ""
+        self._announced = False  # the stop line answers the start line
         self._servers: list[asyncio.AbstractServer] = []
         self._stopped: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -75,6 +76,7 @@ class Server:
             store,
             extra=_NOTICE,
         )
+        self._announced = True
 
     @property
     def port(self) -> int:
@@ -127,19 +129,18 @@ class Server:
 
     def _report_lost(self) -> None:
         """One warning: the jobs still in memory, by kind, that this exit loses."""
-        counts = {(bg, state): 0 for bg in (True, False) for state in ("queued", "running")}
+        states = ("queued", "scheduled", "running")
+        counts = {(bg, state): 0 for bg in (True, False) for state in states}
         for job in self.broker.jobs.values():
             if not job.ignore:
-                state = "running" if job.state == RUNNING else "queued"
+                state = {RUNNING: "running", SCHEDULED: "scheduled"}.get(job.state, "queued")
                 counts[job.background, state] += 1
         parts = []
         for bg, kind in ((True, "background"), (False, "foreground")):
-            queued, running = counts[bg, "queued"], counts[bg, "running"]
-            if queued or running:
-                detail = ", ".join(
-                    f"{n} {what}" for n, what in ((queued, "queued"), (running, "running")) if n
-                )
-                parts.append(f"{queued + running} {kind} ({detail})")
+            n = sum(counts[bg, state] for state in states)
+            if n:
+                detail = ", ".join(f"{counts[bg, s]} {s}" for s in states if counts[bg, s])
+                parts.append(f"{n} {kind} ({detail})")
         if parts:
             total = sum(counts.values())
             lifecycle.warning(
@@ -151,9 +152,9 @@ class Server:
                 ", ".join(parts),
             )
 
-    async def close(self) -> None:
+    async def close(self, why: str) -> None:
         """Stop and close everything (also when serve_forever never ran)."""
-        self.stop()
+        self.stop(why)
         await self._close()
 
     async def _close(self) -> None:
@@ -168,7 +169,8 @@ class Server:
             await server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
-        lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
+        if self._announced:
+            lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
