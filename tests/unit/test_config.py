@@ -232,6 +232,10 @@ def test_gearmand_file_errors(tmp_path: Path) -> None:
     assert error("--config-file", path) == (
         f"{path}: 'port=4731' is not a flag (gearmand ignores it); write --port=4731"
     )
+    path = gearmand_file(tmp_path, "listen on all\n")
+    assert error("--config-file", path) == (
+        f"{path}: 'listen' is not a flag (gearmand ignores it); remove it, or write it as a --flag"
+    )
     path = gearmand_file(tmp_path, "--bogus=1\n")
     assert error("--config-file", path) == (
         f"{path}: --bogus=1: not a gearmill serve flag; see gearmill serve --help"

@@ -249,7 +249,8 @@ def _gearmand_file(path: str) -> Layer:
             raise ConfigError(
                 f"{path}: {word}: not a gearmill serve flag; see gearmill serve --help"
             )
-        fix = f"write --{word}" if "=" in word else "remove it, or write it as a --flag"
+        known = "=" in word and "--" + word.split("=", 1)[0] in _FLAG_NAMES.values()
+        fix = f"write --{word}" if known else "remove it, or write it as a --flag"
         raise ConfigError(f"{path}: {word!r} is not a flag (gearmand ignores it); {fix}")
     for nested in ("config", "config_file"):
         if nested in vars(ns):
