@@ -177,6 +177,21 @@ def test_bad_environment_values() -> None:
     )
 
 
+def test_a_bad_value_is_refused_even_where_a_stronger_source_overrides_it(
+    tmp_path: Path,
+) -> None:
+    env = {"GEARMILL_JOB_RETRIES": "many"}
+    assert error("-j", "3", env=env) == (
+        "GEARMILL_JOB_RETRIES='many': not a whole number; use 0 (no limit) to 255"
+    )
+    path = toml(tmp_path, 'verbose = "LOUD"\n')
+    assert error("--config", path, "--verbose", "INFO").startswith(f'{path}: verbose = "LOUD": ')
+
+
+def test_empty_environment_variables_count_as_unset() -> None:
+    assert load(env={"GEARMAND_PORT": "", "GEARMILL_JOB_RETRIES": ""}) == load()
+
+
 def test_bad_file_values(tmp_path: Path) -> None:
     path = toml(tmp_path, "job_retries = 300\n")
     assert error("--config", path) == f"{path}: job_retries = 300: use 0 (no limit) to 255"

@@ -311,12 +311,13 @@ _SECTIONS: Final = {
 
 
 def from_env(env: Mapping[str, str]) -> Layer:
+    """GEARMILL_<KEY> for each setting; an empty variable counts as unset."""
     layer: Layer = {}
     for key, setting in SETTINGS.items():
         name = "GEARMILL_" + key.upper()
-        if setting.env and name in env:
+        if setting.env and env.get(name):
             layer[key] = Given(env[name], f"{name}={env[name]!r}", True)
-    if "port" not in layer and "GEARMAND_PORT" in env:
+    if "port" not in layer and env.get("GEARMAND_PORT"):
         value = env["GEARMAND_PORT"]
         layer["port"] = Given(value, f"GEARMAND_PORT={value!r}", True)
     return layer
@@ -373,20 +374,25 @@ def from_toml(path: str) -> Layer:
 
 
 def build(layers: Sequence[Layer]) -> Config:
-    """One Config from layers, strongest first; raises ConfigError on the first bad value."""
+    """One Config from layers, strongest first; raises ConfigError on the first bad value.
+
+    Values a stronger source overrides are checked too: a bad one would surface the
+    day the override goes away.
+    """
     values: dict[str, object] = {}
     rank: dict[str, int] = {}
-    for key, setting in SETTINGS.items():
-        for i, layer in enumerate(layers):
-            given = layer.get(key)
-            if given is None:
-                continue
+    for i, layer in enumerate(layers):
+        for key, given in layer.items():
+            setting = SETTINGS.get(key)
+            if setting is None:
+                continue  # --config, --config-file: read by the caller
             try:
-                values[key] = setting.convert(given.value, given.text)
+                value = setting.convert(given.value, given.text)
             except _Bad as e:
                 raise ConfigError(f"{given.where}: {e}") from None
-            rank[key] = i
-            break
+            if key not in values:
+                values[key] = value
+                rank[key] = i
     port = values.get("port", DEFAULT_PORT)
     assert isinstance(port, int)
     hosts = values.get("listen", (("127.0.0.1", None),))
