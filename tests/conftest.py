@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,6 +37,10 @@ def _server_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=_TMP_ROOT))
 
 
+# gearmill serve's start line (printed at every log level): every address it listens on
+_LISTENING = re.compile(rb"Listening on (\S+):(\d+)[ ,]")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,13 +62,44 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
     raise RuntimeError(f"server on port {port} did not start")
 
 
+def wait_listening(log: Path, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """The port gearmill serve says it listens on, read from its start line in ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_bytes() if log.exists() else b""
+        found = _LISTENING.search(text)
+        if found:
+            return int(found.group(2))
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {text[-2000:]!r}")
+        time.sleep(0.02)
+    raise RuntimeError(f"server did not say where it listens within {timeout} s")
+
+
+def _log_flag(extra: tuple[str, ...]) -> str | None:
+    """The log file a test gave with -l/--log-file, if any."""
+    for i, arg in enumerate(extra):
+        if arg in ("-l", "--log-file") and i + 1 < len(extra):
+            return extra[i + 1]
+        if arg.startswith("--log-file="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 class Running:
     """A started server process."""
 
     def __init__(
-        self, name: str, proc: subprocess.Popen[bytes], port: int, tmp: Path, cmd: list[str]
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        tmp: Path,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = env
         self.cmd = cmd
         self.proc = proc
         self.port = port
@@ -85,8 +121,8 @@ class Running:
     def restart(self) -> None:
         """Stop, then start the same server on the same port (a fresh, empty one)."""
         self.stop()
-        log = open(self.tmp / "server.log", "ab")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log)
+        with open(self.tmp / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)
         wait_port(self.port, self.proc)
 
 
@@ -104,14 +140,20 @@ def gearmill_cmd(port: int, *extra: str) -> list[str]:
     ]
 
 
-def start_gearmill(*extra: str, tmp: Path | None = None) -> Running:
-    port = free_port()
+def start_gearmill(
+    *extra: str, tmp: Path | None = None, env: dict[str, str] | None = None
+) -> Running:
+    """gearmill serve on a port it picks (-p 0), read back from its start line: no race
+    for a free port. ``restart`` reuses the port it got."""
     tmp = tmp or _server_tmp("gearmill-")
-    log = open(tmp / "server.log", "ab")
-    cmd = gearmill_cmd(port, *extra)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    wait_port(port, proc)
-    return Running("gearmill", proc, port, tmp, cmd)
+    own_log = tmp / "server.log"
+    with open(own_log, "ab") as log:
+        proc = subprocess.Popen(gearmill_cmd(0, *extra), stdout=log, stderr=log, env=env)
+    given = _log_flag(extra)
+    if given == "none":
+        raise ValueError("start_gearmill reads the port from the log: do not pass -l none")
+    port = wait_listening(Path(given) if given else own_log, proc)
+    return Running("gearmill", proc, port, tmp, gearmill_cmd(port, *extra), env)
 
 
 def start_gearmand(*extra: str) -> Running:

@@ -53,7 +53,10 @@ def test_bad_values_say_what_to_do() -> None:
         env={**os.environ, "GEARMAND_PORT": "nope"},
     )
     assert r.returncode == 2
-    assert r.stderr == "gearmill serve: GEARMAND_PORT='nope' is not a port number\n"
+    assert r.stderr == (
+        "gearmill serve: GEARMAND_PORT='nope': not a port number; use 0 to 65535 "
+        "(0 picks a free one)\n"
+    )
 
 
 def test_port_already_taken_is_one_line() -> None:

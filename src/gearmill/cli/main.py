@@ -1,4 +1,4 @@
-"""The ``gearmill`` command: serve | submit | work | admin."""
+"""The gearmill command: serve | submit | work | admin."""
 
 from __future__ import annotations
 
@@ -9,33 +9,42 @@ from .. import __version__
 from . import admin, serve, submit, work
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="gearmill", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gearmill {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("serve", help="run the job server (gearmand compatible)")
+    commands = {}
+    p = sub.add_parser(
+        "serve",
+        help="run the job server (gearmand compatible)",
+        description=serve.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_arguments(p)
+    commands["serve"] = p
     p = sub.add_parser("submit", help="submit jobs (like gearman)", add_help=False)
     submit.add_arguments(p)
+    commands["submit"] = p
     p = sub.add_parser("work", help="run a command per job (like gearman -w)", add_help=False)
     work.add_arguments(p)
+    commands["work"] = p
     p = sub.add_parser("admin", help="server status and control (like gearadmin)", add_help=False)
     admin.add_arguments(p)
-    return parser
+    commands["admin"] = p
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
     if argv[:1] == ["serve"]:
-        problem = serve.check_unsupported(argv[1:])
-        if problem:
-            print(problem, file=sys.stderr)
-            return 2
-    args = parser.parse_args(argv)
-    if args.subcommand == "serve":
-        return serve.run(args, argv[1:])
+        # its own parser: its usage, and its one-line errors for every setting source
+        return serve.main(argv[1:])
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # the subcommand's usage, not the top-level one
+        commands[args.subcommand].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.subcommand == "submit":
         return submit.run(args)
     if args.subcommand == "work":

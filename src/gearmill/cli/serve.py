@@ -1,4 +1,4 @@
-"""``gearmill serve``: the job server, with gearmand's flags where they mean something."""
+"""gearmill serve: the job server, with gearmand's flags where they mean something."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
-from .. import __version__
-from ..server.app import Server, ServerConfig, default_handle_prefix
-from ..server.broker import LEVELS, BrokerConfig
+from ..server import config as settings
+from ..server.app import Server, lifecycle
+from ..server.config import LEVELS, Config, ConfigError, Given, Layer
 
-GEARMAND_VERSION = "1.1.20"
+DESCRIPTION = """Run the Gearman job server (gearmand 1.1.20 compatible).
+
+Settings come from, strongest first: these flags (a gearmand --config-file counts
+as flags; the ones typed here win), environment variables (GEARMILL_PORT,
+GEARMILL_JOB_RETRIES, ... one per setting, and GEARMAND_PORT), the TOML file
+given by --config or GEARMILL_CONFIG, then the defaults."""
 
 # gearmand options we know but do not implement (yet): a clear message instead of argparse's.
 _UNSUPPORTED = {
@@ -46,14 +53,11 @@ _UNSUPPORTED = {
     "--libmemcached-servers": "the memcached queue is not supported",
     "--libmemcached-prefix": "the memcached queue is not supported",
     "--syslog": "syslog output is not supported; use --log-file",
-    "--config-file": "configuration files are not supported yet; pass flags",
 }
 
 
 class GearmandFormatter(logging.Formatter):
-    """gearmand's log line: ``%7s YYYY-MM-DD HH:MM:SS.uuuuuu [  main ] message``."""
-
-    _names = {"CRITICAL": "CRITICAL", "WARNING": "WARNING", "ERROR": "ERROR", "INFO": "INFO"}
+    """gearmand's log line: LEVEL YYYY-MM-DD HH:MM:SS.uuuuuu [  main ] message."""
 
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -72,161 +76,200 @@ _PY_LEVEL = {
     "DEBUG": logging.DEBUG,
 }
 
+# each flag's setting key -> the spelling used in messages
+_FLAG_NAMES: dict[str, str] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Parses a gearmand --config-file's flags: an error raises instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _opt(p: argparse.ArgumentParser, *names: str, **kw: object) -> None:
+    action = p.add_argument(*names, default=argparse.SUPPRESS, **kw)  # type: ignore[arg-type]
+    _FLAG_NAMES[action.dest] = max(names, key=len)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    _opt(
+        p,
         "-L",
         "--listen",
         action="append",
         metavar="ADDR",
         help="address to listen on (repeatable; default 127.0.0.1; 0.0.0.0 or :: for all)",
     )
-    p.add_argument(
-        "-p",
-        "--port",
-        type=int,
-        default=None,
-        help="TCP port (default $GEARMAND_PORT or 4730; 0 picks a free one)",
-    )
-    p.add_argument("-b", "--backlog", type=int, default=32, help="listen backlog (default 32)")
-    p.add_argument(
+    _opt(p, "-p", "--port", help="TCP port (default 4730; 0 picks a free one)")
+    _opt(p, "-b", "--backlog", metavar="N", help="listen backlog (default 32)")
+    _opt(
+        p,
         "-j",
         "--job-retries",
-        type=int,
-        default=0,
         metavar="N",
         help="attempts before a job whose worker keeps dying is dropped (0 = no limit)",
     )
-    p.add_argument(
-        "--job-handle-prefix", default=None, help='job handle prefix (default "H:<host>")'
+    _opt(p, "--job-handle-prefix", metavar="P", help='job handle prefix (default "H:<host>")')
+    _opt(p, "-P", "--pid-file", metavar="FILE", help="write the process id to this file")
+    _opt(
+        p,
+        "-l",
+        "--log-file",
+        metavar="FILE",
+        help="log file, or 'stderr' (default) or 'none'",
     )
-    p.add_argument("-P", "--pid-file", default=None, help="write the process id to this file")
-    p.add_argument(
-        "-l", "--log-file", default="stderr", help="log file, or 'stderr' (default) or 'none'"
-    )
-    p.add_argument(
+    _opt(
+        p,
         "--verbose",
-        default="ERROR",
-        type=str.upper,
-        choices=LEVELS,
         metavar="LEVEL",
         help="log level: " + ", ".join(LEVELS) + " (default ERROR)",
     )
-    p.add_argument(
-        "-v", action="count", default=0, dest="more_verbose", help="one log level more verbose"
-    )
-    p.add_argument("-d", "--daemon", action="store_true", help="detach and run in the background")
-    p.add_argument(
+    _opt(p, "-v", action="count", dest="more_verbose", help="one log level more verbose")
+    _opt(p, "-d", "--daemon", action="store_true", help="detach and run in the background")
+    _opt(
+        p,
         "-R",
         "--round-robin",
         action="store_true",
         help="rotate a worker's functions after each job",
     )
-    p.add_argument(
+    _opt(
+        p,
         "--global-priority",
         action="store_true",
         help="priority across functions (gearmand 2.0): HIGH of any function first",
     )
-    p.add_argument(
+    _opt(
+        p,
         "-w",
         "--worker-wakeup",
-        type=int,
-        default=None,
         metavar="N",
         help="sleeping workers woken per new job: 0 = all (gearmand's default), N = at "
         "most N; unset: one per queued job that no woken worker is coming for",
     )
-    p.add_argument("--exceptions", action="store_true", help="enable the exceptions option for all")
-    p.add_argument("--keepalive", action="store_true", help="tune TCP keepalive on connections")
-    p.add_argument("--keepalive-idle", type=int, default=-1, metavar="S")
-    p.add_argument("--keepalive-interval", type=int, default=-1, metavar="S")
-    p.add_argument("--keepalive-count", type=int, default=-1, metavar="N")
-    p.add_argument(
+    _opt(p, "--exceptions", action="store_true", help="enable the exceptions option for all")
+    _opt(p, "--keepalive", action="store_true", help="tune TCP keepalive on connections")
+    _opt(p, "--keepalive-idle", metavar="S", help="TCP_KEEPIDLE with --keepalive")
+    _opt(p, "--keepalive-interval", metavar="S", help="TCP_KEEPINTVL with --keepalive")
+    _opt(p, "--keepalive-count", metavar="N", help="TCP_KEEPCNT with --keepalive")
+    _opt(
+        p,
         "--admin-shutdown",
-        choices=("off", "local", "any"),
-        default="local",
-        help="who may use the admin 'shutdown [graceful]' command (default: loopback peers)",
+        metavar="off|local|any",
+        help="who may use the admin 'shutdown [graceful]' command (default local: loopback peers)",
     )
-    p.add_argument(
+    _opt(p, "--store", metavar="URL", help="where jobs live: only 'memory' (the default) so far")
+    _opt(
+        p,
         "-q",
         "--queue-type",
-        default="builtin",
-        type=str.lower,
-        help="persistent queue: only 'builtin' (in memory) for now",
+        metavar="TYPE",
+        help="gearmand's persistent queue: only 'builtin' (in memory) for now",
     )
-    p.add_argument(
-        "-t",
-        "--threads",
-        type=int,
-        default=None,
-        help="accepted for gearmand compatibility; ignored",
-    )
-    p.add_argument(
+    _opt(p, "-t", "--threads", metavar="N", help="accepted for gearmand compatibility; ignored")
+    _opt(
+        p,
         "--hashtable-buckets",
-        type=int,
-        default=None,
+        metavar="N",
         help="accepted for gearmand compatibility; ignored (tables grow by themselves)",
     )
-    p.add_argument("-f", "--file-descriptors", type=int, default=None, help="raise RLIMIT_NOFILE")
+    _opt(p, "-f", "--file-descriptors", metavar="N", help="raise the open-files limit")
+    _opt(p, "--config", metavar="FILE", help="a TOML file of settings (see README)")
+    _opt(
+        p,
+        "--config-file",
+        metavar="FILE",
+        help="a file of gearmand flags (--port=4730 ...), as gearmand reads it",
+    )
 
 
-def check_unsupported(argv: list[str]) -> str | None:
+def build_parser(
+    prog: str = "gearmill serve", cls: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    p = cls(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(p)
+    return p
+
+
+def check_unsupported(argv: Sequence[str]) -> str | None:
     for arg in argv:
         name = arg.split("=", 1)[0]
         if name in _UNSUPPORTED:
-            return f"gearmill serve: gearmand option {name} is not supported: {_UNSUPPORTED[name]}"
+            return f"gearmand option {name} is not supported: {_UNSUPPORTED[name]}"
     return None
 
 
-def configure(args: argparse.Namespace) -> tuple[ServerConfig, str]:
-    """Turn parsed flags into a config; raises ValueError with a one-line fix."""
-    if args.queue_type != "builtin":
-        raise ValueError(
-            f"-q {args.queue_type}: only the in-memory 'builtin' queue exists so far; "
-            "drop -q or use -q builtin"
-        )
-    port = args.port
-    if port is None:
-        env = os.environ.get("GEARMAND_PORT")
-        try:
-            port = int(env) if env else 4730
-        except ValueError:
-            raise ValueError(f"GEARMAND_PORT={env!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: a port is 0..65535")
-    if not 0 <= args.job_retries <= 255:
-        raise ValueError(f"--job-retries {args.job_retries}: use 0 (no limit) to 255")
-    if args.worker_wakeup is not None and args.worker_wakeup < 0:
-        raise ValueError(
-            f"--worker-wakeup {args.worker_wakeup}: use 0 (all), N (at most N), or leave it "
-            "out (one per queued job)"
-        )
-    level_index = min(LEVELS.index(args.verbose) + args.more_verbose, len(LEVELS) - 1)
-    level = LEVELS[level_index]
-    prefix = args.job_handle_prefix.encode() if args.job_handle_prefix else default_handle_prefix()
-    broker = BrokerConfig(
-        handle_prefix=prefix,
-        job_retries=args.job_retries,
-        worker_wakeup=-1 if args.worker_wakeup is None else args.worker_wakeup,
-        round_robin=args.round_robin,
-        global_priority=args.global_priority,
-        exceptions=args.exceptions,
-        version=f"{GEARMAND_VERSION}+gearmill.{__version__}".encode(),
-        pid=os.getpid(),
-        verbose=level,
-        admin_shutdown=args.admin_shutdown,
-    )
-    config = ServerConfig(
-        listen=args.listen or ["127.0.0.1"],
-        port=port,
-        backlog=args.backlog,
-        keepalive=args.keepalive,
-        keepalive_idle=args.keepalive_idle,
-        keepalive_interval=args.keepalive_interval,
-        keepalive_count=args.keepalive_count,
-        broker=broker,
-    )
-    return config, level
+def _flag_layer(ns: argparse.Namespace, where: str = "", sep: str = " ") -> Layer:
+    """The flags given (defaults are suppressed), labelled for messages."""
+    layer: Layer = {}
+    for key, raw in vars(ns).items():
+        flag = where + _FLAG_NAMES.get(key, key)
+        if isinstance(raw, bool) or key == "more_verbose":
+            label = flag
+        elif isinstance(raw, list):
+            label = f"{flag}{sep}{','.join(raw)}"
+        else:
+            label = f"{flag}{sep}{raw}"
+        layer[key] = Given(raw, label, True)
+    return layer
+
+
+def _gearmand_file(path: str) -> Layer:
+    """gearmand's --config-file: its words, split on blanks and lines, read as flags.
+
+    gearmand ignores words that are not flags (``port=4731`` does nothing there);
+    here they are an error, and ``#`` starts a comment to the end of the line.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not a text file"
+        raise ConfigError(
+            f"--config-file {path}: cannot read it: {why}; give a file of gearmand flags"
+        ) from None
+    tokens: list[str] = []
+    for line in text.splitlines():
+        for word in line.split():
+            if word.startswith("#"):
+                break
+            tokens.append(word)
+    problem = check_unsupported(tokens)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    try:
+        ns, extra = build_parser(cls=_Parser).parse_known_args(tokens)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}; fix that line") from None
+    for word in extra:
+        if word.startswith("-"):
+            raise ConfigError(
+                f"{path}: {word}: not a gearmill serve flag; see gearmill serve --help"
+            )
+        known = "=" in word and "--" + word.split("=", 1)[0] in _FLAG_NAMES.values()
+        fix = f"write --{word}" if known else "remove it, or write it as a --flag"
+        raise ConfigError(f"{path}: {word!r} is not a flag (gearmand ignores it); {fix}")
+    for nested in ("config", "config_file"):
+        if nested in vars(ns):
+            raise ConfigError(
+                f"{path}: --{nested.replace('_', '-')} inside a config file; "
+                "give it on the command line"
+            )
+    return _flag_layer(ns, f"{path}: ", "=")
+
+
+def load(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """Flags, then a gearmand --config-file, then the environment, then the TOML file."""
+    flags = _flag_layer(ns)
+    extra = vars(ns)
+    gearmand = _gearmand_file(extra["config_file"]) if "config_file" in extra else {}
+    environ = settings.from_env(env)
+    toml_path = extra.get("config") or env.get("GEARMILL_CONFIG")
+    toml = settings.from_toml(toml_path) if toml_path else {}
+    return settings.build([flags, gearmand, environ, toml])
 
 
 class _Log:
@@ -238,93 +281,147 @@ class _Log:
         self.root = logging.getLogger("gearmill")
         self.root.setLevel(_PY_LEVEL[level])
         self.root.propagate = False
+        # start, stop and jobs lost at exit are logged at every level
+        lifecycle.setLevel(min(_PY_LEVEL[level], logging.INFO))
         self.open()
 
+    @property
+    def is_file(self) -> bool:
+        return self.target not in ("stderr", "none")
+
     def open(self) -> None:
+        """(Re)open the log; raises OSError when the file cannot be opened."""
+        handler: logging.Handler
+        if self.target == "none":
+            handler = logging.NullHandler()
+        elif self.target == "stderr":
+            handler = logging.StreamHandler(sys.stderr)
+        else:
+            handler = logging.FileHandler(self.target)
+        handler.setFormatter(GearmandFormatter())
         if self.handler is not None:
             self.root.removeHandler(self.handler)
             self.handler.close()
-        if self.target == "none":
-            self.handler = logging.NullHandler()
-        elif self.target == "stderr":
-            self.handler = logging.StreamHandler(sys.stderr)
+        self.handler = handler
+        self.root.addHandler(handler)
+
+
+class _Report:
+    """Where a failure to start goes: the terminal (or the daemon's parent) and the log file."""
+
+    def __init__(self, logs: _Log, notify: int | None) -> None:
+        self.logs = logs
+        self.notify = notify  # the pipe to the waiting parent of a daemon
+
+    def fail(self, message: str) -> int:
+        if self.logs.is_file:
+            lifecycle.error("%s", message)
+        line = f"gearmill serve: {message}\n"
+        if self.notify is not None:
+            os.write(self.notify, line.encode())
+            os.close(self.notify)
+            self.notify = None
         else:
-            try:
-                self.handler = logging.FileHandler(self.target)
-            except OSError as e:
-                print(f"gearmill serve: cannot open log file {self.target}: {e}", file=sys.stderr)
-                self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(GearmandFormatter())
-        self.root.addHandler(self.handler)
+            sys.stderr.write(line)
+        return 1
+
+    def ready(self) -> None:
+        if self.notify is not None:
+            os.write(self.notify, b"ok")
+            os.close(self.notify)
+            self.notify = None
 
 
-def _daemonize() -> None:
+def _daemonize() -> int:
+    """Detach; the parent exits only once the server listens (0) or failed (1, on stderr).
+
+    Returns, in the daemon, the pipe on which to say which.
+    """
+    read_end, write_end = os.pipe()
     if os.fork():
-        os._exit(0)
+        os.close(write_end)
+        said = b""
+        while chunk := os.read(read_end, 4096):
+            said += chunk
+        if said == b"ok":
+            os._exit(0)
+        message = said.decode(errors="replace") or (
+            "gearmill serve: the daemon stopped before it listened; see its log file\n"
+        )
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        os._exit(1)
+    os.close(read_end)
     os.setsid()
     if os.fork():
         os._exit(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
+    return write_end
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     problem = check_unsupported(argv)
     if problem:
-        print(problem, file=sys.stderr)
+        print(f"gearmill serve: {problem}", file=sys.stderr)
         return 2
+    ns = build_parser().parse_args(argv)
     try:
-        config, level = configure(args)
-    except ValueError as e:
+        config = load(ns, os.environ)
+    except ConfigError as e:
         print(f"gearmill serve: {e}", file=sys.stderr)
         return 2
-    if args.file_descriptors:
+    return run(config)
+
+
+def run(config: Config) -> int:
+    if config.file_descriptors:
         import resource
 
+        n = config.file_descriptors
         try:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (args.file_descriptors, args.file_descriptors)
-            )
+            resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
         except (ValueError, OSError) as e:
-            print(f"gearmill serve: --file-descriptors: {e}", file=sys.stderr)
+            print(f"gearmill serve: --file-descriptors {n}: {e}", file=sys.stderr)
             return 2
-    if args.daemon:
-        if args.log_file == "stderr":
-            args.log_file = "none"
-        _daemonize()
-        config.broker.pid = os.getpid()
-    logs = _Log(args.log_file, level)
+    target = config.log_file
+    if config.daemon and target == "stderr":
+        target = "none"  # a daemon has no terminal
+    try:
+        logs = _Log(target, config.verbose.value)
+    except OSError as e:
+        print(f"gearmill serve: cannot open log file {target}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    notify = _daemonize() if config.daemon else None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    return asyncio.run(_serve(config, logs, args.pid_file))
+    return asyncio.run(_serve(config, logs, _Report(logs, notify)))
 
 
-async def _serve(config: ServerConfig, logs: _Log, pid_file: str | None) -> int:
+async def _serve(config: Config, logs: _Log, report: _Report) -> int:
     server = Server(config)
     try:
         await server.start()
     except OSError as e:
-        print(
-            f"gearmill serve: cannot listen on {','.join(config.listen)} port {config.port}: "
-            f"{e.strerror or e}",
-            file=sys.stderr,
-        )
-        return 1
+        return report.fail(str(e.strerror or e))
     server.install_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reopen, logs)
     _tune_gc()
+    pid_file = config.pid_file
     if pid_file:
         try:
             with open(pid_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
         except OSError as e:
-            print(f"gearmill serve: cannot write pid file {pid_file}: {e}", file=sys.stderr)
-            return 1
+            await server.close("start-up failed")
+            return report.fail(f"cannot write pid file {pid_file}: {e.strerror or e}")
+    server.announce()
+    report.ready()
     try:
         await server.serve_forever()
     finally:
@@ -352,5 +449,14 @@ def _tune_gc() -> None:
 
 
 def _reopen(logs: _Log) -> None:
-    logs.open()
+    try:
+        logs.open()
+    except OSError as e:
+        # keep logging where we were: a server does not stop over its log file
+        logging.getLogger("gearmill.server").error(
+            "SIGHUP: cannot reopen log file %s: %s; still logging to the old one",
+            logs.target,
+            e.strerror or e,
+        )
+        return
     logging.getLogger("gearmill.server").warning("SIGHUP, reopening log file")

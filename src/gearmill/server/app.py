@@ -8,36 +8,27 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 
+from .. import __version__
 from .._accel import IMPLEMENTATION
-from ..protocol.codec import MAX_PAYLOAD
-from ..protocol.packets import DEFAULT_PORT
 from . import admin
-from .broker import Broker, BrokerConfig, Peer
+from .broker import RUNNING, SCHEDULED, Broker, Peer
+from .config import Config
 from .connection import GearmanProtocol
 from .stream import Hub, Stream, flush
 
 log = logging.getLogger("gearmill.server")
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    listen: list[str] = field(default_factory=lambda: ["127.0.0.1"])
-    port: int = DEFAULT_PORT
-    backlog: int = 32
-    keepalive: bool = False
-    keepalive_idle: int = -1
-    keepalive_interval: int = -1
-    keepalive_count: int = -1
-    max_packet: int = MAX_PAYLOAD
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
+# start, stop and jobs lost at exit: logged at every --verbose level
+lifecycle = logging.getLogger("gearmill.lifecycle")
+_NOTICE = {"gearman_level": "NOTICE"}
 
 
 class Server:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.broker = Broker(config.broker, time.time)
+        self.broker = Broker(config.broker_config(os.getpid()), time.time)
+        self._why = ""
+        self._announced = False  # the stop line answers the start line
         self._servers: list[asyncio.AbstractServer] = []
         self._stopped: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -51,19 +42,41 @@ class Server:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        for host in self.config.listen:
-            server = await self._loop.create_server(
-                lambda: GearmanProtocol(self),
-                host=host or None,
-                port=self.config.port,
-                backlog=self.config.backlog,
-                reuse_address=True,
-            )
+        for listener in self.config.listeners:
+            try:
+                server = await self._loop.create_server(
+                    lambda: GearmanProtocol(self),
+                    host=listener.host or None,
+                    port=listener.port,
+                    backlog=self.config.backlog,
+                    reuse_address=True,
+                )
+            except OSError as e:
+                for opened in self._servers:
+                    opened.close()
+                reason = e.strerror or str(e)
+                raise OSError(
+                    e.errno,
+                    f"cannot listen on {listener.host or '*'} port {listener.port}: {reason}",
+                ) from e
             self._servers.append(server)
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
-                log.info("Listening on %s:%d (%s hot path)", addr[0], addr[1], IMPLEMENTATION)
+
+    def announce(self) -> None:
+        """The start line, once the server is ready (listening, pid file written)."""
+        where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        store = "jobs in memory" if self.config.store.url == "memory" else self.config.store.url
+        lifecycle.info(
+            "Listening on %s (gearmill %s, %s hot path, %s)",
+            where,
+            __version__,
+            IMPLEMENTATION,
+            store,
+            extra=_NOTICE,
+        )
+        self._announced = True
 
     @property
     def port(self) -> int:
@@ -76,10 +89,22 @@ class Server:
         await self._stopped.wait()
         await self._close()
 
-    def stop(self) -> None:
+    def stop(self, why: str = "") -> None:
         """Stop now: drop every connection (SIGTERM, SIGINT, admin ``shutdown``)."""
-        if self._stopped is not None:
+        if self._stopped is not None and not self._stopped.is_set():
+            self._why = (
+                why
+                or self._why
+                or ("admin shutdown" if self.broker.stopping == "now" else "graceful shutdown")
+            )
             self._stopped.set()
+
+    def _signal(self, name: str, graceful: bool) -> None:
+        self._why = name
+        if graceful:
+            self.stop_gracefully()
+        else:
+            self.stop(name)
 
     def stop_gracefully(self) -> None:
         """Stop listening and refuse new jobs; exit once running jobs are done."""
@@ -90,21 +115,50 @@ class Server:
 
     def _begin_graceful(self) -> None:
         if self.broker.accepting:
-            log.warning("graceful shutdown: no new connections or jobs")
+            lifecycle.warning(
+                "%s: graceful shutdown: no new connections or jobs", self._why or "admin"
+            )
             self.broker.accepting = False
             for server in self._servers:
                 server.close()
 
     def _check_idle(self) -> None:
+        # queued jobs no connected worker can do are dropped; _close says how many
         if self.broker.idle():
-            lost = len(self.broker.jobs)
-            if lost:
-                log.warning(
-                    "graceful shutdown: %d queued jobs have no worker and are dropped", lost
-                )
             self.stop()
 
+    def _report_lost(self) -> None:
+        """One warning: the jobs still in memory, by kind, that this exit loses."""
+        states = ("queued", "scheduled", "running")
+        counts = {(bg, state): 0 for bg in (True, False) for state in states}
+        for job in self.broker.jobs.values():
+            if not job.ignore:
+                state = {RUNNING: "running", SCHEDULED: "scheduled"}.get(job.state, "queued")
+                counts[job.background, state] += 1
+        parts = []
+        for bg, kind in ((True, "background"), (False, "foreground")):
+            n = sum(counts[bg, state] for state in states)
+            if n:
+                detail = ", ".join(f"{counts[bg, s]} {s}" for s in states if counts[bg, s])
+                parts.append(f"{n} {kind} ({detail})")
+        if parts:
+            total = sum(counts.values())
+            lifecycle.warning(
+                "%s: %d job%s lost at exit: %s; jobs are kept in memory only "
+                "and do not survive a restart",
+                self._why or "stop",
+                total,
+                "" if total == 1 else "s",
+                ", ".join(parts),
+            )
+
+    async def close(self, why: str) -> None:
+        """Stop and close everything (also when serve_forever never ran)."""
+        self.stop(why)
+        await self._close()
+
     async def _close(self) -> None:
+        self._report_lost()
         for server in self._servers:
             server.close()
         for peer in list(self.broker.peers.values()):
@@ -115,13 +169,14 @@ class Server:
             await server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
-        log.info("Shutdown complete")
+        if self._announced:
+            lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, self.stop_gracefully)
+        loop.add_signal_handler(signal.SIGTERM, self._signal, "SIGTERM", False)
+        loop.add_signal_handler(signal.SIGINT, self._signal, "SIGINT", False)
+        loop.add_signal_handler(signal.SIGUSR1, self._signal, "SIGUSR1", True)
 
     # ---------------------------------------------------------------- edges
 
@@ -175,7 +230,3 @@ class Server:
         self.broker.tick()
         self.flush()
         self._arm_timer()
-
-
-def default_handle_prefix() -> bytes:
-    return b"H:" + os.uname().nodename.encode()

@@ -1,0 +1,251 @@
+"""gearmill serve as a new user meets it: what it says at start and at stop, as a daemon,
+with a TOML file, environment variables and a gearmand config file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gearmill
+from conftest import Conn, Running, start_gearmill
+
+CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED, GRAB_JOB = 1, 4, 6, 7, 8, 9
+SUBMIT_JOB_BG, JOB_ASSIGN, SUBMIT_JOB_EPOCH = 18, 11, 36
+
+SERVE = [sys.executable, "-m", "gearmill.cli.main", "serve"]
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SERVE, *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+def log_lines(srv: Running) -> list[str]:
+    return (srv.tmp / "server.log").read_text().splitlines()
+
+
+def wait_exit(srv: Running) -> int:
+    return srv.proc.wait(10)
+
+
+# -------------------------------------------------------------------- start
+
+
+def test_start_line_at_the_default_level_names_every_address() -> None:
+    srv = start_gearmill("-L", "127.0.0.1", "-L", "::1")
+    try:
+        lines = log_lines(srv)
+        assert len(lines) == 1, lines
+        line = lines[0]
+        assert line.startswith(" NOTICE ")
+        # -p 0: the real ports, one per listener
+        where = line.split("Listening on ", 1)[1].split(" (", 1)[0]
+        v4, v6 = where.split(", ")
+        assert v4 == f"127.0.0.1:{srv.port}"
+        assert v6.startswith("[::1]:") and int(v6.rsplit(":", 1)[1]) > 0
+        assert line.endswith(
+            f"(gearmill {gearmill.__version__}, {gearmill.IMPLEMENTATION} hot path, jobs in memory)"
+        )
+        with Conn(srv.port) as c:
+            assert c.admin(b"version\n").startswith(b"OK 1.1.20+gearmill.")
+    finally:
+        srv.stop()
+
+
+def test_help_is_plain_text_and_a_bad_flag_gets_serves_usage() -> None:
+    for args in (["--help"], ["serve", "--help"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "gearmill.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 0 and "``" not in r.stdout, r.stdout
+    r = serve("--bogus")
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("usage: gearmill serve [-h]")
+    assert lines[-1] == "gearmill serve: error: unrecognized arguments: --bogus"
+    assert "COMMAND" not in r.stderr
+
+
+# --------------------------------------------------------------------- stop
+
+
+def test_sigterm_says_which_jobs_are_lost() -> None:
+    srv = start_gearmill()
+    with srv.conn() as c, srv.conn() as w:
+        for data in (b"a", b"b"):
+            c.send(SUBMIT_JOB_BG, b"bg", b"", data)
+            c.expect(JOB_CREATED)
+        c.send(SUBMIT_JOB, b"fg", b"", b"c")
+        c.expect(JOB_CREATED)
+        c.send(SUBMIT_JOB_EPOCH, b"later", b"", b"%d" % (int(time.time()) + 3600), b"d")
+        c.expect(JOB_CREATED)
+        w.send(CAN_DO, b"bg")
+        w.send(GRAB_JOB)
+        w.expect(JOB_ASSIGN)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert wait_exit(srv) == 0
+    lines = log_lines(srv)
+    warnings = [x for x in lines if x.startswith("WARNING")]
+    assert len(warnings) == 1, lines
+    assert warnings[0].endswith(
+        "SIGTERM: 4 jobs lost at exit: 3 background (1 queued, 1 scheduled, 1 running), "
+        "1 foreground (1 queued); jobs are kept in memory only and do not survive a restart"
+    )
+    assert lines[-1].endswith("Shutdown complete (SIGTERM)")
+
+
+def test_sigterm_with_nothing_queued_warns_of_nothing() -> None:
+    srv = start_gearmill()
+    srv.proc.send_signal(signal.SIGTERM)
+    assert wait_exit(srv) == 0
+    lines = log_lines(srv)
+    assert len(lines) == 2 and "Listening on" in lines[0], lines
+    assert lines[1].startswith(" NOTICE ") and lines[1].endswith("Shutdown complete (SIGTERM)")
+
+
+def test_sigusr1_warns_once() -> None:
+    srv = start_gearmill("--verbose", "WARNING")
+    with srv.conn() as c:
+        c.send(SUBMIT_JOB_BG, b"nobody", b"", b"x")
+        c.expect(JOB_CREATED)
+        srv.proc.send_signal(signal.SIGUSR1)
+        assert wait_exit(srv) == 0
+    warnings = [x for x in log_lines(srv) if x.startswith("WARNING")]
+    assert [w.split(" [  main ] ")[1] for w in warnings] == [
+        "SIGUSR1: graceful shutdown: no new connections or jobs",
+        "SIGUSR1: 1 job lost at exit: 1 background (1 queued); jobs are kept in memory only "
+        "and do not survive a restart",
+    ]
+
+
+# ------------------------------------------------------------------- daemon
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"daemon {pid} still running")
+
+
+def test_daemon_that_cannot_listen_says_so(tmp_path: Path, gearmill: Running) -> None:
+    log, pid = tmp_path / "f.log", tmp_path / "f.pid"
+    r = serve("-d", "-p", str(gearmill.port), "-l", str(log), "-P", str(pid))
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"gearmill serve: cannot listen on 127.0.0.1 port {gearmill.port}: ")
+    assert len(r.stderr.splitlines()) == 1
+    assert f"cannot listen on 127.0.0.1 port {gearmill.port}" in log.read_text()
+    assert not pid.exists()
+
+
+def test_daemon_pid_file_exists_when_the_parent_returns(tmp_path: Path) -> None:
+    log, pid_file = tmp_path / "f.log", tmp_path / "f.pid"
+    r = serve("-d", "-p", "0", "-l", str(log), "-P", str(pid_file))
+    try:
+        assert pid_file.exists()  # at once: init scripts read it right away
+        assert r.returncode == 0 and r.stderr == ""
+        pid = int(pid_file.read_text())
+        line = log.read_text()
+        assert "Listening on 127.0.0.1:" in line
+        port = int(line.split("Listening on 127.0.0.1:", 1)[1].split(" ", 1)[0])
+        with Conn(port) as c:
+            assert c.admin(b"getpid\n") == f"OK {pid}\n".encode()
+    finally:
+        # stop the daemon even when it wrote its pid file late
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid)
+    assert not pid_file.exists()
+
+
+# ------------------------------------------------------------ config sources
+
+
+def test_toml_file_and_environment_take_effect(tmp_path: Path) -> None:
+    config = tmp_path / "gearmill.toml"
+    config.write_text(
+        'worker_wakeup = 0\nverbose = "WARNING"\nadmin_shutdown = "any"\n'
+        '[[listen]]\nhost = "127.0.0.1"\n'
+    )
+    env = {**os.environ, "GEARMILL_ADMIN_SHUTDOWN": "off", "GEARMILL_VERBOSE": "INFO"}
+    srv = start_gearmill("--config", str(config), env=env)
+    try:
+        with srv.conn() as c:
+            # the environment beats the file
+            assert c.admin(b"verbose\n") == b"OK INFO\n"
+            assert (
+                c.admin(b"shutdown\n") == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
+            )
+        # the file's worker_wakeup = 0: every sleeping worker is woken, as gearmand does
+        workers = [srv.conn() for _ in range(3)]
+        try:
+            for w in workers:
+                w.send(CAN_DO, b"herd")
+                w.send(PRE_SLEEP)
+            with srv.conn() as c:
+                c.send(SUBMIT_JOB_BG, b"herd", b"", b"x")
+                c.expect(JOB_CREATED)
+            assert [w.expect(NOOP) for w in workers] == [b""] * 3
+        finally:
+            for w in workers:
+                w.close()
+    finally:
+        srv.stop()
+
+
+def test_gearmand_config_file_takes_effect(tmp_path: Path) -> None:
+    conf = tmp_path / "gearmand.conf"
+    conf.write_text("# as gearmand reads it\n--verbose=DEBUG\n--admin-shutdown off\n")
+    srv = start_gearmill("--config-file", str(conf))
+    try:
+        with srv.conn() as c:
+            assert c.admin(b"verbose\n") == b"OK DEBUG\n"
+            assert (
+                c.admin(b"shutdown\n") == b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
+            )
+    finally:
+        srv.stop()
+
+
+def test_bad_value_in_each_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "gearmill.toml"
+    config.write_text("backlog = -1\n")
+    r = serve("--config", str(config))
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"gearmill serve: {config}: backlog = -1: use 1 to 65535 (default 32)\n",
+    )
+    r = serve(env={**os.environ, "GEARMILL_STORE": "redis://localhost"})
+    assert (r.returncode, r.stderr) == (
+        2,
+        "gearmill serve: GEARMILL_STORE='redis://localhost': jobs are kept in memory only so "
+        "far; use memory\n",
+    )
+    r = serve("--keepalive-idle", "0")
+    assert (r.returncode, r.stderr) == (
+        2,
+        "gearmill serve: --keepalive-idle 0: use seconds (or a count) from 1 to 32767, "
+        "or -1 for the default\n",
+    )
+
+
+def test_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    pid_file = tmp_path / "no-such-dir" / "f.pid"
+    r = serve("-p", "0", "-P", str(pid_file))
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"gearmill serve: cannot write pid file {pid_file}: No such file or directory\n"
+    )
