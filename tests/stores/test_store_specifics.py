@@ -225,6 +225,20 @@ def _as_postgres() -> dict[str, str]:
     return {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server and all its processes, and wait until every one is gone (a
+    backend still dying holds the shared memory a restart needs)."""
+    deadline = time.monotonic() + 10
+    try:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)  # raises once the group is empty
+            time.sleep(0.05)
+    except ProcessLookupError:
+        pass
+
+
 def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(data.parent)]
     cmd += ["-c", "listen_addresses=127.0.0.1"]
@@ -240,8 +254,7 @@ def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 30
     while subprocess.run(ready).returncode != 0:
         if time.monotonic() > deadline or proc.poll() is not None:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
+            _kill_group(proc)
             tail = (data.parent / "postgres.log").read_text(errors="replace")[-500:]
             raise RuntimeError(f"postgres did not start: {tail}")
         time.sleep(0.1)
@@ -273,8 +286,7 @@ def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
         await s.open()
         try:
             await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
+            _kill_group(proc)
             with pytest.raises(StoreError) as err:
                 await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
             proc = _start_postgres(data, port)
@@ -292,8 +304,7 @@ def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
     try:
         error, uniques = run(main())
     finally:
-        os.killpg(proc.pid, 9)
-        proc.wait(10)
+        _kill_group(proc)
         shutil.rmtree(folder, ignore_errors=True)
     assert f"127.0.0.1:{port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
