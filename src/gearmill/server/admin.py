@@ -7,7 +7,7 @@ docs/compatibility.md lists a deliberate difference.
 from __future__ import annotations
 
 from ..protocol import admin as text
-from .broker import Broker, Function, Peer
+from .broker import Broker, Peer
 
 
 def run(broker: Broker, peer: Peer, line: bytes) -> bytes | None:
@@ -46,15 +46,10 @@ def _priority_status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
 def _workers(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     lines = []
     for p in broker.peers.values():
-        names = b"".join(b" " + _name(a[0]) for a in p.abilities)
+        names = b"".join(b" " + a.func.name for a in p.abilities)
         lines.append(b"%d %s %s :%s\n" % (p.fd, p.addr.encode(), p.client_id, names))
     lines.append(text.END)
     return b"".join(lines)
-
-
-def _name(func: object) -> bytes:
-    assert isinstance(func, Function)
-    return func.name
 
 
 def _show(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
@@ -132,8 +127,7 @@ def _shutdown(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     allowed = broker.config.admin_shutdown
     if allowed == "off" or (allowed == "local" and not peer.local):
         return text.err_unknown_command(tokens[0])
-    graceful = len(tokens) > 1 and tokens[1].lower() == b"graceful"
-    broker.stopping = "graceful" if graceful else "now"
+    broker.request_stop(graceful=len(tokens) > 1 and tokens[1].lower() == b"graceful")
     return text.OK
 
 

@@ -16,7 +16,7 @@ from ..protocol.packets import DEFAULT_PORT
 from . import admin
 from .broker import Broker, BrokerConfig, Peer
 from .connection import GearmanProtocol
-from .stream import Hub, Stream, flush
+from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
 
@@ -53,7 +53,7 @@ class Server:
         self._stopped = asyncio.Event()
         for host in self.config.listen:
             server = await self._loop.create_server(
-                lambda: GearmanProtocol(self),
+                lambda: GearmanProtocol(self.hub, self.config.max_packet, self.tune_socket),
                 host=host or None,
                 port=self.config.port,
                 backlog=self.config.backlog,
@@ -107,10 +107,7 @@ class Server:
     async def _close(self) -> None:
         for server in self._servers:
             server.close()
-        for peer in list(self.broker.peers.values()):
-            io = peer.io
-            if isinstance(io, Stream) and io.transport is not None:
-                io.transport.abort()
+        self.broker.abort_all()
         for server in self._servers:
             await server.wait_closed()
         if self._timer is not None:
