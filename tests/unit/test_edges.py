@@ -97,7 +97,7 @@ def test_client_and_worker_over_fake_transports() -> None:
 
 def test_admin_lines_and_workers_list_show_the_peer() -> None:
     s = Server()
-    (wp, wt), (ap, at) = s.connect(), s.connect("::1")
+    (wp, _wt), (ap, at) = s.connect(), s.connect("::1")
     send(wp, encode_req(T.CAN_DO, b"f"))
     send(ap, b"workers\n")
     lines = b"".join(at.written).split(b"\n")
@@ -122,7 +122,7 @@ def test_too_many_admin_tokens_close_the_connection() -> None:
 
 def test_disconnect_requeues_for_another_worker() -> None:
     s = Server()
-    (cp, ct), (w1, _w1t), (w2, w2t) = s.connect(), s.connect(), s.connect()
+    (cp, _ct), (w1, _w1t), (w2, w2t) = s.connect(), s.connect(), s.connect()
     for w in (w1, w2):
         send(w, encode_req(T.CAN_DO, b"f"))
     send(cp, encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"x"))
