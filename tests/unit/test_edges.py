@@ -74,7 +74,7 @@ class Server:
 def send(proto: GearmanProtocol, data: bytes, chunk: int = 1 << 30) -> None:
     """Deliver ``data`` as the event loop would: into get_buffer, then buffer_updated."""
     while data:
-        buf = proto.get_buffer(-1)
+        buf = memoryview(proto.get_buffer(-1))
         n = min(len(buf), len(data), chunk)
         buf[:n] = data[:n]
         proto.buffer_updated(n)
