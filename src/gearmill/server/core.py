@@ -34,7 +34,6 @@ from ..protocol.codec import TEXT, WRONG_MAGIC, Event
 from ..protocol.packets import (
     BIG_PIECE,
     PacketType,
-    encode,
     encode_pieces,
 )
 from .journal import (
@@ -80,6 +79,9 @@ from .replies import (
     NO_JOB,
     NOOP,
     job_created,
+    packet2,
+    packet3,
+    status_res,
 )
 
 log = logging.getLogger("gearmill.broker")
@@ -95,6 +97,7 @@ _GRAB_JOB: Final = int(PacketType.GRAB_JOB)
 _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _PRE_SLEEP: Final = int(PacketType.PRE_SLEEP)
 _GET_STATUS: Final = int(PacketType.GET_STATUS)
+_JOB_ASSIGN: Final = int(PacketType.JOB_ASSIGN)
 
 Handler = Callable[[Peer, list[bytes]], None]
 # an admin line -> its reply, or None to close the connection
@@ -367,7 +370,7 @@ class Core:
         job = self._grab(peer)
         if job is not None:
             if len(job.data) < BIG_PIECE:
-                packet = encode(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
+                packet = packet3(_JOB_ASSIGN, job.handle, job.func.name, job.data)
                 self.reply(peer, packet)
             else:
                 pieces = encode_pieces(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
@@ -506,7 +509,7 @@ class Core:
             return
         if job.clients:
             if len(args[1]) < BIG_PIECE:
-                self._forward(job, encode(PacketType.WORK_COMPLETE, args[0], args[1]))
+                self._forward(job, packet2(_WORK_COMPLETE, args[0], args[1]))
             else:
                 self._forward_pieces(job, encode_pieces(PacketType.WORK_COMPLETE, *args))
         self._finish(job, COMPLETED)
@@ -559,16 +562,10 @@ class Core:
         handle = args[0]
         job = self.jobs.get(handle)
         if job is None or job.ignore:
-            reply = encode(PacketType.STATUS_RES, handle, b"0", b"0", b"0", b"0")
+            reply = status_res(handle, False, False, 0, 0)
         else:
-            reply = encode(
-                PacketType.STATUS_RES,
-                handle,
-                b"1",
-                b"1" if job.state == RUNNING else b"0",
-                b"%d" % job.more.num,
-                b"%d" % job.more.den,
-            )
+            more = job.more
+            reply = status_res(handle, True, job.state == RUNNING, more.num, more.den)
         self.reply(peer, reply)
 
     # ----------------------------------------------------------------- timers

@@ -7,6 +7,12 @@ from typing import Final
 from ..protocol.packets import HEADER, RES, ErrorCode, PacketType, encode
 from .model import MAX_HANDLE
 
+# the header packer as a bound method: no attribute lookup per packet
+_pack: Final = HEADER.pack
+_STATUS_RES: Final = int(PacketType.STATUS_RES)
+# "known 0, running 0, numerator 0, denominator 0"
+_UNKNOWN: Final = b"\x000\x000\x000\x000"
+
 NOOP: Final = encode(PacketType.NOOP)
 NO_JOB: Final = encode(PacketType.NO_JOB)
 
@@ -22,6 +28,28 @@ def job_created(handle: bytes) -> bytes:
     if n <= MAX_HANDLE:
         return _JOB_CREATED_HEAD[n] + handle
     return encode(PacketType.JOB_CREATED, handle)
+
+
+# Fixed-arity encoders for the replies of the benchmarked paths: the generic
+# ``encode(ptype, *args)`` costs about 1,800 instructions a packet (argument
+# tuple, method lookup of the header packer), a sixth of a GET_STATUS.
+
+
+def packet2(ptype: int, a: bytes, b: bytes) -> bytes:
+    return b"".join([_pack(RES, ptype, len(a) + len(b) + 1), a, b"\x00", b])
+
+
+def packet3(ptype: int, a: bytes, b: bytes, c: bytes) -> bytes:
+    n = len(a) + len(b) + len(c) + 2
+    return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c])
+
+
+def status_res(handle: bytes, known: bool, running: bool, num: int, den: int) -> bytes:
+    """STATUS_RES: known, running, numerator, denominator."""
+    if not known:
+        return b"".join([_pack(RES, _STATUS_RES, len(handle) + 8), handle, _UNKNOWN])
+    tail = b"\x001\x00%d\x00%d\x00%d" % (int(running), num, den)
+    return b"".join([_pack(RES, _STATUS_RES, len(handle) + len(tail)), handle, tail])
 
 
 def error(code: bytes, message: bytes) -> bytes:
