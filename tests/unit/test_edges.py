@@ -202,3 +202,17 @@ def test_one_access_check_for_socket_and_in_process_peers() -> None:
     assert s.broker.jobs == {}
     send(near, encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"x"))
     assert near_t.take() == [(T.JOB_CREATED, [b"H:t:1"])]
+
+
+def test_admin_maxqueue_limits_and_drop_refuses_a_busy_function() -> None:
+    s = Server()
+    (cp, ct), (ap, at) = s.connect(), s.connect()
+    send(cp, encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"1"))
+    send(ap, b"maxqueue f 1\n")
+    send(cp, encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"2"))
+    assert ct.take()[1] == (T.ERROR, [b"QUEUE_ERROR", b"Job queue is full"])
+    send(ap, b"drop function F\n")
+    send(ap, b"status\n")
+    assert b"".join(at.written) == (
+        b"OK\r\nERR there are still connected workers or executing clients\r\nf\t1\t0\t0\n.\n"
+    )

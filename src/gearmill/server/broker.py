@@ -101,7 +101,48 @@ class Broker(Handlers):
             self._check_due = now + NOOP_ANSWER_TIME
             self._push_timer(self._check_due, TIMER_NOOPS, None, None)
 
+    # ---------------------------------------------------------------- queries
+
+    def function_rows(self) -> list[tuple[bytes, int, int, int, int, int]]:
+        """Per function: name, queued high, normal, low (scheduled included),
+        running, registered workers; in the order functions were first seen."""
+        return [
+            (f.name, f.queued[0], f.queued[1], f.queued[2], f.running, len(f.workers))
+            for f in self.functions.values()
+        ]
+
+    def peer_rows(self) -> list[tuple[int, str, bytes, list[bytes]]]:
+        """Per peer: connection number, address, client id, abilities (latest first)."""
+        return [
+            (p.fd, p.addr, p.client_id, [a.func.name for a in p.abilities])
+            for p in self.peers.values()
+        ]
+
+    def job_rows(self) -> list[tuple[bytes, bytes, int, bool, bool]]:
+        """Per job still known: handle, unique id, retries, ignored, background."""
+        return [
+            (j.handle, j.unique, j.more.retries, j.ignore, j.background) for j in self.jobs.values()
+        ]
+
     # ----------------------------------------------------------------- admin
+
+    def drop_function(self, name: bytes) -> bool | None:
+        """Forget an idle function (name matched without case): True when
+        dropped, False when it has workers or jobs, None when unknown."""
+        wanted = name.lower()
+        for key, func in self.functions.items():
+            if key.lower() == wanted:
+                if func.workers or func.total:
+                    return False
+                del self.functions[key]
+                return True
+        return None
+
+    def set_max_queue(self, name: bytes, sizes: list[int]) -> None:
+        """The queue limits of a known function per priority (0 = none)."""
+        func = self.functions.get(name)
+        if func is not None:
+            func.max_queue = [sizes[0], sizes[1], sizes[2]]
 
     def cancel(self, handle: bytes) -> bool:
         """Admin ``cancel job``: clients get WORK_FAIL; a running job's result is discarded."""
