@@ -283,3 +283,34 @@ def test_timer_heap_does_not_grow_with_finished_jobs() -> None:
         b.handle(w, T.GRAB_JOB, [])
         b.handle(w, T.WORK_COMPLETE, [b"H:t:%d" % i, b""])
     assert len(b.timers) <= 130  # dead entries are swept once they are most of the heap
+
+
+def test_workers_leave_by_cant_do_and_reset_and_their_jobs_requeue() -> None:
+    b, _, rec = make()
+    c, w = peer(b, 1), peer(b, 2)
+    for name in (b"f", b"g", b"h"):
+        b.handle(w, T.CAN_DO, [name])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"g", b"", b"x"])
+    b.handle(w, T.GRAB_JOB, [])
+    rec.take()
+    b.handle(w, T.CANT_DO, [b"g"])
+    assert rec.take() == [("left", 2, b"g"), ("requeued", b"H:t:1", LOST)]
+    b.handle(w, T.RESET_ABILITIES, [])
+    assert rec.take() == [("left", 2, b"h"), ("left", 2, b"f")]
+
+
+def test_coalesced_background_submission_is_held_too() -> None:
+    b = Broker(BrokerConfig(handle_prefix=b"H:t"), Clock())
+    rec = Recorder(b, release=False)
+    b.attach_journal(rec, hold_created=True)
+    c1, c2 = peer(b, 1), peer(b, 2)
+    b.handle(c1, T.SUBMIT_JOB_BG, [b"f", b"same", b"x"])
+    b.handle(c2, T.SUBMIT_JOB_BG, [b"f", b"same", b"x"])
+    b.journal.drain()  # type: ignore[union-attr]
+    b.flush()
+    assert received(c1) == received(c2) == []
+    assert rec.held == [c1, c2]
+    for p in rec.held:
+        b.release(p)
+    b.flush()
+    assert received(c1) == received(c2) == [(T.JOB_CREATED, [b"H:t:1"])]
