@@ -21,6 +21,11 @@ from setuptools.command.build_ext import build_ext
 HOT = [
     "src/gearmill/protocol/packets.py",
     "src/gearmill/protocol/codec.py",
+    "src/gearmill/server/model.py",
+    "src/gearmill/server/replies.py",
+    "src/gearmill/server/journal.py",
+    "src/gearmill/server/core.py",
+    "src/gearmill/server/handlers.py",
     "src/gearmill/server/broker.py",
     "src/gearmill/server/stream.py",
 ]

@@ -18,6 +18,8 @@ from gearmill.protocol.codec import Decoder
 from gearmill.protocol.packets import PacketType as T
 from gearmill.protocol.packets import encode_req
 from gearmill.server.broker import Broker, BrokerConfig, Peer
+from gearmill.server.journal import Entry
+from gearmill.server.sink import BufferSink
 
 N = 1000
 
@@ -111,5 +113,72 @@ def test_broker_round_trip(benchmark: Any) -> None:
             worker.out.clear()
         broker.dirty.clear()
         return done if not worker.assigned else -1
+
+    assert benchmark(round_trips) == N
+
+
+def test_status_requests(benchmark: Any) -> None:
+    """status_20k_c1's server-side work: decode one GET_STATUS, answer it, flush."""
+    packet = encode_req(T.GET_STATUS, b"H:bench:1")
+
+    def statuses() -> int:
+        broker, client, _ = _broker()
+        client.sink = sink = BufferSink()
+        decoder = Decoder(server=True)
+        for _ in range(N):
+            broker.handle_events(client, decoder.feed(packet), 0)
+            broker.flush()
+        return len(sink.take())
+
+    assert benchmark(statuses) == N * 29  # STATUS_RES "not known": 29 bytes
+
+
+def test_drain_queued_jobs(benchmark: Any) -> None:
+    """drain_100k_w4's server-side work: 4 workers complete and grab in turn."""
+    submits = b"".join(encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"p%07d" % i) for i in range(N))
+    grab = encode_req(T.GRAB_JOB)
+
+    def drain() -> int:
+        broker, client, _ = _broker()
+        broker.handle_events(client, Decoder(server=True).feed(submits), 0)
+        workers = [broker.connect(Peer(20 + i, "127.0.0.1")) for i in range(4)]
+        decoders = [Decoder(server=True) for _ in workers]
+        for w, d in zip(workers, decoders, strict=True):
+            broker.handle_events(w, d.feed(encode_req(T.CAN_DO, b"f") + grab), 0)
+        done = 0
+        while done < N:
+            for w, d in zip(workers, decoders, strict=True):
+                handle = w.out[-1][12:].split(b"\x00", 1)[0]
+                w.out.clear()
+                complete = encode_req(T.WORK_COMPLETE, handle, b"")
+                broker.handle_events(w, d.feed(complete + grab), 0)
+                done += 1
+            broker.dirty.clear()
+        return broker.counters.completed
+
+    assert benchmark(drain) == N
+
+
+class _Discard:
+    def consume(self, entries: list[Entry], held: list[Peer]) -> None:
+        pass
+
+
+def test_broker_round_trip_with_journal(benchmark: Any) -> None:
+    """test_broker_round_trip with a journal consumer attached (a store's cost floor)."""
+
+    def round_trips() -> int:
+        broker, client, worker = _broker()
+        broker.attach_journal(_Discard())
+        broker.handle(worker, T.CAN_DO, [b"f"])
+        for _ in range(N):
+            broker.handle(client, T.SUBMIT_JOB, [b"f", b"", b"data"])
+            broker.handle(worker, T.GRAB_JOB, [])
+            broker.handle(worker, T.WORK_COMPLETE, [next(iter(worker.assigned)), b"atad"])
+            client.out.clear()
+            worker.out.clear()
+            broker.journal.drain()  # type: ignore[union-attr]
+        broker.dirty.clear()
+        return broker.counters.completed
 
     assert benchmark(round_trips) == N

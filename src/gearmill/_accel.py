@@ -27,6 +27,11 @@ from types import ModuleType
 HOT_MODULES = (
     "gearmill.protocol.packets",
     "gearmill.protocol.codec",
+    "gearmill.server.model",
+    "gearmill.server.replies",
+    "gearmill.server.journal",
+    "gearmill.server.core",
+    "gearmill.server.handlers",
     "gearmill.server.broker",
     "gearmill.server.stream",
 )

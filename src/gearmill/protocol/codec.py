@@ -215,7 +215,7 @@ class Decoder:
             if nargs == 0:
                 args: list[bytes] = []
             elif nargs == 1:
-                args = [bytes(buf[pos + HEADER_SIZE : stop])]
+                args = [buf[pos + HEADER_SIZE : stop]]  # a slice of bytes is bytes
             else:
                 args = buf[pos + HEADER_SIZE : stop].split(b"\x00", SEPARATORS[ptype])
                 if len(args) != nargs:

@@ -7,7 +7,7 @@ docs/compatibility.md lists a deliberate difference.
 from __future__ import annotations
 
 from ..protocol import admin as text
-from .broker import Broker, Function, Peer
+from .broker import Broker, Peer
 
 
 def run(broker: Broker, peer: Peer, line: bytes) -> bytes | None:
@@ -27,8 +27,8 @@ def run(broker: Broker, peer: Peer, line: bytes) -> bytes | None:
 
 def _status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     lines = [
-        b"%s\t%d\t%d\t%d\n" % (f.name, f.total, f.running, len(f.workers))
-        for f in broker.functions.values()
+        b"%s\t%d\t%d\t%d\n" % (name, high + normal + low + running, running, workers)
+        for name, high, normal, low, running, workers in broker.function_rows()
     ]
     lines.append(text.END)
     return b"".join(lines)
@@ -36,8 +36,8 @@ def _status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
 
 def _priority_status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     lines = [
-        b"%s\t%d\t%d\t%d\t%d\n" % (f.name, f.queued[0], f.queued[1], f.queued[2], len(f.workers))
-        for f in broker.functions.values()
+        b"%s\t%d\t%d\t%d\t%d\n" % (name, high, normal, low, workers)
+        for name, high, normal, low, _running, workers in broker.function_rows()
     ]
     lines.append(text.END)
     return b"".join(lines)
@@ -45,16 +45,11 @@ def _priority_status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
 
 def _workers(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     lines = []
-    for p in broker.peers.values():
-        names = b"".join(b" " + _name(a[0]) for a in p.abilities)
-        lines.append(b"%d %s %s :%s\n" % (p.fd, p.addr.encode(), p.client_id, names))
+    for fd, addr, client_id, abilities in broker.peer_rows():
+        names = b"".join(b" " + name for name in abilities)
+        lines.append(b"%d %s %s :%s\n" % (fd, addr.encode(), client_id, names))
     lines.append(text.END)
     return b"".join(lines)
-
-
-def _name(func: object) -> bytes:
-    assert isinstance(func, Function)
-    return func.name
 
 
 def _show(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
@@ -63,11 +58,11 @@ def _show(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     what = [t.lower() for t in tokens[1:]]
     if what[:1] == [b"jobs"]:
         lines = [
-            b"%s\t%d\t%d\t%d\n" % (j.handle, j.more.retries, int(j.ignore), int(j.background))
-            for j in broker.jobs.values()
+            b"%s\t%d\t%d\t%d\n" % (handle, retries, int(ignored), int(background))
+            for handle, _unique, retries, ignored, background in broker.job_rows()
         ]
     elif what[:2] == [b"unique", b"jobs"]:
-        lines = [j.unique + b"\n" for j in broker.jobs.values()]
+        lines = [unique + b"\n" for _handle, unique, *_ in broker.job_rows()]
     else:
         return text.ERR_UNKNOWN_SHOW
     lines.append(text.END)
@@ -92,27 +87,21 @@ def _create_function(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
 def _drop_function(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     if len(tokens) < 3 or tokens[1].lower() != b"function":
         return text.err_arguments(tokens[0])
-    wanted = tokens[2].lower()
-    for name, func in broker.functions.items():
-        if name.lower() == wanted:
-            # gearmand drops a function with queued jobs and leaves them dangling;
-            # refusing keeps those jobs (docs/compatibility.md).
-            if func.workers or func.total:
-                return text.ERR_DROP_BUSY
-            del broker.functions[name]
-            return text.OK
-    return text.ERR_DROP_MISSING
+    dropped = broker.drop_function(tokens[2])
+    if dropped is None:
+        return text.ERR_DROP_MISSING
+    # gearmand drops a function with queued jobs and leaves them dangling;
+    # refusing keeps those jobs (docs/compatibility.md).
+    return text.OK if dropped else text.ERR_DROP_BUSY
 
 
 def _maxqueue(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     if len(tokens) < 2:
         return text.err_arguments(tokens[0])
-    func = broker.functions.get(tokens[1])
-    if func is not None:
-        sizes = [max(text.atoi(t), 0) for t in tokens[2:5]]
-        if len(sizes) == 1:
-            sizes = sizes * 3
-        func.max_queue = ([*sizes, 0, 0, 0])[:3]
+    sizes = [max(text.atoi(t), 0) for t in tokens[2:5]]
+    if len(sizes) == 1:
+        sizes = sizes * 3
+    broker.set_max_queue(tokens[1], [*sizes, 0, 0, 0])
     return text.OK
 
 
@@ -132,8 +121,7 @@ def _shutdown(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
     allowed = broker.config.admin_shutdown
     if allowed == "off" or (allowed == "local" and not peer.local):
         return text.err_unknown_command(tokens[0])
-    graceful = len(tokens) > 1 and tokens[1].lower() == b"graceful"
-    broker.stopping = "graceful" if graceful else "now"
+    broker.request_stop(graceful=len(tokens) > 1 and tokens[1].lower() == b"graceful")
     return text.OK
 
 

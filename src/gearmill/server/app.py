@@ -12,10 +12,11 @@ import time
 from .. import __version__
 from .._accel import IMPLEMENTATION
 from . import admin
-from .broker import RUNNING, SCHEDULED, Broker, Peer
+from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
-from .stream import Hub, Stream, flush
+from .model import RUNNING, SCHEDULED
+from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
 # start, stop and jobs lost at exit: logged at every --verbose level
@@ -45,7 +46,7 @@ class Server:
         for listener in self.config.listeners:
             try:
                 server = await self._loop.create_server(
-                    lambda: GearmanProtocol(self),
+                    lambda: GearmanProtocol(self.hub, self.config.max_packet, self.tune_socket),
                     host=listener.host or None,
                     port=listener.port,
                     backlog=self.config.backlog,
@@ -108,17 +109,15 @@ class Server:
 
     def stop_gracefully(self) -> None:
         """Stop listening and refuse new jobs; exit once running jobs are done."""
-        if self.broker.stopping is None:
-            self.broker.stopping = "graceful"
+        self.broker.request_stop(graceful=True)
         self._begin_graceful()
         self._check_idle()
 
     def _begin_graceful(self) -> None:
-        if self.broker.accepting:
+        if self.broker.stop_accepting():
             lifecycle.warning(
                 "%s: graceful shutdown: no new connections or jobs", self._why or "admin"
             )
-            self.broker.accepting = False
             for server in self._servers:
                 server.close()
 
@@ -161,10 +160,7 @@ class Server:
         self._report_lost()
         for server in self._servers:
             server.close()
-        for peer in list(self.broker.peers.values()):
-            io = peer.io
-            if isinstance(io, Stream) and io.transport is not None:
-                io.transport.abort()
+        self.broker.abort_all()
         for server in self._servers:
             await server.wait_closed()
         if self._timer is not None:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import cast
 
 from ..protocol.codec import Decoder
-from .broker import Peer
-from .stream import Stream
-
-if TYPE_CHECKING:
-    from .app import Server
+from .model import Peer
+from .stream import Hub, Stream
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
@@ -25,11 +23,17 @@ def _is_loopback(host: str) -> bool:
 class GearmanProtocol(asyncio.BufferedProtocol):
     # get_buffer and buffer_updated are instance attributes: the Stream's
     # (compiled) bound methods, which the event loop then calls directly
-    __slots__ = ("buffer_updated", "get_buffer", "server", "stream")
+    __slots__ = ("buffer_updated", "get_buffer", "hub", "stream", "tune_socket")
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.stream = Stream(server.hub, Decoder(server=True, max_payload=server.config.max_packet))
+    def __init__(
+        self,
+        hub: Hub,
+        max_packet: int,
+        tune_socket: Callable[[socket.socket], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.tune_socket = tune_socket
+        self.stream = Stream(hub, Decoder(server=True, max_payload=max_packet))
         self.get_buffer = self.stream.get_buffer  # type: ignore[method-assign]
         self.buffer_updated = self.stream.buffer_updated  # type: ignore[method-assign]
 
@@ -40,10 +44,14 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         fd = -1
         if sock is not None:
             fd = sock.fileno()
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                self.server.tune_socket(sock)
-        peer = self.server.broker.connect(Peer(fd, host or "-", _is_loopback(host)))
+            if self.tune_socket is not None and sock.family in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                self.tune_socket(sock)
+        peer = Peer(fd, host or "-", is_loopback(host))
         self.stream.attach(peer, cast(asyncio.Transport, transport))
+        self.hub.broker.connect(peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stream.detach()

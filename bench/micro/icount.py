@@ -1,0 +1,95 @@
+"""Server instructions per operation, counted by valgrind (deterministic, unlike timings).
+
+    python bench/micro/icount.py [--python PY] [--n 20000] ping drain rt
+
+For each loadgen mode it runs ``PY -m gearmill.cli.main serve`` under
+``valgrind --tool=callgrind`` twice, once for one operation and once for
+``--n``, and prints (Ir(n) - Ir(1)) / (n - 1): the server's own instructions
+(user space, event loop included) per GET_STATUS round trip (ping), per
+queued-then-drained job (drain: 2 clients, 4 workers) or per foreground job
+(rt: 8 clients, 4 workers). Compare two builds by passing each one's Python.
+Needs valgrind and the shared harness's load generator (../shared/bench or
+$GEARMAN_BENCH, as bench/compare.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HARNESS = Path(
+    os.environ.get("GEARMAN_BENCH", Path(__file__).resolve().parents[3] / "shared" / "bench")
+)
+LOADGEN = HARNESS / "loadgen" / "build" / "loadgen"
+MODES = {
+    "ping": ["ping", "-c", "1"],
+    "drain": ["drain", "-c", "2", "-w", "4"],
+    "rt": ["rt", "-c", "8", "-w", "4"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "valgrind.log"
+        server = subprocess.Popen(
+            [
+                *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"),
+                *(f"--log-file={log}", python, "-m", "gearmill.cli.main", "serve"),
+                *("-p", str(port), "--log-file", "none"),
+            ]
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise SystemExit("icount: the server under valgrind did not start in 120 s")
+            args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300", "-q"]
+            run = [*args, *MODES[mode][:1], "-n", str(n), *MODES[mode][1:]]
+            subprocess.run(run, check=True, stdout=subprocess.DEVNULL)
+        finally:
+            server.send_signal(2)
+            server.wait(60)
+        found = re.search(r"Collected : (\d+)", log.read_text())
+        if found is None:
+            raise SystemExit(f"icount: no instruction count in {log}")
+        return int(found.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modes", nargs="*", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--loadgen", type=Path, default=LOADGEN)
+    a = ap.parse_args()
+    if not a.loadgen.exists():
+        raise SystemExit(
+            f"icount: no load generator at {a.loadgen}; build it: make -C {HARNESS}/loadgen"
+        )
+    for mode in a.modes:
+        one = instructions(a.python, a.loadgen, mode, 1)
+        many = instructions(a.python, a.loadgen, mode, a.n)
+        print(f"{mode}: {(many - one) / (a.n - 1):,.0f} server instructions per operation")
+
+
+if __name__ == "__main__":
+    main()

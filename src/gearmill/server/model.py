@@ -1,0 +1,268 @@
+"""The broker's data: configuration, peers, functions, jobs and timers.
+
+Compiled with the broker (see ``_accel``); no logic beyond small helpers.
+
+A :class:`Function` has three FIFO queues (high, normal, low) and the list of
+worker entries that registered it (a CAN_DO twice counts twice, as in
+gearmand). A :class:`Job` is queued, scheduled (an epoch job not yet due) or
+running on exactly one worker; foreground jobs carry the peers waiting on
+them. Abandoned queued jobs are flagged ``ignore`` and skipped when they reach
+the head of their queue (O(1) removal).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from mypy_extensions import u8
+
+from .sink import Sink
+
+MAX_UNIQUE: Final = 64
+MAX_HANDLE: Final = 64
+MAX_CLIENT_ID: Final = 127
+MAX_OPTION: Final = 64
+
+QUEUED: Final = 0
+RUNNING: Final = 1
+SCHEDULED: Final = 2
+
+# what a timer does when it is due
+TIMER_EPOCH: Final = 0  # a scheduled job becomes runnable
+TIMER_TIMEOUT: Final = 1  # a worker's CAN_DO_TIMEOUT ran out: requeue the job
+TIMER_NOOPS: Final = 2  # look for woken workers that never answered
+TIMER_DEAD: Final = 3  # cancelled: its job ended first
+
+LEVELS: Final = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    handle_prefix: bytes = b"H:localhost"
+    # gearmand 1.1.x semantics: the number of attempts before a job is dropped; 0 = no limit.
+    job_retries: int = 0
+    # NOOPs per enqueued job: -1 = as many as there are queued jobs nobody was
+    # woken for yet (ours), 0 = every sleeping worker (gearmand's default), N = at most N
+    worker_wakeup: int = -1
+    round_robin: bool = False
+    # 2.0.0 semantics: a HIGH job of any function beats NORMAL/LOW of the others.
+    global_priority: bool = False
+    exceptions: bool = False
+    version: bytes = b"1.1.20"
+    pid: int = 0
+    verbose: str = "ERROR"
+    # "off" (gearmand 1.1.15+), "local" (loopback peers only) or "any"
+    admin_shutdown: str = "local"
+
+
+class PeerAccess(Protocol):
+    """What one peer may do; asked before the broker acts on each packet or
+    admin line (``ptype`` 0 = admin line, ``args[0]`` its text)."""
+
+    def allows(self, ptype: int, args: list[bytes]) -> bool: ...
+
+
+class AccessList(Protocol):
+    """Gives each new peer its rules from its identity (address, later a TLS
+    subject); None lets the peer do everything at no cost per packet."""
+
+    def for_peer(self, peer: Peer) -> PeerAccess | None: ...
+
+
+class Peer:
+    """One party the broker talks to: its identity, its sink, and the broker's
+    view of it (worker abilities, jobs it runs or waits on, pending output).
+
+    A socket connection, an in-process caller and a test are all peers; only
+    the sink differs."""
+
+    __slots__ = (
+        "abilities",
+        "access",
+        "addr",
+        "assigned",
+        "client_id",
+        "close",
+        "exceptions",
+        "fd",
+        "holds",
+        "local",
+        "noop_sent",
+        "out",
+        "sink",
+        "sleeping",
+        "waiting",
+        "woken_at",
+        "woken_for",
+    )
+
+    def __init__(self, fd: int, addr: str, local: bool = True, sink: Sink | None = None) -> None:
+        # identity: the connection number admin "workers" shows, the address,
+        # whether it is a loopback peer
+        self.fd = fd
+        self.addr = addr
+        self.local = local
+        self.client_id = b"-"
+        self.sink = sink  # where the bytes in ``out`` go on a flush
+        self.access: PeerAccess | None = None  # None: everything allowed
+        # most recent CAN_DO first (gearmand prepends)
+        self.abilities: list[Ability] = []
+        self.assigned: dict[bytes, Job] = {}
+        self.waiting: set[Job] = set()
+        self.sleeping = False
+        self.noop_sent = False
+        # the function whose queued job this worker was NOOPed for, until it answers
+        self.woken_for: Function | None = None
+        self.woken_at = 0.0
+        self.exceptions = False
+        self.out: list[bytes] = []
+        self.close = False  # close after the pending output is written
+        # held JOB_CREATEDs (see Journal.hold_created): output waits until 0
+        self.holds = 0
+
+
+class Ability:
+    """One CAN_DO (or CAN_DO_TIMEOUT) of a worker."""
+
+    __slots__ = ("func", "timeout")
+
+    def __init__(self, func: Function, timeout: int) -> None:
+        self.func = func
+        self.timeout = timeout  # milliseconds; 0 = none
+
+
+class Function:
+    __slots__ = (
+        "cursor",
+        "max_queue",
+        "name",
+        "queued",
+        "queues",
+        "running",
+        "unique",
+        "woken",
+        "workers",
+    )
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self.queued = [0, 0, 0]  # live (not ignored) queued or scheduled jobs per priority
+        self.running = 0
+        self.workers: list[Peer] = []
+        self.unique: dict[bytes, Job] = {}
+        self.max_queue = [0, 0, 0]
+        self.cursor = 0
+        self.woken = 0  # workers NOOPed for this function's jobs that have not answered yet
+
+    @property
+    def total(self) -> int:
+        return self.queued[0] + self.queued[1] + self.queued[2] + self.running
+
+
+class Timer:
+    """One entry of the broker's timer heap. A job's timer is cancelled when
+    the job ends or is requeued, so the heap never keeps a finished job alive."""
+
+    __slots__ = ("job", "kind", "when", "worker")
+
+    def __init__(self, when: float, kind: int, job: Job | None, worker: Peer | None) -> None:
+        self.when = when
+        self.kind = kind
+        self.job = job
+        self.worker = worker
+
+
+class JobMore:
+    """What few jobs need (status, timers, retries, reduce): kept apart so
+    that a plain queued job stays small (issue 4: at most 400 bytes a job)."""
+
+    __slots__ = ("den", "num", "reducer", "retries", "timer")
+
+    def __init__(self) -> None:
+        self.reducer = b""
+        self.num = 0
+        self.den = 0
+        self.retries = 0
+        self.timer: Timer | None = None  # its epoch or CAN_DO_TIMEOUT timer, if any
+
+
+NO_MORE: Final = JobMore()  # read-only defaults for jobs without any
+
+
+class Job:
+    __slots__ = (
+        "background",
+        "cancelled",
+        "clients",
+        "data",
+        "func",
+        "handle",
+        "ignore",
+        "more",
+        "priority",
+        "state",
+        "unique",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        handle: bytes,
+        func: Function,
+        unique: bytes,
+        data: bytes,
+        priority: int,
+        background: bool,
+    ) -> None:
+        self.handle = handle
+        self.func = func
+        self.unique = unique
+        self.data = data
+        # () until a foreground client waits: most jobs are background jobs,
+        # and an empty list per queued job would cost 72 bytes
+        self.clients: list[Peer] | tuple[Peer, ...] = ()
+        self.worker: Peer | None = None
+        # the small fields last and adjacent: mypyc packs them in one word
+        self.priority: u8 = priority
+        self.state: u8 = QUEUED
+        self.background = background
+        self.ignore = False
+        self.cancelled = False  # by an admin while running: its end is a cancel
+        # NO_MORE (shared, never written) until the job needs a field of JobMore
+        self.more = NO_MORE
+
+    def extra(self) -> JobMore:
+        """This job's own JobMore, to write to."""
+        more = self.more
+        if more is NO_MORE:
+            more = self.more = JobMore()
+        return more
+
+    def add_client(self, peer: Peer) -> None:
+        if isinstance(self.clients, list):
+            self.clients.append(peer)
+        else:
+            self.clients = [peer]
+
+    def remove_client(self, peer: Peer) -> None:
+        if isinstance(self.clients, list):
+            self.clients.remove(peer)
+
+
+def unique_key(unique: bytes, data: bytes) -> bytes | None:
+    """The coalescing key of a job: its unique id, or for ``-`` its payload."""
+    if unique == b"-":
+        # the key cannot clash with a real unique id, which has no NUL
+        return b"\x00" + data if data else None
+    return unique or None
+
+
+def forget_unique(job: Job) -> None:
+    key = unique_key(job.unique, job.data)
+    if key is not None:
+        uniques = job.func.unique
+        if uniques.get(key) is job:
+            del uniques[key]
