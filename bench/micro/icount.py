@@ -8,14 +8,12 @@ For each loadgen mode it runs ``PY -m gearmill.cli.main serve`` under
 (user space, event loop included) per GET_STATUS round trip (ping), per
 queued-then-drained job (drain: 2 clients, 4 workers) or per foreground job
 (rt: 8 clients, 4 workers). Compare two builds by passing each one's Python.
-Needs valgrind and the shared harness's load generator (../shared/bench or
-$GEARMAN_BENCH, as bench/compare.py).
+Needs valgrind; the load generator (bench/loadgen) is built when missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
 import subprocess
@@ -24,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HARNESS = Path(
-    os.environ.get("GEARMAN_BENCH", Path(__file__).resolve().parents[3] / "shared" / "bench")
-)
-LOADGEN = HARNESS / "loadgen" / "build" / "loadgen"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import ensure_loadgen  # bench/ is not a package
+
 MODES = {
-    "ping": ["ping", "-c", "1"],
+    "ping": ["status", "-c", "1"],
     "drain": ["drain", "-c", "2", "-w", "4"],
     "rt": ["rt", "-c", "8", "-w", "4"],
 }
@@ -62,7 +59,7 @@ def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
                     time.sleep(0.5)
             else:
                 raise SystemExit("icount: the server under valgrind did not start in 120 s")
-            args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300", "-q"]
+            args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300"]
             run = [*args, *MODES[mode][:1], "-n", str(n), *MODES[mode][1:]]
             subprocess.run(run, check=True, stdout=subprocess.DEVNULL)
         finally:
@@ -79,12 +76,10 @@ def main() -> None:
     ap.add_argument("modes", nargs="*", default=list(MODES), choices=list(MODES))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--loadgen", type=Path, default=LOADGEN)
+    ap.add_argument("--loadgen", type=Path, default=None, help="default: bench/loadgen's")
     a = ap.parse_args()
-    if not a.loadgen.exists():
-        raise SystemExit(
-            f"icount: no load generator at {a.loadgen}; build it: make -C {HARNESS}/loadgen"
-        )
+    if a.loadgen is None:
+        a.loadgen = ensure_loadgen()
     for mode in a.modes:
         one = instructions(a.python, a.loadgen, mode, 1)
         many = instructions(a.python, a.loadgen, mode, a.n)
