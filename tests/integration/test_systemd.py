@@ -146,6 +146,27 @@ def test_abstract_socket_watchdog_and_status(notify_dir: Path) -> None:
         manager.close()
 
 
+def test_a_notify_socket_nobody_listens_on_is_one_error_line(notify_dir: Path) -> None:
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_dir / "gone"), WATCHDOG_USEC="200000")
+    srv = start_gearmill(env=env)
+    try:
+        # the server runs on without its manager: a watchdog ping later, it still answers
+        with srv.conn() as c:
+            assert c.admin(b"version\n").startswith(b"OK ")
+        log = srv.tmp / "server.log"
+        wait_until("the error line", lambda: "NOTIFY_SOCKET" in log.read_text())
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(10) == 0
+        errors = [x for x in log.read_text().splitlines() if x.startswith("  ERROR")]
+        assert len(errors) == 1, errors
+        assert errors[0].endswith(
+            f"[  main ] NOTIFY_SOCKET {notify_dir}/gone: cannot notify the service manager: "
+            "No such file or directory"
+        )
+    finally:
+        srv.stop()
+
+
 # ---------------------------------------------------------- graceful stop
 
 
@@ -218,6 +239,7 @@ def test_graceful_timeout_stops_as_sigterm_and_says_what_is_lost(tmp_path: Path)
             "only and do not survive a restart",
         ]
         assert warnings[1]["graceful_timeout"] == 1 and warnings[1]["jobs_running"] == 1
+        assert warnings[2]["jobs_lost"] == 1
         assert lines[-1]["message"] == "Shutdown complete (SIGUSR1)"
     finally:
         stop_worker(worker, release)

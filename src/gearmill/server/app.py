@@ -188,6 +188,7 @@ class Server:
                 total,
                 "" if total == 1 else "s",
                 ", ".join(parts),
+                extra={"jobs_lost": total},
             )
 
     async def close(self, why: str) -> None:

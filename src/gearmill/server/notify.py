@@ -58,7 +58,11 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # never block the event loop on a busy manager
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(fields).encode(), target)
+        except BlockingIOError:
+            pass  # its queue is full: this one is dropped, the next ping tries again
         except OSError as e:
             # the server runs on without the manager; say so once
             self._failed = True
