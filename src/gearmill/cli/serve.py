@@ -15,7 +15,9 @@ from typing import NoReturn
 
 from ..server import config as settings
 from ..server.app import Server, lifecycle
-from ..server.config import LEVELS, Config, ConfigError, Given, Layer
+from ..server.config import LEVELS, Config, ConfigError, Given, Layer, LogFormat
+from ..server.notify import Notifier
+from .jsonlog import JsonFormatter
 
 DESCRIPTION = """Run the Gearman job server (gearmand 1.1.20 compatible).
 
@@ -121,6 +123,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _opt(
         p,
+        "--log-format",
+        metavar="plain|json",
+        help="log lines as gearmand writes them (plain, the default) or one JSON object each",
+    )
+    _opt(
+        p,
         "--verbose",
         metavar="LEVEL",
         help="log level: " + ", ".join(LEVELS) + " (default ERROR)",
@@ -147,6 +155,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="sleeping workers woken per new job: 0 = all (gearmand's default), N = at "
         "most N; unset: one per queued job that no woken worker is coming for",
+    )
+    _opt(
+        p,
+        "--graceful-timeout",
+        metavar="S",
+        help="seconds a graceful stop (SIGUSR1, 'shutdown graceful') waits for running jobs "
+        "before stopping as SIGTERM does (default 30; 0 = no limit)",
     )
     _opt(p, "--exceptions", action="store_true", help="enable the exceptions option for all")
     _opt(p, "--keepalive", action="store_true", help="tune TCP keepalive on connections")
@@ -275,8 +290,9 @@ def load(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
 class _Log:
     """Log destination that SIGHUP can reopen."""
 
-    def __init__(self, target: str, level: str) -> None:
+    def __init__(self, target: str, level: str, fmt: LogFormat = LogFormat.PLAIN) -> None:
         self.target = target
+        self.formatter = JsonFormatter() if fmt == LogFormat.JSON else GearmandFormatter()
         self.handler: logging.Handler | None = None
         self.root = logging.getLogger("gearmill")
         self.root.setLevel(_PY_LEVEL[level])
@@ -298,7 +314,7 @@ class _Log:
             handler = logging.StreamHandler(sys.stderr)
         else:
             handler = logging.FileHandler(self.target)
-        handler.setFormatter(GearmandFormatter())
+        handler.setFormatter(self.formatter)
         if self.handler is not None:
             self.root.removeHandler(self.handler)
             self.handler.close()
@@ -389,7 +405,7 @@ def run(config: Config) -> int:
     if config.daemon and target == "stderr":
         target = "none"  # a daemon has no terminal
     try:
-        logs = _Log(target, config.verbose.value)
+        logs = _Log(target, config.verbose.value, config.log_format)
     except OSError as e:
         print(f"gearmill serve: cannot open log file {target}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -404,7 +420,8 @@ def run(config: Config) -> int:
 
 
 async def _serve(config: Config, logs: _Log, report: _Report) -> int:
-    server = Server(config)
+    # read here, after a --daemon fork: the watchdog is meant for this process
+    server = Server(config, Notifier.from_env(os.environ))
     try:
         await server.start()
     except OSError as e:

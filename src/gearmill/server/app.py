@@ -16,6 +16,7 @@ from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
 from .model import RUNNING, SCHEDULED
+from .notify import Notifier
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
@@ -25,8 +26,10 @@ _NOTICE = {"gearman_level": "NOTICE"}
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notify: Notifier | None = None) -> None:
         self.config = config
+        self.notify = notify or Notifier(None)  # systemd's NOTIFY_SOCKET, if any
+        self._graceful_timer: asyncio.TimerHandle | None = None
         self.broker = Broker(config.broker_config(os.getpid()), time.time)
         self._why = ""
         self._announced = False  # the stop line answers the start line
@@ -67,7 +70,7 @@ class Server:
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
-        where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        where = self._where()
         store = "jobs in memory" if self.config.store.url == "memory" else self.config.store.url
         lifecycle.info(
             "Listening on %s (gearmill %s, %s hot path, %s)",
@@ -78,6 +81,22 @@ class Server:
             extra=_NOTICE,
         )
         self._announced = True
+        self.notify.ready(self.status_line())
+        self.notify.start(self.status_line)
+
+    def _where(self) -> str:
+        return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: where, and how many jobs and workers."""
+        stats = self.broker.stats()
+        counts = (
+            f"{stats['jobs_queued']} jobs queued, {stats['jobs_running']} running, "
+            f"{stats['workers']} workers"
+        )
+        if self.broker.stopping is None:
+            return f"Listening on {self._where()}; {counts}"
+        return f"Stopping ({self._why or 'admin'}); {counts}"
 
     @property
     def port(self) -> int:
@@ -99,6 +118,7 @@ class Server:
                 or ("admin shutdown" if self.broker.stopping == "now" else "graceful shutdown")
             )
             self._stopped.set()
+            self.notify.stopping(f"Stopping ({self._why})")
 
     def _signal(self, name: str, graceful: bool) -> None:
         self._why = name
@@ -120,6 +140,25 @@ class Server:
             )
             for server in self._servers:
                 server.close()
+            self.notify.stopping(self.status_line())
+            limit = self.config.graceful_timeout
+            if limit and self._loop is not None:
+                self._graceful_timer = self._loop.call_later(limit, self._graceful_expired)
+
+    def _graceful_expired(self) -> None:
+        """--graceful-timeout passed with jobs still running: stop as SIGTERM would."""
+        self._graceful_timer = None
+        running = self.broker.stats()["jobs_running"]
+        lifecycle.warning(
+            "%s: graceful shutdown did not finish within %d s (--graceful-timeout): "
+            "%d job%s still running; stopping now",
+            self._why or "admin",
+            self.config.graceful_timeout,
+            running,
+            "" if running == 1 else "s",
+            extra={"graceful_timeout": self.config.graceful_timeout, "jobs_running": running},
+        )
+        self.stop()
 
     def _check_idle(self) -> None:
         # queued jobs no connected worker can do are dropped; _close says how many
@@ -149,6 +188,7 @@ class Server:
                 total,
                 "" if total == 1 else "s",
                 ", ".join(parts),
+                extra={"jobs_lost": total},
             )
 
     async def close(self, why: str) -> None:
@@ -157,6 +197,11 @@ class Server:
         await self._close()
 
     async def _close(self) -> None:
+        """Where every stop ends (now, graceful, graceful timed out): the one place to
+        save or report what is still in memory before connections drop."""
+        if self._graceful_timer is not None:
+            self._graceful_timer.cancel()
+            self._graceful_timer = None
         self._report_lost()
         for server in self._servers:
             server.close()
@@ -167,6 +212,7 @@ class Server:
             self._timer.cancel()
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
+        self.notify.close()
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()

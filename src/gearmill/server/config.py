@@ -57,6 +57,13 @@ class AdminShutdown(enum.StrEnum):
     ANY = "any"
 
 
+class LogFormat(enum.StrEnum):
+    """How log lines look: gearmand's plain lines, or one JSON object per line."""
+
+    PLAIN = "plain"
+    JSON = "json"
+
+
 class ConfigError(ValueError):
     """A bad setting; the text is the whole one-line message."""
 
@@ -105,6 +112,9 @@ class Config:
     admin_shutdown: AdminShutdown = AdminShutdown.LOCAL
     verbose: Level = Level.ERROR
     log_file: str = "stderr"
+    log_format: LogFormat = LogFormat.PLAIN
+    # seconds a graceful stop (SIGUSR1, shutdown graceful) waits for running jobs; 0 = no limit
+    graceful_timeout: int = 30
     pid_file: str | None = None
     daemon: bool = False
     file_descriptors: int | None = None
@@ -286,6 +296,15 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "admin_shutdown": _Setting(_choice(AdminShutdown, str.lower)),
     "verbose": _Setting(_choice(Level, str.upper)),
     "log_file": _Setting(_str),
+    "log_format": _Setting(_choice(LogFormat, str.lower)),
+    "graceful_timeout": _Setting(
+        _int(
+            0,
+            7 * 86400,
+            "use seconds from 0 (no limit) to 604800 (default 30)",
+            "a whole number of seconds",
+        )
+    ),
     "pid_file": _Setting(_str),
     "file_descriptors": _Setting(_int(1, 1 << 30, "use a positive number of open files")),
     "store": _Setting(_store, toml="store.url"),
