@@ -19,7 +19,7 @@ from typing import cast
 from ..errors import CannotConnect, ConnectionLost, ProtocolError, ServerError, connect_reason
 from ..protocol.codec import MALFORMED, Decoder
 from ..protocol.packets import HEADER, REQ, PacketType
-from .servers import Address, format_address
+from .servers import Address, TLSAddress, format_address
 
 _REPLIES = frozenset(
     {
@@ -67,9 +67,20 @@ class Connection(asyncio.Protocol):
     ) -> Connection:
         loop = asyncio.get_running_loop()
         host, port = address
+        context = None
+        if isinstance(address, TLSAddress):
+            from .tls import default_context
+
+            context = address.context or default_context()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(address, on_packet, on_lost), host, port),
+                loop.create_connection(
+                    lambda: cls(address, on_packet, on_lost),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                ),
                 timeout,
             )
         except (TimeoutError, OSError) as e:
