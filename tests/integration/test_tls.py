@@ -28,10 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import gearmill as gm
+from conftest import REQ, RES, Running, start_gearmill
 from gearmill.client.tls import client_context
 from gearmill.errors import GearmanError
-
-from conftest import REQ, RES, Running, start_gearmill
 
 ORG = "Gearmill Test"
 ERROR = 19
