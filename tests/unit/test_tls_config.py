@@ -51,6 +51,11 @@ def test_plain_and_tls_listeners_side_by_side(tmp_path: Path) -> None:
         Listener("127.0.0.1", 4730),
         Listener("0.0.0.0", 4731, tls=True),
     )
+    # --tls (--ssl) keeps the -p listener on TLS beside tls:// ones
+    assert load("-L", "::1", "-L", "tls://[::1]:4731", "--ssl", *cert).listeners == (
+        Listener("::1", 4730, tls=True),
+        Listener("::1", 4731, tls=True),
+    )
     assert load("-L", "tcp://[::1]:5000", "-L", "tls://[::1]", *cert).listeners == (
         Listener("::1", 5000),
         Listener("::1", 4730, tls=True),
@@ -72,6 +77,7 @@ def test_tls_setting_errors(tmp_path: Path) -> None:
     assert "needs a certificate" in error("-L", "tls://127.0.0.1:4731")
     assert "needs a certificate" in error("--ssl")
     assert "unknown scheme 'udp'" in error("-L", "udp://127.0.0.1:1")
+    assert "in brackets" in error("-L", "tls://::1:4731", "--tls-cert", "c")
     assert "port number" in error("-L", "tls://127.0.0.1:x", "--tls-cert", "c")
     assert "needs --tls-ca" in error("--tls-cert", "c", "--tls-verify-client", "required")
     assert "use one of none, optional, required" in error("--tls-verify-client", "maybe")
@@ -153,12 +159,17 @@ def test_the_rules_a_peer_gets() -> None:
     assert stranger.allows(TEXT, [b"status"]) and stranger.allows(TEXT, [b"workers"])
     for line in (b"shutdown", b"cancel job H:x:1", b"drop function f", b"MAXQUEUE f 1"):
         assert not stranger.allows(TEXT, [line]), line
-    local = acl.for_peer(peer("127.0.0.1", local=True))
-    assert local is not None and local.allows(TEXT, [b"maxqueue f 1"])
+    local = acl.rules_for(peer("127.0.0.1", local=True))
+    assert local.allows(TEXT, [b"maxqueue f 1"])
+    assert not local.allows(T.SUBMIT_JOB, [b"private", b"", b""])
     by_address = acl.for_peer(peer("10.1.2.3"))
     assert by_address is not None and not by_address.allows(TEXT, [b"version"])
     # a rule that allows everything leaves its peer without a check per packet
     assert acl.for_peer(peer("192.0.2.9", "CN=root,O=Example")) is None
+    everyone = AccessList(AccessConfig())  # TLS without [access]: admin "read"
+    assert everyone.for_peer(peer("127.0.0.1", local=True)) is None
+    remote = everyone.for_peer(peer("192.0.2.10"))
+    assert remote is not None and not remote.allows(TEXT, [b"shutdown"])
 
 
 def test_tls_server_addresses() -> None:

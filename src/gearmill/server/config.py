@@ -284,6 +284,8 @@ def _listen_url(text: str) -> tuple[str, int | None, bool | None]:
         if end < 0 or (rest[end + 1 :] and not rest[end + 1 :].startswith(":")):
             raise _Bad(f"{text}: write an IPv6 address as tls://[::1]:4730")
         host, port_text = rest[1:end], rest[end + 2 :]
+    elif rest.count(":") > 1:
+        raise _Bad(f"{text}: write an IPv6 address in brackets, as tls://[::1]:4730")
     else:
         host, _, port_text = rest.partition(":")
     port = None if not port_text else _port(port_text, True)
@@ -548,9 +550,10 @@ def build(layers: Sequence[Layer]) -> Config:
     # a port from a stronger source than the listeners' overrides theirs
     port_wins = rank.get("port", len(layers)) < rank.get("listen", len(layers))
     tls = _tls_config(values)
-    # the -p listeners speak TLS when a certificate is set and no tls:// listener is given
+    # the -p listeners speak TLS when a certificate is set and no tls:// listener is
+    # given, or when --tls (--ssl) says so
     explicit = any(t is True for _, _, t in hosts)
-    default_tls = tls.cert is not None and not explicit
+    default_tls = tls.cert is not None and (not explicit or bool(values.get("tls")))
     listeners = tuple(
         Listener(host, port if own is None or port_wins else own, default_tls if t is None else t)
         for host, own, t in hosts
