@@ -409,3 +409,22 @@ def test_the_cli_speaks_tls(srv: TLSServer, pki: PKI) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert b"public.report" in out.stdout
+
+
+def test_a_certificate_that_cannot_be_loaded_is_one_line(tmp_path: Path, pki: PKI) -> None:
+    cmd = [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0"]
+    missing = tmp_path / "missing.crt"
+    out = subprocess.run([*cmd, "--tls-cert", str(missing)], capture_output=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.decode() == (
+        f"gearmill serve: --tls-cert {missing}: cannot load the certificate and key: "
+        "No such file or directory; give PEM files of a certificate and its private key\n"
+    )
+    # a key that is not the certificate's
+    cert, _ = pki.clients["admin"]
+    _, key = pki.clients["nobody"]
+    out = subprocess.run(
+        [*cmd, "--tls-cert", str(cert), "--tls-key", str(key)], capture_output=True, timeout=30
+    )
+    assert out.returncode == 1 and out.stderr.count(b"\n") == 1
+    assert b"cannot load the certificate and key: KEY_VALUES_MISMATCH" in out.stderr, out.stderr
