@@ -314,18 +314,19 @@ def test_client_and_worker_over_tls_beside_a_plain_listener(srv: TLSServer, pki:
 
 def test_a_certificate_the_ca_did_not_sign_is_refused(srv: TLSServer, pki: PKI) -> None:
     with (
-        pytest.raises(GearmanError),
+        pytest.raises(GearmanError, match="refused this client's certificate"),
         gm.Client(srv.tls, tls=pki.context("intruder"), timeout=5, connect_timeout=5) as client,
     ):
         client.echo(b"hello")
     # and a client that does not trust the server's CA refuses the server
     with (
-        pytest.raises(GearmanError),
-        gm.Client(
-            srv.tls, tls=client_context(str(pki.clients["intruder"][0])), timeout=5
-        ) as client,
+        pytest.raises(GearmanError, match="the server's TLS certificate is not trusted"),
+        gm.Client(srv.tls, tls=client_context(str(pki.clients["intruder"][0])), timeout=5) as c,
     ):
-        client.echo(b"hello")
+        c.echo(b"hello")
+    # a client without a certificate may connect (verify_client optional) and echo
+    with gm.Client(srv.tls, tls=pki.context(), timeout=5) as client:
+        assert client.echo(b"hello") == b"hello"
 
 
 def test_a_refused_submission_gets_an_error_and_the_connection_goes_on(

@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
             tuple[int, asyncio.Future[list[bytes]], ReplyHandler | None]
         ] = collections.deque()
         self.closed: Exception | None = None
+        self._seen = False  # any bytes from the server yet
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_event_loop()
@@ -96,6 +97,7 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._seen = True
         pending = self.pending
         for kind, args in self.decoder.feed(data):
             if kind in _REPLIES or (kind == _ERROR and pending):
@@ -121,7 +123,14 @@ class Connection(asyncio.Protocol):
                 self.on_packet(self, kind, args)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionLost(self.name, str(exc) if exc else "closed by server"))
+        why = str(exc) if exc else "closed by server"
+        if isinstance(self.address, TLSAddress) and not self._seen:
+            # TLS 1.3 refuses a client certificate after the client's handshake is done
+            why += (
+                " before answering (a TLS server that refused this client's certificate"
+                " does that; see --tls-cert, GEARMILL_CLIENT_CERT or tls=client_context(cert=...))"
+            )
+        self._fail(ConnectionLost(self.name, why))
 
     # ------------------------------------------------------------------ ours
 
