@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -398,18 +399,39 @@ def test_admin_commands_by_certificate(srv: TLSServer, pki: PKI) -> None:
 
 
 def test_the_cli_speaks_tls(srv: TLSServer, pki: PKI) -> None:
-    cert, key = pki.clients["admin"]
+    cli = [sys.executable, "-m", "gearmill.cli.main"]
+
+    def tls_flags(who: str) -> list[str]:
+        cert, key = pki.clients[who]
+        return ["--tls-ca", str(pki.ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+
+    # gearmill work with a worker certificate, its server from GEARMAN_SERVERS
+    env = {**os.environ, "GEARMAN_SERVERS": srv.tls}
+    work = subprocess.Popen(
+        [*cli, "work", *tls_flags("worker-1"), "-f", "reverse", "--", "rev"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for("gearmill work over TLS", lambda: workers_of(srv, "reverse") == 1)
+        out = subprocess.run(
+            [*cli, "submit", "-s", srv.tls, *tls_flags("client-1"), "-f", "reverse"],
+            input=b"abc\n",
+            capture_output=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"cba\n"
+    finally:
+        work.terminate()
+        work.wait(30)
     out = subprocess.run(
-        [
-            *(sys.executable, "-m", "gearmill.cli.main", "admin", "-s", srv.tls),
-            *("--tls-ca", str(pki.ca)),
-            *("--tls-cert", str(cert), "--tls-key", str(key), "--status"),
-        ],
+        [*cli, "admin", "-s", srv.tls, *tls_flags("admin"), "--status"],
         capture_output=True,
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    assert b"public.report" in out.stdout
+    assert b"reverse" in out.stdout
 
 
 def test_a_certificate_that_cannot_be_loaded_is_one_line(tmp_path: Path, pki: PKI) -> None:
