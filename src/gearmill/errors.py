@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 
 # Said after a connection failure: where the address came from and how to change it.
 ADDRESS_HINT = (
@@ -43,6 +44,13 @@ def connect_reason(error: BaseException, timeout: float | None = None) -> str:
     """Why a connect failed, in words: 'connection refused', 'unknown host', …"""
     if isinstance(error, socket.gaierror):
         return f"unknown host ({error.strerror or error})"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"the server's TLS certificate is not trusted ({error.verify_message}); give the "
+            "CA that signed it (--tls-ca, GEARMILL_CLIENT_CA or tls=client_context(ca=...))"
+        )
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed ({error.reason or error})"
     if isinstance(error, TimeoutError):
         return "no answer" + (f" within {seconds(timeout)} s" if timeout is not None else "")
     code = error.errno if isinstance(error, OSError) else None

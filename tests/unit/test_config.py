@@ -207,12 +207,13 @@ def test_bad_file_values(tmp_path: Path) -> None:
     )
     path = toml(tmp_path, '[[listen]]\nhost = "127.0.0.1"\ntls = true\n')
     assert error("--config", path) == (
-        f"{path}: [[listen]]: TLS is not implemented yet; remove tls"
+        "a tls:// listener needs a certificate: give --tls-cert and --tls-key "
+        "(or cert and key in the file's [tls] section)"
     )
     path = toml(tmp_path, 'listen = ["127.0.0.1"]\n')
     assert error("--config", path) == (
-        f'{path}: [[listen]]: write [[listen]] tables: host = "127.0.0.1" and an optional '
-        "port = 4730"
+        f'{path}: [[listen]]: write [[listen]] tables: host = "127.0.0.1", an optional '
+        "port = 4730 and an optional tls = true"
     )
 
 
@@ -257,9 +258,10 @@ def test_gearmand_file_errors(tmp_path: Path) -> None:
     )
     path = gearmand_file(tmp_path, "--job-retries=300\n")
     assert error("--config-file", path) == f"{path}: --job-retries=300: use 0 (no limit) to 255"
-    path = gearmand_file(tmp_path, "--ssl\n")
+    path = gearmand_file(tmp_path, "--syslog\n")
     assert error("--config-file", path) == (
-        f"{path}: gearmand option --ssl is not supported: TLS is not implemented yet"
+        f"{path}: gearmand option --syslog is not supported: syslog output is not supported; "
+        "use --log-file"
     )
     path = gearmand_file(tmp_path, "--port\n")
     assert error("--config-file", path) == (

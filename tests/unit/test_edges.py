@@ -190,7 +190,7 @@ def test_one_access_check_for_socket_and_in_process_peers() -> None:
     inproc = s.broker.connect(Peer(-1, "gateway", sink=BufferSink()))
     send(far, encode_req(T.SUBMIT_JOB_BG, b"f", b"", b"x") + encode_req(T.ECHO_REQ, b"ok"))
     assert far_t.take() == [
-        (T.ERROR, [b"PERMISSION_DENIED", b"Not allowed for this connection"]),
+        (T.ERROR, [b"INVALID_COMMAND", b"Permission denied for this connection"]),
         (T.ECHO_RES, [b"ok"]),
     ]
     send(far, b"status\n")

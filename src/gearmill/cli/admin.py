@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ..client.admin import AdminClient
 from ..errors import GearmanError, ServerError
-from .common import add_server_arguments, server_list
+from .common import add_server_arguments, server_list, tls_context
 
 # gearadmin runs several options in this fixed order on one connection
 _ORDER = (
@@ -120,7 +120,12 @@ def _show(command: str, reply: bytes, raw: bool, pretty: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    servers = server_list(args)
+    try:
+        servers = server_list(args)
+        args.tls = tls_context(args)
+    except ValueError as e:
+        print(f"gearmill admin: {e}", file=sys.stderr)
+        return 2
     if args.admin_command == "check":
         return _check(args, servers[0])
     chosen = [(attr, cmd) for attr, cmd in _ORDER if getattr(args, attr)]
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for server in servers:
         try:
-            with AdminClient(server) as admin:
+            with AdminClient(server, tls=args.tls) as admin:
                 if len(servers) > 1:
                     print(f"# {server}")
                 for attr, cmd in chosen:
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace, server: str) -> int:
     try:
-        with AdminClient(server) as admin:
+        with AdminClient(server, tls=args.tls) as admin:
             functions = admin.status()
     except (GearmanError, ServerError, ValueError) as e:
         print(f"GEARMAN CRITICAL - {server}: {e}")

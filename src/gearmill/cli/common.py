@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 
 from ..client.servers import format_address, parse_servers
 
@@ -15,7 +16,24 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "-s",
         "--servers",
         metavar="HOST:PORT,...",
-        help="job servers (default $GEARMAN_SERVERS or $GEARMAN_SERVER, else 127.0.0.1:4730)",
+        help="job servers (default $GEARMAN_SERVERS or $GEARMAN_SERVER, else 127.0.0.1:4730);"
+        " tls://HOST:PORT for TLS",
+    )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA that signs the tls:// servers' certificates"
+        " (default $GEARMILL_CLIENT_CA, else the system's)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate for tls:// servers (default $GEARMILL_CLIENT_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="PEM key of --tls-cert (default $GEARMILL_CLIENT_KEY, else in that file)",
     )
     p.add_argument("-H", "--help", action="help", help="show this help and exit")
 
@@ -30,3 +48,18 @@ def server_list(args: argparse.Namespace) -> list[str]:
     else:
         spec = os.environ.get("GEARMAN_SERVERS") or os.environ.get("GEARMAN_SERVER")
     return [format_address(a) for a in parse_servers(spec)]
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The SSL context for tls:// servers from --tls-*, or None (the environment's);
+    raises ValueError on a file that cannot be loaded."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    from ..client.tls import client_context
+
+    env = os.environ
+    return client_context(
+        args.tls_ca or env.get("GEARMILL_CLIENT_CA") or None,
+        args.tls_cert or env.get("GEARMILL_CLIENT_CERT") or None,
+        args.tls_key or env.get("GEARMILL_CLIENT_KEY") or None,
+    )

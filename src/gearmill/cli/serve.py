@@ -28,10 +28,6 @@ given by --config or GEARMILL_CONFIG, then the defaults."""
 
 # gearmand options we know but do not implement (yet): a clear message instead of argparse's.
 _UNSUPPORTED = {
-    "--ssl": "TLS is not implemented yet",
-    "--ssl-ca-file": "TLS is not implemented yet",
-    "--ssl-certificate": "TLS is not implemented yet",
-    "--ssl-key": "TLS is not implemented yet",
     "-r": "protocol modules (http) are not implemented yet",
     "--protocol": "protocol modules (http) are not implemented yet",
     "--http-port": "the HTTP protocol module is not implemented yet",
@@ -101,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--listen",
         action="append",
         metavar="ADDR",
-        help="address to listen on (repeatable; default 127.0.0.1; 0.0.0.0 or :: for all)",
+        help="address to listen on (repeatable; default 127.0.0.1; 0.0.0.0 or :: for all); "
+        "tls://HOST:PORT or tcp://HOST:PORT add a listener of that kind on its own port",
     )
     _opt(p, "-p", "--port", help="TCP port (default 4730; 0 picks a free one)")
     _opt(p, "-b", "--backlog", metavar="N", help="listen backlog (default 32)")
@@ -190,6 +187,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="accepted for gearmand compatibility; ignored (tables grow by themselves)",
     )
     _opt(p, "-f", "--file-descriptors", metavar="N", help="raise the open-files limit")
+    _opt(
+        p,
+        "--tls-cert",
+        "--ssl-certificate",
+        dest="tls_cert",
+        metavar="FILE",
+        help="PEM certificate (chain): the -p listener speaks TLS (unless tls:// listeners "
+        "are given, which use it)",
+    )
+    _opt(
+        p,
+        "--tls-key",
+        "--ssl-key",
+        dest="tls_key",
+        metavar="FILE",
+        help="PEM private key of --tls-cert (default: in that file)",
+    )
+    _opt(
+        p,
+        "--tls-ca",
+        "--ssl-ca-file",
+        dest="tls_ca",
+        metavar="FILE",
+        help="PEM CA certificates that client certificates must chain to",
+    )
+    _opt(
+        p,
+        "--tls-verify-client",
+        metavar="none|optional|required",
+        help="ask TLS clients for a certificate (default: required with --tls-ca, else none)",
+    )
+    _opt(
+        p,
+        "--tls",
+        "--ssl",
+        dest="tls",
+        action="store_true",
+        help="speak TLS on the -p listener (needs --tls-cert; gearmand's --ssl)",
+    )
     _opt(p, "--config", metavar="FILE", help="a TOML file of settings (see README)")
     _opt(
         p,
@@ -197,6 +233,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a file of gearmand flags (--port=4730 ...), as gearmand reads it",
     )
+    for key, name in (
+        ("tls_cert", "--tls-cert"),
+        ("tls_key", "--tls-key"),
+        ("tls_ca", "--tls-ca"),
+        ("tls", "--tls"),
+    ):
+        _FLAG_NAMES[key] = name  # messages use our spelling, not gearmand's alias
 
 
 def build_parser(

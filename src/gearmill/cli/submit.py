@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from ..client.aio import AsyncClient, Job, JobRequest, StatusCallback
 from ..errors import GearmanError, JobFailed, NoServersAvailable, Timeout
-from .common import add_server_arguments, server_list
+from .common import add_server_arguments, server_list, tls_context
 from .progress import Progress
 
 BATCH = 1000
@@ -98,6 +98,7 @@ def _workloads(args: argparse.Namespace) -> Iterator[bytes]:
 def run(args: argparse.Namespace) -> int:
     try:
         servers = server_list(args)
+        args.tls = tls_context(args)
     except ValueError as e:
         print(f"gearmill submit: {e}", file=sys.stderr)
         return 2
@@ -134,7 +135,7 @@ async def _submit(args: argparse.Namespace, servers: list[str]) -> int:
         enabled=sys.stderr.isatty() and (args.lines or args.lines_strip),
         total=_stdin_size() if not args.workload else None,
     )
-    async with AsyncClient(servers, timeout=timeout) as client:
+    async with AsyncClient(servers, timeout=timeout, tls=args.tls) as client:
         batch: list[JobRequest] = []
         done = 0
 

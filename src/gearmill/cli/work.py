@@ -11,7 +11,7 @@ import signal
 import sys
 
 from ..worker.aio import AsyncWorker, WorkerJob
-from .common import add_server_arguments, server_list
+from .common import add_server_arguments, server_list, tls_context
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         servers = server_list(args)
+        tls = tls_context(args)
     except ValueError as e:
         print(f"gearmill work: {e}", file=sys.stderr)
         return 2
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         concurrency=args.concurrency,
         exceptions=True if args.exceptions else None,
+        tls=tls,
     )
     done = 0
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 
 from ..errors import CannotConnect, ConnectionLost, ServerError, connect_reason
-from .servers import Address, format_address, parse_server
+from .servers import Address, TLSAddress, format_address, parse_server
 
 # commands whose reply is a list ending in ".\n"
 _LISTS = ("status", "prioritystatus", "workers", "show jobs", "show unique jobs")
@@ -50,8 +51,14 @@ class JobInfo:
 
 
 class AdminClient:
-    def __init__(self, server: str | Address = "127.0.0.1:4730", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        server: str | Address = "127.0.0.1:4730",
+        timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.address = parse_server(server) if isinstance(server, str) else server
+        self.tls = tls  # the context for a tls:// server (None: gearmill.client.tls's default)
         self.name = format_address(self.address)
         self.timeout = timeout
         self._sock: socket.socket | None = None
@@ -71,7 +78,17 @@ class AdminClient:
     def _connect(self) -> socket.socket:
         if self._sock is None:
             try:
-                self._sock = socket.create_connection(self.address, timeout=self.timeout)
+                sock = socket.create_connection(self.address, timeout=self.timeout)
+                if isinstance(self.address, TLSAddress):
+                    from .tls import default_context
+
+                    context = self.tls or self.address.context or default_context()
+                    try:
+                        sock = context.wrap_socket(sock, server_hostname=self.address[0])
+                    except BaseException:
+                        sock.close()
+                        raise
+                self._sock = sock
             except OSError as e:
                 raise CannotConnect(self.name, connect_reason(e, self.timeout)) from e
         return self._sock

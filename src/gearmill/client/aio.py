@@ -21,6 +21,7 @@ import enum
 import inspect
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from ..errors import (
 from ..errors import Timeout as GearmanTimeout
 from ..protocol.packets import PacketType, Priority, submit_type
 from .connection import Connection
-from .servers import Address, format_address, parse_servers
+from .servers import Address, format_address, parse_servers, with_context
 
 T = TypeVar("T")
 PriorityLike = Priority | str | int
@@ -334,7 +335,8 @@ class AsyncClient:
     including waiting for a job's result; ``None`` waits without limit. Each
     call takes its own ``timeout=`` too. ``codec`` (e.g. ``gearmill.JSON``)
     encodes job arguments and decodes results; without one, job data must be
-    ``bytes`` or ``str`` and results are ``bytes``.
+    ``bytes`` or ``str`` and results are ``bytes``. ``tls``: the SSL context for
+    ``tls://`` servers (see :mod:`gearmill.client.tls`).
     """
 
     def __init__(
@@ -346,8 +348,9 @@ class AsyncClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
         codec: Codec | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.servers = [_Server(a) for a in parse_servers(servers)]
+        self.servers = [_Server(a) for a in with_context(parse_servers(servers), tls)]
         self.client_id = client_id
         self.exceptions = exceptions
         self.timeout = timeout

@@ -19,7 +19,7 @@ from typing import cast
 from ..errors import CannotConnect, ConnectionLost, ProtocolError, ServerError, connect_reason
 from ..protocol.codec import MALFORMED, Decoder
 from ..protocol.packets import HEADER, REQ, PacketType
-from .servers import Address, format_address
+from .servers import Address, TLSAddress, format_address
 
 _REPLIES = frozenset(
     {
@@ -53,6 +53,7 @@ class Connection(asyncio.Protocol):
             tuple[int, asyncio.Future[list[bytes]], ReplyHandler | None]
         ] = collections.deque()
         self.closed: Exception | None = None
+        self._seen = False  # any bytes from the server yet
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_event_loop()
@@ -67,9 +68,20 @@ class Connection(asyncio.Protocol):
     ) -> Connection:
         loop = asyncio.get_running_loop()
         host, port = address
+        context = None
+        if isinstance(address, TLSAddress):
+            from .tls import default_context
+
+            context = address.context or default_context()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(address, on_packet, on_lost), host, port),
+                loop.create_connection(
+                    lambda: cls(address, on_packet, on_lost),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                ),
                 timeout,
             )
         except (TimeoutError, OSError) as e:
@@ -85,6 +97,7 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._seen = True
         pending = self.pending
         for kind, args in self.decoder.feed(data):
             if kind in _REPLIES or (kind == _ERROR and pending):
@@ -110,7 +123,14 @@ class Connection(asyncio.Protocol):
                 self.on_packet(self, kind, args)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionLost(self.name, str(exc) if exc else "closed by server"))
+        why = str(exc) if exc else "closed by server"
+        if isinstance(self.address, TLSAddress) and not self._seen:
+            # TLS 1.3 refuses a client certificate after the client's handshake is done
+            why += (
+                " before answering (a TLS server that refused this client's certificate"
+                " does that; see --tls-cert, GEARMILL_CLIENT_CERT or tls=client_context(cert=...))"
+            )
+        self._fail(ConnectionLost(self.name, why))
 
     # ------------------------------------------------------------------ ours
 

@@ -1,8 +1,10 @@
-"""Job server addresses: ``host[:port][,host[:port]]…``, IPv6 in brackets."""
+"""Job server addresses: ``host[:port][,host[:port]]…``, IPv6 in brackets;
+``tls://host[:port]`` for a server spoken to over TLS (a :class:`TLSAddress`)."""
 
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterable
 
 from ..protocol.packets import DEFAULT_PORT
@@ -10,8 +12,35 @@ from ..protocol.packets import DEFAULT_PORT
 Address = tuple[str, int]
 
 
+class TLSAddress(tuple[str, int]):
+    """A server reached over TLS; unpacks as ``(host, port)`` like any address.
+    ``context``: the client's SSL context (None: :func:`gearmill.client.tls.default_context`)."""
+
+    context: ssl.SSLContext | None
+
+    def __new__(cls, host: str, port: int, context: ssl.SSLContext | None = None) -> TLSAddress:
+        self = super().__new__(cls, (host, port))
+        self.context = context
+        return self
+
+
+def with_context(addresses: list[Address], context: ssl.SSLContext | None) -> list[Address]:
+    """The TLS addresses among ``addresses`` given ``context`` (None leaves them as they are)."""
+    if context is None:
+        return addresses
+    return [TLSAddress(a[0], a[1], context) if isinstance(a, TLSAddress) else a for a in addresses]
+
+
 def parse_server(text: str) -> Address:
     text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() not in ("tcp", "tls"):
+            raise ValueError(
+                f"{text!r}: unknown scheme {scheme!r}; use tls://host:port or host:port"
+            )
+        host, port = parse_server(rest)
+        return TLSAddress(host, port) if scheme.lower() == "tls" else (host, port)
     if not text:
         raise ValueError("empty server address")
     if text.startswith("["):
@@ -46,4 +75,5 @@ def parse_servers(spec: str | Iterable[str] | None) -> list[Address]:
 
 def format_address(address: Address) -> str:
     host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme = "tls://" if isinstance(address, TLSAddress) else ""
+    return f"{scheme}[{host}]:{port}" if ":" in host else f"{scheme}{host}:{port}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ssl
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
@@ -120,10 +121,11 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
         codec: Codec | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._runner = LoopThread("gearmill-client")
         self._async = self._runner.call(
-            _make(servers, client_id, exceptions, timeout, connect_timeout, codec)
+            _make(servers, client_id, exceptions, timeout, connect_timeout, codec, tls)
         )
 
     def __enter__(self) -> Client:
@@ -249,6 +251,7 @@ async def _make(
     timeout: float | None,
     connect_timeout: float,
     codec: Codec | None,
+    tls: ssl.SSLContext | None,
 ) -> AsyncClient:
     return AsyncClient(
         servers,
@@ -257,4 +260,5 @@ async def _make(
         timeout=timeout,
         connect_timeout=connect_timeout,
         codec=codec,
+        tls=tls,
     )

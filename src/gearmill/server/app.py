@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -39,21 +40,36 @@ class Server:
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
+        self.tls_addresses: list[tuple[str, int]] = []  # those of addresses that speak TLS
         self.hub = Hub(self.broker, self._admin_line, self._after_flush)
+        if config.access is not None or any(x.tls for x in config.listeners):
+            # an access list, or TLS's default one (state-changing admin: loopback only)
+            from .access import AccessConfig, AccessList
+
+            self.broker.access = AccessList(config.access or AccessConfig())
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        context = None
+        kinds: dict[bool, type[GearmanProtocol]] = {False: GearmanProtocol}
+        if any(x.tls for x in self.config.listeners):
+            from .tls import TLSProtocol, server_context
+
+            context = server_context(self.config.tls)
+            kinds[True] = TLSProtocol
         for listener in self.config.listeners:
+            kind = kinds[listener.tls]
             try:
                 server = await self._loop.create_server(
-                    lambda: GearmanProtocol(self.hub, self.config.max_packet, self.tune_socket),
+                    functools.partial(kind, self.hub, self.config.max_packet, self.tune_socket),
                     host=listener.host or None,
                     port=listener.port,
                     backlog=self.config.backlog,
                     reuse_address=True,
+                    ssl=context if listener.tls else None,
                 )
             except OSError as e:
                 for opened in self._servers:
@@ -67,6 +83,8 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
+                if listener.tls:
+                    self.tls_addresses.append((addr[0], addr[1]))
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
@@ -85,7 +103,11 @@ class Server:
         self.notify.start(self.status_line)
 
     def _where(self) -> str:
-        return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+        return ", ".join(
+            ("tls://" if (h, p) in self.tls_addresses else "")
+            + (f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+            for h, p in self.addresses
+        )
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: where, and how many jobs and workers."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import json
 import os
 import tomllib
@@ -27,6 +28,7 @@ from typing import Final, TypeVar
 from .. import __version__
 from ..protocol.codec import MAX_PAYLOAD
 from ..protocol.packets import DEFAULT_PORT
+from .access import ADMIN_LEVELS, AccessConfig, AccessRule
 from .broker import BrokerConfig
 
 GEARMAND_VERSION: Final = "1.1.20"
@@ -72,6 +74,25 @@ class ConfigError(ValueError):
 class Listener:
     host: str  # "" = every interface
     port: int
+    tls: bool = False  # speaks TLS with Config.tls's certificate
+
+
+class VerifyClient(enum.StrEnum):
+    """Whether a TLS listener asks for a client certificate (checked against the CA)."""
+
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The certificate of every TLS listener, and how clients are checked."""
+
+    cert: str | None = None  # PEM certificate (chain); None: no TLS listener
+    key: str | None = None  # PEM private key; None: in the cert file
+    ca: str | None = None  # PEM CA certificates client certificates must chain to
+    verify: VerifyClient = VerifyClient.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +142,9 @@ class Config:
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tls: TLSConfig = TLSConfig()
+    # None: every peer may do everything (gearmand's way), unless TLS is on
+    access: AccessConfig | None = None
 
     def broker_config(self, pid: int) -> BrokerConfig:
         return BrokerConfig(
@@ -229,27 +253,138 @@ def _queue_type(raw: object, text: bool) -> str:
     return "builtin"
 
 
-def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None], ...]:
+def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None, bool | None], ...]:
     """Hosts from flags (a list) or GEARMILL_LISTEN (commas); [[listen]] tables from TOML."""
     if text:
         hosts = raw.split(",") if isinstance(raw, str) else raw
         assert isinstance(hosts, list | tuple)
-        return tuple((str(h).strip(), None) for h in hosts)
-    fix = 'write [[listen]] tables: host = "127.0.0.1" and an optional port = 4730'
+        return tuple(_listen_url(str(h).strip()) for h in hosts)
+    fix = (
+        'write [[listen]] tables: host = "127.0.0.1", an optional port = 4730 '
+        "and an optional tls = true"
+    )
     if not isinstance(raw, list) or not raw:
         raise _Bad(fix)
-    out: list[tuple[str, int | None]] = []
+    out: list[tuple[str, int | None, bool | None]] = []
     for table in raw:
         if not isinstance(table, dict) or not isinstance(table.get("host"), str):
             raise _Bad(fix)
         for key in table:
-            if key == "tls":
-                raise _Bad("TLS is not implemented yet; remove tls")
-            if key not in ("host", "port"):
+            if key not in ("host", "port", "tls"):
                 raise _Bad(f"unknown key {key!r}; {fix}")
         port = table.get("port")
-        out.append((table["host"], None if port is None else _port(port, False)))
+        tls = table.get("tls")
+        if tls is not None and not isinstance(tls, bool):
+            raise _Bad(f"tls = {_toml_repr(tls)}: use true or false")
+        out.append((table["host"], None if port is None else _port(port, False), tls))
     return tuple(out)
+
+
+def _listen_url(text: str) -> tuple[str, int | None, bool | None]:
+    """A -L value: a host (the -p listener), or tcp://host[:port] or tls://host[:port]."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text, None, None
+    if scheme.lower() not in ("tcp", "tls"):
+        raise _Bad(
+            f"{text}: unknown scheme {scheme!r}; use a host, tcp://host:port or tls://host:port"
+        )
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0 or (rest[end + 1 :] and not rest[end + 1 :].startswith(":")):
+            raise _Bad(f"{text}: write an IPv6 address as tls://[::1]:4730")
+        host, port_text = rest[1:end], rest[end + 2 :]
+    elif rest.count(":") > 1:
+        raise _Bad(f"{text}: write an IPv6 address in brackets, as tls://[::1]:4730")
+    else:
+        host, _, port_text = rest.partition(":")
+    port = None if not port_text else _port(port_text, True)
+    return host, port, scheme.lower() == "tls"
+
+
+def _tls_config(values: dict[str, object]) -> TLSConfig:
+    cert, key, ca = (values.get(k) for k in ("tls_cert", "tls_key", "tls_ca"))
+    assert cert is None or isinstance(cert, str)
+    assert key is None or isinstance(key, str)
+    assert ca is None or isinstance(ca, str)
+    verify = values.get("tls_verify_client")
+    if verify is None:
+        # a CA given is a CA to check clients against
+        verify = VerifyClient.REQUIRED if ca else VerifyClient.NONE
+    assert isinstance(verify, VerifyClient)
+    if verify is not VerifyClient.NONE and not ca:
+        raise ConfigError(
+            f"--tls-verify-client {verify.value} needs --tls-ca: the CA that signs "
+            "client certificates"
+        )
+    if key and not cert:
+        raise ConfigError("--tls-key without --tls-cert: give the certificate too")
+    return TLSConfig(cert, key, ca, verify)
+
+
+def _globs(raw: object, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(g, str) and g for g in raw):
+        raise _Bad(f'{where}: write a list of function names or globs, e.g. ["resize", "img.*"]')
+    return tuple(raw)
+
+
+def _admin_level(raw: object, where: str) -> str:
+    if raw not in ADMIN_LEVELS:
+        raise _Bad(f"{where} = {_toml_repr(raw)}: use one of " + ", ".join(ADMIN_LEVELS))
+    assert isinstance(raw, str)
+    return raw
+
+
+def _access(raw: object, text: bool) -> AccessConfig:
+    """The [access] section: submit, work, admin for peers no rule matches, then [[access.rule]]."""
+    if not isinstance(raw, dict):
+        raise _Bad("a section; write [access] on its own line")
+    rights = ("submit", "work", "admin")
+    for key in raw:
+        if key not in (*rights, "rule"):
+            raise _Bad(f"unknown key {key!r}; known: submit, work, admin, [[access.rule]]")
+    rules = raw.get("rule", [])
+    if not isinstance(rules, list):
+        raise _Bad("rule: write [[access.rule]] tables")
+    out: list[AccessRule] = []
+    for n, table in enumerate(rules, 1):
+        where = f"rule {n}"
+        if not isinstance(table, dict):
+            raise _Bad(f"{where}: write [[access.rule]] tables")
+        for key in table:
+            if key not in (*rights, "subject", "address"):
+                raise _Bad(
+                    f"{where}: unknown key {key!r}; known: subject, address, {', '.join(rights)}"
+                )
+        subject = table.get("subject")
+        if subject is not None and (not isinstance(subject, str) or not subject):
+            raise _Bad(f'{where}: subject: write a glob such as "CN=worker-*,O=Example"')
+        network = None
+        if "address" in table:
+            try:
+                network = ipaddress.ip_network(str(table["address"]), strict=False)
+            except ValueError:
+                raise _Bad(
+                    f"{where}: address = {_toml_repr(table['address'])}: write an address "
+                    'or network, e.g. "10.0.0.0/8" or "::1"'
+                ) from None
+        if subject is None and network is None:
+            raise _Bad(f'{where}: say whom it is for: subject = "CN=..." and/or address = "..."')
+        out.append(
+            AccessRule(
+                subject,
+                network,
+                None if "submit" not in table else _globs(table["submit"], f"{where}: submit"),
+                None if "work" not in table else _globs(table["work"], f"{where}: work"),
+                None if "admin" not in table else _admin_level(table["admin"], f"{where}: admin"),
+            )
+        )
+    return AccessConfig(
+        _globs(raw["submit"], "submit") if "submit" in raw else ("*",),
+        _globs(raw["work"], "work") if "work" in raw else ("*",),
+        _admin_level(raw["admin"], "admin") if "admin" in raw else "read",
+        tuple(out),
+    )
 
 
 _port = _int(0, 65535, "use 0 to 65535 (0 picks a free one)", "a port number")
@@ -308,6 +443,13 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "pid_file": _Setting(_str),
     "file_descriptors": _Setting(_int(1, 1 << 30, "use a positive number of open files")),
     "store": _Setting(_store, toml="store.url"),
+    "tls_cert": _Setting(_str, toml="tls.cert"),
+    "tls_key": _Setting(_str, toml="tls.key"),
+    "tls_ca": _Setting(_str, toml="tls.ca"),
+    "tls_verify_client": _Setting(_choice(VerifyClient, str.lower), toml="tls.verify_client"),
+    "access": _Setting(_access, env=False, toml=None),
+    # gearmand's --ssl: TLS on the -p listener (a certificate alone does that too)
+    "tls": _Setting(_bool, env=False, toml=None),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
@@ -324,6 +466,7 @@ _TOML_KEYS: Final = {
 # sections the next features fill; present now so a file can be written for them
 _SECTIONS: Final = {
     "store": "url",
+    "tls": "cert, key, ca, verify_client",
     "http": "the HTTP interface is not implemented yet",
     "metrics": "the metrics endpoint is not implemented yet",
 }
@@ -368,7 +511,7 @@ def from_toml(path: str) -> Layer:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
     layer: Layer = {}
-    known = [*_TOML_KEYS, "listen", *_SECTIONS]
+    known = [*_TOML_KEYS, "listen", "access", *_SECTIONS]
     for key, value in data.items():
         if key == "listen":
             layer["listen"] = Given(value, f"{path}: [[listen]]", False)
@@ -376,12 +519,19 @@ def from_toml(path: str) -> Layer:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: {key}: a section; write [{key}] on its own line")
             for sub, subvalue in value.items():
-                if key != "store" or sub != "url":
-                    why = "unknown setting; known: url" if key == "store" else _SECTIONS[key]
+                name = _TOML_KEYS.get(f"{key}.{sub}")
+                if name is None:
+                    why = (
+                        f"unknown setting; known: {_SECTIONS[key]}"
+                        if key in ("store", "tls")
+                        else _SECTIONS[key]
+                    )
                     raise ConfigError(f"{path}: {key}.{sub}: {why}")
-                layer["store"] = Given(
-                    subvalue, f"{path}: store.url = {_toml_repr(subvalue)}", False
+                layer[name] = Given(
+                    subvalue, f"{path}: {key}.{sub} = {_toml_repr(subvalue)}", False
                 )
+        elif key == "access":
+            layer["access"] = Given(value, f"{path}: [access]", False)
         elif key in _TOML_KEYS:
             layer[_TOML_KEYS[key]] = Given(value, f"{path}: {key} = {_toml_repr(value)}", False)
         else:
@@ -414,13 +564,28 @@ def build(layers: Sequence[Layer]) -> Config:
                 rank[key] = i
     port = values.get("port", DEFAULT_PORT)
     assert isinstance(port, int)
-    hosts = values.get("listen", (("127.0.0.1", None),))
+    hosts = values.get("listen", (("127.0.0.1", None, None),))
     assert isinstance(hosts, tuple)
     # a port from a stronger source than the listeners' overrides theirs
     port_wins = rank.get("port", len(layers)) < rank.get("listen", len(layers))
+    tls = _tls_config(values)
+    # the -p listeners speak TLS when a certificate is set and no tls:// listener is
+    # given, or when --tls (--ssl) says so
+    explicit = any(t is True for _, _, t in hosts)
+    default_tls = tls.cert is not None and (not explicit or bool(values.get("tls")))
     listeners = tuple(
-        Listener(host, port if own is None or port_wins else own) for host, own in hosts
+        Listener(host, port if own is None or port_wins else own, default_tls if t is None else t)
+        for host, own, t in hosts
     )
+    if values.get("tls") and tls.cert is None:
+        raise ConfigError("--tls (--ssl) needs a certificate: give --tls-cert and --tls-key")
+    if tls.cert is None and any(x.tls for x in listeners):
+        raise ConfigError(
+            "a tls:// listener needs a certificate: give --tls-cert and --tls-key "
+            "(or cert and key in the file's [tls] section)"
+        )
+    access = values.get("access")
+    assert access is None or isinstance(access, AccessConfig)
     level = values.get("verbose", Level.ERROR)
     assert isinstance(level, Level)
     steps = values.get("more_verbose", 0)
@@ -428,7 +593,7 @@ def build(layers: Sequence[Layer]) -> Config:
     kwargs = {
         key: value
         for key, value in values.items()
-        if key in Config.__dataclass_fields__ and key not in ("verbose", "store")
+        if key in Config.__dataclass_fields__ and key not in ("verbose", "store", "tls", "access")
     }
     store = values.get("store", "memory")
     assert isinstance(store, str)
@@ -436,5 +601,7 @@ def build(layers: Sequence[Layer]) -> Config:
         listeners=listeners,
         verbose=level.more_verbose(steps),
         store=StoreConfig(store),
+        tls=tls,
+        access=access,
         **kwargs,  # type: ignore[arg-type]
     )

@@ -50,8 +50,12 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             ):
                 self.tune_socket(sock)
         peer = Peer(fd, host or "-", is_loopback(host))
+        self.identify(peer, transport)
         self.stream.attach(peer, cast(asyncio.Transport, transport))
         self.hub.broker.connect(peer)
+
+    def identify(self, peer: Peer, transport: asyncio.BaseTransport) -> None:
+        """Set what the access list knows of the peer beyond its address (TLS: its subject)."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stream.detach()

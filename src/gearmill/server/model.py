@@ -93,6 +93,7 @@ class Peer:
         "out",
         "sink",
         "sleeping",
+        "subject",
         "waiting",
         "woken_at",
         "woken_for",
@@ -104,6 +105,7 @@ class Peer:
         self.fd = fd
         self.addr = addr
         self.local = local
+        self.subject = ""  # a TLS peer's certificate subject ("CN=a,O=b"), else ""
         self.client_id = b"-"
         self.sink = sink  # where the bytes in ``out`` go on a flush
         self.access: PeerAccess | None = None  # None: everything allowed

@@ -71,6 +71,7 @@ ERR_HANDLE_SIZE: Final = error(
     b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
 )
 ERR_OPTION: Final = error(ErrorCode.UNKNOWN_OPTION, b"Server does not recognize given option")
-# only an access list configured by the operator sends these
-ERR_DENIED: Final = error(b"PERMISSION_DENIED", b"Not allowed for this connection")
+# only an access list sends these; gearmand's own code for a packet not accepted
+# from this peer, so every client already handles it (the text says why)
+ERR_DENIED: Final = error(ErrorCode.INVALID_COMMAND, b"Permission denied for this connection")
 ERR_DENIED_TEXT: Final = b"ERR PERMISSION_DENIED Not+allowed+for+this+connection\r\n"

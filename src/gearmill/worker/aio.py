@@ -34,12 +34,13 @@ import multiprocessing
 import multiprocessing.connection
 import pickle
 import signal
+import ssl
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..client.connection import Connection
-from ..client.servers import Address, format_address, parse_servers
+from ..client.servers import Address, format_address, parse_servers, with_context
 from ..data import Codec, encode, to_bytes
 from ..errors import ConnectionLost
 from ..protocol.packets import PacketType
@@ -413,10 +414,12 @@ class AsyncWorker:
         codec: Codec | None = None,
         exceptions: bool | None = None,
         connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.addresses = parse_servers(servers)
+        # tls: the SSL context for tls:// servers (see gearmill.client.tls)
+        self.addresses = with_context(parse_servers(servers), tls)
         self.client_id = client_id
         self.concurrency = concurrency
         self.processes = processes

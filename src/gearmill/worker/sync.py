@@ -11,6 +11,7 @@ Functions run in threads (``concurrency`` at a time), or in child processes with
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 
@@ -31,6 +32,7 @@ class Worker:
         codec: Codec | None = None,
         exceptions: bool | None = None,
         connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._async = AsyncWorker(
             servers,
@@ -40,6 +42,7 @@ class Worker:
             codec=codec,
             exceptions=exceptions,
             connect_timeout=connect_timeout,
+            tls=tls,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
