@@ -11,11 +11,12 @@ import time
 
 from .. import __version__
 from .._accel import IMPLEMENTATION
-from . import admin
+from . import admin, admin_policy
 from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
 from .model import RUNNING, SCHEDULED
+from .policy import Policies
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
@@ -28,6 +29,8 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.broker = Broker(config.broker_config(os.getpid()), time.time)
+        # retries, the dead set and schedules (hooks: broker.policy, broker.timer_hook)
+        self.policies = Policies(self.broker, config.retry)
         self._why = ""
         self._announced = False  # the stop line answers the start line
         self._servers: list[asyncio.AbstractServer] = []
@@ -195,6 +198,9 @@ class Server:
         flush(self.hub)
 
     def _admin_line(self, peer: Peer, line: bytes) -> bytes | None:
+        reply = admin_policy.run(self.policies, line)
+        if reply is not None:
+            return reply
         return admin.run(self.broker, peer, line)
 
     def _after_flush(self) -> None:
