@@ -349,7 +349,7 @@ class ScheduleSink(Protocol):
     def remove(self, name: str) -> None: ...
 
 
-MAX_NAME: Final = 32  # the unique id of a tick is cron:<name>:<minute>
+MAX_NAME: Final = 32  # the unique id of a tick is cron:<name>:<YYYYmmddHHMM, UTC>
 
 
 class Scheduler:
@@ -428,7 +428,8 @@ class Scheduler:
                 continue
             minute = sched.next_at
             spec = sched.spec
-            unique = b"cron:%s:%d" % (spec.name.encode(), int(minute) // 60)
+            stamp = time.strftime("%Y%m%d%H%M", time.gmtime(minute)).encode()
+            unique = b"cron:%s:%s" % (spec.name.encode(), stamp)
             job = self.broker.enqueue(spec.function, unique[:MAX_UNIQUE], spec.data, spec.priority)
             if job is not None:
                 fired += 1
