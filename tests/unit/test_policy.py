@@ -25,10 +25,10 @@ class Clock:
         return self.now
 
 
-def make(rule: RetryRule = RetryRule(), **kw: object) -> tuple[Broker, Clock, Policies]:
+def make(rule: RetryRule | None = None, **kw: object) -> tuple[Broker, Clock, Policies]:
     clock = Clock(kw.pop("now", 1_000_000.0))  # type: ignore[arg-type]
     b = Broker(BrokerConfig(handle_prefix=b"H:t"), clock)
-    config = RetryConfig(default=rule, **kw)  # type: ignore[arg-type]
+    config = RetryConfig(default=rule or RetryRule(), **kw)  # type: ignore[arg-type]
     return b, clock, Policies(b, config, rand=lambda: 0.5)
 
 
@@ -68,7 +68,7 @@ def admin(p: Policies, line: str) -> str:
 
 
 def test_failed_background_job_retries_after_backoff_with_same_handle_and_unique() -> None:
-    b, clock, p = make(RetryRule(backoff=0.01, retry_on=frozenset({"fail"})))
+    b, clock, _ = make(RetryRule(backoff=0.01, retry_on=frozenset({"fail"})))
     c, w = peer(b, 1), worker(b, 2)
     b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"u1", b"payload"])
     assert grab(b, w) == [b"H:t:1", b"f", b"u1", b"payload"]
@@ -100,7 +100,7 @@ def test_work_fail_is_final_by_default_and_not_kept() -> None:
 
 
 def test_exhausted_job_is_dead_with_its_exception_text_and_requeues_with_its_handle() -> None:
-    b, clock, p = make(RetryRule(max_attempts=2, retry_on=frozenset({"exception"})))
+    b, _, p = make(RetryRule(max_attempts=2, retry_on=frozenset({"exception"})))
     c, w = peer(b, 1), worker(b, 2)
     b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"u", b"data"])
     for _ in range(2):
@@ -121,12 +121,12 @@ def test_a_job_that_always_times_out_stops_by_default() -> None:
     b, clock, p = make()  # gearmand's -j 0 would run it forever
     c, w = peer(b, 1), worker(b, 2, timeout=1000)
     b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"x"])
-    for attempt in range(1, 30):
-        if grab(b, w) is None:
-            break
+    attempts = 0
+    while attempts < 30 and grab(b, w) is not None:
+        attempts += 1
         clock.now += 1.0
         b.tick()
-    assert attempt == 26  # 25 attempts, then nothing left
+    assert attempts == 25
     assert [(d.attempts, d.reason) for d in p.dead.jobs.values()] == [(25, "timeout")]
 
 

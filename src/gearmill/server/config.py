@@ -566,9 +566,14 @@ def _retry_config(values: dict[str, object], layers: Sequence[Layer]) -> RetryCo
         retries = values.get("job_retries", 0)
         attempts = retries if isinstance(retries, int) and retries > 0 else DEFAULT_MAX_ATTEMPTS
     plain = {"max_attempts": attempts}
-    for key in ("backoff", "retry_on", "dead", "dead_on_fail"):
-        if "retry_" + key in values:
-            plain[key] = values["retry_" + key]
+    for key, setting in (
+        ("backoff", "retry_backoff"),
+        ("retry_on", "retry_on"),
+        ("dead", "retry_dead"),
+        ("dead_on_fail", "retry_dead_on_fail"),
+    ):
+        if setting in values:
+            plain[key] = values[setting]
     default = RetryRule(**plain)  # type: ignore[arg-type]
     functions = []
     raw = values.get("retry_functions", ())
