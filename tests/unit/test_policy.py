@@ -227,3 +227,23 @@ def test_cron_late_wakeup_fires_once_and_pause_skips() -> None:
     assert admin(p, "schedule add x g 61 * * * *").startswith(
         "ERR INVALID_ARGUMENTS bad+cron+expression"
     )
+
+
+def test_submit_job_sched_is_an_error_unless_enabled_then_one_shot_at_the_next_match() -> None:
+    fields = [b"report", b"", b"30", b"2", b"", b"", b"", b"x"]
+    b, clock, _ = make(now=_at("2026-01-01T03:00:00"))
+    c = peer(b, 1)
+    b.handle(c, T.SUBMIT_JOB_SCHED, fields)
+    assert received(b, c) == [(T.ERROR, [b"INVALID_COMMAND", b"Command not expected"])]
+
+    b, clock, _ = make(now=_at("2026-01-01T03:00:00"), submit_sched=True)
+    c, w = peer(b, 1), worker(b, 2, func=b"report")
+    b.handle(c, T.SUBMIT_JOB_SCHED, fields)
+    assert received(b, c) == [(T.JOB_CREATED, [b"H:t:1"])]
+    assert b.job_rows() == [(b"H:t:1", b"", 0, False, True)]  # shown, not yet runnable
+    assert b.next_deadline() == _at("2026-01-02T02:30:00")
+    clock.now = _at("2026-01-02T02:30:00")
+    b.tick()
+    assert grab(b, w) == [b"H:t:1", b"report", b"", b"x"]
+    b.handle(c, T.SUBMIT_JOB_SCHED, [b"f", b"", b"99", b"", b"", b"", b"", b""])
+    assert received(b, c)[0][1][0] == b"INVALID_SCHEDULE"

@@ -19,7 +19,7 @@ import heapq
 import logging
 
 from ..protocol.packets import PacketType, encode
-from .core import NOOP_ANSWER_TIME
+from .core import NOOP_ANSWER_TIME, Handler
 from .handlers import Handlers
 from .journal import CANCELLED, TIMED_OUT, Consumer, JobAccepted, Journal
 from .model import (
@@ -134,6 +134,13 @@ class Broker(Handlers):
         return [
             (j.handle, j.unique, j.more.retries, j.ignore, j.background) for j in self.jobs.values()
         ]
+
+    # ---------------------------------------------------------------- extend
+
+    def set_handler(self, ptype: int, handler: Handler) -> None:
+        """Route packets of ``ptype`` to ``handler`` (a server extension: the
+        SUBMIT_JOB_SCHED of server/policy.py); it answers through ``reply``."""
+        self._handlers[ptype] = handler
 
     # ----------------------------------------------------------------- admin
 

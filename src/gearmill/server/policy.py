@@ -26,7 +26,8 @@ from typing import Final, Protocol
 
 from cronsim import CronSim, CronSimError
 
-from .broker import Broker
+from ..protocol.packets import PacketType, encode
+from .broker import Broker, Peer
 from .journal import REASONS, RETRY_EXCEPTION, RETRY_FAILED
 from .model import MAX_UNIQUE, Job
 
@@ -486,6 +487,22 @@ class Policies:
         self.dead.on_add = self.dead_added
         for spec in config.schedules:
             self.scheduler.add(spec)
+        if config.submit_sched:
+            broker.set_handler(PacketType.SUBMIT_JOB_SCHED, self.submit_sched)
+
+    def submit_sched(self, peer: Peer, args: list[bytes]) -> None:
+        """SUBMIT_JOB_SCHED (FUNC UNIQ MIN HOUR MDAY MON WDAY DATA): a background
+        job at the next minute its fields match (UTC; an empty field is ``*``),
+        as the protocol document describes; once, not every time they match."""
+        fields = [f.decode(errors="replace").strip() or "*" for f in args[2:7]]
+        try:
+            expr = check_cron(" ".join(fields))
+        except RuleError as e:
+            message = str(e).split(";")[0].encode()
+            self.broker.reply(peer, encode(PacketType.ERROR, b"INVALID_SCHEDULE", message))
+            return
+        when = next_match(expr, self.broker.clock())
+        self.broker.submit(peer, args[0], args[1], args[7], 1, True, int(when))
 
     def dead_added(self) -> None:
         """After jobs entered the dead set: make sure its age limit is on the heap."""
