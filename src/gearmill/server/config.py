@@ -372,7 +372,7 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "listen": _Setting(_listen),
     "port": _Setting(_port),
     "backlog": _Setting(_int(1, 65535, "use 1 to 65535 (default 32)")),
-    "job_retries": _Setting(_int(0, 255, "use 0 (no limit) to 255")),
+    "job_retries": _Setting(_int(0, 255, "use 0 (the retry default, 25 attempts) to 255")),
     "job_handle_prefix": _Setting(_prefix),
     "worker_wakeup": _Setting(
         _int(
