@@ -247,3 +247,26 @@ def test_submit_job_sched_is_an_error_unless_enabled_then_one_shot_at_the_next_m
     assert grab(b, w) == [b"H:t:1", b"report", b"", b"x"]
     b.handle(c, T.SUBMIT_JOB_SCHED, [b"f", b"", b"99", b"", b"", b"", b"", b""])
     assert received(b, c)[0][1][0] == b"INVALID_SCHEDULE"
+
+
+def test_a_schedule_from_the_config_is_on_the_event_loop_timer_before_any_traffic() -> None:
+    import asyncio
+    import time
+
+    from gearmill.server.app import Server
+    from gearmill.server.config import Config, Listener
+
+    spec = ScheduleSpec("every", "* * * * *", b"report")
+    config = Config(listeners=(Listener("127.0.0.1", 0),), retry=RetryConfig(schedules=(spec,)))
+
+    async def armed() -> tuple[float, float]:
+        server = Server(config)
+        await server.start()
+        try:
+            assert server._timer is not None
+            return server._timer_at, server.policies.scheduler.schedules["every"].next_at
+        finally:
+            await server.close("test")
+
+    timer_at, next_at = asyncio.run(armed())
+    assert timer_at == next_at and next_at % 60 == 0 and next_at - time.time() <= 60

@@ -67,6 +67,8 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
+        # schedules from the config file are on the timer heap before any traffic
+        self._arm_timer()
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
