@@ -207,3 +207,29 @@ def test_a_bad_retry_setting_in_the_config_file_is_one_clear_line(tmp_path: Path
         f"gearmill serve: {conf}: retry.retry_on = [...]: unknown ending 'crash'; "
         "use some of lost, timeout, cant_do, fail, exception or none"
     ]
+
+
+def test_client_schedules_a_recurring_job(gearmill: Running) -> None:
+    import asyncio
+
+    from gearmill import JSON, AsyncClient, Client
+
+    with Client(gearmill.address, codec=JSON) as client:
+        client.schedule("digest", "mail", "0 7 * * 1-5", {"to": "ops"}, priority="low")
+        with pytest.raises(ServerError, match="schedule digest exists"):
+            client.schedule("digest", "mail", "@daily")
+        with pytest.raises(ValueError, match="one admin line"):
+            client.schedule("x", "mail", "@daily", "two\nlines", codec=None)
+
+    async def more() -> None:
+        async with AsyncClient(gearmill.address) as client:
+            await client.schedule("hourly", "cleanup", "@hourly")
+            await client.unschedule("digest")
+            with pytest.raises(ServerError, match="bad cron expression"):
+                await client.schedule("bad", "cleanup", "* * *")
+
+    asyncio.run(more())
+    with AdminClient(gearmill.address) as admin:
+        assert [(s.name, s.cron, s.function, s.paused) for s in admin.schedules()] == [
+            ("hourly", "0 * * * *", "cleanup", False)
+        ]
