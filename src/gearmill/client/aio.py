@@ -383,8 +383,9 @@ class AsyncClient:
     ) -> None:
         """Submit ``function`` with ``data`` as a background job each minute ``cron``
         matches (five fields in UTC, or ``@hourly``, ``@daily``, ...), from now on,
-        on the first server; ``data`` None is an empty payload. A name in use is :class:`ServerError` ``EXISTS``.
-        Listed, paused and removed with ``gearmill schedule`` or AdminClient."""
+        on the first server; ``data`` None is an empty payload. A name in use is
+        :class:`ServerError` ``EXISTS``. Listed, paused and removed with
+        ``gearmill schedule`` or AdminClient."""
         payload = b"" if data is None else encode(data, self._codec(codec))
         if any(c in payload for c in b"\r\n\x00") or payload != b" ".join(payload.split()):
             raise ValueError(
