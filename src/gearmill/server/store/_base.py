@@ -39,6 +39,16 @@ class StoredJob:
 Key = tuple[bytes, bytes]  # (function, unique)
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A background job that gave up (the dead set, server/policy.py), as a store keeps it;
+    the store numbers each one (an id, increasing) when it is added."""
+
+    job: StoredJob  # attempts: how many it had
+    error: str  # the last ending and its text: "exception: Traceback ...", "timeout"
+    failed_at: int  # epoch seconds
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
 
@@ -82,6 +92,16 @@ class Store(Protocol):
         gearmand's default. Imported rows are deleted from gearmand's table once they
         are committed here, so a second call imports nothing; returns how many came.
         """
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        """Keep dead letters (one transaction); their ids, in the same order."""
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        """Up to `limit` dead letters with an id above `after`, oldest first."""
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        """Forget these dead letters (requeued, purged, or past the bounds); unknown ids are
+        ignored."""
 
     async def close(self) -> None:
         """Release connections, threads and locks; the store can be opened again later."""
@@ -146,6 +166,21 @@ def unpack_job(value: bytes) -> tuple[int, StoredJob]:
     reducer = value[at : at + lr]
     at += lr
     return seq, StoredJob(function, unique, value[at:], priority, when, reducer, attempts)
+
+
+_DEAD = struct.Struct("!qI")  # failed_at, len(error)
+
+
+def pack_dead(dead: DeadLetter) -> bytes:
+    error = dead.error.encode()
+    return _DEAD.pack(dead.failed_at, len(error)) + error + pack_job(0, dead.job)
+
+
+def unpack_dead(value: bytes) -> DeadLetter:
+    failed_at, size = _DEAD.unpack_from(value)
+    at = _DEAD.size
+    error = value[at : at + size].decode(errors="replace")
+    return DeadLetter(unpack_job(value[at + size :])[1], error, failed_at)
 
 
 def field_of(function: bytes, unique: bytes) -> bytes:

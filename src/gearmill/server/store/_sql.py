@@ -8,8 +8,9 @@ late update can be refused), a dead-letter table and recurring schedules.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from ._base import StoreError
+from ._base import DeadLetter, StoredJob, StoreError
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -169,3 +170,30 @@ MYSQL: list[tuple[int, list[str]]] = [
 ]
 
 JOB_COLUMNS = "seq, function, unique_key, data, priority, when_to_run, reducer, attempts"
+
+DEAD_COLUMNS = (
+    "function, unique_key, data, priority, when_to_run, reducer, attempts, error, failed_at"
+)
+
+
+def dead_row(dead: DeadLetter) -> tuple[bytes, bytes, bytes, int, int, bytes, int, str, int]:
+    j = dead.job
+    return (
+        j.function,
+        j.unique,
+        j.data,
+        j.priority,
+        j.when,
+        j.reducer,
+        j.attempts,
+        dead.error,
+        dead.failed_at,
+    )
+
+
+def dead_of(r: Any) -> tuple[int, DeadLetter]:
+    """(id, dead letter) from a row of `id, DEAD_COLUMNS`."""
+    job = StoredJob(
+        bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4]), int(r[5]), bytes(r[6]), int(r[7])
+    )
+    return int(r[0]), DeadLetter(job, str(r[8]), int(r[9]))
