@@ -23,6 +23,7 @@ from ._base import (
     Key,
     Store,
     StoredJob,
+    StoredSchedule,
     StoreError,
     hide_password,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredJob",
+    "StoredSchedule",
     "hide_password",
     "open_store",
 ]

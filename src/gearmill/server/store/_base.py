@@ -49,6 +49,20 @@ class DeadLetter:
     failed_at: int  # epoch seconds
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """A recurring job (server/policy.py's Scheduler), keyed by its name."""
+
+    name: str
+    function: bytes
+    cron: str  # five fields, UTC
+    data: bytes = b""
+    priority: int = PRIORITY_NORMAL
+    enabled: bool = True  # False: paused
+    next_run: int = 0  # epoch seconds of the next tick
+    last_run: int = 0  # of the last tick fired, 0 = never
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
 
@@ -102,6 +116,15 @@ class Store(Protocol):
     async def remove_dead(self, ids: Sequence[int]) -> None:
         """Forget these dead letters (requeued, purged, or past the bounds); unknown ids are
         ignored."""
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        """Add a schedule, or replace the one of that name."""
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        """Every schedule, by name."""
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Forget a schedule; False when there was none of that name."""
 
     async def close(self) -> None:
         """Release connections, threads and locks; the store can be opened again later."""
@@ -181,6 +204,30 @@ def unpack_dead(value: bytes) -> DeadLetter:
     at = _DEAD.size
     error = value[at : at + size].decode(errors="replace")
     return DeadLetter(unpack_job(value[at + size :])[1], error, failed_at)
+
+
+def check_schedule(schedule: StoredSchedule) -> None:
+    if schedule.priority not in (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW):
+        raise StoreError(f"schedule priority must be 0, 1 or 2, not {schedule.priority}")
+    if not schedule.name or len(schedule.name) > 255:
+        raise StoreError("a schedule needs a name of 1 to 255 characters")
+
+
+_SCHEDULE = struct.Struct("!BBqqII")  # priority, enabled, next_run, last_run, len(function, cron)
+
+
+def pack_schedule(s: StoredSchedule) -> bytes:
+    cron = s.cron.encode()
+    head = _SCHEDULE.pack(s.priority, s.enabled, s.next_run, s.last_run, len(s.function), len(cron))
+    return b"".join((head, s.function, cron, s.data))
+
+
+def unpack_schedule(name: str, value: bytes) -> StoredSchedule:
+    priority, enabled, next_run, last_run, lf, lc = _SCHEDULE.unpack_from(value)
+    at = _SCHEDULE.size
+    function, cron = value[at : at + lf], value[at + lf : at + lf + lc].decode()
+    data = value[at + lf + lc :]
+    return StoredSchedule(name, function, cron, data, priority, bool(enabled), next_run, last_run)
 
 
 def field_of(function: bytes, unique: bytes) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._base import DeadLetter, Key, StoredJob, check_job
+from ._base import DeadLetter, Key, StoredJob, StoredSchedule, check_job, check_schedule
 
 
 class MemoryStore:
@@ -17,6 +17,7 @@ class MemoryStore:
         self._seq = 0
         self._dead: dict[int, DeadLetter] = {}
         self._dead_seq = 0
+        self._schedules: dict[str, StoredSchedule] = {}
 
     async def open(self) -> None:
         pass
@@ -69,6 +70,16 @@ class MemoryStore:
     async def remove_dead(self, ids: Sequence[int]) -> None:
         for i in ids:
             self._dead.pop(i, None)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        self._schedules[schedule.name] = schedule
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        return [self._schedules[n] for n in sorted(self._schedules)]
+
+    async def remove_schedule(self, name: str) -> bool:
+        return self._schedules.pop(name, None) is not None
 
     async def close(self) -> None:
         pass

@@ -14,8 +14,28 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncmy
 from asyncmy import errors as myerrors
 
-from ._base import SCHEMA_VERSION, DeadLetter, Key, StoredJob, StoreError, check_job, log
-from ._sql import DEAD_COLUMNS, JOB_COLUMNS, MYSQL, check_table, dead_of, dead_row
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    MYSQL,
+    SCHEDULE_COLUMNS,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 _TABLES = ("gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules")
 _INSERT = (
@@ -253,6 +273,23 @@ class MySQLStore:
             chunk = list(ids[i : i + _DELETE_CHUNK])
             marks = ", ".join(["%s"] * len(chunk))
             await self._fetch(f"DELETE FROM gearmill_dead_letters WHERE id IN ({marks})", chunk)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        await self._fetch(
+            f"REPLACE INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            schedule_row(schedule),
+        )
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        rows = await self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name")
+        return [schedule_of(r) for r in rows]
+
+    async def remove_schedule(self, name: str) -> bool:
+        before = await self._fetch("SELECT 1 FROM gearmill_schedules WHERE name = %s", (name,))
+        await self._fetch("DELETE FROM gearmill_schedules WHERE name = %s", (name,))
+        return bool(before)
 
     async def count(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM gearmill_jobs"))[0][0])

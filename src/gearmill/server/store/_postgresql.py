@@ -13,8 +13,28 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ._base import SCHEMA_VERSION, DeadLetter, Key, StoredJob, StoreError, check_job, log
-from ._sql import DEAD_COLUMNS, JOB_COLUMNS, POSTGRESQL, check_table, dead_of, dead_row
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    POSTGRESQL,
+    SCHEDULE_COLUMNS,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 _TABLES = ["gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"]
 
@@ -196,6 +216,27 @@ class PostgreSQLStore:
             await self._fetch(
                 "DELETE FROM gearmill_dead_letters WHERE id = ANY($1::bigint[])", list(ids)
             )
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        await self._fetch(
+            f"INSERT INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET"
+            " function = EXCLUDED.function, data = EXCLUDED.data, priority = EXCLUDED.priority,"
+            " cron = EXCLUDED.cron, next_run = EXCLUDED.next_run,"
+            " last_run = EXCLUDED.last_run, enabled = EXCLUDED.enabled",
+            *schedule_row(schedule),
+        )
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        rows = await self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name")
+        return [schedule_of(r) for r in rows]
+
+    async def remove_schedule(self, name: str) -> bool:
+        rows = await self._fetch(
+            "DELETE FROM gearmill_schedules WHERE name = $1 RETURNING name", name
+        )
+        return bool(rows)
 
     async def count(self) -> int:
         rows = await self._fetch("SELECT count(*) FROM gearmill_jobs")

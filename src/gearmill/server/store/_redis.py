@@ -28,14 +28,18 @@ from ._base import (
     DeadLetter,
     Key,
     StoredJob,
+    StoredSchedule,
     StoreError,
     check_job,
+    check_schedule,
     field_of,
     log,
     pack_dead,
     pack_job,
+    pack_schedule,
     unpack_dead,
     unpack_job,
+    unpack_schedule,
 )
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
@@ -92,6 +96,7 @@ class RedisStore:
         self._k_schema, self._k_seq = p + b"schema", p + b"seq"
         self._k_jobs, self._k_order = p + b"jobs", p + b"order"
         self._k_dead, self._k_dead_seq = p + b"dead", p + b"dead:seq"
+        self._k_schedules = p + b"schedules"
         self._commit_sha = ""
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
@@ -266,6 +271,27 @@ class RedisStore:
                 await self._c().hdel(self._k_dead, *ids)
             except _ERRORS as e:
                 raise self._error(e, "removing dead letters failed") from None
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        try:
+            await self._c().hset(self._k_schedules, schedule.name, pack_schedule(schedule))
+        except _ERRORS as e:
+            raise self._error(e, "keeping the schedule failed") from None
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        try:
+            items = await self._c().hgetall(self._k_schedules)
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        named = sorted((k.decode(), v) for k, v in items.items())
+        return [unpack_schedule(name, value) for name, value in named]
+
+    async def remove_schedule(self, name: str) -> bool:
+        try:
+            return bool(await self._c().hdel(self._k_schedules, name))
+        except _ERRORS as e:
+            raise self._error(e, "removing the schedule failed") from None
 
     async def count(self) -> int:
         try:

@@ -16,8 +16,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._base import SCHEMA_VERSION, DeadLetter, Key, StoredJob, StoreError, check_job, log
-from ._sql import DEAD_COLUMNS, JOB_COLUMNS, SQLITE, check_table, dead_of, dead_row
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    SCHEDULE_COLUMNS,
+    SQLITE,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 T = TypeVar("T")
 
@@ -290,6 +310,38 @@ class SQLiteStore:
 
         if ids:
             await self._run(delete)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+
+        def put() -> None:
+            db = self._conn()
+            with db:
+                db.execute(
+                    f"INSERT OR REPLACE INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    schedule_row(schedule),
+                )
+
+        await self._run(put)
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        def fetch() -> list[StoredSchedule]:
+            rows = self._conn().execute(
+                f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name"
+            )
+            return [schedule_of(r) for r in rows]
+
+        return await self._run(fetch)
+
+    async def remove_schedule(self, name: str) -> bool:
+        def delete() -> bool:
+            db = self._conn()
+            with db:
+                cur = db.execute("DELETE FROM gearmill_schedules WHERE name = ?", (name,))
+            return cur.rowcount > 0
+
+        return await self._run(delete)
 
     async def count(self) -> int:
         return await self._run(

@@ -1,11 +1,12 @@
-"""The dead-letter methods every store keeps (the dead set's durable side), against
-real SQLite, PostgreSQL, MariaDB and Redis."""
+"""The dead-letter and schedule methods every store keeps (the durable side of the
+dead set and the recurring jobs), against real SQLite, PostgreSQL, MariaDB and Redis."""
 
 from __future__ import annotations
 
+import pytest
 from storekit import Backend, backend_fixture, durable_fixture, run  # noqa: F401
 
-from gearmill.server.store import DeadLetter, Store, StoredJob
+from gearmill.server.store import DeadLetter, Store, StoredJob, StoredSchedule, StoreError
 
 
 def dead(n: int, **kw: object) -> DeadLetter:
@@ -49,6 +50,33 @@ def test_dead_letters_survive_a_reopen(durable: Backend) -> None:
         await store.open()
         try:
             assert await store.list_dead(0, 10) == [(i, dead(7))]
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_schedules_are_put_replaced_listed_and_removed(backend: Backend) -> None:
+    nightly = StoredSchedule(
+        "nightly", b"report", "30 2 * * *", b"all\x00x", 2, True, 1_700_000_000
+    )
+    tick = StoredSchedule("tick", b"cleanup", "*/5 * * * *")
+
+    async def main() -> None:
+        store: Store = backend.store()
+        await store.open()
+        try:
+            await store.put_schedule(tick)
+            await store.put_schedule(nightly)
+            assert await store.list_schedules() == [nightly, tick]
+            paused = StoredSchedule("tick", b"cleanup", "*/5 * * * *", b"", 1, False, 60, 30)
+            await store.put_schedule(paused)
+            assert await store.list_schedules() == [nightly, paused]
+            assert await store.remove_schedule("nightly") is True
+            assert await store.remove_schedule("nightly") is False
+            assert await store.list_schedules() == [paused]
+            with pytest.raises(StoreError, match="schedule priority must be 0, 1 or 2"):
+                await store.put_schedule(StoredSchedule("bad", b"f", "@daily", priority=7))
         finally:
             await store.close()
 
