@@ -81,3 +81,63 @@ def test_schedules_are_put_replaced_listed_and_removed(backend: Backend) -> None
             await store.close()
 
     run(main())
+
+
+def test_the_dead_set_and_schedules_survive_a_restart_through_the_store(durable: Backend) -> None:
+    from gearmill.protocol.packets import PacketType as T
+    from gearmill.server import admin_policy
+    from gearmill.server.broker import Broker, BrokerConfig, Peer
+    from gearmill.server.policy import Policies, RetryConfig, RetryRule
+    from gearmill.server.policy_store import PolicyStore
+    from gearmill.server.sink import BufferSink
+
+    def server() -> tuple[Broker, Policies]:
+        broker = Broker(BrokerConfig(handle_prefix=b"H:t"), lambda: 1_700_000_000.0)
+        return broker, Policies(broker, RetryConfig(default=RetryRule(max_attempts=1)))
+
+    def admin(p: Policies, line: bytes) -> bytes:
+        reply = admin_policy.run(p, line)
+        assert reply is not None
+        return reply
+
+    async def first_run() -> None:
+        broker, policies = server()
+        store = durable.store()
+        await store.open()
+        keeper = PolicyStore(policies, store)
+        await keeper.open()
+        assert admin(policies, b"schedule add nightly report 30 2 * * * all") == b"OK\r\n"
+        c = broker.connect(Peer(1, "127.0.0.1", sink=BufferSink()))
+        for n in (1, 2):
+            broker.handle(c, T.SUBMIT_JOB_BG, [b"resize", b"img-%d" % n, b"data %d" % n])
+            w = broker.connect(Peer(10 + n, "127.0.0.1", sink=BufferSink()))
+            broker.handle(w, T.CAN_DO, [b"resize"])
+            broker.handle(w, T.GRAB_JOB, [])
+            broker.disconnect(w)  # worker lost, max_attempts 1: dead
+        assert admin(policies, b"dead purge H:t:1") == b"OK 1\n"
+        await keeper.close()
+        await store.close()
+
+    async def second_run() -> None:
+        broker, policies = server()
+        store = durable.store()
+        await store.open()
+        keeper = PolicyStore(policies, store)
+        await keeper.open()
+        (dead,) = policies.dead.jobs.values()
+        assert (dead.unique, dead.data, dead.attempts, dead.reason) == (
+            b"img-2",
+            b"data 2",
+            1,
+            "lost",
+        )
+        assert policies.scheduler.schedules["nightly"].expr == "30 2 * * *"
+        assert admin(policies, b"dead requeue all") == b"OK 1\n"
+        assert broker.job_rows()[0][1] == b"img-2"
+        assert admin(policies, b"schedule remove nightly") == b"OK\r\n"
+        await keeper.close()
+        assert await store.list_dead(0, 10) == [] and await store.list_schedules() == []
+        await store.close()
+
+    run(first_run())
+    run(second_run())

@@ -137,6 +137,11 @@ class Broker(Handlers):
 
     # ---------------------------------------------------------------- extend
 
+    def new_handle(self) -> bytes:
+        """A job handle never given before in this run (for jobs loaded from a store)."""
+        self._handle_seq += 1
+        return self._handle_base + b"%d" % self._handle_seq
+
     def set_handler(self, ptype: int, handler: Handler) -> None:
         """Route packets of ``ptype`` to ``handler`` (a server extension: the
         SUBMIT_JOB_SCHED of server/policy.py); it answers through ``reply``."""
