@@ -233,3 +233,11 @@ def test_client_schedules_a_recurring_job(gearmill: Running) -> None:
         assert [(s.name, s.cron, s.function, s.paused) for s in admin.schedules()] == [
             ("hourly", "0 * * * *", "cleanup", False)
         ]
+
+
+def test_an_epoch_job_waiting_for_its_time_is_listed_by_show_jobs(gearmill: Running) -> None:
+    with gearmill.conn() as c:
+        c.send(36, b"later", b"", b"%d" % (int(time.time()) + 3600), b"x")  # SUBMIT_JOB_EPOCH
+        handle = c.expect(JOB_CREATED)
+        assert c.admin(b"show jobs\n") == handle + b"\t0\t0\t1\n.\n"
+        assert c.admin(b"status\n") == b"later\t1\t0\t0\n.\n"
