@@ -270,3 +270,19 @@ def test_a_schedule_from_the_config_is_on_the_event_loop_timer_before_any_traffi
 
     timer_at, next_at = asyncio.run(armed())
     assert timer_at == next_at and next_at % 60 == 0 and next_at - time.time() <= 60
+
+
+def test_a_graceful_stop_does_not_wait_for_a_retry_in_its_backoff() -> None:
+    b, _, _ = make(RetryRule(backoff=60.0))
+    c, w = peer(b, 1), worker(b, 2)
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"x"])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"y"])
+    grab(b, w)
+    b.disconnect(w)  # H:t:1 waits out its backoff (60 * 16.5 s)
+    w = worker(b, 3)
+    assert not b.idle()  # H:t:2 is runnable
+    grab(b, w)
+    assert not b.idle()  # and running
+    b.handle(w, T.WORK_COMPLETE, [b"H:t:2", b""])
+    assert b.function_rows() == [(b"f", 0, 1, 0, 0, 1)]
+    assert b.idle()  # only the scheduled retry is left

@@ -272,12 +272,18 @@ class Broker(Handlers):
         return True
 
     def idle(self) -> bool:
-        """Nothing runs and nothing queued can run: a graceful stop may finish."""
+        """Nothing runs and nothing queued can run now: a graceful stop may finish.
+        Jobs scheduled for later (epoch jobs, retries waiting out their backoff)
+        are not runnable yet: the stop does not wait for them (they are reported lost)."""
         for func in self.functions.values():
             if func.running:
                 return False
             if func.workers and (func.queued[0] or func.queued[1] or func.queued[2]):
-                return False
+                # scheduled jobs are counted but wait outside the queues
+                for queue in func.queues:
+                    for job in queue:
+                        if not job.ignore:
+                            return False
         return True
 
     def abort_all(self) -> None:
