@@ -36,7 +36,7 @@ def test_unknown_gearmand_flag_gets_one_clear_line() -> None:
 
 def test_bad_values_say_what_to_do() -> None:
     r = serve("--job-retries", "300")
-    assert r.returncode == 2 and "use 0 (no limit) to 255" in r.stderr
+    assert r.returncode == 2 and "use 0 (the retry default, 25 attempts) to 255" in r.stderr
     r = serve("-q", "redis")
     assert r.returncode == 2 and "use -q builtin" in r.stderr
     r = serve("--worker-wakeup", "-1")

@@ -16,6 +16,8 @@ from gearmill.server.config import (
     Listener,
 )
 
+RETRIES_FIX = "use 0 (the retry default, 25 attempts) to 255"
+
 
 def load(*argv: str, env: dict[str, str] | None = None) -> Config:
     return serve.load(serve.build_parser().parse_args(list(argv)), env or {})
@@ -153,7 +155,7 @@ def test_config_is_frozen_and_builds_the_broker_config() -> None:
 
 def test_bad_flag_values() -> None:
     assert error("-p", "70000") == "--port 70000: use 0 to 65535 (0 picks a free one)"
-    assert error("-j", "x") == "--job-retries x: not a whole number; use 0 (no limit) to 255"
+    assert error("-j", "x") == f"--job-retries x: not a whole number; {RETRIES_FIX}"
     assert error("--verbose", "LOUD") == (
         "--verbose LOUD: use one of FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG"
     )
@@ -182,7 +184,7 @@ def test_a_bad_value_is_refused_even_where_a_stronger_source_overrides_it(
 ) -> None:
     env = {"GEARMILL_JOB_RETRIES": "many"}
     assert error("-j", "3", env=env) == (
-        "GEARMILL_JOB_RETRIES='many': not a whole number; use 0 (no limit) to 255"
+        f"GEARMILL_JOB_RETRIES='many': not a whole number; {RETRIES_FIX}"
     )
     path = toml(tmp_path, 'verbose = "LOUD"\n')
     assert error("--config", path, "--verbose", "INFO").startswith(f'{path}: verbose = "LOUD": ')
@@ -194,10 +196,10 @@ def test_empty_environment_variables_count_as_unset() -> None:
 
 def test_bad_file_values(tmp_path: Path) -> None:
     path = toml(tmp_path, "job_retries = 300\n")
-    assert error("--config", path) == f"{path}: job_retries = 300: use 0 (no limit) to 255"
+    assert error("--config", path) == f"{path}: job_retries = 300: {RETRIES_FIX}"
     path = toml(tmp_path, 'job_retries = "3"\n')
     assert error("--config", path) == (
-        f'{path}: job_retries = "3": write a number without quotes; use 0 (no limit) to 255'
+        f'{path}: job_retries = "3": write a number without quotes; {RETRIES_FIX}'
     )
     path = toml(tmp_path, "round_robin = 1\n")
     assert error("--config", path) == f"{path}: round_robin = 1: use true or false"
@@ -257,7 +259,7 @@ def test_gearmand_file_errors(tmp_path: Path) -> None:
         f"{path}: --bogus=1: not a gearmill serve flag; see gearmill serve --help"
     )
     path = gearmand_file(tmp_path, "--job-retries=300\n")
-    assert error("--config-file", path) == f"{path}: --job-retries=300: use 0 (no limit) to 255"
+    assert error("--config-file", path) == f"{path}: --job-retries=300: {RETRIES_FIX}"
     path = gearmand_file(tmp_path, "--syslog\n")
     assert error("--config-file", path) == (
         f"{path}: gearmand option --syslog is not supported: syslog output is not supported; "

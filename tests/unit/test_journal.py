@@ -18,6 +18,7 @@ from gearmill.server.journal import (
     EXCEPTION,
     FAILED,
     LOST,
+    RELEASED,
     TIMED_OUT,
     Entry,
     JobAccepted,
@@ -294,7 +295,7 @@ def test_workers_leave_by_cant_do_and_reset_and_their_jobs_requeue() -> None:
     b.handle(w, T.GRAB_JOB, [])
     rec.take()
     b.handle(w, T.CANT_DO, [b"g"])
-    assert rec.take() == [("left", 2, b"g"), ("requeued", b"H:t:1", LOST)]
+    assert rec.take() == [("left", 2, b"g"), ("requeued", b"H:t:1", RELEASED)]
     b.handle(w, T.RESET_ABILITIES, [])
     assert rec.take() == [("left", 2, b"h"), ("left", 2, b"f")]
 

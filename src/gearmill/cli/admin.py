@@ -30,7 +30,22 @@ _HEADERS = {
     "prioritystatus": ("FUNCTION", "HIGH", "NORMAL", "LOW", "WORKERS"),
     "show jobs": ("HANDLE", "RETRIES", "IGNORED", "BACKGROUND"),
     "show unique jobs": ("UNIQUE",),
+    "dead status": ("FUNCTION", "DEAD"),
+    "dead list": ("HANDLE", "FUNCTION", "UNIQUE", "ATTEMPTS", "LAST ENDING", "DIED (UTC)"),
+    "dead show": ("FIELD", "VALUE"),
+    "retry show": ("FUNCTION", "RULE"),
 }
+
+# gearmill's own commands, run after gearadmin's
+_OWN = (
+    ("dead_status", "dead status"),
+    ("dead_list", "dead list"),
+    ("dead_show", "dead show"),
+    ("dead_requeue", "dead requeue"),
+    ("dead_purge", "dead purge"),
+    ("retry_set", "retry set"),
+    ("retry_show", "retry show"),
+)
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
@@ -49,6 +64,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--create-function", metavar="NAME", help="create a function")
     p.add_argument("--drop-function", metavar="NAME", help="drop an idle function")
     p.add_argument("--raw", action="store_true", help="print the server's reply verbatim")
+    g = p.add_argument_group("gearmill's own: the dead set and retries")
+    g.add_argument("--dead-status", action="store_true", help="dead jobs per function")
+    g.add_argument(
+        "--dead-list", nargs="?", const="", metavar="FUNCTION", help="dead jobs (of one function)"
+    )
+    g.add_argument("--dead-show", metavar="HANDLE", help="one dead job: failure, attempts, data")
+    g.add_argument(
+        "--dead-requeue",
+        nargs="+",
+        metavar="WHAT",
+        help="back to the queue: HANDLE, 'function NAME' or 'all'",
+    )
+    g.add_argument(
+        "--dead-purge", nargs="+", metavar="WHAT", help="forget: HANDLE, 'function NAME' or 'all'"
+    )
+    g.add_argument("--retry-show", action="store_true", help="the retry rules")
+    g.add_argument(
+        "--retry-set",
+        nargs="+",
+        metavar="ARG",
+        help="FUNCTION|* KEY=VALUE...: max_attempts, backoff, retry_on, dead, dead_on_fail",
+    )
     sub = p.add_subparsers(dest="admin_command", metavar="check")
     c = sub.add_parser(
         "check",
@@ -129,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.admin_command == "check":
         return _check(args, servers[0])
     chosen = [(attr, cmd) for attr, cmd in _ORDER if getattr(args, attr)]
+    chosen += [(attr, cmd) for attr, cmd in _OWN if getattr(args, attr) not in (None, False)]
     if not chosen:
         print("gearmill admin: no option given; see gearmill admin --help", file=sys.stderr)
         return 2
@@ -141,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
                     print(f"# {server}")
                 for attr, cmd in chosen:
                     value = getattr(args, attr)
-                    line = f"{cmd} {value}" if isinstance(value, str) else cmd
+                    if isinstance(value, list):
+                        value = " ".join(value)
+                    line = f"{cmd} {value}" if isinstance(value, str) and value else cmd
                     failed |= _show(cmd, admin.command(line), args.raw, pretty)
         except GearmanError as e:
             print(f"gearmill admin: {e}", file=sys.stderr)

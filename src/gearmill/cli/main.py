@@ -1,4 +1,4 @@
-"""The gearmill command: serve | submit | work | admin."""
+"""The gearmill command: serve | submit | work | admin | schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import admin, serve, submit, work
+from . import admin, schedule, serve, submit, work
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -32,6 +32,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = sub.add_parser("admin", help="server status and control (like gearadmin)", add_help=False)
     admin.add_arguments(p)
     commands["admin"] = p
+    p = sub.add_parser(
+        "schedule", help="recurring (cron) jobs on a gearmill server", add_help=False
+    )
+    schedule.add_arguments(p)
+    commands["schedule"] = p
     return parser, commands
 
 
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return work.run(args)
     if args.subcommand == "admin":
         return admin.run(args)
+    if args.subcommand == "schedule":
+        return schedule.run(args)
     parser.error(f"unknown command {args.subcommand}")
 
 

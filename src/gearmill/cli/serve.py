@@ -109,6 +109,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="attempts before a job whose worker keeps dying is dropped (0 = no limit)",
     )
+    _opt(
+        p,
+        "--retry-max-attempts",
+        metavar="N",
+        help="attempts of a job in all before it gives up (default 25, or -j N; 0 = no limit)",
+    )
+    _opt(
+        p,
+        "--retry-backoff",
+        metavar="BASE",
+        help="background retries wait BASE*(15+n^4+rand*(n+1)) s after the n-th attempt "
+        "(default 0: at once)",
+    )
+    _opt(
+        p,
+        "--retry-on",
+        metavar="ENDINGS",
+        help="endings that retry: lost,timeout,cant_do (default) and opt-in fail,exception",
+    )
+    _opt(
+        p, "--dead-max", metavar="N", help="jobs kept in the dead set (default 10000; 0 = no limit)"
+    )
+    _opt(
+        p,
+        "--dead-max-age",
+        metavar="S",
+        help="seconds a dead job is kept (default 604800, a week; 0 = no limit)",
+    )
+    _opt(
+        p,
+        "--submit-sched",
+        action="store_true",
+        help="SUBMIT_JOB_SCHED makes a one-shot job at the next matching minute (gearmand: ERROR)",
+    )
     _opt(p, "--job-handle-prefix", metavar="P", help='job handle prefix (default "H:<host>")')
     _opt(p, "-P", "--pid-file", metavar="FILE", help="write the process id to this file")
     _opt(

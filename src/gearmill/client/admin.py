@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -11,6 +13,13 @@ from .servers import Address, TLSAddress, format_address, parse_server
 
 # commands whose reply is a list ending in ".\n"
 _LISTS = ("status", "prioritystatus", "workers", "show jobs", "show unique jobs")
+# gearmill's own list commands, by their first two words
+_OWN_LISTS = ("dead status", "dead list", "dead show", "retry show", "schedule list")
+
+
+def _is_list(line: str) -> bool:
+    words = line.split()
+    return " ".join(words).lower() in _LISTS or " ".join(words[:2]).lower() in _OWN_LISTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,32 @@ class JobInfo:
     retries: int
     ignored: bool
     background: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJobInfo:
+    """A job in the server's dead set (gearmill only)."""
+
+    handle: str
+    function: str
+    unique: str
+    attempts: int
+    reason: str  # the last ending: lost, timeout, cant_do, fail, exception
+    died: str  # UTC, ISO 8601
+    error: str = ""  # filled by dead_job(): the last WORK_EXCEPTION text
+    data: bytes = b""  # filled by dead_job(): the payload
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A recurring job (gearmill only)."""
+
+    name: str
+    cron: str
+    function: str
+    paused: bool
+    next_run: str  # UTC, ISO 8601
+    fired: int
 
 
 class AdminClient:
@@ -96,7 +131,7 @@ class AdminClient:
     def command(self, line: str) -> bytes:
         """Send one admin line; the raw reply, including its line endings."""
         sock = self._connect()
-        is_list = line.strip().lower() in _LISTS
+        is_list = _is_list(line)
         try:
             sock.sendall(line.encode() + b"\r\n")
             while True:
@@ -179,3 +214,87 @@ class AdminClient:
 
     def maxqueue(self, function: str, *sizes: int) -> None:
         self._value(" ".join(["maxqueue", function, *map(str, sizes)]))
+
+    # ------------------------------------------- gearmill's own: retries, dead set, schedules
+
+    def retry_rules(self) -> dict[str, str]:
+        """Each function with its own retry rule, and ``*`` for the default."""
+        return {r[0]: r[1] for r in self._rows("retry show")}
+
+    def set_retry(self, function: str, **settings: object) -> None:
+        """Change a function's retry rule (``*``: the default) live, e.g.
+        ``set_retry("resize", max_attempts=5, backoff=2, retry_on="lost,timeout,fail")``."""
+        words = [f"{k}={_word(v)}" for k, v in settings.items()]
+        self._value(" ".join(["retry set", function, *words]))
+
+    def dead_status(self) -> dict[str, int]:
+        """Jobs in the dead set per function."""
+        return {r[0]: int(r[1]) for r in self._rows("dead status")}
+
+    def dead_jobs(self, function: str | None = None) -> list[DeadJobInfo]:
+        rows = self._rows("dead list" + (f" {function}" if function else ""))
+        return [DeadJobInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
+
+    def dead_job(self, handle: str) -> DeadJobInfo:
+        fields = {r[0]: r[1] for r in self._rows(f"dead show {handle}")}
+        return DeadJobInfo(
+            fields["handle"],
+            fields["function"],
+            fields["unique"],
+            int(fields["attempts"]),
+            fields["reason"],
+            fields["died"],
+            _unescape(fields["error"]),
+            base64.b64decode(fields["data_base64"]),
+        )
+
+    def dead_requeue(self, handle: str | None = None, function: str | None = None) -> int:
+        """Back to their queues (same handle): one job, a function's, or all (no argument)."""
+        return int(self._value("dead requeue " + _which(handle, function)))
+
+    def dead_purge(self, handle: str | None = None, function: str | None = None) -> int:
+        """Forget dead jobs: one, a function's, or all (no argument)."""
+        return int(self._value("dead purge " + _which(handle, function)))
+
+    def schedules(self) -> list[ScheduleInfo]:
+        return [
+            ScheduleInfo(r[0], r[1].replace("_", " "), r[2], r[3] == "paused", r[4], int(r[5]))
+            for r in self._rows("schedule list")
+        ]
+
+    def add_schedule(
+        self, name: str, function: str, cron: str, data: str = "", priority: str = "normal"
+    ) -> None:
+        """A recurring background job: ``cron`` is five fields in UTC or @hourly, @daily, ..."""
+        words = ["schedule add", name, function, cron.strip().replace(" ", "_")]
+        if priority != "normal":
+            words.append(f"priority={priority}")
+        self._value(" ".join(words) + (" " + data if data else ""))
+
+    def pause_schedule(self, name: str) -> None:
+        self._value(f"schedule pause {name}")
+
+    def resume_schedule(self, name: str) -> None:
+        self._value(f"schedule resume {name}")
+
+    def remove_schedule(self, name: str) -> None:
+        self._value(f"schedule remove {name}")
+
+
+def _unescape(text: str) -> str:
+    """The server's one-line form of an exception text, undone (\\n, \\t, \\\\)."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), text)
+
+
+def _word(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def _which(handle: str | None, function: str | None) -> str:
+    if handle:
+        return handle
+    return f"function {function}" if function else "all"

@@ -36,6 +36,8 @@ from ..errors import (
     JobException,
     JobFailed,
     NoServersAvailable,
+    ServerError,
+    connect_reason,
     seconds,
 )
 from ..errors import Timeout as GearmanTimeout
@@ -368,6 +370,67 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # ------------------------------------------------ recurring jobs (gearmill servers only)
+
+    async def schedule(
+        self,
+        name: str,
+        function: Data,
+        cron: str,
+        data: Any = None,
+        *,
+        priority: PriorityLike = Priority.NORMAL,
+        codec: CodecArg = DEFAULT,
+        timeout: TimeoutArg = DEFAULT,
+    ) -> None:
+        """Submit ``function`` with ``data`` as a background job each minute ``cron``
+        matches (five fields in UTC, or ``@hourly``, ``@daily``, ...), from now on,
+        on the first server; ``data`` None is an empty payload. A name in use is
+        :class:`ServerError` ``EXISTS``. Listed, paused and removed with
+        ``gearmill schedule`` or AdminClient."""
+        payload = b"" if data is None else encode(data, self._codec(codec))
+        if any(c in payload for c in b"\r\n\x00") or payload != b" ".join(payload.split()):
+            raise ValueError(
+                "scheduled job data travels on one admin line: use data without line "
+                "breaks, NUL bytes or repeated spaces (e.g. JSON without indentation)"
+            )
+        level = {Priority.HIGH: "high", Priority.LOW: "low"}.get(to_priority(priority), "")
+        words = [b"schedule add", name.encode(), to_bytes(function, "function name")]
+        words.append(" ".join(cron.split()).replace(" ", "_").encode())
+        if level:
+            words.append(b"priority=" + level.encode())
+        if payload:
+            words.append(payload)
+        await self._admin(b" ".join(words), timeout)
+
+    async def unschedule(self, name: str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        """Remove a recurring job by name (:class:`ServerError` when there is none)."""
+        await self._admin(b"schedule remove " + name.encode(), timeout)
+
+    async def _admin(self, line: bytes, timeout: TimeoutArg) -> bytes:
+        """One admin line to the first server on a connection of its own; the reply."""
+        server = self.servers[0]
+
+        async def ask() -> bytes:
+            try:
+                reader, writer = await asyncio.open_connection(*server.address)
+            except OSError as e:
+                raise CannotConnect(server.name, connect_reason(e)) from e
+            try:
+                writer.write(line + b"\r\n")
+                reply = await reader.readline()
+            finally:
+                writer.close()
+            if not reply:
+                raise ConnectionLost(server.name, "closed by server")
+            return reply
+
+        reply = await with_timeout(ask(), self._timeout(timeout), f"{server.name} to answer")
+        if reply.startswith(b"ERR "):
+            code, _, text = reply[4:].decode(errors="replace").rstrip("\r\n").partition(" ")
+            raise ServerError(code, text.replace("+", " "))
+        return reply
 
     async def close(self) -> None:
         self._closed = True

@@ -139,6 +139,27 @@ class Client:
             self._runner.call(self._async.close())
         self._runner.stop()
 
+    def schedule(
+        self,
+        name: str,
+        function: Data,
+        cron: str,
+        data: Any = None,
+        *,
+        priority: PriorityLike = Priority.NORMAL,
+        codec: CodecArg = DEFAULT,
+        timeout: TimeoutArg = DEFAULT,
+    ) -> None:
+        """A recurring background job: see :meth:`AsyncClient.schedule`."""
+        self._runner.call(
+            self._async.schedule(
+                name, function, cron, data, priority=priority, codec=codec, timeout=timeout
+            )
+        )
+
+    def unschedule(self, name: str, *, timeout: TimeoutArg = DEFAULT) -> None:
+        self._runner.call(self._async.unschedule(name, timeout=timeout))
+
     def submit(
         self,
         function: Data,

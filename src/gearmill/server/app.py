@@ -12,12 +12,13 @@ import time
 
 from .. import __version__
 from .._accel import IMPLEMENTATION
-from . import admin
+from . import admin, admin_policy
 from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
 from .model import RUNNING, SCHEDULED
 from .notify import Notifier
+from .policy import Policies
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
@@ -32,6 +33,8 @@ class Server:
         self.notify = notify or Notifier(None)  # systemd's NOTIFY_SOCKET, if any
         self._graceful_timer: asyncio.TimerHandle | None = None
         self.broker = Broker(config.broker_config(os.getpid()), time.time)
+        # retries, the dead set and schedules (hooks: broker.policy, broker.timer_hook)
+        self.policies = Policies(self.broker, config.retry)
         self._why = ""
         self._announced = False  # the stop line answers the start line
         self._servers: list[asyncio.AbstractServer] = []
@@ -85,6 +88,8 @@ class Server:
                 self.addresses.append((addr[0], addr[1]))
                 if listener.tls:
                     self.tls_addresses.append((addr[0], addr[1]))
+        # schedules from the config file are on the timer heap before any traffic
+        self._arm_timer()
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
@@ -263,6 +268,9 @@ class Server:
         flush(self.hub)
 
     def _admin_line(self, peer: Peer, line: bytes) -> bytes | None:
+        reply = admin_policy.run(self.policies, line)
+        if reply is not None:
+            return reply
         return admin.run(self.broker, peer, line)
 
     def _after_flush(self) -> None:

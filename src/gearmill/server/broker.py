@@ -19,14 +19,15 @@ import heapq
 import logging
 
 from ..protocol.packets import PacketType, encode
-from .core import NOOP_ANSWER_TIME
+from .core import NOOP_ANSWER_TIME, Handler
 from .handlers import Handlers
-from .journal import CANCELLED, TIMED_OUT, Consumer, Journal
+from .journal import CANCELLED, TIMED_OUT, Consumer, JobAccepted, Journal
 from .model import (
     LEVELS,
     QUEUED,
     RUNNING,
     SCHEDULED,
+    TIMER_CALL,
     TIMER_DEAD,
     TIMER_EPOCH,
     TIMER_NOOPS,
@@ -35,6 +36,7 @@ from .model import (
     Job,
     Peer,
     forget_unique,
+    unique_key,
 )
 
 __all__ = ["LEVELS", "Broker", "BrokerConfig", "Function", "Job", "Peer"]
@@ -44,6 +46,10 @@ log = logging.getLogger("gearmill.broker")
 
 class Broker(Handlers):
     # ----------------------------------------------------------------- timers
+
+    def call_at(self, when: float) -> None:
+        """Run ``timer_hook`` at ``when`` (on the same heap as the jobs' timers)."""
+        self._push_timer(when, TIMER_CALL, None, None)
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has something to do next, or None."""
@@ -65,6 +71,11 @@ class Broker(Handlers):
                 continue
             if kind == TIMER_NOOPS:
                 self._check_noops(now)
+                continue
+            if kind == TIMER_CALL:
+                hook = self.timer_hook
+                if hook is not None:
+                    hook(now)
                 continue
             job = timer.job
             assert job is not None
@@ -124,6 +135,18 @@ class Broker(Handlers):
             (j.handle, j.unique, j.more.retries, j.ignore, j.background) for j in self.jobs.values()
         ]
 
+    # ---------------------------------------------------------------- extend
+
+    def new_handle(self) -> bytes:
+        """A job handle never given before in this run (for jobs loaded from a store)."""
+        self._handle_seq += 1
+        return self._handle_base + b"%d" % self._handle_seq
+
+    def set_handler(self, ptype: int, handler: Handler) -> None:
+        """Route packets of ``ptype`` to ``handler`` (a server extension: the
+        SUBMIT_JOB_SCHED of server/policy.py); it answers through ``reply``."""
+        self._handlers[ptype] = handler
+
     # ----------------------------------------------------------------- admin
 
     def drop_function(self, name: bytes) -> bool | None:
@@ -162,6 +185,45 @@ class Broker(Handlers):
         else:
             self._finish(job, CANCELLED)
         return True
+
+    def enqueue(
+        self,
+        name: bytes,
+        unique: bytes,
+        data: bytes,
+        priority: int = 1,
+        handle: bytes = b"",
+        retries: int = 0,
+    ) -> Job | None:
+        """A background job the server itself submits (a cron tick, a job
+        requeued from the dead set, which keeps its ``handle`` and attempt
+        count). None when a live job already has its unique id or the server
+        refuses new jobs."""
+        if not self.accepting:
+            return None
+        func = self.function(name)
+        key = unique_key(unique, data) if unique else None
+        if key is not None and key in func.unique:
+            return None
+        if not handle:
+            self._handle_seq += 1
+            handle = self._handle_base + b"%d" % self._handle_seq
+        elif handle in self.jobs:
+            return None
+        job = Job(handle, func, unique, data, priority, True)
+        if retries:
+            job.extra().retries = retries
+        if key is not None:
+            func.unique[key] = job
+        self.jobs[handle] = job
+        func.queued[priority] += 1
+        self.counters.submitted += 1
+        journal = self.journal
+        if journal is not None:
+            journal.entries.append(JobAccepted(job, None, 0))
+        func.queues[priority].append(job)
+        self._wake(func)
+        return job
 
     def stats(self) -> dict[str, int]:
         """A snapshot for metrics: the counters since the start and the sizes now."""
@@ -210,12 +272,18 @@ class Broker(Handlers):
         return True
 
     def idle(self) -> bool:
-        """Nothing runs and nothing queued can run: a graceful stop may finish."""
+        """Nothing runs and nothing queued can run now: a graceful stop may finish.
+        Jobs scheduled for later (epoch jobs, retries waiting out their backoff)
+        are not runnable yet: the stop does not wait for them (they are reported lost)."""
         for func in self.functions.values():
             if func.running:
                 return False
             if func.workers and (func.queued[0] or func.queued[1] or func.queued[2]):
-                return False
+                # scheduled jobs are counted but wait outside the queues
+                for queue in func.queues:
+                    for job in queue:
+                        if not job.ignore:
+                            return False
         return True
 
     def abort_all(self) -> None:

@@ -30,6 +30,16 @@ from ..protocol.codec import MAX_PAYLOAD
 from ..protocol.packets import DEFAULT_PORT
 from .access import ADMIN_LEVELS, AccessConfig, AccessRule
 from .broker import BrokerConfig
+from .policy import (
+    DEFAULT_MAX_ATTEMPTS,
+    RetryConfig,
+    RetryRule,
+    RuleError,
+    ScheduleSpec,
+    change_rule,
+    check_cron,
+    parse_endings,
+)
 
 GEARMAND_VERSION: Final = "1.1.20"
 
@@ -145,6 +155,7 @@ class Config:
     tls: TLSConfig = TLSConfig()
     # None: every peer may do everything (gearmand's way), unless TLS is on
     access: AccessConfig | None = None
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     def broker_config(self, pid: int) -> BrokerConfig:
         return BrokerConfig(
@@ -399,6 +410,100 @@ def _keepalive(raw: object, text: bool) -> int:
     return value
 
 
+def _float(lo: float, hi: float, fix: str) -> Callable[[object, bool], float]:
+    def convert(raw: object, text: bool) -> float:
+        if text and isinstance(raw, str):
+            try:
+                raw = float(raw.strip())
+            except ValueError:
+                raise _Bad(f"not a number; {fix}") from None
+        elif isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise _Bad(f"write a number without quotes; {fix}")
+        if not lo <= raw <= hi:
+            raise _Bad(fix)
+        return float(raw)
+
+    return convert
+
+
+def _endings(raw: object, text: bool) -> frozenset[str]:
+    if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        raw = ",".join(raw) or "none"
+    if not isinstance(raw, str):
+        raise _Bad('write a list of endings: ["lost", "timeout", "cant_do", "fail", "exception"]')
+    try:
+        return parse_endings(raw)
+    except RuleError as e:
+        raise _Bad(str(e)) from None
+
+
+_RULE_KEYS: Final = ("max_attempts", "backoff", "retry_on", "dead", "dead_on_fail")
+_RULE_FIX: Final = '[[retry.function]] tables need name = "FUNCTION" and some of ' + ", ".join(
+    _RULE_KEYS
+)
+
+
+def _retry_functions(raw: object, text: bool) -> tuple[tuple[bytes, dict[str, str]], ...]:
+    """[[retry.function]] tables: name and the rule's keys (checked when built)."""
+    if not isinstance(raw, list):
+        raise _Bad(_RULE_FIX)
+    out = []
+    for table in raw:
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+            raise _Bad(_RULE_FIX)
+        settings = {}
+        for key, value in table.items():
+            if key == "name":
+                continue
+            if key not in _RULE_KEYS:
+                raise _Bad(f"unknown key {key!r}; {_RULE_FIX}")
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value) or "none"
+            settings[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        out.append((table["name"].encode(), settings))
+    return tuple(out)
+
+
+_SCHEDULE_FIX: Final = (
+    '[[schedule]] tables need name, cron = "*/5 * * * *" and function, '
+    'and may have data = "..." and priority = "high"|"normal"|"low"'
+)
+
+
+def _schedules(raw: object, text: bool) -> tuple[ScheduleSpec, ...]:
+    if not isinstance(raw, list):
+        raise _Bad(_SCHEDULE_FIX)
+    out = []
+    for table in raw:
+        if not isinstance(table, dict):
+            raise _Bad(_SCHEDULE_FIX)
+        for key in table:
+            if key not in ("name", "cron", "function", "data", "priority", "paused"):
+                raise _Bad(f"unknown key {key!r}; {_SCHEDULE_FIX}")
+        name, cron, function = table.get("name"), table.get("cron"), table.get("function")
+        data, priority = table.get("data", ""), table.get("priority", "normal")
+        if not all(isinstance(v, str) and v for v in (name, cron, function)):
+            raise _Bad(_SCHEDULE_FIX)
+        if not isinstance(data, str) or priority not in ("high", "normal", "low"):
+            raise _Bad(_SCHEDULE_FIX)
+        assert isinstance(name, str) and isinstance(cron, str) and isinstance(function, str)
+        try:
+            check_cron(cron)
+        except RuleError as e:
+            raise _Bad(f"schedule {name}: {e}") from None
+        out.append(
+            ScheduleSpec(
+                name,
+                cron,
+                function.encode(),
+                data.encode(),
+                ("high", "normal", "low").index(priority),
+                bool(table.get("paused", False)),
+            )
+        )
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class _Setting:
     convert: Callable[[object, bool], object]
@@ -412,7 +517,7 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "listen": _Setting(_listen),
     "port": _Setting(_port),
     "backlog": _Setting(_int(1, 65535, "use 1 to 65535 (default 32)")),
-    "job_retries": _Setting(_int(0, 255, "use 0 (no limit) to 255")),
+    "job_retries": _Setting(_int(0, 255, "use 0 (the retry default, 25 attempts) to 255")),
     "job_handle_prefix": _Setting(_prefix),
     "worker_wakeup": _Setting(
         _int(
@@ -450,6 +555,26 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "access": _Setting(_access, env=False, toml=None),
     # gearmand's --ssl: TLS on the -p listener (a certificate alone does that too)
     "tls": _Setting(_bool, env=False, toml=None),
+    # [retry]: the default rule, the dead set's bounds, SUBMIT_JOB_SCHED
+    "retry_max_attempts": _Setting(
+        _int(0, 1_000_000, "use the number of attempts in all, 0 for no limit"),
+        toml="retry.max_attempts",
+    ),
+    "retry_backoff": _Setting(
+        _float(0, 86400, "use a base in seconds from 0 (at once) to 86400"), toml="retry.backoff"
+    ),
+    "retry_on": _Setting(_endings, toml="retry.retry_on"),
+    "retry_dead": _Setting(_bool, toml="retry.dead"),
+    "retry_dead_on_fail": _Setting(_bool, toml="retry.dead_on_fail"),
+    "dead_max": _Setting(
+        _int(0, 1 << 30, "use a number of jobs, 0 for no limit"), toml="retry.dead_max"
+    ),
+    "dead_max_age": _Setting(
+        _float(0, 1e10, "use seconds, 0 for no limit"), toml="retry.dead_max_age"
+    ),
+    "submit_sched": _Setting(_bool, toml="retry.submit_sched"),
+    "retry_functions": _Setting(_retry_functions, env=False, toml="retry.function"),
+    "schedules": _Setting(_schedules, env=False, toml="schedule"),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
@@ -511,10 +636,21 @@ def from_toml(path: str) -> Layer:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
     layer: Layer = {}
-    known = [*_TOML_KEYS, "listen", "access", *_SECTIONS]
+    known = [*_TOML_KEYS, "listen", "access", *_SECTIONS, "retry"]
     for key, value in data.items():
         if key == "listen":
             layer["listen"] = Given(value, f"{path}: [[listen]]", False)
+        elif key == "schedule":
+            layer["schedules"] = Given(value, f"{path}: [[schedule]]", False)
+        elif key == "retry":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: retry: a section; write [retry] on its own line")
+            for sub, subvalue in value.items():
+                full = f"retry.{sub}"
+                if full not in _TOML_KEYS:
+                    raise _unknown(path, full, [k for k in _TOML_KEYS if k.startswith("retry.")])
+                shown = "[[retry.function]]" if sub == "function" else _toml_repr(subvalue)
+                layer[_TOML_KEYS[full]] = Given(subvalue, f"{path}: {full} = {shown}", False)
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: {key}: a section; write [{key}] on its own line")
@@ -603,5 +739,51 @@ def build(layers: Sequence[Layer]) -> Config:
         store=StoreConfig(store),
         tls=tls,
         access=access,
+        retry=_retry_config(values, layers),
         **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _retry_config(values: dict[str, object], layers: Sequence[Layer]) -> RetryConfig:
+    """The [retry] settings; --job-retries N (N > 0) is the default max_attempts
+    unless max_attempts is given, and -j 0 keeps gearmill's limit (not gearmand's none)."""
+    attempts = values.get("retry_max_attempts")
+    if attempts is None:
+        retries = values.get("job_retries", 0)
+        attempts = retries if isinstance(retries, int) and retries > 0 else DEFAULT_MAX_ATTEMPTS
+    plain = {"max_attempts": attempts}
+    for key, setting in (
+        ("backoff", "retry_backoff"),
+        ("retry_on", "retry_on"),
+        ("dead", "retry_dead"),
+        ("dead_on_fail", "retry_dead_on_fail"),
+    ):
+        if setting in values:
+            plain[key] = values[setting]
+    default = RetryRule(**plain)  # type: ignore[arg-type]
+    functions = []
+    raw = values.get("retry_functions", ())
+    assert isinstance(raw, tuple)
+    for name, settings in raw:
+        try:
+            functions.append((name, change_rule(default, settings.items())))
+        except RuleError as e:
+            where = next(
+                layer["retry_functions"].where for layer in layers if "retry_functions" in layer
+            )
+            raise ConfigError(f"{where}: {name.decode(errors='replace')}: {e}") from None
+    schedules = values.get("schedules", ())
+    assert isinstance(schedules, tuple)
+    dead_max = values.get("dead_max", RetryConfig().dead_max)
+    dead_max_age = values.get("dead_max_age", RetryConfig().dead_max_age)
+    submit_sched = values.get("submit_sched", False)
+    assert isinstance(dead_max, int) and isinstance(dead_max_age, float)
+    assert isinstance(submit_sched, bool)
+    return RetryConfig(
+        default=default,
+        functions=tuple(functions),
+        dead_max=dead_max,
+        dead_max_age=dead_max_age,
+        submit_sched=submit_sched,
+        schedules=schedules,
     )

@@ -63,6 +63,7 @@ from .model import (
     Job,
     JobMore,
     Peer,
+    Policy,
     Timer,
     forget_unique,
     unique_key,
@@ -130,6 +131,10 @@ class Core:
         self.journal: Journal | None = None  # see Broker.attach_journal
         self.access: AccessList | None = None  # gives each connecting peer its rules
         self.on_text: TextHandler | None = None  # the edge's admin command handler
+        # retries and the dead set (server/policy.py); None: gearmand's --job-retries
+        self.policy: Policy | None = None
+        # called with the time when a call_at timer is due (the scheduler, the dead set)
+        self.timer_hook: Callable[[float], None] | None = None
         table = self._table()
         # indexed by the decoder's packet type; a packet a client may not send
         # (JOB_CREATED, NOOP, ...) is "not expected"

@@ -20,6 +20,9 @@ from .journal import (
     EXCEPTION,
     FAILED,
     LOST,
+    RELEASED,
+    RETRY_EXCEPTION,
+    RETRY_FAILED,
     TIMED_OUT,
     JobRequeued,
     WorkerCame,
@@ -33,6 +36,8 @@ from .model import (
     NO_MORE,
     QUEUED,
     RUNNING,
+    SCHEDULED,
+    TIMER_EPOCH,
     Ability,
     Function,
     Job,
@@ -127,7 +132,7 @@ class Handlers(Core):
             self._wake(woken_for)
         for job in list(peer.assigned.values()):
             if only is None or job.func is only:
-                self._requeue(job, LOST)
+                self._requeue(job, RELEASED)
 
     # ------------------------------------------------------------------- jobs
 
@@ -200,6 +205,12 @@ class Handlers(Core):
         if job is None:
             self.reply(peer, ERR_RESULT_NOT_FOUND)
             return
+        policy = self.policy
+        if policy is not None and job.background and not job.ignore:
+            if policy.retries(job, RETRY_FAILED):
+                self._requeue(job, RETRY_FAILED)
+                return
+            policy.bury(job, RETRY_FAILED, b"")
         if job.clients:
             self._forward(job, encode(PacketType.WORK_FAIL, args[0]))
         self._finish(job, FAILED)
@@ -209,6 +220,12 @@ class Handlers(Core):
         if job is None:
             self.reply(peer, ERR_EXCEPTION_NOT_FOUND)
             return
+        policy = self.policy
+        if policy is not None and job.background and not job.ignore:
+            if policy.retries(job, RETRY_EXCEPTION):
+                self._requeue(job, RETRY_EXCEPTION, args[1])
+                return
+            policy.bury(job, RETRY_EXCEPTION, args[1])
         if job.clients:
             exception = encode(PacketType.WORK_EXCEPTION, args[0], args[1])
             # gearmand sends ``handle\0`` here, which libgearman <= 1.1.x drops (#166):
@@ -308,8 +325,9 @@ class Handlers(Core):
             if peer in self.parked:
                 self.parked.remove(peer)
 
-    def _requeue(self, job: Job, why: int) -> None:
-        """The worker lost the job (``why``: LOST or TIMED_OUT): run it again."""
+    def _requeue(self, job: Job, why: int, error: bytes = b"") -> None:
+        """The job's attempt ended without a result (``why``: LOST .. RETRY_EXCEPTION):
+        run it again, now or after the retry policy's backoff, or give up."""
         func = job.func
         worker = job.worker
         if worker is not None:
@@ -329,8 +347,13 @@ class Handlers(Core):
             return
         more = job.extra()
         more.retries += 1
-        limit = self.config.job_retries
-        if limit and more.retries >= limit:
+        policy = self.policy
+        if policy is not None:
+            delay = policy.retry_delay(job, why, error)
+        else:
+            limit = self.config.job_retries
+            delay = -1.0 if limit and more.retries >= limit else 0.0
+        if delay < 0:
             log.warning(
                 "Dropped job due to max retry count: %s %s",
                 job.handle.decode(errors="replace"),
@@ -338,6 +361,8 @@ class Handlers(Core):
             )
             if job.clients:
                 self._forward(job, encode(PacketType.WORK_FAIL, job.handle))
+            if policy is not None:
+                policy.bury(job, why, error)
             func.queued[job.priority] += 1
             self._finish(job, DROPPED)
             return
@@ -345,10 +370,16 @@ class Handlers(Core):
         counters.requeued += 1
         if why == TIMED_OUT:
             counters.timed_out += 1
+        when = self.clock() + delay if delay > 0 else 0.0
         journal = self.journal
         if journal is not None:
-            journal.entries.append(JobRequeued(job, worker, why))
+            journal.entries.append(JobRequeued(job, worker, why, when))
         func.queued[job.priority] += 1
+        if when:
+            # the backoff: scheduled like an epoch job, shown by "show jobs"
+            job.state = SCHEDULED
+            self._push_timer(when, TIMER_EPOCH, job, None)
+            return
         func.queues[job.priority].append(job)
         self._wake(func)
 

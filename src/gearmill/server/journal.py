@@ -32,8 +32,12 @@ ABANDONED: Final = 5  # its last foreground client left before it ran
 OUTCOMES: Final = ("completed", "failed", "exception", "cancelled", "dropped", "abandoned")
 
 # why a running job went back to its queue
-LOST: Final = 0  # its worker left or said CANT_DO / RESET_ABILITIES
+LOST: Final = 0  # its worker left
 TIMED_OUT: Final = 1  # the worker's CAN_DO_TIMEOUT ran out
+RELEASED: Final = 2  # its worker said CANT_DO / RESET_ABILITIES
+RETRY_FAILED: Final = 3  # WORK_FAIL of a background job whose retry policy retries failures
+RETRY_EXCEPTION: Final = 4  # the same for WORK_EXCEPTION
+REASONS: Final = ("lost", "timeout", "cant_do", "fail", "exception")
 
 
 class JobAccepted:
@@ -67,15 +71,17 @@ class JobFinished:
 
 
 class JobRequeued:
-    """The job went back to its queue (``why``: LOST or TIMED_OUT); it is
-    queued again, with one more retry counted."""
+    """The job went back to its queue (``why``: LOST .. RETRY_EXCEPTION); it is
+    queued again, with one more retry counted, or scheduled for ``when`` (epoch
+    seconds, a retry policy's backoff; else 0)."""
 
-    __slots__ = ("job", "why", "worker")
+    __slots__ = ("job", "when", "why", "worker")
 
-    def __init__(self, job: Job, worker: Peer | None, why: int) -> None:
+    def __init__(self, job: Job, worker: Peer | None, why: int, when: float = 0.0) -> None:
         self.job = job
         self.worker = worker
         self.why = why
+        self.when = when
 
 
 class WorkerCame:

@@ -34,6 +34,7 @@ TIMER_EPOCH: Final = 0  # a scheduled job becomes runnable
 TIMER_TIMEOUT: Final = 1  # a worker's CAN_DO_TIMEOUT ran out: requeue the job
 TIMER_NOOPS: Final = 2  # look for woken workers that never answered
 TIMER_DEAD: Final = 3  # cancelled: its job ended first
+TIMER_CALL: Final = 4  # the broker's timer_hook has something due (cron, dead-set ages)
 
 LEVELS: Final = ("FATAL", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFO", "DEBUG")
 
@@ -69,6 +70,26 @@ class AccessList(Protocol):
     subject); None lets the peer do everything at no cost per packet."""
 
     def for_peer(self, peer: Peer) -> PeerAccess | None: ...
+
+
+class Policy(Protocol):
+    """A retry policy (server/policy.py), asked only when a job's attempt
+    ended without a result; None (the default) keeps gearmand's rules."""
+
+    def retries(self, job: Job, why: int) -> bool:
+        """Whether a background job's WORK_FAIL / WORK_EXCEPTION (``why``
+        RETRY_FAILED / RETRY_EXCEPTION) is retried rather than final."""
+        ...
+
+    def retry_delay(self, job: Job, why: int, error: bytes) -> float:
+        """``job.more.retries`` attempts have ended (``why``): seconds until the
+        next attempt (0 = at once), or -1 to give up."""
+        ...
+
+    def bury(self, job: Job, why: int, error: bytes) -> None:
+        """The job gives up (or failed for good): keep it in the dead set if the
+        function asks for that."""
+        ...
 
 
 class Peer:

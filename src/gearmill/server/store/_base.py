@@ -39,6 +39,30 @@ class StoredJob:
 Key = tuple[bytes, bytes]  # (function, unique)
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A background job that gave up (the dead set, server/policy.py), as a store keeps it;
+    the store numbers each one (an id, increasing) when it is added."""
+
+    job: StoredJob  # attempts: how many it had
+    error: str  # the last ending and its text: "exception: Traceback ...", "timeout"
+    failed_at: int  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """A recurring job (server/policy.py's Scheduler), keyed by its name."""
+
+    name: str
+    function: bytes
+    cron: str  # five fields, UTC
+    data: bytes = b""
+    priority: int = PRIORITY_NORMAL
+    enabled: bool = True  # False: paused
+    next_run: int = 0  # epoch seconds of the next tick
+    last_run: int = 0  # of the last tick fired, 0 = never
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
 
@@ -82,6 +106,25 @@ class Store(Protocol):
         gearmand's default. Imported rows are deleted from gearmand's table once they
         are committed here, so a second call imports nothing; returns how many came.
         """
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        """Keep dead letters (one transaction); their ids, in the same order."""
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        """Up to `limit` dead letters with an id above `after`, oldest first."""
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        """Forget these dead letters (requeued, purged, or past the bounds); unknown ids are
+        ignored."""
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        """Add a schedule, or replace the one of that name."""
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        """Every schedule, by name."""
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Forget a schedule; False when there was none of that name."""
 
     async def close(self) -> None:
         """Release connections, threads and locks; the store can be opened again later."""
@@ -146,6 +189,45 @@ def unpack_job(value: bytes) -> tuple[int, StoredJob]:
     reducer = value[at : at + lr]
     at += lr
     return seq, StoredJob(function, unique, value[at:], priority, when, reducer, attempts)
+
+
+_DEAD = struct.Struct("!qI")  # failed_at, len(error)
+
+
+def pack_dead(dead: DeadLetter) -> bytes:
+    error = dead.error.encode()
+    return _DEAD.pack(dead.failed_at, len(error)) + error + pack_job(0, dead.job)
+
+
+def unpack_dead(value: bytes) -> DeadLetter:
+    failed_at, size = _DEAD.unpack_from(value)
+    at = _DEAD.size
+    error = value[at : at + size].decode(errors="replace")
+    return DeadLetter(unpack_job(value[at + size :])[1], error, failed_at)
+
+
+def check_schedule(schedule: StoredSchedule) -> None:
+    if schedule.priority not in (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW):
+        raise StoreError(f"schedule priority must be 0, 1 or 2, not {schedule.priority}")
+    if not schedule.name or len(schedule.name) > 255:
+        raise StoreError("a schedule needs a name of 1 to 255 characters")
+
+
+_SCHEDULE = struct.Struct("!BBqqII")  # priority, enabled, next_run, last_run, len(function, cron)
+
+
+def pack_schedule(s: StoredSchedule) -> bytes:
+    cron = s.cron.encode()
+    head = _SCHEDULE.pack(s.priority, s.enabled, s.next_run, s.last_run, len(s.function), len(cron))
+    return b"".join((head, s.function, cron, s.data))
+
+
+def unpack_schedule(name: str, value: bytes) -> StoredSchedule:
+    priority, enabled, next_run, last_run, lf, lc = _SCHEDULE.unpack_from(value)
+    at = _SCHEDULE.size
+    function, cron = value[at : at + lf], value[at + lf : at + lf + lc].decode()
+    data = value[at + lf + lc :]
+    return StoredSchedule(name, function, cron, data, priority, bool(enabled), next_run, last_run)
 
 
 def field_of(function: bytes, unique: bytes) -> bytes:

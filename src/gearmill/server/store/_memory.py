@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._base import Key, StoredJob, check_job
+from ._base import DeadLetter, Key, StoredJob, StoredSchedule, check_job, check_schedule
 
 
 class MemoryStore:
@@ -15,6 +15,9 @@ class MemoryStore:
         # Insertion order is sequence order: a re-add keeps the first, a remove deletes.
         self._jobs: dict[Key, tuple[int, StoredJob]] = {}
         self._seq = 0
+        self._dead: dict[int, DeadLetter] = {}
+        self._dead_seq = 0
+        self._schedules: dict[str, StoredSchedule] = {}
 
     async def open(self) -> None:
         pass
@@ -50,6 +53,33 @@ class MemoryStore:
 
     async def import_gearmand(self, source: str | None = None) -> int:
         return 0
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        for d in dead:
+            check_job(d.job)
+        ids = []
+        for d in dead:
+            self._dead_seq += 1
+            self._dead[self._dead_seq] = d
+            ids.append(self._dead_seq)
+        return ids
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        return [(i, d) for i, d in self._dead.items() if i > after][:limit]
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self._dead.pop(i, None)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        self._schedules[schedule.name] = schedule
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        return [self._schedules[n] for n in sorted(self._schedules)]
+
+    async def remove_schedule(self, name: str) -> bool:
+        return self._schedules.pop(name, None) is not None
 
     async def close(self) -> None:
         pass

@@ -14,8 +14,28 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncmy
 from asyncmy import errors as myerrors
 
-from ._base import SCHEMA_VERSION, Key, StoredJob, StoreError, check_job, log
-from ._sql import JOB_COLUMNS, MYSQL, check_table
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    MYSQL,
+    SCHEDULE_COLUMNS,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 _TABLES = ("gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules")
 _INSERT = (
@@ -214,6 +234,62 @@ class MySQLStore:
             (int(r[0]), StoredJob(r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], int(r[7])))
             for r in rows
         ]
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        for d in dead:
+            check_job(d.job)
+        if not dead:
+            return []
+        sql = (
+            f"INSERT INTO gearmill_dead_letters ({DEAD_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        try:
+            async with self._p().acquire() as con:
+                try:
+                    ids = []
+                    async with con.cursor() as cur:
+                        for d in dead:
+                            await cur.execute(sql, dead_row(d))
+                            ids.append(int(cur.lastrowid))
+                    await con.commit()
+                except BaseException:
+                    await _rollback(con)
+                    raise
+        except _ERRORS as e:
+            raise self._error(e, "keeping dead letters failed") from None
+        return ids
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        rows = await self._fetch(
+            f"SELECT id, {DEAD_COLUMNS} FROM gearmill_dead_letters WHERE id > %s"
+            " ORDER BY id LIMIT %s",
+            (after, limit),
+        )
+        return [dead_of(r) for r in rows]
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        for i in range(0, len(ids), _DELETE_CHUNK):
+            chunk = list(ids[i : i + _DELETE_CHUNK])
+            marks = ", ".join(["%s"] * len(chunk))
+            await self._fetch(f"DELETE FROM gearmill_dead_letters WHERE id IN ({marks})", chunk)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        await self._fetch(
+            f"REPLACE INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            schedule_row(schedule),
+        )
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        rows = await self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name")
+        return [schedule_of(r) for r in rows]
+
+    async def remove_schedule(self, name: str) -> bool:
+        before = await self._fetch("SELECT 1 FROM gearmill_schedules WHERE name = %s", (name,))
+        await self._fetch("DELETE FROM gearmill_schedules WHERE name = %s", (name,))
+        return bool(before)
 
     async def count(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM gearmill_jobs"))[0][0])

@@ -13,8 +13,28 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ._base import SCHEMA_VERSION, Key, StoredJob, StoreError, check_job, log
-from ._sql import JOB_COLUMNS, POSTGRESQL, check_table
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    POSTGRESQL,
+    SCHEDULE_COLUMNS,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 _TABLES = ["gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"]
 
@@ -166,6 +186,57 @@ class PostgreSQLStore:
             limit,
         )
         return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        for d in dead:
+            check_job(d.job)
+        if not dead:
+            return []
+        sql = (
+            f"INSERT INTO gearmill_dead_letters ({DEAD_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id"
+        )
+        try:
+            async with self._p().acquire() as con, con.transaction():
+                return [int(await con.fetchval(sql, *dead_row(d))) for d in dead]
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise self._error(e, "keeping dead letters failed") from None
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        rows = await self._fetch(
+            f"SELECT id, {DEAD_COLUMNS} FROM gearmill_dead_letters WHERE id > $1"
+            " ORDER BY id LIMIT $2",
+            after,
+            limit,
+        )
+        return [dead_of(r) for r in rows]
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._fetch(
+                "DELETE FROM gearmill_dead_letters WHERE id = ANY($1::bigint[])", list(ids)
+            )
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        await self._fetch(
+            f"INSERT INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET"
+            " function = EXCLUDED.function, data = EXCLUDED.data, priority = EXCLUDED.priority,"
+            " cron = EXCLUDED.cron, next_run = EXCLUDED.next_run,"
+            " last_run = EXCLUDED.last_run, enabled = EXCLUDED.enabled",
+            *schedule_row(schedule),
+        )
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        rows = await self._fetch(f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name")
+        return [schedule_of(r) for r in rows]
+
+    async def remove_schedule(self, name: str) -> bool:
+        rows = await self._fetch(
+            "DELETE FROM gearmill_schedules WHERE name = $1 RETURNING name", name
+        )
+        return bool(rows)
 
     async def count(self) -> int:
         rows = await self._fetch("SELECT count(*) FROM gearmill_jobs")

@@ -25,14 +25,21 @@ from redis import exceptions as rexc
 from ._base import (
     PRIORITY_NORMAL,
     SCHEMA_VERSION,
+    DeadLetter,
     Key,
     StoredJob,
+    StoredSchedule,
     StoreError,
     check_job,
+    check_schedule,
     field_of,
     log,
+    pack_dead,
     pack_job,
+    pack_schedule,
+    unpack_dead,
     unpack_job,
+    unpack_schedule,
 )
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
@@ -88,6 +95,8 @@ class RedisStore:
         p = self.prefix
         self._k_schema, self._k_seq = p + b"schema", p + b"seq"
         self._k_jobs, self._k_order = p + b"jobs", p + b"order"
+        self._k_dead, self._k_dead_seq = p + b"dead", p + b"dead:seq"
+        self._k_schedules = p + b"schedules"
         self._commit_sha = ""
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
@@ -230,6 +239,59 @@ class RedisStore:
             for (_, score), v in zip(pairs, values, strict=True)
             if v is not None
         ]
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        for d in dead:
+            check_job(d.job)
+        if not dead:
+            return []
+        r = self._c()
+        try:
+            last = int(await r.incrby(self._k_dead_seq, len(dead)))
+            ids = list(range(last - len(dead) + 1, last + 1))
+            await r.hset(
+                self._k_dead, mapping={i: pack_dead(d) for i, d in zip(ids, dead, strict=True)}
+            )
+        except _ERRORS as e:
+            raise self._error(e, "keeping dead letters failed") from None
+        return ids
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        # the dead set is bounded (thousands): one HGETALL, sorted here
+        try:
+            items = await self._c().hgetall(self._k_dead)
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        rows = sorted((int(k), v) for k, v in items.items() if int(k) > after)[:limit]
+        return [(i, unpack_dead(v)) for i, v in rows]
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        if ids:
+            try:
+                await self._c().hdel(self._k_dead, *ids)
+            except _ERRORS as e:
+                raise self._error(e, "removing dead letters failed") from None
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+        try:
+            await self._c().hset(self._k_schedules, schedule.name, pack_schedule(schedule))
+        except _ERRORS as e:
+            raise self._error(e, "keeping the schedule failed") from None
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        try:
+            items = await self._c().hgetall(self._k_schedules)
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        named = sorted((k.decode(), v) for k, v in items.items())
+        return [unpack_schedule(name, value) for name, value in named]
+
+    async def remove_schedule(self, name: str) -> bool:
+        try:
+            return bool(await self._c().hdel(self._k_schedules, name))
+        except _ERRORS as e:
+            raise self._error(e, "removing the schedule failed") from None
 
     async def count(self) -> int:
         try:

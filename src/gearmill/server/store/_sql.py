@@ -8,8 +8,9 @@ late update can be refused), a dead-letter table and recurring schedules.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from ._base import StoreError
+from ._base import DeadLetter, StoredJob, StoredSchedule, StoreError
 
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -169,3 +170,52 @@ MYSQL: list[tuple[int, list[str]]] = [
 ]
 
 JOB_COLUMNS = "seq, function, unique_key, data, priority, when_to_run, reducer, attempts"
+
+DEAD_COLUMNS = (
+    "function, unique_key, data, priority, when_to_run, reducer, attempts, error, failed_at"
+)
+
+
+def dead_row(dead: DeadLetter) -> tuple[bytes, bytes, bytes, int, int, bytes, int, str, int]:
+    j = dead.job
+    return (
+        j.function,
+        j.unique,
+        j.data,
+        j.priority,
+        j.when,
+        j.reducer,
+        j.attempts,
+        dead.error,
+        dead.failed_at,
+    )
+
+
+def dead_of(r: Any) -> tuple[int, DeadLetter]:
+    """(id, dead letter) from a row of `id, DEAD_COLUMNS`."""
+    job = StoredJob(
+        bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4]), int(r[5]), bytes(r[6]), int(r[7])
+    )
+    return int(r[0]), DeadLetter(job, str(r[8]), int(r[9]))
+
+
+# unique_key is not used (a tick's unique id is made from the name and the minute)
+SCHEDULE_COLUMNS = "name, function, unique_key, data, priority, cron, next_run, last_run, enabled"
+
+
+def schedule_row(s: StoredSchedule) -> tuple[str, bytes, bytes, bytes, int, str, int, int, bool]:
+    return (s.name, s.function, b"", s.data, s.priority, s.cron, s.next_run, s.last_run, s.enabled)
+
+
+def schedule_of(r: Any) -> StoredSchedule:
+    """From a row of SCHEDULE_COLUMNS."""
+    return StoredSchedule(
+        str(r[0]),
+        bytes(r[1]),
+        str(r[5]),
+        bytes(r[3]),
+        int(r[4]),
+        bool(r[8]),
+        int(r[6]),
+        int(r[7] or 0),
+    )

@@ -16,8 +16,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._base import SCHEMA_VERSION, Key, StoredJob, StoreError, check_job, log
-from ._sql import JOB_COLUMNS, SQLITE, check_table
+from ._base import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    Key,
+    StoredJob,
+    StoredSchedule,
+    StoreError,
+    check_job,
+    check_schedule,
+    log,
+)
+from ._sql import (
+    DEAD_COLUMNS,
+    JOB_COLUMNS,
+    SCHEDULE_COLUMNS,
+    SQLITE,
+    check_table,
+    dead_of,
+    dead_row,
+    schedule_of,
+    schedule_row,
+)
 
 T = TypeVar("T")
 
@@ -248,6 +268,80 @@ class SQLiteStore:
             (after, limit),
         )
         return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
+        for d in dead:
+            check_job(d.job)
+        return await self._run(self._add_dead_sync, dead) if dead else []
+
+    def _add_dead_sync(self, dead: Sequence[DeadLetter]) -> list[int]:
+        db = self._conn()
+        sql = (
+            f"INSERT INTO gearmill_dead_letters ({DEAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [int(db.execute(sql, dead_row(d)).lastrowid or 0) for d in dead]
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return ids
+
+    async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
+        def fetch() -> list[tuple[int, DeadLetter]]:
+            rows = self._conn().execute(
+                f"SELECT id, {DEAD_COLUMNS} FROM gearmill_dead_letters WHERE id > ?"
+                " ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+            return [dead_of(r) for r in rows]
+
+        return await self._run(fetch)
+
+    async def remove_dead(self, ids: Sequence[int]) -> None:
+        def delete() -> None:
+            db = self._conn()
+            with db:
+                db.executemany(
+                    "DELETE FROM gearmill_dead_letters WHERE id = ?", [(i,) for i in ids]
+                )
+
+        if ids:
+            await self._run(delete)
+
+    async def put_schedule(self, schedule: StoredSchedule) -> None:
+        check_schedule(schedule)
+
+        def put() -> None:
+            db = self._conn()
+            with db:
+                db.execute(
+                    f"INSERT OR REPLACE INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    schedule_row(schedule),
+                )
+
+        await self._run(put)
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        def fetch() -> list[StoredSchedule]:
+            rows = self._conn().execute(
+                f"SELECT {SCHEDULE_COLUMNS} FROM gearmill_schedules ORDER BY name"
+            )
+            return [schedule_of(r) for r in rows]
+
+        return await self._run(fetch)
+
+    async def remove_schedule(self, name: str) -> bool:
+        def delete() -> bool:
+            db = self._conn()
+            with db:
+                cur = db.execute("DELETE FROM gearmill_schedules WHERE name = ?", (name,))
+            return cur.rowcount > 0
+
+        return await self._run(delete)
 
     async def count(self) -> int:
         return await self._run(

@@ -1,0 +1,145 @@
+"""The dead set and the schedules kept in a durable store (the hook for server/store/).
+
+The broker and the policy are synchronous; a store is asynchronous. So the
+policy's ``sink`` calls (a job entered or left the dead set, a schedule was
+put or removed) are queued here, in order, and one task writes them to the
+store. At start, :meth:`PolicyStore.open` loads what the store kept: dead
+letters (they get new handles: handles belong to one server's run) and
+schedules (which then fire from their next matching minute, with no catch-up).
+
+Wiring, where the server opens its store::
+
+    keeper = PolicyStore(server.policies, store)
+    await keeper.open()        # before the server accepts connections
+    ...
+    await keeper.close()       # after the last change, before store.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .policy import ENDINGS, DeadJob, Policies, RuleError, ScheduleSpec
+from .store import DeadLetter, Store, StoredJob, StoredSchedule, StoreError
+
+log = logging.getLogger("gearmill.policy")
+
+_PAGE = 1000
+
+
+def to_letter(dead: DeadJob) -> DeadLetter:
+    job = StoredJob(dead.function, dead.unique, dead.data, dead.priority, attempts=dead.attempts)
+    error = dead.error.decode(errors="replace")
+    return DeadLetter(job, f"{dead.reason}: {error}" if error else dead.reason, int(dead.died))
+
+
+def from_letter(handle: bytes, letter: DeadLetter) -> DeadJob:
+    reason, _, error = letter.error.partition(": ")
+    if reason not in ENDINGS:
+        reason, error = "lost", letter.error
+    j = letter.job
+    return DeadJob(
+        handle,
+        j.function,
+        j.unique,
+        j.data,
+        j.priority,
+        j.attempts,
+        reason,
+        error.encode(),
+        float(letter.failed_at),
+    )
+
+
+class PolicyStore:
+    """The DeadSet's and the Scheduler's ``sink``, written to ``store`` in order."""
+
+    def __init__(self, policies: Policies, store: Store) -> None:
+        self.policies = policies
+        self.store = store
+        self.ids: dict[bytes, int] = {}  # dead job handle -> the store's id
+        self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        policies = self.policies
+        after = 0
+        for _ in range(1_000_000):
+            rows = await self.store.list_dead(after, _PAGE)
+            if not rows:
+                break
+            for i, letter in rows:
+                handle = policies.broker.new_handle()
+                policies.dead.jobs[handle] = from_letter(handle, letter)
+                self.ids[handle] = i
+            after = rows[-1][0]
+        stored = await self.store.list_schedules()
+        for s in stored:
+            spec = ScheduleSpec(s.name, s.cron, s.function, s.data, s.priority, not s.enabled)
+            try:
+                policies.scheduler.add(spec)
+            except RuleError as e:
+                log.error("Stored schedule %s not loaded: %s", s.name, e)
+        # the config file's schedules are the store's too
+        names = {s.name for s in stored}
+        for name, sched in policies.scheduler.schedules.items():
+            if name not in names:
+                await self.store.put_schedule(self._stored(sched.spec))
+        policies.dead.sink = self
+        policies.scheduler.sink = self
+        policies.dead_added()  # the loaded jobs' age limit
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self.policies.dead.sink = None
+        self.policies.scheduler.sink = None
+        if self._writer is not None:
+            self._queue.put_nowait(("stop", None))
+            await self._writer
+            self._writer = None
+
+    # ------------------------------------------------ the sinks (synchronous)
+
+    def add(self, dead: DeadJob) -> None:
+        self._queue.put_nowait(("add", dead))
+
+    def remove(self, key: bytes | str) -> None:
+        kind = "unschedule" if isinstance(key, str) else "remove"
+        self._queue.put_nowait((kind, key))
+
+    def put(self, spec: ScheduleSpec) -> None:
+        self._queue.put_nowait(("put", spec))
+
+    # ------------------------------------------------------------ the writer
+
+    @staticmethod
+    def _stored(spec: ScheduleSpec) -> StoredSchedule:
+        return StoredSchedule(
+            spec.name, spec.function, spec.cron, spec.data, spec.priority, not spec.paused
+        )
+
+    async def _write(self) -> None:
+        while True:
+            kind, item = await self._queue.get()
+            if kind == "stop":
+                return
+            try:
+                if kind == "add":
+                    assert isinstance(item, DeadJob)
+                    (self.ids[item.handle],) = await self.store.add_dead([to_letter(item)])
+                elif kind == "remove":
+                    assert isinstance(item, bytes)
+                    i = self.ids.pop(item, None)
+                    if i is not None:
+                        await self.store.remove_dead([i])
+                elif kind == "put":
+                    assert isinstance(item, ScheduleSpec)
+                    await self.store.put_schedule(self._stored(item))
+                else:
+                    assert isinstance(item, str)
+                    await self.store.remove_schedule(item)
+            except StoreError as e:
+                # the in-memory state stays right; the store catches up at the next change
+                log.error("Dead set / schedules not written to the store: %s", e)
