@@ -15,7 +15,9 @@ from . import admin
 from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
+from .durable import Durable, open_durable
 from .model import RUNNING, SCHEDULED
+from .store import hide_password
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
@@ -37,12 +39,21 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
         self.hub = Hub(self.broker, self._admin_line, self._after_flush)
+        self.durable: Durable | None = None  # the store's writer, unless jobs live in memory
+        self._replay: asyncio.Task[int] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        store = self.config.store
+        if store.url != "memory" and self.durable is None:
+            # raises StoreError (one line) when the store cannot be used
+            self.durable = await open_durable(
+                store.url, store.gearmand_source, self.broker, self.flush
+            )
+            self.durable.start()
         for listener in self.config.listeners:
             try:
                 server = await self._loop.create_server(
@@ -64,11 +75,14 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
+        if self.durable is not None:
+            self._replay = self._loop.create_task(self.durable.replay())
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
         where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
-        store = "jobs in memory" if self.config.store.url == "memory" else self.config.store.url
+        url = self.config.store.url
+        store = "jobs in memory" if url == "memory" else "jobs in " + hide_password(url)
         lifecycle.info(
             "Listening on %s (gearmill %s, %s hot path, %s)",
             where,
@@ -131,7 +145,7 @@ class Server:
         states = ("queued", "scheduled", "running")
         counts = {(bg, state): 0 for bg in (True, False) for state in states}
         for job in self.broker.jobs.values():
-            if not job.ignore:
+            if not job.ignore and not (job.background and self.durable is not None):
                 state = {RUNNING: "running", SCHEDULED: "scheduled"}.get(job.state, "queued")
                 counts[job.background, state] += 1
         parts = []
@@ -165,6 +179,10 @@ class Server:
             await server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self._replay is not None:
+            self._replay.cancel()
+        if self.durable is not None:
+            await self.durable.close()
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
 
