@@ -4,12 +4,10 @@ server is SIGKILLed, restarted on the same store, and the jobs are drained by ge
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from conftest import Running, start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend  # noqa: E402
+from storekit import DURABLE, Backend, make_backend
 
 GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
 

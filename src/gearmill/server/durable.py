@@ -231,6 +231,8 @@ class Durable:
             await asyncio.sleep(delay)
             removes = list(self.removes)
             try:
+                # count() reaches the store even when no remove is owed
+                await asyncio.wait_for(self.store.count(), COMMIT_TIMEOUT)
                 await asyncio.wait_for(self.store.commit([], removes), COMMIT_TIMEOUT)
             except (StoreError, TimeoutError, OSError) as e:
                 self.down = str(e) or type(e).__name__

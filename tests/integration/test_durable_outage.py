@@ -1,0 +1,95 @@
+"""A store that goes away while the server runs: background submissions get
+ERROR QUEUE_ERROR (never a JOB_CREATED, never a hang), foreground jobs go on, the
+gearmill client moves its background jobs to its next server, and the server
+recovers by itself once the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gearmill as gm
+from conftest import start_gearmill
+from gearmill.protocol.packets import PacketType
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from test_durable import GEARMAN, drain, status, submit
+from test_store_specifics import _redis_server, _redis_server_on
+
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
+    tmp_path: Path,
+) -> None:
+    redis, rport = _redis_server(tmp_path, *AOF)
+    srv = start_gearmill("--store", f"redis://127.0.0.1:{rport}/0")
+    other = start_gearmill("--store", "memory")
+    worker = None
+    try:
+        assert submit(srv.port, "out", "before") == ""
+        redis.kill()
+        redis.wait(10)
+
+        # a background submission is refused with gearmand's code, in bounded time
+        with srv.conn() as c:
+            c.send(PacketType.SUBMIT_JOB_BG, b"out", b"", b"during")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0")
+            c.send(PacketType.SUBMIT_JOB_BG, b"out", b"u2", b"during2")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0")
+        assert "QUEUE_ERROR" in submit(srv.port, "out", "during3")
+
+        # foreground work goes on
+        worker = subprocess.Popen(
+            [GEARMAN, "-p", str(srv.port), "-w", "-f", "fg", "-c", "1", "--", "tr", "a-z", "A-Z"],
+            stdout=subprocess.DEVNULL,
+        )
+        r = subprocess.run(
+            [GEARMAN, "-p", str(srv.port), "-f", "fg", "hello"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.stdout.strip() == "HELLO"
+
+        # the gearmill client takes its background jobs to the next server
+        async def spread() -> None:
+            async with gm.AsyncClient([f"127.0.0.1:{srv.port}", f"127.0.0.1:{other.port}"]) as cl:
+                for i in range(4):
+                    await cl.submit("moved", f"m{i}", background=True)
+
+        asyncio.run(spread())
+        assert status(other)["moved"][0] == 4
+        assert status(srv).get("moved", [0])[0] == 0
+
+        # the store comes back: the server recovers by itself
+        redis, _ = _redis_server_on(tmp_path, rport, *AOF)
+        deadline = time.monotonic() + 30
+        while submit(srv.port, "out", "after") != "":
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.1)
+        assert status(srv)["out"][0] == 2
+        # and what it had committed before the outage is still stored: kill, restart
+        srv.proc.kill()
+        srv.proc.wait(10)
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while status(srv).get("out", [0])[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(drain(srv.port, "out", 2, tmp_path / "out")) == ["after", "before"]
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.wait(10)
+        srv.stop()
+        other.stop()
+        redis.kill()
+        redis.wait(10)
+        shutil.rmtree(tmp_path, ignore_errors=True)
