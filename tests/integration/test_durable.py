@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Running, start_gearmill
+from gearmill.protocol.packets import PacketType
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
 from storekit import DURABLE, Backend, make_backend
@@ -89,6 +90,10 @@ def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
         assert submit(srv.port, "durable", "-u", "same", "u1") == ""
         assert submit(srv.port, "fg-only", "-u", "x", "bg") == ""
         assert status(srv)["durable"][0] == 205
+        with srv.conn() as c:  # an epoch job for an hour from now
+            later = b"%d" % (time.time() + 3600)
+            c.send(PacketType.SUBMIT_JOB_EPOCH, b"epoch", b"e1", later, b"due")
+            c.expect(PacketType.JOB_CREATED)
         kill(srv)
         srv.restart()
         deadline = time.monotonic() + 30
@@ -98,6 +103,15 @@ def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
         with srv.conn() as c:
             shown = c.admin(b"show jobs\n").decode()
         assert shown.count("\t") >= 206 * 3  # every stored job listed, as gearmand lists its own
+        # the epoch job came back still scheduled: listed, but no worker gets it yet
+        deadline = time.monotonic() + 10
+        while "epoch" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["epoch"][0] == 1
+        with srv.conn() as c:
+            c.send(PacketType.CAN_DO, b"epoch")
+            c.send(PacketType.GRAB_JOB)
+            c.expect(PacketType.NO_JOB)
         assert submit(srv.port, "durable", "-u", "same", "u1") == ""  # coalesced with the stored
         assert status(srv)["durable"][0] == 205
         got = drain(srv.port, "durable", 205, tmp_path / "out")

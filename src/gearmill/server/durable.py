@@ -189,7 +189,7 @@ class Durable:
                     await asyncio.wait_for(
                         self.store.commit(list(adds.values()), list(removes)), COMMIT_TIMEOUT
                     )
-                except (StoreError, TimeoutError, OSError) as e:
+                except Exception as e:  # any failure refuses the group
                     self.busy = False
                     why = str(e) or type(e).__name__
                     # the removes are still owed; the adds and what came meanwhile are refused
@@ -202,6 +202,8 @@ class Durable:
                     self._refuse(jobs, held + later)
                     self._flush()
                     await self._recover()
+                    if self._closing:
+                        return
                     continue
                 finally:
                     self.busy = False
@@ -234,7 +236,7 @@ class Durable:
                 # count() reaches the store even when no remove is owed
                 await asyncio.wait_for(self.store.count(), COMMIT_TIMEOUT)
                 await asyncio.wait_for(self.store.commit([], removes), COMMIT_TIMEOUT)
-            except (StoreError, TimeoutError, OSError) as e:
+            except Exception as e:  # still down, whatever the reason
                 self.down = str(e) or type(e).__name__
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
