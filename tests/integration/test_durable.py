@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Running, start_gearmill
+from conftest import Running, start_gearmand, start_gearmill
 from gearmill.protocol.packets import PacketType
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
@@ -227,3 +227,26 @@ def test_sqlite_commits_reach_the_disk_once_per_group(tmp_path: Path) -> None:
         if words and words[-1] in ("fdatasync", "fsync"):
             syncs += int(words[3])
     assert syncs >= n, counts.read_text()
+
+
+def test_jobs_a_c_gearmand_left_in_its_sqlite_queue_are_imported_at_start(
+    tmp_path: Path,
+) -> None:
+    """Switching from gearmand: the same -q libsqlite3 flags, and its queued jobs run."""
+    db = tmp_path / "gearmand.db"
+    flags = ("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    old = start_gearmand(*flags)
+    try:
+        assert submit(old.port, "moved", "-u", "m1", "one") == ""
+        assert submit(old.port, "moved", "-I", "two") == ""
+    finally:
+        old.stop()
+    srv = start_gearmill(*flags)
+    try:
+        deadline = time.monotonic() + 10  # replay runs once the server listens
+        while "moved" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["moved"][0] == 2
+        assert sorted(drain(srv.port, "moved", 2, tmp_path / "out")) == ["one", "two"]
+    finally:
+        srv.stop()

@@ -42,3 +42,10 @@ def test_two_stores_or_a_missing_database_are_one_line() -> None:
         load("--store", "memory", "-q", "redis")
     with pytest.raises(ConfigError, match=r"-q libsqlite3 needs --libsqlite3-db=FILE"):
         load("-q", "libsqlite3")
+
+
+def test_q_on_the_command_line_wins_over_a_store_from_the_environment() -> None:
+    c = load("-q", "libsqlite3", "--libsqlite3-db=/var/q.db", env={"GEARMILL_STORE": "memory"})
+    assert c.store.url == "sqlite:///var/q.db"
+    c = load("--store", "memory", env={"GEARMILL_STORE": "sqlite:///x.db"})
+    assert c.store.url == "memory"

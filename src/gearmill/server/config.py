@@ -482,13 +482,16 @@ def build(layers: Sequence[Layer]) -> Config:
     return Config(
         listeners=listeners,
         verbose=level.more_verbose(steps),
-        store=_store_config(values, layers),
+        store=_store_config(values, rank, layers),
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-def _store_config(values: dict[str, object], layers: Sequence[Layer]) -> StoreConfig:
-    """--store, else gearmand's -q and its flags, else SQLite in the state folder."""
+def _store_config(
+    values: dict[str, object], rank: dict[str, int], layers: Sequence[Layer]
+) -> StoreConfig:
+    """--store or gearmand's -q with its flags, whichever comes from the stronger
+    source, else SQLite in the state folder."""
     queue_type = values.get("queue_type")
     store = values.get("store")
     if queue_type is not None and store is not None:
@@ -498,6 +501,8 @@ def _store_config(values: dict[str, object], layers: Sequence[Layer]) -> StoreCo
                     f"{layer['store'].where} and {layer['queue_type'].where}: "
                     "two stores named; keep one of them"
                 )
+        if rank["queue_type"] < rank["store"]:
+            store = None  # -q on the command line wins over GEARMILL_STORE or the file
     if store is None and queue_type is not None:
         return gearmand_store(str(queue_type), values)
     if store is None:

@@ -356,16 +356,8 @@ async def open_durable(
         ) from None
     # a StoreError of open() already names the URL (password hidden) and the fix
     try:
-        imported = await store.import_gearmand(source)
+        await store.import_gearmand(source)  # it logs how many jobs came
     except StoreError as e:
         await store.close()
         raise StoreError(f"store {shown}: importing gearmand's queue failed: {e}") from None
-    if imported:
-        log.warning(
-            "%d job%s imported from gearmand's queue into %s",
-            imported,
-            "" if imported == 1 else "s",
-            shown,
-            extra={"gearman_level": "NOTICE"},
-        )
     return Durable(store, broker, flush)
