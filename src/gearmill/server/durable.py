@@ -35,6 +35,8 @@ from .sink import BufferSink
 from .store import Key, Store, StoredJob, StoreError, hide_password, open_store
 
 log = logging.getLogger("gearmill.store")
+# replay counts and a store coming back: logged at every --verbose level (as app.py's)
+lifecycle = logging.getLogger("gearmill.lifecycle")
 
 ERR_STORE = error(b"QUEUE_ERROR", b"Job queue store is unavailable")
 
@@ -242,7 +244,7 @@ class Durable:
                 continue
             for key in removes:
                 self.removes.pop(key, None)
-            log.warning(
+            lifecycle.warning(
                 "store %s is back; background jobs are accepted again",
                 self.store.url,
                 extra={"gearman_level": "WARNING"},
@@ -301,7 +303,7 @@ class Durable:
             self._replay_seen = None
             peer.out.clear()
         if self.replayed:
-            log.warning(
+            lifecycle.info(
                 "%d stored background job%s queued again from %s in %.1f s",
                 self.replayed,
                 "" if self.replayed == 1 else "s",
