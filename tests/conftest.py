@@ -124,7 +124,8 @@ class Running:
                 self.proc.wait()
 
     def restart(self) -> None:
-        """Stop, then start the same server on the same port (a fresh, empty one)."""
+        """Stop, then start the same server on the same port (a fresh, empty one unless
+        it names a --store: then its stored background jobs come back)."""
         self.stop()
         with open(self.tmp / "server.log", "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)
