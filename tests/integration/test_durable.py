@@ -250,3 +250,22 @@ def test_jobs_a_c_gearmand_left_in_its_sqlite_queue_are_imported_at_start(
         assert sorted(drain(srv.port, "moved", 2, tmp_path / "out")) == ["one", "two"]
     finally:
         srv.stop()
+
+
+def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:
+    """Jobs in memory cost nothing extra: the broker has no journal to fill."""
+    import asyncio
+
+    from gearmill.server.app import Server
+    from gearmill.server.config import Config, Listener, StoreConfig
+
+    async def journal_of(url: str) -> bool:
+        server = Server(Config(listeners=(Listener("127.0.0.1", 0),), store=StoreConfig(url)))
+        await server.start()
+        try:
+            return server.broker.journal is not None
+        finally:
+            await server.close("test")
+
+    assert asyncio.run(journal_of("memory")) is False
+    assert asyncio.run(journal_of(f"sqlite://{tmp_path}/q.db")) is True
