@@ -194,8 +194,12 @@ class Durable:
                 except Exception as e:  # any failure refuses the group
                     self.busy = False
                     why = str(e) or type(e).__name__
-                    # the removes are still owed; the adds and what came meanwhile are refused
+                    # the removes are still owed; the adds and what came meanwhile are
+                    # refused, and the group's adds removed once the store is back: a
+                    # commit cut off after the store made it durable must not run a job
+                    # its client was told was refused
                     removes.update(self.removes)
+                    removes.update(dict.fromkeys(adds))
                     self.removes = removes
                     self._went_down(why)
                     jobs = list(add_jobs.values()) + list(self.add_jobs.values())
