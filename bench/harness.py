@@ -85,8 +85,11 @@ def gearman_status_ok(port: int, timeout: float = 1.0) -> bool:
 
 
 def gearmill_command(python: str, extra: str = "") -> str:
-    """`gearmill serve` under the given Python, as a server command template."""
+    """`gearmill serve` under the given Python, as a server command template; jobs in
+    memory (gearmand's default, which the scenarios compare with) unless extra names a store."""
     cmd = f"{shlex.quote(python)} -m gearmill.cli.main serve -p {{port}} --log-file none"
+    if "--store" not in extra:
+        cmd += " --store memory"
     return f"{cmd} {extra}".strip()
 
 

@@ -21,6 +21,11 @@ REQ = b"\x00REQ"
 RES = b"\x00RES"
 PREFIX = "H:test"
 
+# Test servers keep their jobs in memory (a restart is a fresh, empty server) unless a
+# test names a store; none writes to the state folder of whoever runs the tests.
+os.environ["GEARMILL_STORE"] = "memory"
+os.environ["GEARMILL_STATE_DIR"] = tempfile.mkdtemp(prefix="gearmill-test-state-")
+
 # Servers' working folders (logs, pid files) go under pytest's own temporary
 # folder, which keeps the last three runs for a look after a failure and
 # removes older ones.
@@ -119,7 +124,8 @@ class Running:
                 self.proc.wait()
 
     def restart(self) -> None:
-        """Stop, then start the same server on the same port (a fresh, empty one)."""
+        """Stop, then start the same server on the same port (a fresh, empty one unless
+        it names a --store: then its stored background jobs come back)."""
         self.stop()
         with open(self.tmp / "server.log", "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=log, env=self.env)

@@ -46,7 +46,7 @@ def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"),
                 *(f"--log-file={log}", python, "-m", "gearmill.cli.main", "serve"),
-                *("-p", str(port), "--log-file", "none"),
+                *("-p", str(port), "--log-file", "none", "--store", "memory"),
             ]
         )
         try:

@@ -5,6 +5,7 @@ real C ``gearman -w`` worker whose command fails."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -241,3 +242,50 @@ def test_an_epoch_job_waiting_for_its_time_is_listed_by_show_jobs(gearmill: Runn
         handle = c.expect(JOB_CREATED)
         assert c.admin(b"show jobs\n") == handle + b"\t0\t0\t1\n.\n"
         assert c.admin(b"status\n") == b"later\t1\t0\t0\n.\n"
+
+
+def test_dead_set_and_schedules_survive_a_restart_on_a_durable_store(tmp_path: Path) -> None:
+    """With a store, the dead set and the schedules are kept there: a restart (even a
+    SIGKILL once they were written) brings both back, payload and failure text included."""
+    srv = start_gearmill(
+        "--store",
+        f"sqlite://{tmp_path}/queue.db",
+        "--retry-on",
+        "lost,timeout,cant_do,fail,exception",
+        "--retry-max-attempts",
+        "1",
+    )
+    try:
+        with srv.conn() as c, srv.conn() as w:
+            c.send(SUBMIT_JOB_BG, b"resize", b"img-9", b"payload\x009")
+            handle = c.expect(JOB_CREATED)
+            w.send(CAN_DO, b"resize")
+            w.send(GRAB_JOB)
+            assert w.expect(JOB_ASSIGN) == handle + b"\x00resize\x00payload\x009"
+            w.send(WORK_EXCEPTION, handle, b"ValueError: bad image")
+            assert c.admin(b"schedule add nightly report 30 2 * * * all\n").startswith(b"OK")
+            wait_for(lambda: c.admin(b"dead status\n") == b"resize\t1\n.\n")
+        # both are written in the background: crash once the file has them
+        db = sqlite3.connect(f"file:{tmp_path}/queue.db?mode=ro", uri=True)
+        count = "SELECT (SELECT count(*) FROM gearmill_dead_letters),"
+        count += " (SELECT count(*) FROM gearmill_schedules)"
+        wait_for(lambda: db.execute(count).fetchone() == (1, 1))
+        db.close()
+        srv.proc.kill()
+        srv.proc.wait(10)
+        srv.restart()
+        with AdminClient(srv.address) as admin:
+            (name,) = [s.name for s in admin.schedules()]
+            assert name == "nightly"
+            with srv.conn() as c:
+                assert c.admin(b"dead status\n") == b"resize\t1\n.\n"
+                new_handle = c.admin(b"dead list resize\n").split(b"\t")[0]
+            dead = admin.dead_job(new_handle.decode())
+            assert (dead.data, dead.error) == (b"payload\x009", "ValueError: bad image")
+            # the dead job is not queued again by the restart: no worker gets it
+            with srv.conn() as w:
+                w.send(CAN_DO, b"resize")
+                w.send(GRAB_JOB)
+                assert w.expect(NO_JOB) == b""
+    finally:
+        srv.stop()

@@ -228,11 +228,12 @@ def test_bad_value_in_each_source_is_one_line_and_exit_2(tmp_path: Path) -> None
         2,
         f"gearmill serve: {config}: backlog = -1: use 1 to 65535 (default 32)\n",
     )
-    r = serve(env={**os.environ, "GEARMILL_STORE": "redis://localhost"})
+    r = serve(env={**os.environ, "GEARMILL_STORE": "redis:/localhost"})
     assert (r.returncode, r.stderr) == (
         2,
-        "gearmill serve: GEARMILL_STORE='redis://localhost': jobs are kept in memory only so "
-        "far; use memory\n",
+        "gearmill serve: GEARMILL_STORE='redis:/localhost': use memory, sqlite:///path/queue.db, "
+        "postgresql://user:password@host/db, mysql://user:password@host/db "
+        "or redis://host:6379/0\n",
     )
     r = serve("--keepalive-idle", "0")
     assert (r.returncode, r.stderr) == (

@@ -26,19 +26,19 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_unknown_gearmand_flag_gets_one_clear_line() -> None:
-    r = serve("--libsqlite3-db", "/tmp/x.db")
+    r = serve("--libmemcached-servers", "127.0.0.1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "gearmill serve: gearmand option --libsqlite3-db is not supported: "
-        "durable queues are not implemented yet (only -q builtin)"
+        "gearmill serve: gearmand option --libmemcached-servers is not supported: "
+        "the memcached queue is not supported"
     ]
 
 
 def test_bad_values_say_what_to_do() -> None:
     r = serve("--job-retries", "300")
     assert r.returncode == 2 and "use 0 (the retry default, 25 attempts) to 255" in r.stderr
-    r = serve("-q", "redis")
-    assert r.returncode == 2 and "use -q builtin" in r.stderr
+    r = serve("-q", "memcached")
+    assert r.returncode == 2 and "use builtin, libsqlite3, Postgres, MySQL or redis" in r.stderr
     r = serve("--worker-wakeup", "-1")
     assert r.returncode == 2
     assert r.stderr.splitlines() == [

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gearmill.cli import serve
+from gearmill.server import config as settings
 from gearmill.server.config import (
     AdminShutdown,
     Config,
@@ -53,7 +54,7 @@ def test_defaults() -> None:
     assert config.worker_wakeup is None
     assert config.verbose is Level.ERROR
     assert config.admin_shutdown is AdminShutdown.LOCAL
-    assert config.store.url == "memory"
+    assert config.store.url == settings.default_store_url()  # SQLite in the state folder
     assert config.log_file == "stderr" and config.pid_file is None and not config.daemon
 
 
@@ -162,8 +163,10 @@ def test_bad_flag_values() -> None:
     assert error("--admin-shutdown", "nobody") == (
         "--admin-shutdown nobody: use one of off, local, any"
     )
-    assert error("--store", "redis://x") == (
-        "--store redis://x: jobs are kept in memory only so far; use memory"
+    assert error("--store", "ftp://x") == (
+        "--store ftp://x: use memory, sqlite:///path/queue.db, "
+        "postgresql://user:password@host/db, mysql://user:password@host/db "
+        "or redis://host:6379/0"
     )
     assert error("--job-handle-prefix", "a b") == (
         "--job-handle-prefix a b: use up to 40 characters without spaces (handles are <prefix>:<n>)"
@@ -203,9 +206,10 @@ def test_bad_file_values(tmp_path: Path) -> None:
     )
     path = toml(tmp_path, "round_robin = 1\n")
     assert error("--config", path) == f"{path}: round_robin = 1: use true or false"
-    path = toml(tmp_path, '[store]\nurl = "sqlite:///x.db"\n')
+    path = toml(tmp_path, '[store]\nurl = "sqlite://x.db"\n')
     assert error("--config", path) == (
-        f'{path}: store.url = "sqlite:///x.db": jobs are kept in memory only so far; use memory'
+        f'{path}: store.url = "sqlite://x.db": an SQLite store needs an absolute path: '
+        "sqlite:///path/queue.db"
     )
     path = toml(tmp_path, '[[listen]]\nhost = "127.0.0.1"\ntls = true\n')
     assert error("--config", path) == (

@@ -17,6 +17,7 @@ from ..server import config as settings
 from ..server.app import Server, lifecycle
 from ..server.config import LEVELS, Config, ConfigError, Given, Layer, LogFormat
 from ..server.notify import Notifier
+from ..server.store import StoreError
 from .jsonlog import JsonFormatter
 
 DESCRIPTION = """Run the Gearman job server (gearmand 1.1.20 compatible).
@@ -33,21 +34,6 @@ _UNSUPPORTED = {
     "--http-port": "the HTTP protocol module is not implemented yet",
     "-u": "switching user is not supported; start gearmill as the target user",
     "--user": "switching user is not supported; start gearmill as the target user",
-    "--libsqlite3-db": "durable queues are not implemented yet (only -q builtin)",
-    "--libsqlite3-table": "durable queues are not implemented yet (only -q builtin)",
-    "--store-queue-on-shutdown": "durable queues are not implemented yet (only -q builtin)",
-    "--libpq-conninfo": "durable queues are not implemented yet (only -q builtin)",
-    "--libpq-table": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-host": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-port": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-user": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-password": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-db": "durable queues are not implemented yet (only -q builtin)",
-    "--mysql-table": "durable queues are not implemented yet (only -q builtin)",
-    "--redis-server": "durable queues are not implemented yet (only -q builtin)",
-    "--redis-port": "durable queues are not implemented yet (only -q builtin)",
-    "--redis-password": "durable queues are not implemented yet (only -q builtin)",
-    "--redis-prefix": "durable queues are not implemented yet (only -q builtin)",
     "--libmemcached-servers": "the memcached queue is not supported",
     "--libmemcached-prefix": "the memcached queue is not supported",
     "--syslog": "syslog output is not supported; use --log-file",
@@ -205,13 +191,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="off|local|any",
         help="who may use the admin 'shutdown [graceful]' command (default local: loopback peers)",
     )
-    _opt(p, "--store", metavar="URL", help="where jobs live: only 'memory' (the default) so far")
+    _opt(
+        p,
+        "--store",
+        metavar="URL",
+        help="where background jobs are kept: sqlite:///path/queue.db (default: queue.db in "
+        "the state folder), postgresql://..., mysql://..., redis://..., or memory",
+    )
+    _opt(
+        p,
+        "--state-dir",
+        metavar="DIR",
+        help="the state folder of the default SQLite store (default $GEARMILL_STATE_DIR, "
+        "$STATE_DIRECTORY, else $XDG_STATE_HOME/gearmill or ~/.local/state/gearmill)",
+    )
     _opt(
         p,
         "-q",
         "--queue-type",
         metavar="TYPE",
-        help="gearmand's persistent queue: only 'builtin' (in memory) for now",
+        help="gearmand's queue: builtin (memory), libsqlite3, Postgres, MySQL or redis, "
+        "with gearmand's --libsqlite3-*, --libpq-*, --mysql-* and --redis-* flags",
+    )
+    for flag in (
+        "--libsqlite3-db",
+        "--libsqlite3-table",
+        "--libpq-conninfo",
+        "--libpq-table",
+        "--mysql-host",
+        "--mysql-port",
+        "--mysql-user",
+        "--mysql-password",
+        "--mysql-db",
+        "--mysql-table",
+        "--redis-server",
+        "--redis-port",
+        "--redis-password",
+        "--redis-prefix",
+    ):
+        _opt(p, flag, metavar="VALUE", help=argparse.SUPPRESS)
+    _opt(
+        p,
+        "--store-queue-on-shutdown",
+        action="store_true",
+        help=argparse.SUPPRESS,  # gearmand's; every store here keeps its jobs anyway
     )
     _opt(p, "-t", "--threads", metavar="N", help="accepted for gearmand compatibility; ignored")
     _opt(
@@ -503,6 +526,9 @@ async def _serve(config: Config, logs: _Log, report: _Report) -> int:
         await server.start()
     except OSError as e:
         return report.fail(str(e.strerror or e))
+    except StoreError as e:
+        await server.close("start-up failed")
+        return report.fail(str(e))
     server.install_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reopen, logs)
     _tune_gc()

@@ -331,7 +331,9 @@ class AsyncClient:
 
     Jobs are spread round-robin across the servers; a server that refuses
     connections is skipped and retried after a backoff (0.5 s doubling to 30 s).
-    A foreground job whose server dies fails with :class:`ConnectionLost`.
+    A background job a server cannot queue (``ERROR QUEUE_ERROR``: its store is
+    down, its queue full) is submitted to the next server. A foreground job
+    whose server dies fails with :class:`ConnectionLost`.
 
     ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`) bounds every call,
     including waiting for a job's result; ``None`` waits without limit. Each
@@ -682,6 +684,12 @@ class AsyncClient:
                 if attempt == len(self.servers) - 1:
                     raise
                 continue
+            except ServerError as e:
+                # a background job the server could not queue (its store is down,
+                # its queue full) is not there: the next server may take it
+                if not background or e.code != "QUEUE_ERROR" or attempt == len(self.servers) - 1:
+                    raise
+                continue
             return job  # registered by _created as the reply was read
         raise AssertionError("unreachable")
 
@@ -749,7 +757,9 @@ class AsyncClient:
         )
         jobs = []
         for (job, _), r, reply in zip(sent, asked, replies, strict=True):
-            if isinstance(reply, ConnectionLost):
+            if isinstance(reply, ConnectionLost) or (
+                r.background and isinstance(reply, ServerError) and reply.code == "QUEUE_ERROR"
+            ):
                 # lost before JOB_CREATED: submit it again elsewhere (see submit())
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 job = await self.submit(

@@ -16,9 +16,12 @@ from . import admin, admin_policy
 from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
+from .durable import Durable, open_durable
 from .model import RUNNING, SCHEDULED
 from .notify import Notifier
 from .policy import Policies
+from .policy_store import PolicyStore
+from .store import hide_password
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.server")
@@ -50,6 +53,9 @@ class Server:
             from .access import AccessConfig, AccessList
 
             self.broker.access = AccessList(config.access or AccessConfig())
+        self.durable: Durable | None = None  # the store's writer, unless jobs live in memory
+        self._replay: asyncio.Task[int] | None = None
+        self.keeper: PolicyStore | None = None  # the dead set's and schedules' writer
 
     # ------------------------------------------------------------ lifecycle
 
@@ -63,6 +69,16 @@ class Server:
 
             context = server_context(self.config.tls)
             kinds[True] = TLSProtocol
+        store = self.config.store
+        if store.url != "memory" and self.durable is None:
+            # raises StoreError (one line) when the store cannot be used
+            self.durable = await open_durable(
+                store.url, store.gearmand_source, self.broker, self.flush
+            )
+            self.durable.start()
+            # the dead set and the schedules live in the same store
+            self.keeper = PolicyStore(self.policies, self.durable.store)
+            await self.keeper.open()
         for listener in self.config.listeners:
             kind = kinds[listener.tls]
             try:
@@ -90,11 +106,14 @@ class Server:
                     self.tls_addresses.append((addr[0], addr[1]))
         # schedules from the config file are on the timer heap before any traffic
         self._arm_timer()
+        if self.durable is not None:
+            self._replay = self._loop.create_task(self.durable.replay())
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
         where = self._where()
-        store = "jobs in memory" if self.config.store.url == "memory" else self.config.store.url
+        url = self.config.store.url
+        store = "jobs in memory" if url == "memory" else "jobs in " + hide_password(url)
         lifecycle.info(
             "Listening on %s (gearmill %s, %s hot path, %s)",
             where,
@@ -197,7 +216,7 @@ class Server:
         states = ("queued", "scheduled", "running")
         counts = {(bg, state): 0 for bg in (True, False) for state in states}
         for job in self.broker.jobs.values():
-            if not job.ignore:
+            if not job.ignore and not (job.background and self.durable is not None):
                 state = {RUNNING: "running", SCHEDULED: "scheduled"}.get(job.state, "queued")
                 counts[job.background, state] += 1
         parts = []
@@ -237,6 +256,12 @@ class Server:
             await server.wait_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self._replay is not None:
+            self._replay.cancel()
+        if self.keeper is not None:
+            await self.keeper.close()
+        if self.durable is not None:
+            await self.durable.close()
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
         self.notify.close()

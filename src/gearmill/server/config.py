@@ -107,7 +107,31 @@ class TLSConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    url: str = "memory"  # where jobs live; only "memory" so far
+    url: str = "memory"  # memory | sqlite:///path | postgresql:// | mysql:// | redis://
+    # gearmand's queue table (SQL) or key prefix (Redis) to import jobs from at start
+    gearmand_source: str | None = None
+
+
+STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "redis", "rediss")
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> str:
+    """Where a server keeps its state when no store is named.
+
+    GEARMILL_STATE_DIR, else systemd's STATE_DIRECTORY (StateDirectory=), else
+    $XDG_STATE_HOME/gearmill, else ~/.local/state/gearmill: never the working
+    directory, which is / for a service and differs between two starts by hand.
+    """
+    for name in ("GEARMILL_STATE_DIR", "STATE_DIRECTORY"):
+        value = env.get(name, "").split(":")[0]
+        if value:
+            return os.path.abspath(value)
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(os.path.abspath(base), "gearmill")
+
+
+def default_store_url(env: Mapping[str, str] = os.environ) -> str:
+    return "sqlite://" + os.path.join(default_state_dir(env), "queue.db")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,16 +276,38 @@ def _prefix(raw: object, text: bool) -> str:
     return value
 
 
+_STORE_FIX: Final = (
+    "use memory, sqlite:///path/queue.db, postgresql://user:password@host/db, "
+    "mysql://user:password@host/db or redis://host:6379/0"
+)
+
+
 def _store(raw: object, text: bool) -> str:
-    if raw != "memory":
-        raise _Bad("jobs are kept in memory only so far; use memory")
-    return "memory"
+    value = _str(raw, text).strip()
+    if value.lower() == "memory":
+        return "memory"
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in STORE_SCHEMES:
+        raise _Bad(_STORE_FIX)
+    if scheme == "sqlite" and not value[len("sqlite://") :].startswith("/"):
+        raise _Bad("an SQLite store needs an absolute path: sqlite:///path/queue.db")
+    return value
+
+
+# gearmand's -q names (any case) and the store each stands for
+QUEUE_TYPES: Final = {
+    "builtin": "memory",
+    "libsqlite3": "sqlite",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "redis": "redis",
+}
 
 
 def _queue_type(raw: object, text: bool) -> str:
-    if not isinstance(raw, str) or raw.lower() != "builtin":
-        raise _Bad("only the in-memory 'builtin' queue exists so far; drop -q or use -q builtin")
-    return "builtin"
+    if not isinstance(raw, str) or raw.lower() not in QUEUE_TYPES:
+        raise _Bad("use builtin, libsqlite3, Postgres, MySQL or redis (or --store URL)")
+    return raw.lower()
 
 
 def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None, bool | None], ...]:
@@ -575,6 +621,7 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "submit_sched": _Setting(_bool, toml="retry.submit_sched"),
     "retry_functions": _Setting(_retry_functions, env=False, toml="retry.function"),
     "schedules": _Setting(_schedules, env=False, toml="schedule"),
+    "state_dir": _Setting(_str),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
@@ -583,6 +630,27 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "hashtable_buckets": _Setting(
         _int(1, 1 << 32, "use a positive number (ignored)"), env=False, toml=None
     ),
+    # gearmand's persistent-queue flags, turned into a store URL (see gearmand_store)
+    **{
+        key: _Setting(_str, env=False, toml=None)
+        for key in (
+            "libsqlite3_db",
+            "libsqlite3_table",
+            "libpq_conninfo",
+            "libpq_table",
+            "mysql_host",
+            "mysql_port",
+            "mysql_user",
+            "mysql_password",
+            "mysql_db",
+            "mysql_table",
+            "redis_server",
+            "redis_port",
+            "redis_password",
+            "redis_prefix",
+        )
+    },
+    "store_queue_on_shutdown": _Setting(_bool, env=False, toml=None),
 }
 
 _TOML_KEYS: Final = {
@@ -731,12 +799,10 @@ def build(layers: Sequence[Layer]) -> Config:
         for key, value in values.items()
         if key in Config.__dataclass_fields__ and key not in ("verbose", "store", "tls", "access")
     }
-    store = values.get("store", "memory")
-    assert isinstance(store, str)
     return Config(
         listeners=listeners,
         verbose=level.more_verbose(steps),
-        store=StoreConfig(store),
+        store=_store_config(values, rank, layers),
         tls=tls,
         access=access,
         retry=_retry_config(values, layers),
@@ -787,3 +853,93 @@ def _retry_config(values: dict[str, object], layers: Sequence[Layer]) -> RetryCo
         submit_sched=submit_sched,
         schedules=schedules,
     )
+
+
+def _store_config(
+    values: dict[str, object], rank: dict[str, int], layers: Sequence[Layer]
+) -> StoreConfig:
+    """--store or gearmand's -q with its flags, whichever comes from the stronger
+    source, else SQLite in the state folder."""
+    queue_type = values.get("queue_type")
+    store = values.get("store")
+    if queue_type is not None and store is not None:
+        for layer in layers:
+            if "queue_type" in layer and "store" in layer:
+                raise ConfigError(
+                    f"{layer['store'].where} and {layer['queue_type'].where}: "
+                    "two stores named; keep one of them"
+                )
+        if rank["queue_type"] < rank["store"]:
+            store = None  # -q on the command line wins over GEARMILL_STORE or the file
+    if store is None and queue_type is not None:
+        return gearmand_store(str(queue_type), values)
+    if store is None:
+        state = values.get("state_dir")
+        if isinstance(state, str):
+            return StoreConfig("sqlite://" + os.path.join(os.path.abspath(state), "queue.db"))
+        return StoreConfig(default_store_url())
+    assert isinstance(store, str)
+    return StoreConfig(store)
+
+
+def _q(value: object) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig:
+    """The store URL gearmand's -q and --libsqlite3-*/--libpq-*/--mysql-*/--redis-* name."""
+    kind = QUEUE_TYPES[queue_type]
+    if kind == "memory":
+        return StoreConfig("memory")
+    if kind == "sqlite":
+        db = values.get("libsqlite3_db")
+        if not isinstance(db, str):
+            raise ConfigError("-q libsqlite3 needs --libsqlite3-db=FILE (the queue database)")
+        table = values.get("libsqlite3_table")
+        return StoreConfig(
+            "sqlite://" + os.path.abspath(db), str(table) if table else "gearman_queue"
+        )
+    if kind == "postgresql":
+        conninfo = str(values.get("libpq_conninfo") or "")
+        if conninfo.startswith(("postgresql://", "postgres://")):
+            url = conninfo
+        else:
+            params: dict[str, str] = {}
+            for word in conninfo.split():
+                name, sep, value = word.partition("=")
+                if not sep:
+                    raise ConfigError(
+                        f"--libpq-conninfo: {word!r} is not key=value; "
+                        "write 'host=... port=... dbname=... user=... password=...'"
+                    )
+                params[name.lower()] = value.strip("'")
+            user = params.pop("user", "")
+            password = params.pop("password", "")
+            auth = _q(user) + (":" + _q(password) if password else "") + ("@" if user else "")
+            host = params.pop("host", "localhost")
+            port = params.pop("port", "")
+            db = params.pop("dbname", "")
+            query = "&".join(f"{k}={_q(v)}" for k, v in params.items())
+            url = f"postgresql://{auth}{host}{':' + port if port else ''}/{_q(db)}"
+            url += "?" + query if query else ""
+        table = values.get("libpq_table")
+        return StoreConfig(url, str(table) if table else None)
+    if kind == "mysql":
+        user = str(values.get("mysql_user") or "root")
+        secret = values.get("mysql_password")
+        auth = _q(user) + (":" + _q(secret) if secret else "") + "@"
+        host = str(values.get("mysql_host") or "localhost")
+        port = str(values.get("mysql_port") or "3306")
+        db = str(values.get("mysql_db") or "Gearmand")
+        table = values.get("mysql_table")
+        return StoreConfig(
+            f"mysql://{auth}{host}:{port}/{_q(db)}", str(table) if table else "gearman_queue"
+        )
+    host = str(values.get("redis_server") or "127.0.0.1")
+    port = str(values.get("redis_port") or "6379")
+    secret = values.get("redis_password")
+    auth = ":" + _q(secret) + "@" if secret else ""
+    prefix = values.get("redis_prefix")
+    return StoreConfig(f"redis://{auth}{host}:{port}/0", str(prefix) if prefix else None)

@@ -1,0 +1,271 @@
+"""Durable background jobs on a real server, per store: the C gearman tool submits, the
+server is SIGKILLed, restarted on the same store, and the jobs are drained by gearman -w."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Running, start_gearmand, start_gearmill
+from gearmill.protocol.packets import PacketType
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import DURABLE, Backend, make_backend
+
+GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
+
+
+@pytest.fixture(params=DURABLE, name="store")
+def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
+
+def submit(port: int, func: str, *args: str, stdin: str | None = None) -> str:
+    """gearman -b; its exit code is 0 even on failure, so the error text is returned."""
+    r = subprocess.run(
+        [GEARMAN, "-p", str(port), "-b", "-f", func, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return r.stderr.strip()
+
+
+def drain(port: int, func: str, count: int, out: Path, timeout: float = 60) -> list[str]:
+    """gearman -w runs ``count`` jobs one at a time, appending each job's data to ``out``."""
+    subprocess.run(
+        [
+            GEARMAN,
+            "-p",
+            str(port),
+            "-w",
+            "-f",
+            func,
+            "-c",
+            str(count),
+            "--",
+            "sh",
+            "-c",
+            f"cat >> {out}; echo >> {out}",
+        ],
+        stdout=subprocess.DEVNULL,
+        timeout=timeout,
+        check=True,
+    )
+    return out.read_text().split()
+
+
+def kill(srv: Running) -> None:
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+
+
+def status(srv: Running) -> dict[str, list[int]]:
+    with srv.conn() as c:
+        text = c.admin(b"status\n").decode()
+    rows = [line.split("\t") for line in text.splitlines() if "\t" in line]
+    return {r[0]: [int(x) for x in r[1:]] for r in rows}
+
+
+def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
+    store: Backend, tmp_path: Path
+) -> None:
+    srv = start_gearmill("--store", store.url)
+    try:
+        lines = "".join(f"n{i}\n" for i in range(200))
+        assert submit(srv.port, "durable", "-N", stdin=lines) == ""
+        assert submit(srv.port, "durable", "-L", "low1", "low2") == ""
+        assert submit(srv.port, "durable", "-I", "high1", "high2") == ""
+        # the same unique twice is one job, before and after the restart
+        assert submit(srv.port, "durable", "-u", "same", "u1") == ""
+        assert submit(srv.port, "durable", "-u", "same", "u1") == ""
+        assert submit(srv.port, "fg-only", "-u", "x", "bg") == ""
+        assert status(srv)["durable"][0] == 205
+        with srv.conn() as c:  # an epoch job for an hour from now
+            later = b"%d" % (time.time() + 3600)
+            c.send(PacketType.SUBMIT_JOB_EPOCH, b"epoch", b"e1", later, b"due")
+            c.expect(PacketType.JOB_CREATED)
+        kill(srv)
+        srv.restart()
+        deadline = time.monotonic() + 30
+        while status(srv).get("durable", [0])[0] < 205 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["durable"][0] == 205
+        with srv.conn() as c:
+            shown = c.admin(b"show jobs\n").decode()
+        assert shown.count("\t") >= 206 * 3  # every stored job listed, as gearmand lists its own
+        # the epoch job came back still scheduled: listed, but no worker gets it yet
+        deadline = time.monotonic() + 10
+        while "epoch" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["epoch"][0] == 1
+        with srv.conn() as c:
+            c.send(PacketType.CAN_DO, b"epoch")
+            c.send(PacketType.GRAB_JOB)
+            c.expect(PacketType.NO_JOB)
+        assert submit(srv.port, "durable", "-u", "same", "u1") == ""  # coalesced with the stored
+        assert status(srv)["durable"][0] == 205
+        got = drain(srv.port, "durable", 205, tmp_path / "out")
+        assert got[:2] == ["high1", "high2"]
+        normal = [g for g in got if g.startswith("n") or g == "u1"]
+        assert normal == [f"n{i}" for i in range(200)] + ["u1"]
+        assert got[-2:] == ["low1", "low2"]
+        # drained jobs are gone from the store: a second restart brings back only fg-only's
+        kill(srv)
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while "fg-only" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv).get("durable", [0])[0] == 0
+        assert status(srv)["fg-only"][0] == 1
+    finally:
+        srv.stop()
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    first = start_gearmill("--store", url)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {first.proc.pid}" in lines[0]
+    finally:
+        first.stop()
+
+
+def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gearmill.cli.main",
+            "serve",
+            "-p",
+            "0",
+            "--store",
+            "postgresql://gm:s3cret@127.0.0.1:1/gm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "postgresql://gm:***@127.0.0.1:1/gm" in lines[0] and "s3cret" not in r.stderr
+    assert "start PostgreSQL" in lines[0]
+
+
+def test_the_default_store_is_sqlite_in_the_state_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "GEARMILL_STATE_DIR": str(tmp_path / "state")}
+    del env["GEARMILL_STORE"]
+    srv = start_gearmill(env=env)
+    try:
+        assert submit(srv.port, "kept", "a") == ""
+        kill(srv)
+        assert (tmp_path / "state" / "queue.db").exists()
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while "kept" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["kept"][0] == 1
+    finally:
+        srv.stop()
+
+
+def test_sqlite_commits_reach_the_disk_once_per_group(tmp_path: Path) -> None:
+    """One submission at a time is a group of one: each is synced before its JOB_CREATED
+    (strace counts the server's fdatasync/fsync calls)."""
+    srv = start_gearmill("--store", f"sqlite://{tmp_path}/queue.db")
+    counts = tmp_path / "strace.out"
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-c",
+            "-e",
+            "trace=fdatasync,fsync",
+            "-o",
+            str(counts),
+            "-p",
+            str(srv.proc.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tracer.stderr is not None
+        assert "attached" in tracer.stderr.readline()  # it traces from here on
+        n = 40
+        for i in range(n):
+            assert submit(srv.port, "synced", f"j{i}") == ""
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+        srv.stop()
+    syncs = 0
+    for line in counts.read_text().splitlines():
+        words = line.split()
+        if words and words[-1] in ("fdatasync", "fsync"):
+            syncs += int(words[3])
+    assert syncs >= n, counts.read_text()
+
+
+def test_jobs_a_c_gearmand_left_in_its_sqlite_queue_are_imported_at_start(
+    tmp_path: Path,
+) -> None:
+    """Switching from gearmand: the same -q libsqlite3 flags, and its queued jobs run."""
+    db = tmp_path / "gearmand.db"
+    flags = ("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    old = start_gearmand(*flags)
+    try:
+        assert submit(old.port, "moved", "-u", "m1", "one") == ""
+        assert submit(old.port, "moved", "-I", "two") == ""
+    finally:
+        old.stop()
+    srv = start_gearmill(*flags)
+    try:
+        deadline = time.monotonic() + 10  # replay runs once the server listens
+        while "moved" not in status(srv) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["moved"][0] == 2
+        assert sorted(drain(srv.port, "moved", 2, tmp_path / "out")) == ["one", "two"]
+    finally:
+        srv.stop()
+
+
+def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:
+    """Jobs in memory cost nothing extra: the broker has no journal to fill."""
+    import asyncio
+
+    from gearmill.server.app import Server
+    from gearmill.server.config import Config, Listener, StoreConfig
+
+    async def journal_of(url: str) -> bool:
+        server = Server(Config(listeners=(Listener("127.0.0.1", 0),), store=StoreConfig(url)))
+        await server.start()
+        try:
+            return server.broker.journal is not None
+        finally:
+            await server.close("test")
+
+    assert asyncio.run(journal_of("memory")) is False
+    assert asyncio.run(journal_of(f"sqlite://{tmp_path}/q.db")) is True

@@ -1,0 +1,181 @@
+"""A store that goes away while the server runs: background submissions get
+ERROR QUEUE_ERROR (never a JOB_CREATED, never a hang), foreground jobs go on, the
+gearmill client moves its background jobs to its next server, and the server
+recovers by itself once the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gearmill as gm
+from conftest import free_port, start_gearmill
+from gearmill.protocol.packets import PacketType
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from test_durable import GEARMAN, drain, status, submit
+from test_store_specifics import (
+    _as_postgres,
+    _kill_group,
+    _pg_bin,
+    _redis_server,
+    _redis_server_on,
+    _start_postgres,
+)
+
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
+    tmp_path: Path,
+) -> None:
+    redis, rport = _redis_server(tmp_path, *AOF)
+    srv = start_gearmill("--store", f"redis://127.0.0.1:{rport}/0")
+    other = start_gearmill("--store", "memory")
+    worker = None
+    try:
+        assert submit(srv.port, "out", "before") == ""
+        redis.kill()
+        redis.wait(10)
+
+        # a background submission is refused with gearmand's code, in bounded time
+        with srv.conn() as c:
+            c.send(PacketType.SUBMIT_JOB_BG, b"out", b"", b"during")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0")
+            c.send(PacketType.SUBMIT_JOB_BG, b"out", b"u2", b"during2")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0")
+        assert "QUEUE_ERROR" in submit(srv.port, "out", "during3")
+
+        # foreground work goes on
+        worker = subprocess.Popen(
+            [GEARMAN, "-p", str(srv.port), "-w", "-f", "fg", "-c", "1", "--", "tr", "a-z", "A-Z"],
+            stdout=subprocess.DEVNULL,
+        )
+        r = subprocess.run(
+            [GEARMAN, "-p", str(srv.port), "-f", "fg", "hello"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.stdout.strip() == "HELLO"
+
+        # the gearmill client takes its background jobs to the next server
+        async def spread() -> None:
+            async with gm.AsyncClient([f"127.0.0.1:{srv.port}", f"127.0.0.1:{other.port}"]) as cl:
+                for i in range(4):
+                    await cl.submit("moved", f"m{i}", background=True)
+
+        asyncio.run(spread())
+        assert status(other)["moved"][0] == 4
+        assert status(srv).get("moved", [0])[0] == 0
+
+        # the store comes back: the server recovers by itself
+        redis, _ = _redis_server_on(tmp_path, rport, *AOF)
+        deadline = time.monotonic() + 30
+        while submit(srv.port, "out", "after") != "":
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.1)
+        assert status(srv)["out"][0] == 2
+        # and what it had committed before the outage is still stored: kill, restart
+        srv.proc.kill()
+        srv.proc.wait(10)
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while status(srv).get("out", [0])[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(drain(srv.port, "out", 2, tmp_path / "out")) == ["after", "before"]
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.wait(10)
+        srv.stop()
+        other.stop()
+        redis.kill()
+        redis.wait(10)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledged_job(
+    tmp_path: Path,
+) -> None:
+    """gearman -b submits without pause while the test's own PostgreSQL is SIGKILLed
+    (every process of it) and started again: submissions in between get QUEUE_ERROR,
+    the server accepts again by itself, and every acknowledged job is there to run."""
+    folder = Path(tempfile.mkdtemp(prefix="gearmill-pg-"))
+    if os.getuid() == 0:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [_pg_bin("initdb"), "-D", str(data), "-U", "root", "--auth=trust", "-N"],
+        check=True,
+        capture_output=True,
+        **_as_postgres(),  # type: ignore[call-overload]
+    )
+    port = free_port()
+    pg = _start_postgres(data, port)
+    srv = start_gearmill("--store", f"postgresql://root@127.0.0.1:{port}/postgres")
+    acked: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def submitter() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            err = submit(srv.port, "load", f"p{i}")
+            if err:
+                errors.append(err)
+            else:
+                acked.append(f"p{i}")
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(acked) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _kill_group(pg)
+        deadline = time.monotonic() + 30
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        down_acked = len(acked)
+        pg = _start_postgres(data, port)
+        deadline = time.monotonic() + 60
+        while len(acked) < down_acked + 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(60)
+    try:
+        assert errors and all("QUEUE_ERROR" in e for e in errors), errors[:3]
+        assert len(acked) >= down_acked + 20, "the server did not recover"
+        assert srv.proc.poll() is None
+        deadline = time.monotonic() + 10
+        while status(srv).get("load", [0])[0] < len(acked) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # every acknowledged job is stored: it comes back after a SIGKILL of the server
+        srv.proc.kill()
+        srv.proc.wait(10)
+        srv.restart()
+        deadline = time.monotonic() + 10
+        while status(srv).get("load", [0])[0] < len(acked) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = drain(srv.port, "load", len(acked), tmp_path / "out")
+        # none lost, and none of the refused ones runs (also when the commit the
+        # failure cut off had reached the store: its jobs are removed on recovery)
+        assert sorted(got) == sorted(acked)
+        assert status(srv)["load"][0] == 0
+    finally:
+        srv.stop()
+        _kill_group(pg)
+        shutil.rmtree(folder, ignore_errors=True)

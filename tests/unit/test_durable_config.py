@@ -1,0 +1,51 @@
+"""Where background jobs are kept: --store, the state folder, gearmand's -q flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from gearmill.cli import serve
+from gearmill.server.config import Config, ConfigError, default_state_dir
+from gearmill.server.store import hide_password
+
+
+def load(*argv: str, env: dict[str, str] | None = None) -> Config:
+    return serve.load(serve.build_parser().parse_args(list(argv)), env or {})
+
+
+def test_state_folder_never_the_working_directory() -> None:
+    assert default_state_dir({"GEARMILL_STATE_DIR": "/srv/gm"}) == "/srv/gm"
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/gearmill"}) == "/var/lib/gearmill"
+    assert default_state_dir({"XDG_STATE_HOME": "/home/u/.state"}) == "/home/u/.state/gearmill"
+    assert default_state_dir({}).endswith("/.local/state/gearmill")
+    assert load("--state-dir", "/srv/x").store.url == "sqlite:///srv/x/queue.db"
+    assert load(env={"GEARMILL_STATE_DIR": "/srv/y"}).store.url == "sqlite:///srv/y/queue.db"
+    assert load("--store", "memory").store.url == "memory"
+    assert load(env={"GEARMILL_STORE": "memory"}).store.url == "memory"
+
+
+def test_gearmand_queue_flags_name_the_same_stores() -> None:
+    c = load("-q", "libsqlite3", "--libsqlite3-db=/var/q.db", "--libsqlite3-table=jobs")
+    assert (c.store.url, c.store.gearmand_source) == ("sqlite:///var/q.db", "jobs")
+    c = load("-q", "Postgres", "--libpq-conninfo=host=db port=5433 dbname=gm user=u password=p")
+    assert c.store.url == "postgresql://u:p@db:5433/gm"
+    c = load("-q", "MySQL", "--mysql-host=h", "--mysql-user=u", "--mysql-password=s@cret")
+    assert c.store.url == "mysql://u:s%40cret@h:3306/Gearmand"
+    assert hide_password(c.store.url) == "mysql://u:***@h:3306/Gearmand"
+    c = load("-q", "redis", "--redis-server=r", "--redis-port=6380")
+    assert c.store.url == "redis://r:6380/0"
+    assert load("-q", "builtin").store.url == "memory"
+
+
+def test_two_stores_or_a_missing_database_are_one_line() -> None:
+    with pytest.raises(ConfigError, match="two stores named; keep one of them"):
+        load("--store", "memory", "-q", "redis")
+    with pytest.raises(ConfigError, match=r"-q libsqlite3 needs --libsqlite3-db=FILE"):
+        load("-q", "libsqlite3")
+
+
+def test_q_on_the_command_line_wins_over_a_store_from_the_environment() -> None:
+    c = load("-q", "libsqlite3", "--libsqlite3-db=/var/q.db", env={"GEARMILL_STORE": "memory"})
+    assert c.store.url == "sqlite:///var/q.db"
+    c = load("--store", "memory", env={"GEARMILL_STORE": "sqlite:///x.db"})
+    assert c.store.url == "memory"
