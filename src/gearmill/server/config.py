@@ -502,7 +502,12 @@ def _http_config(
     host, port = addr  # type: ignore[misc]
     if not token and not _is_loopback(host):
         where = next(
-            (layer[k].where for layer in layers for k in ("http", "http_port", "protocol") if k in layer),
+            (
+                layer[k].where
+                for layer in layers
+                for k in ("http", "http_port", "protocol")
+                if k in layer
+            ),
             "--http",
         )
         raise ConfigError(

@@ -75,7 +75,7 @@ class Histogram:
 class FunctionStats:
     """Totals of one function since the start, by kind (0 foreground, 1 background)."""
 
-    __slots__ = ("ended", "retried", "submitted", "timed_out", "wait", "run")
+    __slots__ = ("ended", "retried", "run", "submitted", "timed_out", "wait")
 
     def __init__(self) -> None:
         self.submitted = [0, 0]
@@ -115,7 +115,9 @@ class Finished:
 class Recorder:
     """A journal consumer keeping the totals and times /metrics reports."""
 
-    def __init__(self, keep_finished: float = 600.0, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, keep_finished: float = 600.0, clock: Callable[[], float] | None = None
+    ) -> None:
         self.clock = clock or time.monotonic
         self.wall = time.time
         self.functions: dict[bytes, FunctionStats] = {}
@@ -240,7 +242,9 @@ class Collector:
         )
         version.add_metric([broker.config.version.decode()], 1)
         yield version
-        info = GaugeMetricFamily("gearmill_build_info", "gearmill's own version.", labels=["version"])
+        info = GaugeMetricFamily(
+            "gearmill_build_info", "gearmill's own version.", labels=["version"]
+        )
         info.add_metric([__version__], 1)
         yield info
 
