@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._accel import IMPLEMENTATION
@@ -17,6 +18,9 @@ from .config import Config
 from .connection import GearmanProtocol
 from .model import RUNNING, SCHEDULED
 from .stream import Hub, flush
+
+if TYPE_CHECKING:
+    from .http import HttpFront
 
 log = logging.getLogger("gearmill.server")
 # start, stop and jobs lost at exit: logged at every --verbose level
@@ -37,6 +41,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
         self.hub = Hub(self.broker, self._admin_line, self._after_flush)
+        self.http: HttpFront | None = None  # the HTTP listener, with --http
 
     # ------------------------------------------------------------ lifecycle
 
@@ -64,6 +69,16 @@ class Server:
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
+        if self.config.http.listen is not None:
+            from .http import HttpFront  # needs the [http] extra
+
+            self.http = HttpFront(self)
+            try:
+                await self.http.start()
+            except OSError:
+                for opened in self._servers:
+                    opened.close()
+                raise
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
@@ -78,6 +93,14 @@ class Server:
             extra=_NOTICE,
         )
         self._announced = True
+        if self.http is not None and self.http.address is not None:
+            host, port = self.http.address
+            lifecycle.info(
+                "HTTP on http://%s:%d/ (dashboard, /metrics, API, gateway)",
+                f"[{host}]" if ":" in host else host,
+                port,
+                extra=_NOTICE,
+            )
 
     @property
     def port(self) -> int:
@@ -161,6 +184,8 @@ class Server:
         for server in self._servers:
             server.close()
         self.broker.abort_all()
+        if self.http is not None:
+            await self.http.close()
         for server in self._servers:
             await server.wait_closed()
         if self._timer is not None:

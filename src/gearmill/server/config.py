@@ -486,20 +486,23 @@ def _http_config(
 ) -> HttpConfig:
     """--http HOST:PORT, or gearmand's -r http / --http-port N (the Gearman host,
     port 8080 by default); a listener off loopback needs a token."""
-    addr = values.get("http")
+    given = values.get("http")
     http_port = values.get("http_port")
-    if addr is None and (http_port is not None or values.get("protocol") == "http"):
-        host = listeners[0].host if listeners else "127.0.0.1"
-        addr = (host, 8080 if http_port is None else http_port)
-    elif addr is not None and http_port is not None:
-        addr = (addr[0], http_port)  # type: ignore[index]
+    addr: tuple[str, int] | None = None
+    if isinstance(given, tuple):
+        addr = (str(given[0]), int(given[1]))
+    if isinstance(http_port, int):
+        # gearmand's --http-port: the port of --http, or of the Gearman host
+        addr = (addr[0] if addr else listeners[0].host if listeners else "127.0.0.1", http_port)
+    elif addr is None and values.get("protocol") == "http":
+        addr = (listeners[0].host if listeners else "127.0.0.1", 8080)
     token = values.get("http_token", "")
     assert isinstance(token, str)
     keep = values.get("http_keep_finished", 600)
     assert isinstance(keep, int)
     if addr is None:
         return HttpConfig(None, token, keep)
-    host, port = addr  # type: ignore[misc]
+    host, port = addr
     if not token and not _is_loopback(host):
         where = next(
             (
