@@ -41,7 +41,7 @@ def test_http_flag_and_gearmand_aliases() -> None:
     assert load("-r", "http", "--http-port", "8081").http.listen == Listener("127.0.0.1", 8081)
     assert load("--http-port", "8082").http.listen == Listener("127.0.0.1", 8082)
     assert error("-r", "gear") == (
-        "-r gear: the only protocol module is http; use -r http (with --http-port N)"
+        "--protocol gear: the only protocol module is http; use -r http (with --http-port N)"
     )
     assert error("--http", "localhost:http") == (
         "--http localhost:http: not a port number; use 0 to 65535 (0 picks a free one)"
