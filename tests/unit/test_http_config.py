@@ -50,7 +50,9 @@ def test_http_flag_and_gearmand_aliases() -> None:
 
 def test_off_loopback_needs_a_token() -> None:
     message = error("--http", "0.0.0.0:8080")
-    assert message.startswith("--http 0.0.0.0:8080: the HTTP listener on 0.0.0.0 is not on loopback")
+    assert message.startswith(
+        "--http 0.0.0.0:8080: the HTTP listener on 0.0.0.0 is not on loopback"
+    )
     assert "--http-token" in message
     # gearmand's -r http follows the Gearman listener
     assert "not on loopback" in error("-L", "0.0.0.0", "-r", "http")
