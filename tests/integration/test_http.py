@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gearmill.protocol.packets import PacketType as P
-
 from conftest import Conn, Running, free_port, start_gearmand, start_gearmill
+from gearmill.protocol.packets import PacketType as P
 
 _HTTP = re.compile(rb"HTTP on http://127\.0\.0\.1:(\d+)/")
 
