@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 HARNESS = Path(
@@ -41,7 +42,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
+def instructions(python: str, loadgen: Path, mode: str, n: int, extra: Sequence[str] = ()) -> int:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "valgrind.log"
@@ -49,7 +50,7 @@ def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"),
                 *(f"--log-file={log}", python, "-m", "gearmill.cli.main", "serve"),
-                *("-p", str(port), "--log-file", "none"),
+                *("-p", str(port), "--log-file", "none", *extra),
             ]
         )
         try:
@@ -80,14 +81,21 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--loadgen", type=Path, default=LOADGEN)
+    ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for gearmill serve (repeatable), e.g. --serve-arg=--http=127.0.0.1:0",
+    )
     a = ap.parse_args()
     if not a.loadgen.exists():
         raise SystemExit(
             f"icount: no load generator at {a.loadgen}; build it: make -C {HARNESS}/loadgen"
         )
     for mode in a.modes:
-        one = instructions(a.python, a.loadgen, mode, 1)
-        many = instructions(a.python, a.loadgen, mode, a.n)
+        one = instructions(a.python, a.loadgen, mode, 1, a.serve_arg)
+        many = instructions(a.python, a.loadgen, mode, a.n, a.serve_arg)
         print(f"{mode}: {(many - one) / (a.n - 1):,.0f} server instructions per operation")
 
 
