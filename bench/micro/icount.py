@@ -86,7 +86,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="ARG",
-        help="one more argument for gearmill serve (repeatable), e.g. --serve-arg=--http=127.0.0.1:0",
+        help="one more argument for gearmill serve (repeatable): --serve-arg=--http=127.0.0.1:0",
     )
     a = ap.parse_args()
     if not a.loadgen.exists():
