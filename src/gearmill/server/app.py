@@ -72,7 +72,7 @@ class Server:
         if self.config.http.listen is not None:
             from .http import HttpFront  # needs the [http] extra
 
-            self.http = HttpFront(self)
+            self.http = HttpFront(self.broker, self.config, self.hub, self.addresses)
             try:
                 await self.http.start()
             except OSError:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
 
 try:
@@ -44,13 +44,13 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
 from . import fanout
+from .broker import Broker
+from .config import Config
 from .connection import is_loopback
-from .metrics import Collector, Recorder
+from .metrics import Collector
 from .model import RUNNING, SCHEDULED, Job, Peer
-from .stream import flush
-
-if TYPE_CHECKING:
-    from .app import Server
+from .recorder import Recorder
+from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.http")
 
@@ -135,12 +135,16 @@ class GatewaySink:
 class HttpFront:
     """What every HTTP connection of one server shares."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.broker = server.broker
-        cfg = server.config
+    def __init__(
+        self, broker: Broker, config: Config, hub: Hub, addresses: list[tuple[str, int]]
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.hub = hub
+        self.addresses = addresses  # the Gearman listeners' (filled by the server)
+        cfg = config
         self.token = cfg.http.token.encode()
-        self.recorder = Recorder(float(cfg.http.keep_finished))
+        self.recorder = Recorder(float(cfg.http.keep_finished), cfg.metrics.function_histograms)
         fanout.attach(self.broker, self.recorder)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -158,7 +162,7 @@ class HttpFront:
         self.connections: set[HttpProtocol] = set()
 
     async def start(self) -> None:
-        listen = self.server.config.http.listen
+        listen = self.config.http.listen
         assert listen is not None
         loop = asyncio.get_running_loop()
         try:
@@ -213,7 +217,7 @@ class HttpFront:
 
     def leave(self, peer: Peer) -> None:
         self.broker.disconnect(peer)
-        flush(self.server.hub)
+        flush(self.hub)
 
     # ----------------------------------------------------------- routing
 
@@ -239,7 +243,7 @@ class HttpFront:
         if head == "healthz":
             return Response(200, b"ok\n", [("Content-Type", "text/plain")])
         if head == "readyz":
-            ready = bool(self.server.addresses) and self.broker.accepting
+            ready = bool(self.addresses) and self.broker.accepting
             if ready:
                 return Response(200, b"ready\n", [("Content-Type", "text/plain")])
             return Response(503, b"not accepting jobs\n", [("Content-Type", "text/plain")])
@@ -264,7 +268,7 @@ class HttpFront:
         peer = self.peer(addr, sink)
         try:
             self.broker.handle(peer, _SUBMIT[priority, background], [name, unique, body])
-            flush(self.server.hub)
+            flush(self.hub)
             handle = b""
             data: list[bytes] = []
             while True:
@@ -353,7 +357,7 @@ class HttpFront:
 
     def _cancel(self, handle: bytes) -> Response:
         done = self.broker.cancel(handle)
-        flush(self.server.hub)
+        flush(self.hub)
         if not done:
             return _error(404, f"no such job: {_text(handle)}")
         return _json(200, {"cancelled": _text(handle)})
@@ -372,7 +376,7 @@ class HttpFront:
             "version": self.broker.config.version.decode(),
             "uptime": round(time.time() - self.started, 3),
             "accepting": self.broker.accepting,
-            "listening": [f"{h}:{p}" for h, p in self.server.addresses],
+            "listening": [f"{h}:{p}" for h, p in self.addresses],
             "token_set": bool(self.token),
             **stats,
         }
