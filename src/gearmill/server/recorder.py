@@ -10,7 +10,6 @@ path (``_accel.HOT_MODULES``) and kept free of imports beyond the broker's.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -28,7 +27,23 @@ from .journal import (
 from .model import Job, Peer
 
 # seconds; a job server's waits and runs span milliseconds to minutes
-BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# (a list: compiled code indexes it without boxing)
+BUCKETS: Final[list[float]] = [
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+]
 # jobs whose times are kept at once; beyond it new jobs are not timed (memory stays bounded)
 MAX_TIMED: Final = 1_000_000
 MAX_FINISHED: Final = 10_000  # finished jobs remembered for /api/jobs/<handle>
@@ -42,10 +57,10 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        bounds = BUCKETS
         i = 0
-        for bound in BUCKETS:
-            if value <= bound:
-                break
+        n = len(bounds)
+        while i < n and value > bounds[i]:
             i += 1
         self.counts[i] += 1
         self.sum += value
@@ -58,7 +73,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         total = 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+        for bound, n in zip([*BUCKETS, float("inf")], self.counts, strict=True):
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
         return out
@@ -127,9 +142,11 @@ class Recorder:
         self.accepted: dict[Job, float] = {}
         self.started: dict[Job, float] = {}
         self.keep_finished = keep_finished
-        # handle -> (function, unique, background, outcome, when); oldest first in ``ring``
+        # handle -> (function, unique, background, outcome, when); ``ring`` holds the
+        # handles, the oldest at ``ring_at`` once it is full
         self.finished: dict[bytes, tuple[bytes, bytes, bool, int, float]] = {}
-        self.ring: deque[bytes] = deque()
+        self.ring: list[bytes] = []
+        self.ring_at = 0
 
     def stats(self, name: bytes) -> FunctionStats:
         s = self.functions.get(name)
@@ -171,9 +188,13 @@ class Recorder:
                         s.run.observe(now - at)
                 handle = job.handle
                 ring = self.ring
-                if len(ring) >= MAX_FINISHED:
-                    self.finished.pop(ring.popleft(), None)
-                ring.append(handle)
+                if len(ring) < MAX_FINISHED:
+                    ring.append(handle)
+                else:
+                    at_ = self.ring_at
+                    self.finished.pop(ring[at_], None)
+                    ring[at_] = handle
+                    self.ring_at = at_ + 1 if at_ + 1 < MAX_FINISHED else 0
                 self.finished[handle] = (name, job.unique, job.background, outcome, now)
             elif isinstance(entry, JobAccepted):
                 job = entry.job
