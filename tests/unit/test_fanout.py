@@ -93,5 +93,5 @@ def test_two_consumers_see_every_batch_and_the_store_alone_releases() -> None:
     assert done is not None and (done.outcome, done.function) == ("completed", b"f")
     clock.now += 601
     assert recorder.finished_job(handle) is None  # kept for a bounded time
-    assert not recorder.accepted and not recorder.started  # nothing kept per finished job
+    assert not recorder.since  # nothing kept per finished job
     assert packets(worker_out)

@@ -24,7 +24,7 @@ from .journal import (
     JobRequeued,
     JobStarted,
 )
-from .model import Job, Peer
+from .model import RUNNING, Job, Peer
 
 # seconds; a job server's waits and runs span milliseconds to minutes
 # (a list: compiled code indexes it without boxing)
@@ -138,14 +138,13 @@ class Recorder:
         self.function_histograms = function_histograms
         self.wait = Histogram()
         self.run = Histogram()
-        # job -> when it was accepted (queued) or started (running), by the monotonic clock
-        self.accepted: dict[Job, float] = {}
-        self.started: dict[Job, float] = {}
+        # job -> when it was queued (accepted or requeued) or, once running, started;
+        # by the monotonic clock
+        self.since: dict[Job, float] = {}
         self.keep_finished = keep_finished
-        # handle -> (function, unique, background, outcome, when); ``ring`` holds the
-        # handles, the oldest at ``ring_at`` once it is full
-        self.finished: dict[bytes, tuple[bytes, bytes, bool, int, float]] = {}
-        self.ring: list[bytes] = []
+        # finished jobs, oldest at ``ring_at`` once full: (handle, function, unique,
+        # background, outcome, when); looked up by a scan (rare: the API asks)
+        self.ring: list[tuple[bytes, bytes, bytes, bool, int, float]] = []
         self.ring_at = 0
 
     def stats(self, name: bytes) -> FunctionStats:
@@ -158,19 +157,17 @@ class Recorder:
         # one clock reading per batch: entries of a batch happened within one read
         now = self.clock()
         functions = self.functions
-        accepted = self.accepted
-        started = self.started
+        since = self.since
         per_function = self.function_histograms
         for entry in entries:
             if isinstance(entry, JobStarted):
                 job = entry.job
-                at = accepted.pop(job, None)
+                at = since.get(job)
                 if at is not None:
                     self.wait.observe(now - at)
                     if per_function:
                         self.stats(job.func.name).wait.observe(now - at)
-                if len(started) < MAX_TIMED:
-                    started[job] = now
+                    since[job] = now
             elif isinstance(entry, JobFinished):
                 job = entry.job
                 outcome = entry.outcome
@@ -179,23 +176,25 @@ class Recorder:
                 if s is None:
                     s = self.stats(name)
                 s.ended[outcome][1 if job.background else 0] += 1
-                at = started.pop(job, None)
-                if at is None:
-                    accepted.pop(job, None)
-                elif outcome != CANCELLED and outcome != ABANDONED:
+                at = since.pop(job, None)
+                # a job that ends while running is still RUNNING here
+                if (
+                    at is not None
+                    and job.state == RUNNING
+                    and outcome != CANCELLED
+                    and outcome != ABANDONED
+                ):
                     self.run.observe(now - at)
                     if per_function:
                         s.run.observe(now - at)
-                handle = job.handle
+                row = (job.handle, name, job.unique, job.background, outcome, now)
                 ring = self.ring
                 if len(ring) < MAX_FINISHED:
-                    ring.append(handle)
+                    ring.append(row)
                 else:
-                    at_ = self.ring_at
-                    self.finished.pop(ring[at_], None)
-                    ring[at_] = handle
-                    self.ring_at = at_ + 1 if at_ + 1 < MAX_FINISHED else 0
-                self.finished[handle] = (name, job.unique, job.background, outcome, now)
+                    i = self.ring_at
+                    ring[i] = row
+                    self.ring_at = i + 1 if i + 1 < MAX_FINISHED else 0
             elif isinstance(entry, JobAccepted):
                 job = entry.job
                 name = job.func.name
@@ -203,8 +202,8 @@ class Recorder:
                 if s is None:
                     s = self.stats(name)
                 s.submitted[1 if job.background else 0] += 1
-                if len(accepted) < MAX_TIMED:
-                    accepted[job] = now
+                if len(since) < MAX_TIMED:
+                    since[job] = now
             elif isinstance(entry, JobRequeued):
                 job = entry.job
                 s = self.stats(job.func.name)
@@ -212,22 +211,20 @@ class Recorder:
                 s.retried[k] += 1
                 if entry.why == TIMED_OUT:
                     s.timed_out[k] += 1
-                started.pop(job, None)
-                if len(accepted) < MAX_TIMED:
-                    accepted[job] = now
+                if job in since or len(since) < MAX_TIMED:
+                    since[job] = now
             # WorkerCame / WorkerLeft: the gauges read the broker itself
 
     def finished_job(self, handle: bytes) -> Finished | None:
         """A job that ended within ``keep_finished`` seconds, if it is remembered."""
-        row = self.finished.get(handle)
-        if row is None or self.clock() - row[4] > self.keep_finished:
-            return None
-        function, unique, background, outcome, at = row
-        return Finished(handle, (function, unique, background, outcome, at + self.offset))
+        oldest = self.clock() - self.keep_finished
+        for row in self.ring:
+            if row[0] == handle and row[5] >= oldest:
+                h, function, unique, background, outcome, at = row
+                return Finished(h, (function, unique, background, outcome, at + self.offset))
+        return None
 
     def started_at(self, job: Job) -> float | None:
         """Seconds since ``job`` started running (or was queued, when not running)."""
-        at = self.started.get(job)
-        if at is None:
-            at = self.accepted.get(job)
+        at = self.since.get(job)
         return None if at is None else self.clock() - at
