@@ -46,6 +46,13 @@ def recv(sock: socket.socket, buf: bytearray) -> tuple[int, list[bytes]]:
 
 
 def worker(port: int) -> None:
+    try:
+        _work(port)
+    except OSError:  # the server stopped
+        pass
+
+
+def _work(port: int) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray()
