@@ -24,6 +24,7 @@ HOT = [
     "src/gearmill/server/model.py",
     "src/gearmill/server/replies.py",
     "src/gearmill/server/journal.py",
+    "src/gearmill/server/recorder.py",
     "src/gearmill/server/core.py",
     "src/gearmill/server/handlers.py",
     "src/gearmill/server/broker.py",

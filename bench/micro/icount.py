@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,7 +39,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
+def instructions(python: str, loadgen: Path, mode: str, n: int, extra: Sequence[str] = ()) -> int:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "valgrind.log"
@@ -46,7 +47,7 @@ def instructions(python: str, loadgen: Path, mode: str, n: int) -> int:
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"),
                 *(f"--log-file={log}", python, "-m", "gearmill.cli.main", "serve"),
-                *("-p", str(port), "--log-file", "none", "--store", "memory"),
+                *("-p", str(port), "--log-file", "none", "--store", "memory", *extra),
             ]
         )
         try:
@@ -77,12 +78,19 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--loadgen", type=Path, default=None, help="default: bench/loadgen's")
+    ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for gearmill serve (repeatable): --serve-arg=--http=127.0.0.1:0",
+    )
     a = ap.parse_args()
     if a.loadgen is None:
         a.loadgen = ensure_loadgen()
     for mode in a.modes:
-        one = instructions(a.python, a.loadgen, mode, 1)
-        many = instructions(a.python, a.loadgen, mode, a.n)
+        one = instructions(a.python, a.loadgen, mode, 1, a.serve_arg)
+        many = instructions(a.python, a.loadgen, mode, a.n, a.serve_arg)
         print(f"{mode}: {(many - one) / (a.n - 1):,.0f} server instructions per operation")
 
 

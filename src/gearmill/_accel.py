@@ -30,6 +30,7 @@ HOT_MODULES = (
     "gearmill.server.model",
     "gearmill.server.replies",
     "gearmill.server.journal",
+    "gearmill.server.recorder",
     "gearmill.server.core",
     "gearmill.server.handlers",
     "gearmill.server.broker",

@@ -231,7 +231,8 @@ def test_file_shape_errors(tmp_path: Path) -> None:
     )
     path = toml(tmp_path, "[http]\nport = 8080\n")
     assert (
-        error("--config", path) == f"{path}: http.port: the HTTP interface is not implemented yet"
+        error("--config", path)
+        == f"{path}: http.port: unknown setting; known: keep_finished, listen, token"
     )
     path = toml(tmp_path, "job_retries = \n")
     message = error("--config", path)

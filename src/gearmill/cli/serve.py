@@ -29,9 +29,6 @@ given by --config or GEARMILL_CONFIG, then the defaults."""
 
 # gearmand options we know but do not implement (yet): a clear message instead of argparse's.
 _UNSUPPORTED = {
-    "-r": "protocol modules (http) are not implemented yet",
-    "--protocol": "protocol modules (http) are not implemented yet",
-    "--http-port": "the HTTP protocol module is not implemented yet",
     "-u": "switching user is not supported; start gearmill as the target user",
     "--user": "switching user is not supported; start gearmill as the target user",
     "--libmemcached-servers": "the memcached queue is not supported",
@@ -282,6 +279,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="tls",
         action="store_true",
         help="speak TLS on the -p listener (needs --tls-cert; gearmand's --ssl)",
+    )
+    _opt(
+        p,
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics, the dashboard, a JSON API and gearmand's HTTP gateway here "
+        "(off by default; not on loopback only with --http-token)",
+    )
+    _opt(
+        p,
+        "--http-token",
+        metavar="TOKEN",
+        help="bearer token the HTTP listener asks for submissions, job data and "
+        "destructive actions (better: GEARMILL_HTTP_TOKEN, not seen in ps)",
+    )
+    _opt(p, "-r", "--protocol", metavar="http", help="gearmand's -r http: same as --http")
+    _opt(p, "--http-port", metavar="N", help="gearmand's HTTP port (default 8080)")
+    _opt(
+        p,
+        "--metrics-top-functions",
+        metavar="N",
+        help="per-function metric series for the N busiest functions, the rest as "
+        'function="_other" (default 50)',
+    )
+    _opt(
+        p,
+        "--metrics-function-histograms",
+        action="store_true",
+        help="queue-wait and run-time histograms per function (default: one for all)",
     )
     _opt(p, "--config", metavar="FILE", help="a TOML file of settings (see README)")
     _opt(

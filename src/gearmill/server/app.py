@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._accel import IMPLEMENTATION
@@ -23,6 +24,9 @@ from .policy import Policies
 from .policy_store import PolicyStore
 from .store import hide_password
 from .stream import Hub, flush
+
+if TYPE_CHECKING:
+    from .http import HttpFront
 
 log = logging.getLogger("gearmill.server")
 # start, stop and jobs lost at exit: logged at every --verbose level
@@ -56,6 +60,7 @@ class Server:
         self.durable: Durable | None = None  # the store's writer, unless jobs live in memory
         self._replay: asyncio.Task[int] | None = None
         self.keeper: PolicyStore | None = None  # the dead set's and schedules' writer
+        self.http: HttpFront | None = None  # the HTTP listener, with --http
 
     # ------------------------------------------------------------ lifecycle
 
@@ -108,6 +113,16 @@ class Server:
         self._arm_timer()
         if self.durable is not None:
             self._replay = self._loop.create_task(self.durable.replay())
+        if self.config.http.listen is not None:
+            from .http import HttpFront  # needs the [http] extra
+
+            self.http = HttpFront(self.broker, self.config, self.hub, self.addresses)
+            try:
+                await self.http.start()
+            except OSError:
+                for opened in self._servers:
+                    opened.close()
+                raise
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
@@ -122,6 +137,14 @@ class Server:
             store,
             extra=_NOTICE,
         )
+        if self.http is not None and self.http.address is not None:
+            host, port = self.http.address
+            lifecycle.info(
+                "HTTP on http://%s:%d/ (dashboard, /metrics, API, gateway)",
+                f"[{host}]" if ":" in host else host,
+                port,
+                extra=_NOTICE,
+            )
         self._announced = True
         self.notify.ready(self.status_line())
         self.notify.start(self.status_line)
@@ -252,6 +275,8 @@ class Server:
         for server in self._servers:
             server.close()
         self.broker.abort_all()
+        if self.http is not None:
+            await self.http.close()
         for server in self._servers:
             await server.wait_closed()
         if self._timer is not None:

@@ -136,12 +136,23 @@ def default_store_url(env: Mapping[str, str] = os.environ) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The HTTP interface: not implemented yet, so it has no settings."""
+    """The HTTP listener (metrics, gateway, JSON API, dashboard); off when ``listen`` is None."""
+
+    listen: Listener | None = None
+    # needed for submissions and job data (always when not on loopback) and for
+    # destructive actions (which are refused when it is empty)
+    token: str = ""
+    # how long a finished job's status stays visible to /api/jobs/<handle>
+    keep_finished: int = 600
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """The metrics endpoint: not implemented yet, so it has no settings."""
+    """What /metrics exposes: per-function series for the busiest ``top_functions``
+    (the rest summed under function="_other"); per-function histograms opt-in."""
+
+    top_functions: int = 50
+    function_histograms: bool = False
 
 
 def default_handle_prefix() -> str:
@@ -310,6 +321,12 @@ def _queue_type(raw: object, text: bool) -> str:
     return raw.lower()
 
 
+def _protocol(raw: object, text: bool) -> str:
+    if not isinstance(raw, str) or raw.lower() != "http":
+        raise _Bad("the only protocol module is http; use -r http (with --http-port N)")
+    return "http"
+
+
 def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None, bool | None], ...]:
     """Hosts from flags (a list) or GEARMILL_LISTEN (commas); [[listen]] tables from TOML."""
     if text:
@@ -442,6 +459,24 @@ def _access(raw: object, text: bool) -> AccessConfig:
         _admin_level(raw["admin"], "admin") if "admin" in raw else "read",
         tuple(out),
     )
+
+
+def _http_addr(raw: object, text: bool) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT, HOST (port 8080) or :PORT (127.0.0.1)."""
+    fix = "write HOST:PORT, e.g. 127.0.0.1:8080"
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Bad(fix)
+    value = raw.strip()
+    host, port = value, "8080"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise _Bad(fix)
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    return host or "127.0.0.1", _port(port, True)
 
 
 _port = _int(0, 65535, "use 0 to 65535 (0 picks a free one)", "a port number")
@@ -622,10 +657,23 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "retry_functions": _Setting(_retry_functions, env=False, toml="retry.function"),
     "schedules": _Setting(_schedules, env=False, toml="schedule"),
     "state_dir": _Setting(_str),
+    "http": _Setting(_http_addr, toml="http.listen"),
+    "http_token": _Setting(_str, toml="http.token"),
+    "http_keep_finished": _Setting(
+        _int(0, 86400 * 7, "use seconds from 0 to 604800"), toml="http.keep_finished"
+    ),
+    "metrics_top_functions": _Setting(
+        _int(1, 100_000, "use a number of functions from 1 to 100000"),
+        toml="metrics.top_functions",
+    ),
+    "metrics_function_histograms": _Setting(_bool, toml="metrics.function_histograms"),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
     "queue_type": _Setting(_queue_type, env=False, toml=None),
+    # gearmand's -r http --http-port N: the HTTP listener on the Gearman host
+    "protocol": _Setting(_protocol, env=False, toml=None),
+    "http_port": _Setting(_port, env=False, toml=None),
     "threads": _Setting(_int(0, 1 << 16, "use a number (ignored)"), env=False, toml=None),
     "hashtable_buckets": _Setting(
         _int(1, 1 << 32, "use a positive number (ignored)"), env=False, toml=None
@@ -656,13 +704,8 @@ SETTINGS: Final[dict[str, _Setting]] = {
 _TOML_KEYS: Final = {
     (s.toml or key): key for key, s in SETTINGS.items() if s.toml is not None and key != "listen"
 }
-# sections the next features fill; present now so a file can be written for them
-_SECTIONS: Final = {
-    "store": "url",
-    "tls": "cert, key, ca, verify_client",
-    "http": "the HTTP interface is not implemented yet",
-    "metrics": "the metrics endpoint is not implemented yet",
-}
+# [section] tables of the TOML file; their keys are the dotted toml names above
+_SECTIONS: Final = ("store", "tls", "http", "metrics")
 
 
 def from_env(env: Mapping[str, str]) -> Layer:
@@ -704,7 +747,11 @@ def from_toml(path: str) -> Layer:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
     layer: Layer = {}
-    known = [*_TOML_KEYS, "listen", "access", *_SECTIONS, "retry"]
+    known = [
+        *(k for k in _TOML_KEYS if "." not in k),
+        *("listen", "access", "retry", "schedule"),
+        *_SECTIONS,
+    ]
     for key, value in data.items():
         if key == "listen":
             layer["listen"] = Given(value, f"{path}: [[listen]]", False)
@@ -723,20 +770,18 @@ def from_toml(path: str) -> Layer:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: {key}: a section; write [{key}] on its own line")
             for sub, subvalue in value.items():
-                name = _TOML_KEYS.get(f"{key}.{sub}")
-                if name is None:
-                    why = (
-                        f"unknown setting; known: {_SECTIONS[key]}"
-                        if key in ("store", "tls")
-                        else _SECTIONS[key]
+                dotted = f"{key}.{sub}"
+                if dotted not in _TOML_KEYS:
+                    subs = sorted(k.split(".", 1)[1] for k in _TOML_KEYS if k.startswith(key + "."))
+                    raise ConfigError(
+                        f"{path}: {dotted}: unknown setting; known: {', '.join(subs)}"
                     )
-                    raise ConfigError(f"{path}: {key}.{sub}: {why}")
-                layer[name] = Given(
-                    subvalue, f"{path}: {key}.{sub} = {_toml_repr(subvalue)}", False
+                layer[_TOML_KEYS[dotted]] = Given(
+                    subvalue, f"{path}: {dotted} = {_toml_repr(subvalue)}", False
                 )
         elif key == "access":
             layer["access"] = Given(value, f"{path}: [access]", False)
-        elif key in _TOML_KEYS:
+        elif key in _TOML_KEYS and "." not in key:
             layer[_TOML_KEYS[key]] = Given(value, f"{path}: {key} = {_toml_repr(value)}", False)
         else:
             raise _unknown(path, key, known)
@@ -797,7 +842,8 @@ def build(layers: Sequence[Layer]) -> Config:
     kwargs = {
         key: value
         for key, value in values.items()
-        if key in Config.__dataclass_fields__ and key not in ("verbose", "store", "tls", "access")
+        if key in Config.__dataclass_fields__
+        and key not in ("verbose", "store", "tls", "access", "http")
     }
     return Config(
         listeners=listeners,
@@ -806,6 +852,11 @@ def build(layers: Sequence[Layer]) -> Config:
         tls=tls,
         access=access,
         retry=_retry_config(values, layers),
+        http=_http_config(values, layers, listeners),
+        metrics=MetricsConfig(
+            int(values.get("metrics_top_functions", 50)),  # type: ignore[call-overload]
+            bool(values.get("metrics_function_histograms", False)),
+        ),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -943,3 +994,50 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
     auth = ":" + _q(secret) + "@" if secret else ""
     prefix = values.get("redis_prefix")
     return StoreConfig(f"redis://{auth}{host}:{port}/0", str(prefix) if prefix else None)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _http_config(
+    values: dict[str, object], layers: Sequence[Layer], listeners: tuple[Listener, ...]
+) -> HttpConfig:
+    """--http HOST:PORT, or gearmand's -r http / --http-port N (the Gearman host,
+    port 8080 by default); a listener off loopback needs a token."""
+    given = values.get("http")
+    http_port = values.get("http_port")
+    addr: tuple[str, int] | None = None
+    if isinstance(given, tuple):
+        addr = (str(given[0]), int(given[1]))
+    if isinstance(http_port, int):
+        # gearmand's --http-port: the port of --http, or of the Gearman host
+        addr = (addr[0] if addr else listeners[0].host if listeners else "127.0.0.1", http_port)
+    elif addr is None and values.get("protocol") == "http":
+        addr = (listeners[0].host if listeners else "127.0.0.1", 8080)
+    token = values.get("http_token", "")
+    assert isinstance(token, str)
+    keep = values.get("http_keep_finished", 600)
+    assert isinstance(keep, int)
+    if addr is None:
+        return HttpConfig(None, token, keep)
+    host, port = addr
+    if not token and not _is_loopback(host):
+        where = next(
+            (
+                layer[k].where
+                for layer in layers
+                for k in ("http", "http_port", "protocol")
+                if k in layer
+            ),
+            "--http",
+        )
+        raise ConfigError(
+            f"{where}: the HTTP listener on {host or '*'} is not on loopback; "
+            "give --http-token TOKEN (or GEARMILL_HTTP_TOKEN) so that submissions and "
+            "job data need it, or listen on 127.0.0.1"
+        )
+    return HttpConfig(Listener(host, port), token, keep)

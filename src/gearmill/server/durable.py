@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 
+from . import fanout
 from .broker import Broker
 from .journal import Entry, JobAccepted, JobFinished
 from .model import Job, Peer
@@ -96,7 +97,7 @@ class Durable:
     # ------------------------------------------------------------ the journal
 
     def start(self) -> None:
-        self.broker.attach_journal(self, hold_created=True)
+        fanout.attach(self.broker, self, hold_created=True)  # beside metrics, if any
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _key(self, job: Job, new: bool) -> Key:

@@ -1,0 +1,610 @@
+"""The HTTP listener: /metrics, health, a JSON API, the dashboard and gearmand's gateway.
+
+It runs on the server's event loop (h11 parses, asyncio moves the bytes; no
+threads) and is off unless ``--http`` (or gearmand's ``-r http``) is given, so
+the job path is untouched without it.
+
+Paths (docs/compatibility.md lists them):
+
+* ``GET /`` and ``/static/...``: the dashboard (files in ``static/``);
+* ``GET /metrics``: Prometheus text format;
+* ``GET /healthz`` (the process answers), ``GET /readyz`` (listening and accepting jobs);
+* ``/api/...``: JSON for the dashboard and scripts;
+* ``POST`` or ``PUT /<function>``: gearmand's ``-r http`` gateway. ``GET`` never
+  submits (a browser's ``/favicon.ico`` must not run a job).
+
+A gateway request is an in-process peer of the broker (with its own sink) that
+goes through the same per-peer access check as a socket connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote_to_bytes
+
+try:
+    import h11
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    from prometheus_client.process_collector import ProcessCollector
+except ImportError as e:  # pragma: no cover - the [http] extra is missing
+    raise ImportError(
+        f"the HTTP listener needs {e.name}: pip install 'gearmill[http]' (h11, prometheus_client)"
+    ) from None
+
+from ..protocol.codec import Decoder
+from ..protocol.packets import PacketType
+from . import fanout
+from .broker import Broker
+from .config import Config
+from .connection import is_loopback
+from .metrics import Collector
+from .model import RUNNING, SCHEDULED, Job, Peer
+from .recorder import Recorder
+from .stream import Hub, flush
+
+log = logging.getLogger("gearmill.http")
+
+MAX_BODY: Final = 64 * 1024 * 1024
+RESERVED: Final = ("", "metrics", "healthz", "readyz", "api", "static", "favicon.ico")
+_SUBMIT: Final = {
+    (0, False): PacketType.SUBMIT_JOB_HIGH,
+    (1, False): PacketType.SUBMIT_JOB,
+    (2, False): PacketType.SUBMIT_JOB_LOW,
+    (0, True): PacketType.SUBMIT_JOB_HIGH_BG,
+    (1, True): PacketType.SUBMIT_JOB_BG,
+    (2, True): PacketType.SUBMIT_JOB_LOW_BG,
+}
+_STATIC: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+_PRIORITIES: Final = {"high": 0, "low": 2}
+_STATES: Final = {0: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+def _json(status: int, value: object) -> Response:
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return Response(status, body, [("Content-Type", "application/json")])
+
+
+def _error(status: int, message: str) -> Response:
+    return _json(status, {"error": message})
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
+class GatewaySink:
+    """A gateway peer's sink: the broker's packets to this request, decoded."""
+
+    __slots__ = ("closed", "decoder", "events", "wake")
+
+    def __init__(self) -> None:
+        self.decoder = Decoder(server=False)
+        self.events: list[tuple[int, list[bytes]]] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.events += self.decoder.feed(data)
+        self.wake.set()
+
+    def writelines(self, data: list[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def abort(self) -> None:
+        self.close()
+
+    async def next(self) -> tuple[int, list[bytes]] | None:
+        while not self.events:
+            if self.closed:
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        return self.events.pop(0)
+
+
+class HttpFront:
+    """What every HTTP connection of one server shares."""
+
+    def __init__(
+        self, broker: Broker, config: Config, hub: Hub, addresses: list[tuple[str, int]]
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.hub = hub
+        self.addresses = addresses  # the Gearman listeners' (filled by the server)
+        cfg = config
+        self.token = cfg.http.token.encode()
+        self.recorder = Recorder(float(cfg.http.keep_finished), cfg.metrics.function_histograms)
+        fanout.attach(self.broker, self.recorder)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(
+            Collector(  # type: ignore[arg-type]
+                self.broker,
+                self.recorder,
+                cfg.metrics.top_functions,
+                cfg.metrics.function_histograms,
+            )
+        )
+        ProcessCollector(registry=self.registry)
+        self.started = time.time()
+        self.listener: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+        self.connections: set[HttpProtocol] = set()
+
+    async def start(self) -> None:
+        listen = self.config.http.listen
+        assert listen is not None
+        loop = asyncio.get_running_loop()
+        try:
+            self.listener = await loop.create_server(
+                lambda: HttpProtocol(self),
+                host=listen.host or None,
+                port=listen.port,
+                reuse_address=True,
+            )
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"cannot listen for HTTP on {listen.host or '*'} port {listen.port}: "
+                f"{e.strerror or e}",
+            ) from e
+        addr = self.listener.sockets[0].getsockname()
+        self.address = (addr[0], addr[1])
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self.listener is not None:
+            await self.listener.wait_closed()
+
+    # ----------------------------------------------------------- who may
+
+    def _token_ok(self, headers: dict[str, str]) -> bool:
+        given = headers.get("authorization", "")
+        if given.lower().startswith("bearer "):
+            given = given[7:].strip()
+        else:
+            given = headers.get("x-gearmill-token", "")
+        return bool(self.token) and hmac.compare_digest(given.encode(), self.token)
+
+    def may_submit(self, headers: dict[str, str]) -> bool:
+        """Submissions and job data: with the token when one is set (it must be
+        off loopback: the server refuses to start otherwise)."""
+        return not self.token or self._token_ok(headers)
+
+    def may_destroy(self, headers: dict[str, str]) -> bool:
+        """Cancel, drop: always with the token."""
+        return self._token_ok(headers)
+
+    def peer(self, addr: str, sink: GatewaySink | None = None) -> Peer:
+        """An in-process peer for one request, given its rules by the access list."""
+        peer = Peer(-1, addr, is_loopback(addr), sink)
+        peer.client_id = b"http"
+        self.broker.connect(peer)
+        return peer
+
+    def leave(self, peer: Peer) -> None:
+        self.broker.disconnect(peer)
+        flush(self.hub)
+
+    # ----------------------------------------------------------- routing
+
+    async def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, addr: str
+    ) -> Response:
+        path, _, query = target.partition("?")
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        parts = path.lstrip("/").split("/")
+        head = parts[0]
+        if head not in RESERVED or (head == "" and method in ("POST", "PUT")):
+            if method in ("POST", "PUT"):
+                return await self.submit(path, headers, body, addr)
+            return _error(405, "GET never submits a job; use POST or PUT /<function>")
+        if head == "api":
+            return self.api(method, parts[1:], params, headers, addr)
+        if method not in ("GET", "HEAD"):
+            return _error(405, f"{path} is read-only; use GET")
+        if head == "metrics":
+            return Response(
+                200, generate_latest(self.registry), [("Content-Type", CONTENT_TYPE_LATEST)]
+            )
+        if head == "healthz":
+            return Response(200, b"ok\n", [("Content-Type", "text/plain")])
+        if head == "readyz":
+            ready = bool(self.addresses) and self.broker.accepting
+            if ready:
+                return Response(200, b"ready\n", [("Content-Type", "text/plain")])
+            return Response(503, b"not accepting jobs\n", [("Content-Type", "text/plain")])
+        name = "index.html" if head == "" else "/".join(parts[1:])
+        if head == "favicon.ico" or name not in _STATIC:
+            return _error(404, f"no such file: {path}")
+        data = resources.files("gearmill.server").joinpath("static", name).read_bytes()
+        return Response(200, data, [("Content-Type", _STATIC[name]), ("Cache-Control", "no-cache")])
+
+    # ----------------------------------------------------------- gateway
+
+    async def submit(self, path: str, headers: dict[str, str], body: bytes, addr: str) -> Response:
+        name = unquote_to_bytes(path.lstrip("/"))
+        if not name:
+            return Response(404, b"", [("Content-Length", "0")])
+        if not self.may_submit(headers):
+            return _error(401, "submitting needs the token: Authorization: Bearer <token>")
+        unique = headers.get("x-gearman-unique", "-").encode()
+        background = headers.get("x-gearman-background", "").lower() == "true"
+        priority = _PRIORITIES.get(headers.get("x-gearman-priority", "").lower(), 1)
+        sink = GatewaySink()
+        peer = self.peer(addr, sink)
+        try:
+            self.broker.handle(peer, _SUBMIT[priority, background], [name, unique, body])
+            flush(self.hub)
+            handle = b""
+            data: list[bytes] = []
+            while True:
+                event = await sink.next()
+                if event is None:
+                    return _error(503, "the server is stopping")
+                ptype, args = event
+                if ptype == PacketType.ERROR:
+                    code = _text(args[0])
+                    status = 403 if code == "ERR_DENIED" else 503
+                    return _error(status, f"{code}: {_text(args[1])}")
+                if ptype == PacketType.JOB_CREATED:
+                    handle = args[0]
+                    if background:
+                        return self._gateway(handle, "JOB_CREATED", b"")
+                elif ptype == PacketType.WORK_DATA:
+                    data.append(args[1])
+                elif ptype == PacketType.WORK_COMPLETE:
+                    data.append(args[1])
+                    return self._gateway(handle, "WORK_COMPLETE", b"".join(data))
+                elif ptype == PacketType.WORK_FAIL:
+                    return self._gateway(handle, "WORK_FAIL", b"".join(data))
+                elif ptype == PacketType.WORK_EXCEPTION:
+                    return self._gateway(handle, "WORK_EXCEPTION", args[1])
+        finally:
+            self.leave(peer)  # a client that left while its job waits abandons it
+
+    def _gateway(self, handle: bytes, command: str, body: bytes) -> Response:
+        return Response(
+            200,
+            body,
+            [("X-Gearman-Job-Handle", _text(handle)), ("X-Gearman-Command", command)],
+        )
+
+    # ----------------------------------------------------------- JSON API
+
+    def api(
+        self,
+        method: str,
+        parts: list[str],
+        params: dict[str, str],
+        headers: dict[str, str],
+        addr: str,
+    ) -> Response:
+        what = parts[0] if parts else ""
+        rest = [unquote_to_bytes(p) for p in parts[1:]]
+        if method in ("GET", "HEAD"):
+            if what == "summary" and not rest:
+                return _json(200, self.summary())
+            if what == "functions" and not rest:
+                return _json(200, self.functions())
+            if what == "workers" and not rest:
+                return _json(200, self.workers())
+            if what == "jobs" and not rest:
+                return self.jobs(params)
+            if what == "jobs" and len(rest) == 1:
+                return self.job(rest[0], params, headers)
+            return _error(404, f"no such API path: /api/{'/'.join(parts)}")
+        if what == "jobs" and len(rest) == 2 and rest[1] == b"cancel" and method == "POST":
+            return self.destroy(headers, addr, b"cancel job " + rest[0], self._cancel, rest[0])
+        if what == "functions" and len(rest) == 1 and method == "DELETE":
+            return self.destroy(headers, addr, b"drop function " + rest[0], self._drop, rest[0])
+        return _error(405, f"{method} /api/{'/'.join(parts)}: not an API action")
+
+    def destroy(
+        self,
+        headers: dict[str, str],
+        addr: str,
+        line: bytes,
+        action: Callable[[bytes], Response],
+        arg: bytes,
+    ) -> Response:
+        if not self.may_destroy(headers):
+            if not self.token:
+                return _error(403, "destructive actions need a token; start with --http-token")
+            return _error(401, "this action needs the token: Authorization: Bearer <token>")
+        peer = self.peer(addr)
+        try:
+            # the same rules as the admin line over the binary protocol
+            access = peer.access
+            if access is not None and not access.allows(0, [line]):
+                return _error(403, "ERR_DENIED: the access list does not allow it")
+            return action(arg)
+        finally:
+            self.leave(peer)
+
+    def _cancel(self, handle: bytes) -> Response:
+        done = self.broker.cancel(handle)
+        flush(self.hub)
+        if not done:
+            return _error(404, f"no such job: {_text(handle)}")
+        return _json(200, {"cancelled": _text(handle)})
+
+    def _drop(self, name: bytes) -> Response:
+        dropped = self.broker.drop_function(name)
+        if dropped is None:
+            return _error(404, f"no such function: {_text(name)}")
+        if not dropped:
+            return _error(409, f"{_text(name)} has workers or jobs; it can be dropped when idle")
+        return _json(200, {"dropped": _text(name)})
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.broker.stats()
+        return {
+            "version": self.broker.config.version.decode(),
+            "uptime": round(time.time() - self.started, 3),
+            "accepting": self.broker.accepting,
+            "listening": [f"{h}:{p}" for h, p in self.addresses],
+            "token_set": bool(self.token),
+            **stats,
+        }
+
+    def functions(self) -> list[dict[str, Any]]:
+        out = []
+        stats = self.recorder.functions
+        for name, high, normal, low, running, workers in self.broker.function_rows():
+            s = stats.get(name)
+            row: dict[str, Any] = {
+                "name": _text(name),
+                "queued": high + normal + low,
+                "queued_by_priority": [high, normal, low],
+                "running": running,
+                "workers": workers,
+            }
+            if s is not None:
+                row["submitted"] = s.submitted[0] + s.submitted[1]
+                row["completed"] = s.ended[0][0] + s.ended[0][1]
+                row["failed"] = sum(s.ended[o][k] for o in (1, 2, 4) for k in (0, 1))
+                row["retried"] = s.retried[0] + s.retried[1]
+            else:
+                row["submitted"] = row["completed"] = row["failed"] = row["retried"] = 0
+            out.append(row)
+        return out
+
+    def workers(self) -> list[dict[str, Any]]:
+        out = []
+        for peer in self.broker.peers.values():
+            if not peer.abilities:
+                continue
+            out.append(
+                {
+                    "fd": peer.fd,
+                    "address": peer.addr,
+                    "client_id": _text(peer.client_id),
+                    "functions": [_text(a.func.name) for a in peer.abilities],
+                    "running": [_text(h) for h in peer.assigned],
+                    "sleeping": peer.sleeping,
+                }
+            )
+        return out
+
+    def job_row(self, job: Job) -> dict[str, Any]:
+        more = job.more
+        age = self.recorder.started_at(job)
+        return {
+            "handle": _text(job.handle),
+            "function": _text(job.func.name),
+            "unique": _text(job.unique),
+            "state": _STATES.get(job.state, "queued"),
+            "priority": ("high", "normal", "low")[job.priority],
+            "background": job.background,
+            "retries": more.retries,
+            "progress": [more.num, more.den],
+            "size": len(job.data),
+            "seconds": None if age is None else round(age, 3),
+            "worker": job.worker.addr if job.worker is not None else None,
+        }
+
+    def jobs(self, params: dict[str, str]) -> Response:
+        try:
+            offset = max(int(params.get("offset", "0")), 0)
+            limit = min(max(int(params.get("limit", "50")), 1), 1000)
+        except ValueError:
+            return _error(400, "offset and limit are whole numbers")
+        state = params.get("state")
+        if state not in (None, "queued", "running", "scheduled"):
+            return _error(400, "state: use queued, running or scheduled")
+        function = params.get("function")
+        rows = []
+        total = 0
+        for job in self.broker.jobs.values():
+            if job.ignore:
+                continue
+            if function is not None and _text(job.func.name) != function:
+                continue
+            if state is not None and _STATES.get(job.state, "queued") != state:
+                continue
+            if offset <= total < offset + limit:
+                rows.append(self.job_row(job))
+            total += 1
+        return _json(200, {"total": total, "offset": offset, "limit": limit, "jobs": rows})
+
+    def job(self, handle: bytes, params: dict[str, str], headers: dict[str, str]) -> Response:
+        job = self.broker.jobs.get(handle)
+        if job is not None and not job.ignore:
+            row = self.job_row(job)
+            if params.get("data") in ("1", "true"):
+                if not self.may_submit(headers):
+                    return _error(401, "job data needs the token: Authorization: Bearer <token>")
+                row["data_base64"] = base64.b64encode(job.data).decode()
+            return _json(200, row)
+        done = self.recorder.finished_job(handle)
+        if done is None:
+            return _error(404, f"no such job (or it ended too long ago): {_text(handle)}")
+        return _json(
+            200,
+            {
+                "handle": _text(done.handle),
+                "function": _text(done.function),
+                "unique": _text(done.unique),
+                "state": "finished",
+                "outcome": done.outcome,
+                "background": done.background,
+                "finished_at": done.at,
+            },
+        )
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection: h11 parses, one request at a time."""
+
+    def __init__(self, front: HttpFront) -> None:
+        self.front = front
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.transport: asyncio.Transport | None = None
+        self.addr = "-"
+        self.request: h11.Request | None = None
+        self.body: list[bytes] = []
+        self.size = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.addr = peer[0] if isinstance(peer, tuple) else "-"
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self.transport = None
+        if self.task is not None:
+            self.task.cancel()  # a waiting gateway request leaves (its job is abandoned)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._next()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._next()
+        return False
+
+    def _next(self) -> None:
+        while self.task is None and self.transport is not None:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                self._fail(e.error_status_hint, str(e))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self.request = event
+                self.body = []
+                self.size = 0
+            elif isinstance(event, h11.Data):
+                self.size += len(event.data)
+                if self.size > MAX_BODY:
+                    self._fail(413, f"the body is larger than {MAX_BODY} bytes")
+                    return
+                self.body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                assert self.request is not None
+                self.task = asyncio.ensure_future(self._answer(self.request, b"".join(self.body)))
+            elif isinstance(event, h11.ConnectionClosed):
+                self.abort()
+                return
+
+    def _fail(self, status: int, message: str) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._send(_error(status, message), head=False)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _answer(self, request: h11.Request, body: bytes) -> None:
+        method = request.method.decode("ascii", "replace").upper()
+        target = request.target.decode("ascii", "replace")
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        try:
+            response = await self.front.handle(method, target, headers, body, self.addr)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("HTTP %s %s failed", method, target)
+            response = _error(500, "internal error; see the server log")
+        self.task = None
+        if self.transport is None:
+            return
+        self._send(response, head=method == "HEAD")
+        if self.conn.our_state is h11.MUST_CLOSE:
+            self.transport.close()
+            return
+        try:
+            self.conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            self.transport.close()
+            return
+        self._next()
+
+    def _send(self, response: Response, head: bool) -> None:
+        headers = [
+            *response.headers,
+            ("Content-Length", str(len(response.body))),
+            ("Server", "gearmill/" + self.front.broker.config.version.decode()),
+        ]
+        seen = set()
+        unique_headers = []
+        for k, v in headers:
+            if k.lower() not in seen:
+                seen.add(k.lower())
+                unique_headers.append((k, v))
+        out = [
+            self.conn.send(
+                h11.Response(
+                    status_code=response.status,
+                    headers=unique_headers,
+                    reason=HTTPStatus(response.status).phrase,
+                )
+            ),
+        ]
+        if response.body and not head:
+            out.append(self.conn.send(h11.Data(data=response.body)))
+        out.append(self.conn.send(h11.EndOfMessage()))
+        if self.transport is not None:
+            self.transport.write(b"".join(o for o in out if o))

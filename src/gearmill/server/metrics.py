@@ -1,0 +1,196 @@
+"""What /metrics and the JSON API report, from the broker's journal and its state.
+
+:class:`Recorder` is a journal consumer: it counts submissions and endings per
+function and kind, and measures queue wait and run time, from the entries the
+broker appends (never by re-reading status). Gauges (queued, running, workers,
+connections) are read from the broker at scrape time, as ``status`` shows them.
+
+Series stay bounded: per-function series exist for the ``top`` busiest
+functions (most jobs seen plus jobs now known), the rest are summed under
+``function="_other"``. Histograms are one for all functions unless
+``function_histograms`` is on (then also bounded by ``top``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from .. import __version__
+from .broker import Broker
+from .recorder import FunctionStats, Histogram, Recorder
+
+OTHER: Final = "_other"
+KINDS: Final = ("foreground", "background")
+
+
+def top_names(broker: Broker, recorder: Recorder, top: int) -> set[bytes]:
+    """The ``top`` busiest functions: most jobs seen, then most jobs known now."""
+    names = set(recorder.functions) | set(broker.functions)
+    if len(names) <= top:
+        return names
+
+    def weight(name: bytes) -> tuple[int, int]:
+        s = recorder.functions.get(name)
+        f = broker.functions.get(name)
+        return (s.activity() if s else 0, f.total + len(f.workers) if f else 0)
+
+    return set(sorted(names, key=weight, reverse=True)[:top])
+
+
+def label(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
+class Collector:
+    """A prometheus_client collector: the families above, built at each scrape."""
+
+    def __init__(
+        self, broker: Broker, recorder: Recorder, top: int, function_histograms: bool
+    ) -> None:
+        self.broker = broker
+        self.recorder = recorder
+        self.top = top
+        self.function_histograms = function_histograms
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        broker = self.broker
+        recorder = self.recorder
+        top = top_names(broker, recorder, self.top)
+
+        yield GaugeMetricFamily("gearman_up", "The job server answers.", value=1)
+        version = GaugeMetricFamily(
+            "gearman_version_info", "The server's version.", labels=["version"]
+        )
+        version.add_metric([broker.config.version.decode()], 1)
+        yield version
+        info = GaugeMetricFamily(
+            "gearmill_build_info", "gearmill's own version.", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+
+        # the exporter's gauges, as `status` shows them
+        gauges: dict[str, list[int]] = {}
+        for name, high, normal, low, running, workers in broker.function_rows():
+            key = label(name) if name in top else OTHER
+            row = gauges.setdefault(key, [0, 0, 0])
+            queued = high + normal + low
+            row[0] += queued + running
+            row[1] += running
+            row[2] += workers
+        for metric, doc, i in (
+            ("gearman_jobs", "Jobs queued or running, per function.", 0),
+            ("gearman_jobs_running", "Jobs running, per function.", 1),
+            ("gearman_workers", "Workers registered, per function.", 2),
+        ):
+            g = GaugeMetricFamily(metric, doc, labels=["function"])
+            for key, row in gauges.items():
+                g.add_metric([key], row[i])
+            yield g
+        waiting = GaugeMetricFamily(
+            "gearman_jobs_waiting", "Jobs queued (not running), per function.", labels=["function"]
+        )
+        for key, row in gauges.items():
+            waiting.add_metric([key], row[0] - row[1])
+        yield waiting
+
+        # totals by function (bounded) from the journal
+        grouped: dict[str, FunctionStats] = {}
+        for name, s in recorder.functions.items():
+            key = label(name) if name in top else OTHER
+            into = grouped.get(key)
+            if into is None:
+                into = grouped[key] = FunctionStats()
+            into.add(s)
+        submitted = CounterMetricFamily(
+            "gearmill_jobs_submitted",
+            "New jobs accepted, per function and kind.",
+            labels=["function", "kind"],
+        )
+        retried = CounterMetricFamily(
+            "gearmill_jobs_retried",
+            "Running jobs put back in their queue (worker lost or timed out).",
+            labels=["function", "kind"],
+        )
+        ended = {
+            outcome: CounterMetricFamily(
+                f"gearmill_jobs_{name}",
+                doc,
+                labels=["function", "kind"],
+            )
+            for outcome, name, doc in (
+                (0, "completed", "Jobs completed (WORK_COMPLETE)."),
+                (1, "failed", "Jobs failed (WORK_FAIL)."),
+                (2, "exceptions", "Jobs ended by WORK_EXCEPTION."),
+                (3, "cancelled", "Jobs cancelled by an operator."),
+                (4, "dead_lettered", "Jobs dropped after running out of retries."),
+                (5, "abandoned", "Foreground jobs whose clients all left before they ran."),
+            )
+        }
+        for key, s in grouped.items():
+            for k, kind in enumerate(KINDS):
+                submitted.add_metric([key, kind], s.submitted[k])
+                retried.add_metric([key, kind], s.retried[k])
+                for outcome, family in ended.items():
+                    family.add_metric([key, kind], s.ended[outcome][k])
+        yield submitted
+        yield from ended.values()
+        yield retried
+
+        for attr, metric, doc in (
+            ("wait", "gearmill_job_queue_wait_seconds", "Time from submission to a worker."),
+            ("run", "gearmill_job_run_seconds", "Time from a worker taking a job to its end."),
+        ):
+            if self.function_histograms:
+                h = HistogramMetricFamily(metric, doc, labels=["function"])
+                for key, s in grouped.items():
+                    hist: Histogram = getattr(s, attr)
+                    h.add_metric([key], hist.cumulative(), hist.sum)
+            else:
+                h = HistogramMetricFamily(metric, doc)
+                hist = getattr(recorder, attr)
+                h.add_metric([], hist.cumulative(), hist.sum)
+            yield h
+
+        workers = sum(1 for p in broker.peers.values() if p.abilities)
+        conns = GaugeMetricFamily(
+            "gearmill_connections",
+            "Connected peers: workers (with a CAN_DO) and clients.",
+            labels=["role"],
+        )
+        conns.add_metric(["worker"], workers)
+        conns.add_metric(["client"], len(broker.peers) - workers)
+        yield conns
+        yield GaugeMetricFamily(
+            "gearmill_functions", "Functions the server knows.", value=len(broker.functions)
+        )
+        coalesced = CounterMetricFamily(
+            "gearmill_jobs_coalesced", "Submissions joined to an existing job (same unique id)."
+        )
+        coalesced.add_metric([], broker.counters.coalesced)
+        yield coalesced
+        io = _proc_io()
+        if io is not None:
+            for key, metric, doc in (
+                ("rchar", "gearmill_read_bytes", "Bytes the process read (sockets and files)."),
+                ("wchar", "gearmill_written_bytes", "Bytes the process wrote (sockets, logs)."),
+            ):
+                c = CounterMetricFamily(metric, doc)
+                c.add_metric([], io.get(key, 0))
+                yield c
+
+
+def _proc_io() -> dict[str, int] | None:
+    """/proc/self/io: counted by the kernel, so the job path pays nothing for it."""
+    try:
+        with open("/proc/self/io") as f:
+            return {k: int(v) for k, _, v in (line.partition(": ") for line in f) if v}
+    except (OSError, ValueError):
+        return None
