@@ -15,6 +15,7 @@ from . import admin
 from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
+from .guard import Guard
 from .model import RUNNING, SCHEDULED
 from .stream import Hub, flush
 
@@ -37,16 +38,27 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.addresses: list[tuple[str, int]] = []
         self.hub = Hub(self.broker, self._admin_line, self._after_flush)
+        limits = config.limits
+        self.guard = Guard(
+            limits.max_connections, limits.max_connections_per_address, limits.idle_timeout
+        )
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        self.hub.defer = self._loop.call_soon
         for listener in self.config.listeners:
             try:
                 server = await self._loop.create_server(
-                    lambda: GearmanProtocol(self.hub, self.config.max_packet, self.tune_socket),
+                    lambda: GearmanProtocol(
+                        self.hub,
+                        self.config.max_packet,
+                        self.tune_socket,
+                        self.config.limits.max_owed,
+                        self.guard,
+                    ),
                     host=listener.host or None,
                     port=listener.port,
                     backlog=self.config.backlog,

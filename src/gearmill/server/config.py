@@ -82,6 +82,23 @@ class MetricsConfig:
     """The metrics endpoint: not implemented yet, so it has no settings."""
 
 
+# the bytes owed to one peer above which the server reads no more from it
+DEFAULT_MAX_OWED: Final = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one peer may cost (docs/threat-model.md); 0 = no limit. The
+    defaults refuse nothing gearmand accepts and real deployments use."""
+
+    max_owed: int = DEFAULT_MAX_OWED  # bytes owed to a peer before it is read no more
+    max_connections: int = 0  # in all (the open-files limit bounds it too)
+    max_connections_per_address: int = 0
+    max_functions_per_worker: int = 0
+    max_function_name: int = 0  # bytes (packets bound it below 8 KiB anyway)
+    idle_timeout: int = 0  # seconds a connection may stay without sending a byte
+
+
 def default_handle_prefix() -> str:
     return "H:" + os.uname().nodename
 
@@ -109,6 +126,7 @@ class Config:
     daemon: bool = False
     file_descriptors: int | None = None
     store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -124,6 +142,8 @@ class Config:
             pid=pid,
             verbose=self.verbose.value,
             admin_shutdown=self.admin_shutdown.value,
+            max_functions_per_worker=self.limits.max_functions_per_worker,
+            max_function_name=self.limits.max_function_name,
         )
 
 
@@ -289,6 +309,33 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "pid_file": _Setting(_str),
     "file_descriptors": _Setting(_int(1, 1 << 30, "use a positive number of open files")),
     "store": _Setting(_store, toml="store.url"),
+    # the [limits] section (LimitsConfig); max_packet is the payload size limit
+    "max_packet": _Setting(
+        _int(12, MAX_PAYLOAD, "use bytes from 12 to 4294967295 (the default)"),
+        toml="limits.max_payload",
+    ),
+    "max_owed": _Setting(
+        _int(1 << 16, 1 << 40, "use bytes, at least 65536 (default 33554432)"),
+        toml="limits.max_owed",
+    ),
+    "max_connections": _Setting(
+        _int(0, 1 << 30, "use a number of connections, 0 = no limit"),
+        toml="limits.max_connections",
+    ),
+    "max_connections_per_address": _Setting(
+        _int(0, 1 << 30, "use a number of connections, 0 = no limit"),
+        toml="limits.max_connections_per_address",
+    ),
+    "max_functions_per_worker": _Setting(
+        _int(0, 1 << 30, "use a number of functions, 0 = no limit"),
+        toml="limits.max_functions_per_worker",
+    ),
+    "max_function_name": _Setting(
+        _int(0, 1 << 20, "use bytes, 0 = no limit"), toml="limits.max_function_name"
+    ),
+    "idle_timeout": _Setting(
+        _int(0, 1 << 30, "use whole seconds, 0 = never"), toml="limits.idle_timeout"
+    ),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
@@ -302,6 +349,7 @@ SETTINGS: Final[dict[str, _Setting]] = {
 _TOML_KEYS: Final = {
     (s.toml or key): key for key, s in SETTINGS.items() if s.toml is not None and key != "listen"
 }
+_LIMITS: Final = tuple(key for key, s in SETTINGS.items() if (s.toml or "").startswith("limits."))
 # sections the next features fill; present now so a file can be written for them
 _SECTIONS: Final = {
     "store": "url",
@@ -349,10 +397,20 @@ def from_toml(path: str) -> Layer:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
     layer: Layer = {}
-    known = [*_TOML_KEYS, "listen", *_SECTIONS]
+    known = [*_TOML_KEYS, "listen", "limits", *_SECTIONS]
     for key, value in data.items():
         if key == "listen":
             layer["listen"] = Given(value, f"{path}: [[listen]]", False)
+        elif key == "limits":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: limits: a section; write [limits] on its own line")
+            for sub, subvalue in value.items():
+                full = f"limits.{sub}"
+                if full not in _TOML_KEYS:
+                    raise _unknown(path, full, [k for k in _TOML_KEYS if k.startswith("limits.")])
+                layer[_TOML_KEYS[full]] = Given(
+                    subvalue, f"{path}: {full} = {_toml_repr(subvalue)}", False
+                )
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: {key}: a section; write [{key}] on its own line")
@@ -413,9 +471,11 @@ def build(layers: Sequence[Layer]) -> Config:
     }
     store = values.get("store", "memory")
     assert isinstance(store, str)
+    limits = {key: values[key] for key in _LIMITS if key in values and key != "max_packet"}
     return Config(
         listeners=listeners,
         verbose=level.more_verbose(steps),
         store=StoreConfig(store),
+        limits=LimitsConfig(**limits),  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )

@@ -71,6 +71,7 @@ from .replies import (
     ERR_DENIED,
     ERR_DENIED_TEXT,
     ERR_MAGIC,
+    ERR_NAME_SIZE,
     ERR_NOT_EXPECTED,
     ERR_QUEUE_FULL,
     ERR_RESULT_NOT_FOUND,
@@ -89,6 +90,11 @@ log = logging.getLogger("gearmill.broker")
 # a worker NOOPed for a job that has not asked for work this long after is
 # passed over: another sleeping worker is woken for the job
 NOOP_ANSWER_TIME: Final = 1.0
+
+# the work one connection gets per turn of the event loop: packets, where an
+# admin line (whose reply may list every function) counts TEXT_COST
+TURN_BUDGET: Final = 1024
+TEXT_COST: Final = 64
 
 # the packets of the benchmarked paths, as native ints for direct calls
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
@@ -130,6 +136,7 @@ class Core:
         self.journal: Journal | None = None  # see Broker.attach_journal
         self.access: AccessList | None = None  # gives each connecting peer its rules
         self.on_text: TextHandler | None = None  # the edge's admin command handler
+        self.refused: set[str] = set()  # limits already logged
         table = self._table()
         # indexed by the decoder's packet type; a packet a client may not send
         # (JOB_CREATED, NOOP, ...) is "not expected"
@@ -169,6 +176,13 @@ class Core:
         if not peer.out:
             self.dirty.append(peer)
         peer.out += pieces
+
+    def refuse(self, peer: Peer, reply: bytes, limit: str) -> None:
+        """A limit refused ``peer``'s request: the ERROR, and one log line per limit."""
+        self.reply(peer, reply)
+        if limit not in self.refused:
+            self.refused.add(limit)
+            log.warning("refused a request from %s: %s (logged once per limit)", peer.addr, limit)
 
     def close_after_flush(self, peer: Peer, why: str) -> None:
         """Close ``peer``'s sink once its pending output is written; read no more from it."""
@@ -221,11 +235,16 @@ class Core:
         """One decoded event (a packet type, TEXT, WRONG_MAGIC or MALFORMED)."""
         self._dispatch(peer, ptype, args)
 
-    def handle_events(self, peer: Peer, events: list[Event], start: int = 0) -> int:
+    def handle_events(
+        self, peer: Peer, events: list[Event], start: int = 0, budget: int = TURN_BUDGET
+    ) -> int:
         """Handle decoded events from ``events[start]`` on, in order, and
         return how far it got: ``len(events)``, or less when the peer is to
-        be closed (a malformed stream, a rejected admin line). One call per
-        read keeps the per-packet loop in compiled code."""
+        be closed (a malformed stream, a rejected admin line) or ``budget``
+        is spent (a packet costs 1, an admin line TEXT_COST): the edge goes
+        on with the rest on a later turn of its loop, so that one busy
+        connection cannot starve the others. One call per read keeps the
+        per-packet loop in compiled code."""
         i = start
         n = len(events)
         while i < n:
@@ -234,6 +253,9 @@ class Core:
             kind, args = events[i]
             self._dispatch(peer, kind, args)
             i += 1
+            budget -= TEXT_COST if kind == TEXT else 1
+            if budget <= 0:
+                return i
         return n
 
     def _dispatch(self, peer: Peer, kind: int, args: list[bytes]) -> None:
@@ -440,6 +462,9 @@ class Core:
         """Create or coalesce a job; answers ``peer`` with JOB_CREATED or ERROR."""
         if len(unique) > MAX_UNIQUE:
             self.reply(peer, ERR_UNIQUE)
+            return None
+        if self.config.max_function_name and len(name) > self.config.max_function_name:
+            self.refuse(peer, ERR_NAME_SIZE, "function name longer than --max-function-name")
             return None
         if not self.accepting:
             self.reply(peer, ERR_SHUTTING_DOWN)

@@ -43,8 +43,10 @@ from .replies import (
     ERR_DATA_NOT_FOUND,
     ERR_EXCEPTION_NOT_FOUND,
     ERR_HANDLE_SIZE,
+    ERR_NAME_SIZE,
     ERR_OPTION,
     ERR_RESULT_NOT_FOUND,
+    ERR_TOO_MANY_FUNCTIONS,
     ERR_UNIQUE,
 )
 
@@ -84,6 +86,18 @@ class Handlers(Core):
     # ---------------------------------------------------------------- workers
 
     def _add_ability(self, peer: Peer, name: bytes, timeout: int) -> None:
+        config = self.config
+        if config.max_function_name and len(name) > config.max_function_name:
+            self.refuse(peer, ERR_NAME_SIZE, "function name longer than --max-function-name")
+            return
+        if (
+            config.max_functions_per_worker
+            and len(peer.abilities) >= config.max_functions_per_worker
+        ):
+            self.refuse(
+                peer, ERR_TOO_MANY_FUNCTIONS, "more functions than --max-functions-per-worker"
+            )
+            return
         func = self.function(name)
         peer.abilities.insert(0, Ability(func, timeout))
         func.workers.append(peer)
@@ -359,3 +373,20 @@ class Handlers(Core):
             job.ignore = True
             return
         self._finish(job, ABANDONED)
+        self.bury(job)
+
+    def bury(self, job: Job) -> None:
+        """A job left its queue (abandoned, cancelled): its payload goes now,
+        not when a worker of its function reaches it; the small husks left in
+        the queue are swept once they outnumber the live jobs."""
+        job.data = b""
+        if job.state != QUEUED:
+            return  # a scheduled job: its epoch timer drops it
+        func = job.func
+        func.dead += 1
+        if func.dead > 64 and func.dead > func.queued[0] + func.queued[1] + func.queued[2]:
+            for queue in func.queues:
+                live = [j for j in queue if not j.ignore]
+                queue.clear()
+                queue.extend(live)
+            func.dead = 0

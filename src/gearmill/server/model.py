@@ -55,6 +55,9 @@ class BrokerConfig:
     verbose: str = "ERROR"
     # "off" (gearmand 1.1.15+), "local" (loopback peers only) or "any"
     admin_shutdown: str = "local"
+    # limits (0 = none): CAN_DOs a worker may hold, bytes of a function name
+    max_functions_per_worker: int = 0
+    max_function_name: int = 0
 
 
 class PeerAccess(Protocol):
@@ -136,6 +139,7 @@ class Ability:
 class Function:
     __slots__ = (
         "cursor",
+        "dead",
         "max_queue",
         "name",
         "queued",
@@ -156,6 +160,10 @@ class Function:
         self.max_queue = [0, 0, 0]
         self.cursor = 0
         self.woken = 0  # workers NOOPed for this function's jobs that have not answered yet
+        # abandoned or cancelled jobs still in the queues (an upper bound: the
+        # head reaps some without counting); the queues are swept when they
+        # outnumber the live ones
+        self.dead = 0
 
     @property
     def total(self) -> int:

@@ -1,0 +1,309 @@
+"""Hostile and faulty peers against a real gearmill server on loopback (issue 13).
+
+Memory is the server process's resident size (/proc/<pid>/status), read over
+several rounds; frozen peers are real processes stopped with SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import REQ, Conn, Running, start_gearmill
+
+CAN_DO = 1
+PRE_SLEEP = 4
+NOOP = 6
+SUBMIT_JOB = 7
+JOB_CREATED = 8
+GRAB_JOB = 9
+JOB_ASSIGN = 11
+WORK_COMPLETE = 13
+GET_STATUS = 15
+ECHO_REQ = 16
+ECHO_RES = 17
+SUBMIT_JOB_BG = 18
+ERROR = 19
+STATUS_RES = 20
+
+MiB = 1 << 20
+
+
+def packet(ptype: int, *args: bytes) -> bytes:
+    payload = b"\x00".join(args)
+    return struct.pack(">4sII", REQ, ptype, len(payload)) + payload
+
+
+def rss(pid: int) -> int:
+    """The process's resident set size in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def wait_for(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def status_row(admin: Conn, name: bytes) -> list[bytes] | None:
+    for line in admin.admin(b"status\n").splitlines():
+        cols = line.split(b"\t")
+        if cols[0] == name:
+            return cols
+    return None
+
+
+@pytest.fixture
+def srv() -> Iterator[Running]:
+    s = start_gearmill()
+    yield s
+    s.stop()
+
+
+# ------------------------------------------------------------ item 2: abandoned jobs
+
+
+def test_abandoned_foreground_jobs_give_their_memory_back(srv: Running) -> None:
+    """Clients submit foreground jobs nobody can run and leave: the jobs vanish from
+    ``status`` and so does their payload, with no worker of the function ever asking."""
+    pid = srv.proc.pid
+    payload = os.urandom(8192)
+    batch = b"".join(packet(SUBMIT_JOB, b"nobody", b"", payload) for _ in range(1500))
+    sizes = []
+    with srv.conn() as admin:
+        for _ in range(6):
+            with srv.conn() as client:
+                client.raw(batch)
+                for _ in range(1500):
+                    client.expect(JOB_CREATED)
+            wait_for(
+                lambda: (status_row(admin, b"nobody") or [b"", b"1"])[1] == b"0",
+                10,
+                "the abandoned jobs leave status",
+            )
+            sizes.append(rss(pid))
+    # each round left 12 MiB of payloads behind before the fix
+    growth = sizes[-1] - sizes[1]
+    assert growth < 6 * MiB, [s // 1024 for s in sizes]
+    # the function is still served
+    with srv.conn() as worker, srv.conn() as client:
+        worker.send(CAN_DO, b"nobody")
+        client.send(SUBMIT_JOB, b"nobody", b"", b"x")
+        handle = client.expect(JOB_CREATED)
+        worker.send(GRAB_JOB)
+        assert worker.expect(JOB_ASSIGN) == handle + b"\x00nobody\x00x"
+
+
+# ------------------------------------------------------------ item 4: frozen sleepers
+
+SLEEPER = r"""
+import socket, struct, sys, time
+def pkt(t, *a):
+    p = b"\0".join(a)
+    return struct.pack(">4sII", b"\0REQ", t, len(p)) + p
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(pkt(1, b"frozen") + pkt(4) + pkt(16, b"ready"))
+got = b""
+while b"ready" not in got:
+    got += s.recv(100)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_frozen_sleepers_delay_a_job_once_at_most(srv: Running) -> None:
+    """Ten sleeping workers whose processes are frozen (SIGSTOP) and one live one:
+    the live worker is woken for a new job within two seconds, and at once for the
+    next, however many froze."""
+    procs = []
+    try:
+        for _ in range(10):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", SLEEPER, str(srv.port)],
+                stdout=subprocess.PIPE,
+            )
+            procs.append(proc)
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"ready\n"
+            proc.send_signal(signal.SIGSTOP)
+        with srv.conn() as live, srv.conn() as client:
+            live.send(CAN_DO, b"frozen")
+            live.send(PRE_SLEEP)
+            live.send(ECHO_REQ, b"asleep")
+            assert live.expect(ECHO_RES) == b"asleep"
+            for _ in range(2):
+                start = time.monotonic()
+                client.send(SUBMIT_JOB_BG, b"frozen", b"", b"job")
+                handle = client.expect(JOB_CREATED)
+                live.sock.settimeout(15)
+                assert live.expect(NOOP) == b""
+                woken = time.monotonic() - start
+                live.send(GRAB_JOB)
+                assert live.expect(JOB_ASSIGN).startswith(handle + b"\x00")
+                live.send(WORK_COMPLETE, handle, b"")
+                live.send(PRE_SLEEP)
+                live.send(ECHO_REQ, b"asleep")
+                assert live.expect(ECHO_RES) == b"asleep"
+                # before the fix: one NOOP_ANSWER_TIME (1 s) per frozen sleeper
+                assert woken < 2.0, woken
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------ item 3: slow readers
+
+
+def test_a_peer_that_does_not_read_its_echoes_is_read_no_more(srv: Running) -> None:
+    """256 MiB of ECHO_REQ from a peer that does not read: the server stops
+    reading from it instead of buffering the answers; once it reads, every echo
+    arrives."""
+    pid = srv.proc.pid
+    before = rss(pid)
+    chunk = os.urandom(MiB)
+    count = 256
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sent = [0]
+
+    def send() -> None:
+        try:
+            for _ in range(count):
+                sock.sendall(packet(ECHO_REQ, chunk))
+                sent[0] += 1
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        # the sender stalls: the server read no more from it
+        last = -1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if sent[0] == last:
+                break
+            last = sent[0]
+        assert sent[0] < count, "the server read 256 MiB it could not answer"
+        peak = rss(pid)
+        assert peak - before < 64 * MiB, (before // MiB, peak // MiB)
+        # other peers are served meanwhile
+        with srv.conn() as other:
+            other.send(ECHO_REQ, b"hello")
+            assert other.expect(ECHO_RES) == b"hello"
+        # a reader gets every echo, byte for byte
+        sock.settimeout(30)
+        reader = Conn.__new__(Conn)
+        reader.sock = sock
+        reader.buf = b""
+        for _ in range(count):
+            assert reader.expect(ECHO_RES) == chunk
+    finally:
+        sock.close()
+        sender.join(30)
+
+
+def test_a_status_loop_that_is_never_read_does_not_stall_others(srv: Running) -> None:
+    """One peer sends ``status`` in a loop without reading, with 2,000 functions
+    known; another client's round trips stay under a second."""
+    with srv.conn() as worker:
+        worker.raw(b"".join(packet(CAN_DO, b"f%d" % i) for i in range(2000)))
+        worker.send(ECHO_REQ, b"done")
+        worker.sock.settimeout(30)
+        assert worker.expect(ECHO_RES) == b"done"
+        hog = socket.create_connection(("127.0.0.1", srv.port))
+        hog.setblocking(False)
+        stop = threading.Event()
+
+        def flood() -> None:
+            lines = b"status\n" * 4096
+            while not stop.is_set():
+                try:
+                    hog.send(lines)
+                except BlockingIOError:
+                    time.sleep(0.001)
+                except OSError:
+                    return
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        try:
+            worst = 0.0
+            with srv.conn() as client:
+                client.sock.settimeout(30)
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline:
+                    start = time.monotonic()
+                    client.send(GET_STATUS, b"H:none")
+                    client.expect(STATUS_RES)
+                    worst = max(worst, time.monotonic() - start)
+            assert worst < 1.0, worst
+        finally:
+            stop.set()
+            flooder.join(10)
+            hog.close()
+
+
+# ------------------------------------------------------------ limits
+
+
+def test_limits_refuse_with_an_error_and_log_once() -> None:
+    srv = start_gearmill(
+        "--max-function-name", "8", "--max-functions-per-worker", "2", "--verbose", "WARNING"
+    )
+    try:
+        with srv.conn() as c:
+            c.send(SUBMIT_JOB_BG, b"a-long-name", b"", b"x")
+            assert c.expect(ERROR) == b"ARGUMENT_TOO_LARGE\x00Function name too large"
+            c.send(SUBMIT_JOB_BG, b"short", b"", b"x")
+            c.expect(JOB_CREATED)
+            for name in (b"f1", b"f2", b"f3", b"f4"):
+                c.send(CAN_DO, name)
+            assert c.expect(ERROR).startswith(b"ARGUMENT_TOO_LARGE\x00Too many functions")
+            assert c.expect(ERROR).startswith(b"ARGUMENT_TOO_LARGE\x00Too many functions")
+            rows = c.admin(b"workers\n")
+            assert b"f2 f1" in rows and b"f3" not in rows
+    finally:
+        srv.stop()
+    log = (srv.tmp / "server.log").read_text()
+    assert log.count("--max-functions-per-worker") == 1, log
+    assert log.count("--max-function-name") == 1, log
+
+
+def test_connection_limits_and_idle_timeout() -> None:
+    srv = start_gearmill("--max-connections-per-address", "3", "--idle-timeout", "1")
+    try:
+        kept = [srv.conn() for _ in range(2)]  # the third: the test's own admin below
+        with srv.conn() as admin:
+            assert admin.admin(b"version\n").startswith(b"OK")
+            extra = srv.conn()
+            assert extra.closed_by_server(5)
+            extra.close()
+            # the two silent connections are closed after a second; the admin one spoke
+            for c in kept:
+                assert c.closed_by_server(5)
+                c.close()
+            assert admin.admin(b"version\n").startswith(b"OK")
+            # their places are free again
+            with srv.conn() as again:
+                assert again.admin(b"version\n").startswith(b"OK")
+    finally:
+        srv.stop()
