@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import REQ, Conn, Running, start_gearmill
+from conftest import REQ, Conn, Running, start_gearmill
 
 CAN_DO = 1
 PRE_SLEEP = 4
@@ -307,3 +307,76 @@ def test_connection_limits_and_idle_timeout() -> None:
                 assert again.admin(b"version\n").startswith(b"OK")
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------ item 5: function flood
+
+GET_STATUS_UNIQUE = 41
+STATUS_RES_UNIQUE = 42
+
+
+def register(srv: Running, names: list[bytes]) -> Conn:
+    worker = srv.conn()
+    worker.raw(b"".join(packet(CAN_DO, name) for name in names))
+    worker.send(ECHO_REQ, b"done")
+    worker.sock.settimeout(60)
+    assert worker.expect(ECHO_RES) == b"done"
+    return worker
+
+
+def test_a_function_costs_a_few_hundred_bytes_and_stays_listed(srv: Running) -> None:
+    """Workers register 20,000 new functions each, three times over, and leave:
+    the functions stay listed (until ``drop function``) at well under 1 KB each."""
+    pid = srv.proc.pid
+    sizes = [rss(pid)]
+    for round in range(3):
+        names = [b"r%d-function-%05d" % (round, i) for i in range(20000)]
+        register(srv, names).close()
+        with srv.conn() as admin:
+            wait_for(lambda: b"function" not in admin.admin(b"workers\n"), 10, "the worker left")
+        sizes.append(rss(pid))
+    per_function = (sizes[-1] - sizes[1]) / 40000
+    # 2.9 KB before (three empty deques each)
+    assert per_function < 1000, [s // 1024 for s in sizes]
+    with srv.conn() as admin:
+        listing = admin.admin(b"status\n")
+        assert listing.count(b"\n") == 60000 + 1
+        assert admin.admin(b"drop function r0-function-00000\n").startswith(b"OK")
+        assert b"r0-function-00000\t" not in admin.admin(b"status\n")
+
+
+def test_a_worker_with_20k_functions_does_not_stall_others(srv: Running) -> None:
+    """A worker with 20,000 functions pipelines GRAB_JOBs and a client pipelines
+    GET_STATUS_UNIQUE while another client does round trips: none waits a
+    second, and the flooding worker still gets the one job there is."""
+    worker = register(srv, [b"fn-%05d" % i for i in range(20000)])
+    try:
+        with srv.conn() as client, srv.conn() as prober, srv.conn() as other:
+            client.send(SUBMIT_JOB_BG, b"fn-00000", b"u1", b"payload")
+            handle = client.expect(JOB_CREATED)
+            worker.raw(packet(GRAB_JOB) + packet(GET_STATUS_UNIQUE, b"u1"))
+            assert worker.expect(JOB_ASSIGN) == handle + b"\x00fn-00000\x00payload"
+            assert worker.expect(STATUS_RES_UNIQUE).startswith(b"u1\x001\x001")
+            grabs = packet(GRAB_JOB) * 200000
+            statuses = packet(GET_STATUS_UNIQUE, b"u1") * 100000
+            floods = [
+                threading.Thread(target=worker.raw, args=(grabs,), daemon=True),
+                threading.Thread(target=prober.raw, args=(statuses,), daemon=True),
+            ]
+            for t in floods:
+                t.start()
+            worst = 0.0
+            for _ in range(20):
+                start = time.monotonic()
+                other.send(GET_STATUS, b"H:none")
+                other.expect(STATUS_RES)
+                worst = max(worst, time.monotonic() - start)
+                time.sleep(0.05)
+            assert worst < 1.0, worst
+            worker.sock.settimeout(60)
+            for _ in range(200000):
+                assert worker.recv()[0] == 10  # NO_JOB
+            for t in floods:
+                t.join(60)
+    finally:
+        worker.close()

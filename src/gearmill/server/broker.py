@@ -73,7 +73,9 @@ class Broker(Handlers):
             if kind == TIMER_EPOCH:
                 if job.state == SCHEDULED and not job.ignore:
                     job.state = QUEUED
-                    job.func.queues[job.priority].append(job)
+                    job.func.own_queues()[job.priority].append(job)
+                    if not job.func.ready:
+                        self.make_ready(job.func)
                     self._wake(job.func)
             elif job.worker is timer.worker:
                 log.warning(
@@ -159,6 +161,8 @@ class Broker(Handlers):
                 if func.workers or func.total:
                     return False
                 del self.functions[key]
+                self.ready.pop(func, None)
+                self.with_unique.pop(func, None)
                 return True
         return None
 
@@ -166,7 +170,7 @@ class Broker(Handlers):
         """The queue limits of a known function per priority (0 = none)."""
         func = self.functions.get(name)
         if func is not None:
-            func.max_queue = [sizes[0], sizes[1], sizes[2]]
+            func.max_queue = (sizes[0], sizes[1], sizes[2])
 
     def cancel(self, handle: bytes) -> bool:
         """Admin ``cancel job``: clients get WORK_FAIL; a running job's result is discarded."""

@@ -96,6 +96,10 @@ NOOP_ANSWER_TIME: Final = 1.0
 TURN_BUDGET: Final = 1024
 TEXT_COST: Final = 64
 
+# a worker with more functions than this looks for work among the functions
+# that have jobs (Core.ready) when there are fewer of those
+MANY_ABILITIES: Final = 32
+
 # the packets of the benchmarked paths, as native ints for direct calls
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
 _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
@@ -137,6 +141,11 @@ class Core:
         self.access: AccessList | None = None  # gives each connecting peer its rules
         self.on_text: TextHandler | None = None  # the edge's admin command handler
         self.refused: set[str] = set()  # limits already logged
+        # functions that may have queued jobs (listed when a job is queued,
+        # pruned when looked at empty): what a worker with many functions scans
+        self.ready: dict[Function, None] = {}
+        # functions that may have unique ids (likewise): what GET_STATUS_UNIQUE scans
+        self.with_unique: dict[Function, None] = {}
         table = self._table()
         # indexed by the decoder's packet type; a packet a client may not send
         # (JOB_CREATED, NOOP, ...) is "not expected"
@@ -319,9 +328,15 @@ class Core:
             queue.popleft()  # reap an abandoned job
         return None
 
+    def make_ready(self, func: Function) -> None:
+        func.ready = True
+        self.ready[func] = None
+
     def _select(self, peer: Peer) -> tuple[Job, int] | None:
         """The job ``peer`` would get now, and the index of its ability entry."""
         abilities = peer.abilities
+        if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
+            return self._select_ready(peer)
         if self.config.global_priority:
             for priority in (0, 1, 2):
                 for i, ability in enumerate(abilities):
@@ -341,6 +356,44 @@ class Core:
                         if job is not None:
                             return job, i
         return None
+
+    def _select_ready(self, peer: Peer) -> tuple[Job, int] | None:
+        """``_select`` for a worker with many functions: the same answer, from
+        the functions that have queued jobs instead of all of the worker's."""
+        rank = peer.rank
+        if rank is None:
+            rank = {}
+            for i, ability in enumerate(peer.abilities):
+                if ability.func not in rank:
+                    rank[ability.func] = i
+            peer.rank = rank
+        best: Job | None = None
+        best_key = (3, len(peer.abilities))
+        by_priority = self.config.global_priority
+        empty: list[Function] = []
+        for func in self.ready:
+            queued = func.queued
+            if not (queued[0] or queued[1] or queued[2]):
+                empty.append(func)
+                continue
+            at = rank.get(func)
+            if at is None:
+                continue
+            for priority in (0, 1, 2):
+                if queued[priority]:
+                    key = (priority, at) if by_priority else (0, at)
+                    if key < best_key:
+                        job = self._head(func, priority)
+                        if job is not None:
+                            best = job
+                            best_key = key
+                            break
+        for func in empty:
+            func.ready = False
+            del self.ready[func]
+        if best is None:
+            return None
+        return best, best_key[1]
 
     def _pre_sleep(self, peer: Peer, args: list[bytes]) -> None:
         self._answered(peer)
@@ -382,6 +435,7 @@ class Core:
         if self.config.round_robin and len(peer.abilities) > 1:
             del peer.abilities[index]
             peer.abilities.append(ability)
+            peer.rank = None
         self.counters.started += 1
         journal = self.journal
         if journal is not None:
@@ -495,6 +549,8 @@ class Core:
         if reducer:
             job.extra().reducer = reducer
         if key is not None:
+            if not func.unique:
+                self.with_unique[func] = None
             func.unique[key] = job
         self.jobs[handle] = job
         if not background:
@@ -511,7 +567,9 @@ class Core:
             job.state = SCHEDULED
             self._push_timer(float(when), TIMER_EPOCH, job, None)
         else:
-            func.queues[priority].append(job)
+            func.own_queues()[priority].append(job)
+            if not func.ready:
+                self.make_ready(func)
             # The NOOP to a sleeping worker is queued (and written) before the
             # JOB_CREATED: the job's result waits on the worker, not on the
             # client learning its handle, which still arrives first.

@@ -100,6 +100,7 @@ class Handlers(Core):
             return
         func = self.function(name)
         peer.abilities.insert(0, Ability(func, timeout))
+        peer.rank = None
         func.workers.append(peer)
         journal = self.journal
         if journal is not None:
@@ -135,6 +136,7 @@ class Handlers(Core):
             else:
                 keep.append(ability)
         peer.abilities = keep
+        peer.rank = None
         woken_for = peer.woken_for
         if woken_for is not None and (only is None or only is woken_for):
             self._answered(peer)
@@ -252,11 +254,23 @@ class Handlers(Core):
     # ---------------------------------------------------------------- queries
 
     def find_unique(self, unique: bytes) -> Job | None:
-        for func in self.functions.values():
-            job = func.unique.get(unique)
+        """The job with this unique id in the first function (by when its
+        first unique id came) that has one; functions without any are not
+        looked at."""
+        found: Job | None = None
+        empty: list[Function] = []
+        for func in self.with_unique:
+            uniques = func.unique
+            if not uniques:
+                empty.append(func)
+                continue
+            job = uniques.get(unique)
             if job is not None:
-                return job
-        return None
+                found = job
+                break
+        for func in empty:
+            del self.with_unique[func]
+        return found
 
     def _get_status_unique(self, peer: Peer, args: list[bytes]) -> None:
         unique = args[0]
@@ -309,6 +323,7 @@ class Handlers(Core):
             if journal is not None:
                 journal.entries.append(WorkerLeft(peer, func.name))
         peer.abilities.clear()
+        peer.rank = None
         if woken_for is not None:
             self._wake(woken_for)  # its NOOP was for a job that still waits
         for job in peer.waiting:
@@ -363,7 +378,9 @@ class Handlers(Core):
         if journal is not None:
             journal.entries.append(JobRequeued(job, worker, why))
         func.queued[job.priority] += 1
-        func.queues[job.priority].append(job)
+        func.own_queues()[job.priority].append(job)
+        if not func.ready:
+            self.make_ready(func)
         self._wake(func)
 
     def _abandon(self, job: Job) -> None:

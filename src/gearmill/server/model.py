@@ -94,6 +94,7 @@ class Peer:
         "local",
         "noop_sent",
         "out",
+        "rank",
         "sink",
         "sleeping",
         "waiting",
@@ -112,6 +113,9 @@ class Peer:
         self.access: PeerAccess | None = None  # None: everything allowed
         # most recent CAN_DO first (gearmand prepends)
         self.abilities: list[Ability] = []
+        # each function's first index in ``abilities``, built when a worker with
+        # many functions looks for work; None when stale
+        self.rank: dict[Function, int] | None = None
         self.assigned: dict[bytes, Job] = {}
         self.waiting: set[Job] = set()
         self.sleeping = False
@@ -136,7 +140,16 @@ class Ability:
         self.timeout = timeout  # milliseconds; 0 = none
 
 
+Queues = tuple["deque[Job]", "deque[Job]", "deque[Job]"]
+# the queues of every function that never had a job: three empty deques cost
+# 1.9 KB, and a worker may register tens of thousands of functions (issue 13)
+NO_QUEUES: Final[Queues] = (deque(), deque(), deque())
+NO_LIMIT: Final = (0, 0, 0)
+
+
 class Function:
+    """A function name and its jobs: a few hundred bytes while it has none."""
+
     __slots__ = (
         "cursor",
         "dead",
@@ -144,6 +157,7 @@ class Function:
         "name",
         "queued",
         "queues",
+        "ready",
         "running",
         "unique",
         "woken",
@@ -152,18 +166,27 @@ class Function:
 
     def __init__(self, name: bytes) -> None:
         self.name = name
-        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        # NO_QUEUES (shared, never written) until a job is queued: own_queues()
+        self.queues: Queues = NO_QUEUES
         self.queued = [0, 0, 0]  # live (not ignored) queued or scheduled jobs per priority
         self.running = 0
         self.workers: list[Peer] = []
         self.unique: dict[bytes, Job] = {}
-        self.max_queue = [0, 0, 0]
+        self.max_queue: tuple[int, int, int] = NO_LIMIT
+        self.ready = False  # listed in the broker's ``ready`` (it may have queued jobs)
         self.cursor = 0
         self.woken = 0  # workers NOOPed for this function's jobs that have not answered yet
         # abandoned or cancelled jobs still in the queues (an upper bound: the
         # head reaps some without counting); the queues are swept when they
         # outnumber the live ones
         self.dead = 0
+
+    def own_queues(self) -> Queues:
+        """The function's own queues, to append to."""
+        queues = self.queues
+        if queues is NO_QUEUES:
+            queues = self.queues = (deque(), deque(), deque())
+        return queues
 
     @property
     def total(self) -> int:
