@@ -143,7 +143,9 @@ class Ability:
 Queues = tuple["deque[Job]", "deque[Job]", "deque[Job]"]
 # the queues of every function that never had a job: three empty deques cost
 # 1.9 KB, and a worker may register tens of thousands of functions (issue 13)
-NO_QUEUES: Final[Queues] = (deque(), deque(), deque())
+# (compiled, a tuple is a value, not an object: its first deque is what is compared)
+NO_QUEUE: Final[deque[Job]] = deque()
+NO_QUEUES: Final[Queues] = (NO_QUEUE, deque(), deque())
 NO_LIMIT: Final = (0, 0, 0)
 
 
@@ -184,7 +186,7 @@ class Function:
     def own_queues(self) -> Queues:
         """The function's own queues, to append to."""
         queues = self.queues
-        if queues is NO_QUEUES:
+        if queues[0] is NO_QUEUE:
             queues = self.queues = (deque(), deque(), deque())
         return queues
 
