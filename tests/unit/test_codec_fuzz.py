@@ -1,8 +1,9 @@
 """The decoder against 100,000+ generated inputs, in-process (issue 13).
 
-Each hypothesis example is a batch of inputs (and seeded mutants of them): valid packet streams with bytes
-flipped, cut, or header sizes changed, admin lines, and raw noise, fed in
-random pieces to a fresh server-side decoder with a small payload limit.
+Each hypothesis example is a batch of inputs and seeded mutants of them:
+valid packet streams with bytes flipped, cut, or header sizes changed, admin
+lines, and raw noise, fed in random pieces to a fresh server-side decoder
+with a small payload limit.
 Whatever arrives, the decoder never raises, every event is well formed, a
 malformed stream ends the events, and it holds no more than it was given.
 """
