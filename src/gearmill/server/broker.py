@@ -170,7 +170,7 @@ class Broker(Handlers):
         """The queue limits of a known function per priority (0 = none)."""
         func = self.functions.get(name)
         if func is not None:
-            func.max_queue = (sizes[0], sizes[1], sizes[2])
+            func.max_queue = [sizes[0], sizes[1], sizes[2]]
 
     def cancel(self, handle: bytes) -> bool:
         """Admin ``cancel job``: clients get WORK_FAIL; a running job's result is discarded."""

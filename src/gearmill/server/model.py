@@ -146,7 +146,8 @@ Queues = tuple["deque[Job]", "deque[Job]", "deque[Job]"]
 # (compiled, a tuple is a value, not an object: its first deque is what is compared)
 NO_QUEUE: Final[deque[Job]] = deque()
 NO_QUEUES: Final[Queues] = (NO_QUEUE, deque(), deque())
-NO_LIMIT: Final = (0, 0, 0)
+# no queue limits: shared and never written (set_max_queue gives a new list)
+NO_LIMIT: Final[list[int]] = [0, 0, 0]
 
 
 class Function:
@@ -174,7 +175,7 @@ class Function:
         self.running = 0
         self.workers: list[Peer] = []
         self.unique: dict[bytes, Job] = {}
-        self.max_queue: tuple[int, int, int] = NO_LIMIT
+        self.max_queue = NO_LIMIT
         self.ready = False  # listed in the broker's ``ready`` (it may have queued jobs)
         self.cursor = 0
         self.woken = 0  # workers NOOPed for this function's jobs that have not answered yet
