@@ -32,7 +32,7 @@ def main() -> None:
     except TimeoutError:
         pass
     mib = n * len(pkt) / 2**20
-    print(f"type {ptype}, {size} bytes: {n} packets ({mib:.1f} MiB) before the server stopped reading")
+    print(f"type {ptype}, {size} bytes: {n} packets ({mib:.1f} MiB) before reads stopped")
 
 
 if __name__ == "__main__":
