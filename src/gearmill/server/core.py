@@ -95,6 +95,7 @@ NOOP_ANSWER_TIME: Final = 1.0
 # admin line (whose reply may list every function) counts TEXT_COST
 TURN_BUDGET: Final = 1024
 TEXT_COST: Final = 64
+NO_BUDGET: Final = 1 << 62  # an in-process caller's default: everything at once
 
 # a worker with more functions than this looks for work among the functions
 # that have jobs (Core.ready) when there are fewer of those
@@ -245,7 +246,7 @@ class Core:
         self._dispatch(peer, ptype, args)
 
     def handle_events(
-        self, peer: Peer, events: list[Event], start: int = 0, budget: int = TURN_BUDGET
+        self, peer: Peer, events: list[Event], start: int = 0, budget: int = NO_BUDGET
     ) -> int:
         """Handle decoded events from ``events[start]`` on, in order, and
         return how far it got: ``len(events)``, or less when the peer is to

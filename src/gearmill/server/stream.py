@@ -21,6 +21,7 @@ from typing import Final, Protocol
 
 from ..protocol.codec import Decoder, Event
 from .broker import Broker
+from .core import TURN_BUDGET
 from .model import Peer
 
 # uvloop reads at most 256 KiB at a time
@@ -120,7 +121,7 @@ class Stream:
         peer = self.peer
         if peer is None or peer.close:
             return
-        done = self.broker.handle_events(peer, events, 0)
+        done = self.broker.handle_events(peer, events, 0, TURN_BUDGET)
         if done < len(events) and not peer.close:
             self._keep(events, done)
         flush(self.hub)
@@ -152,7 +153,7 @@ class Stream:
             return
         if self.write_paused:
             return  # resume_writing schedules the rest
-        done = self.broker.handle_events(peer, events, self.next)
+        done = self.broker.handle_events(peer, events, self.next, TURN_BUDGET)
         if done < len(events) and not peer.close:
             self.next = done
             self._schedule()
