@@ -380,3 +380,85 @@ def test_a_worker_with_20k_functions_does_not_stall_others(srv: Running) -> None
                 t.join(60)
     finally:
         worker.close()
+
+
+# ------------------------------------------------------------ vanishing and frozen processes
+
+HOLDER = r"""
+import socket, struct, sys, time
+def pkt(t, *a):
+    p = b"\0".join(a)
+    return struct.pack(">4sII", b"\0REQ", t, len(p)) + p
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(pkt(1, b"vanish") + pkt(9))
+got = b""
+while b"vanish" not in got:
+    got += s.recv(1000)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+FLOODER = r"""
+import socket, struct, sys
+payload = b"e" * (1 << 20)
+p = struct.pack(">4sII", b"\0REQ", 16, len(payload)) + payload
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for i in range(512):
+    s.sendall(p)
+"""
+
+
+def test_a_killed_worker_s_job_goes_to_another(srv: Running) -> None:
+    """A worker process holding a job is killed (SIGKILL): the job runs on another."""
+    with srv.conn() as client:
+        client.send(SUBMIT_JOB, b"vanish", b"", b"work")
+        handle = client.expect(JOB_CREATED)
+        cmd = [sys.executable, "-c", HOLDER, str(srv.port)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"holding\n"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            proc.kill()
+            proc.wait()
+        with srv.conn() as worker:
+            worker.send(CAN_DO, b"vanish")
+            worker.sock.settimeout(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                worker.send(GRAB_JOB)
+                ptype, payload = worker.recv()
+                if ptype == JOB_ASSIGN:
+                    break
+                time.sleep(0.05)
+            assert ptype == JOB_ASSIGN and payload == handle + b"\x00vanish\x00work"
+            worker.send(WORK_COMPLETE, handle, b"done")
+        assert client.expect(WORK_COMPLETE) == handle + b"\x00done"
+
+
+def test_a_frozen_reader_process_is_read_no_more(srv: Running) -> None:
+    """A process that sends 512 MiB of ECHO_REQ and never reads, then is frozen
+    (SIGSTOP): the server holds a bounded amount for it and serves the others."""
+    pid = srv.proc.pid
+    before = rss(pid)
+    proc = subprocess.Popen([sys.executable, "-c", FLOODER, str(srv.port)])
+    try:
+        # wait until the server stops reading from it (its RSS stops growing)
+        sizes = [rss(pid)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            sizes.append(rss(pid))
+            if len(sizes) > 4 and max(sizes[-4:]) - min(sizes[-4:]) < MiB:
+                break
+        proc.send_signal(signal.SIGSTOP)
+        assert rss(pid) - before < 64 * MiB, [s // MiB for s in sizes]
+        assert proc.poll() is None, "the flooder finished: the server read all 512 MiB"
+        with srv.conn() as other:
+            other.send(ECHO_REQ, b"still here")
+            assert other.expect(ECHO_RES) == b"still here"
+    finally:
+        proc.kill()
+        proc.wait()
