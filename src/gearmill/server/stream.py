@@ -130,6 +130,11 @@ class Stream:
 
     def _keep(self, events: list[Event], start: int) -> None:
         """The turn's budget ran out: stop reading, go on later."""
+        peer = self.peer
+        if self.hub.defer is None and peer is not None:
+            # no event loop to come back on (an edge without one): all at once
+            self.broker.handle_events(peer, events, start)
+            return
         self.backlog = events
         self.next = start
         self._update_reading()
