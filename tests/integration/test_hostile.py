@@ -462,3 +462,74 @@ def test_a_frozen_reader_process_is_read_no_more(srv: Running) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_results_for_a_client_that_does_not_read_wait_in_the_queue(srv: Running) -> None:
+    """A client pipelines 20,000 foreground jobs and reads nothing while a worker
+    returns 8 KiB per job: once 32 MiB is owed to the client its other jobs wait
+    in the queue (the worker hears NO_JOB) instead of as results in memory; when
+    the client reads, the worker is woken and every result arrives."""
+    pid = srv.proc.pid
+    count = 20000
+    result = b"r" * 8192
+    client = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+    client.sendall(b"".join(packet(SUBMIT_JOB, b"slowres", b"", b"%d" % i) for i in range(count)))
+    with srv.conn() as admin:
+        wait_for(
+            lambda: (status_row(admin, b"slowres") or [b"", b"0"])[1] == b"%d" % count,
+            30,
+            "the jobs are queued",
+        )
+    before = rss(pid)
+    worker = srv.conn()
+    worker.sock.settimeout(30)
+    worker.send(CAN_DO, b"slowres")
+    done = 0
+
+    def work_until_no_job() -> None:
+        nonlocal done
+        while done < count:
+            worker.send(GRAB_JOB)
+            ptype, payload = worker.recv()
+            if ptype == 10:  # NO_JOB
+                return
+            assert ptype == JOB_ASSIGN
+            worker.send(WORK_COMPLETE, payload.split(b"\x00", 1)[0], result)
+            done += 1
+
+    try:
+        work_until_no_job()
+        assert done < count, "every result was buffered for a client that does not read"
+        assert rss(pid) - before < 64 * MiB, (before // MiB, rss(pid) // MiB)
+        # the client reads: every JOB_CREATED and WORK_COMPLETE arrives
+        got = {JOB_CREATED: 0, WORK_COMPLETE: 0}
+
+        def read() -> None:
+            buf = bytearray()
+            while got[WORK_COMPLETE] < count:
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    return
+                buf += chunk
+                pos = 0
+                while len(buf) - pos >= 12:
+                    _, ptype, size = struct.unpack_from(">4sII", buf, pos)
+                    if len(buf) - pos < 12 + size:
+                        break
+                    got[ptype] += 1
+                    pos += 12 + size
+                del buf[:pos]
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while done < count and time.monotonic() < deadline:
+            worker.send(PRE_SLEEP)
+            assert worker.expect(NOOP) == b""
+            work_until_no_job()
+        reader.join(60)
+        assert done == count
+        assert got == {JOB_CREATED: count, WORK_COMPLETE: count}
+    finally:
+        worker.close()
+        client.close()

@@ -51,6 +51,7 @@ from .journal import (
 from .model import (
     MAX_UNIQUE,
     NO_MORE,
+    QUEUED,
     RUNNING,
     SCHEDULED,
     TIMER_DEAD,
@@ -142,6 +143,7 @@ class Core:
         self.access: AccessList | None = None  # gives each connecting peer its rules
         self.on_text: TextHandler | None = None  # the edge's admin command handler
         self.refused: set[str] = set()  # limits already logged
+        self.paused_peers = 0  # peers with Peer.paused set
         # functions that may have queued jobs (listed when a job is queued,
         # pruned when looked at empty): what a worker with many functions scans
         self.ready: dict[Function, None] = {}
@@ -324,10 +326,52 @@ class Core:
         queue = func.queues[priority]
         while queue:
             job = queue[0]
-            if not job.ignore:
+            if job.ignore:
+                queue.popleft()  # reap an abandoned job
+            elif self.paused_peers and job.clients and self._unread(job):
+                # its result would pile up unread: it waits off the queue
+                queue.popleft()
+                job.clients[0].parked.append(job)
+            else:
                 return job
-            queue.popleft()  # reap an abandoned job
         return None
+
+    def _unread(self, job: Job) -> bool:
+        """Every client of ``job`` owes the server reading (see Peer.paused)."""
+        for client in job.clients:
+            if not client.paused:
+                return False
+        return True
+
+    def pause(self, peer: Peer) -> None:
+        """More than the edge's bound is owed to ``peer``: give out no job
+        whose result only it waits for, until ``resume``."""
+        if not peer.paused:
+            peer.paused = True
+            self.paused_peers += 1
+
+    def resume(self, peer: Peer) -> None:
+        """``peer`` read: its parked jobs go back to the head of their queues."""
+        if not peer.paused:
+            return
+        peer.paused = False
+        self.paused_peers -= 1
+        self.unpark(peer)
+
+    def unpark(self, peer: Peer) -> None:
+        parked = peer.parked
+        if not parked:
+            return
+        peer.parked = []
+        for job in reversed(parked):  # appendleft: the oldest ends first
+            if not job.ignore and job.state == QUEUED:
+                func = job.func
+                func.own_queues()[job.priority].appendleft(job)
+                if not func.ready:
+                    self.make_ready(func)
+        for job in parked:
+            if not job.ignore:
+                self._wake(job.func)
 
     def make_ready(self, func: Function) -> None:
         func.ready = True

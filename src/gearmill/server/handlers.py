@@ -332,6 +332,10 @@ class Handlers(Core):
                 self._abandon(job)
         peer.waiting.clear()
         peer.out.clear()
+        if peer.paused:
+            peer.paused = False
+            self.paused_peers -= 1
+        self.unpark(peer)  # jobs other clients still wait for
         if peer.holds:
             peer.holds = 0
             if peer in self.parked:

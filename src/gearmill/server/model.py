@@ -94,6 +94,8 @@ class Peer:
         "local",
         "noop_sent",
         "out",
+        "parked",
+        "paused",
         "rank",
         "sink",
         "sleeping",
@@ -125,6 +127,10 @@ class Peer:
         self.woken_at = 0.0
         self.exceptions = False
         self.out: list[bytes] = []
+        # more than --max-owed is owed to it (it does not read): jobs that only
+        # it waits for are taken off their queue into ``parked`` until it reads
+        self.paused = False
+        self.parked: list[Job] = []
         self.close = False  # close after the pending output is written
         # held JOB_CREATEDs (see Journal.hold_created): output waits until 0
         self.holds = 0

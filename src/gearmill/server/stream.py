@@ -171,13 +171,30 @@ class Stream:
         """More than the high-water mark is owed to the peer: read no more from it."""
         self.write_paused = True
         self._update_reading()
+        peer = self.peer
+        if peer is not None:
+            self.broker.pause(peer)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        # the transport may call this while the broker writes: the broker
+        # hears of it on the next turn
+        defer = self.hub.defer
+        if defer is not None:
+            defer(self.resumed)
+        else:
+            self.resumed()
         if self.backlog is not None:
             self._schedule()
         else:
             self._update_reading()
+
+    def resumed(self) -> None:
+        """The peer read its replies down: its parked jobs may run again."""
+        peer = self.peer
+        if peer is not None and not self.write_paused:
+            self.broker.resume(peer)
+            flush(self.hub)  # the NOOPs for its jobs
 
     def _update_reading(self) -> None:
         transport = self.transport
