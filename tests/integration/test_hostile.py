@@ -267,9 +267,20 @@ def test_a_status_loop_that_is_never_read_does_not_stall_others(srv: Running) ->
 
 def test_limits_refuse_with_an_error_and_log_once() -> None:
     srv = start_gearmill(
-        "--max-function-name", "8", "--max-functions-per-worker", "2", "--verbose", "WARNING"
+        "--max-function-name",
+        "8",
+        "--max-functions-per-worker",
+        "2",
+        "--max-payload",
+        "1000",
+        "--verbose",
+        "WARNING",
     )
     try:
+        for _ in range(2):
+            with srv.conn() as big:
+                big.send(SUBMIT_JOB_BG, b"f", b"", b"x" * 1000)
+                assert big.closed_by_server()
         with srv.conn() as c:
             c.send(SUBMIT_JOB_BG, b"a-long-name", b"", b"x")
             assert c.expect(ERROR) == b"ARGUMENT_TOO_LARGE\x00Function name too large"
@@ -286,6 +297,7 @@ def test_limits_refuse_with_an_error_and_log_once() -> None:
     log = (srv.tmp / "server.log").read_text()
     assert log.count("--max-functions-per-worker") == 1, log
     assert log.count("--max-function-name") == 1, log
+    assert log.count("--max-payload") == 1, log
 
 
 def test_connection_limits_and_idle_timeout() -> None:

@@ -192,6 +192,9 @@ class Core:
     def refuse(self, peer: Peer, reply: bytes, limit: str) -> None:
         """A limit refused ``peer``'s request: the ERROR, and one log line per limit."""
         self.reply(peer, reply)
+        self.log_limit(peer, limit)
+
+    def log_limit(self, peer: Peer, limit: str) -> None:
         if limit not in self.refused:
             self.refused.add(limit)
             log.warning("refused a request from %s: %s (logged once per limit)", peer.addr, limit)
@@ -296,7 +299,10 @@ class Core:
         elif kind == WRONG_MAGIC:
             self.reply(peer, ERR_MAGIC)
         else:  # MALFORMED: the stream cannot be read further
-            self.close_after_flush(peer, args[0].decode(errors="replace"))
+            why = args[0].decode(errors="replace")
+            if why == "packet too large":
+                self.log_limit(peer, "packet larger than --max-payload; connection closed")
+            self.close_after_flush(peer, why)
 
     def _text(self, peer: Peer, line: bytes) -> None:
         on_text = self.on_text
