@@ -251,7 +251,7 @@ def _three_sleepers_then_one_job(srv: Running, data: bytes) -> list[Conn]:
     return workers
 
 
-def test_one_sleeping_worker_woken_per_job_and_a_silent_one_passed_over(
+def test_one_sleeping_worker_woken_per_job_and_a_silent_one_makes_all_others_woken(
     gearmill: Running,
 ) -> None:
     workers = _three_sleepers_then_one_job(gearmill, b"only one")
@@ -259,16 +259,19 @@ def test_one_sleeping_worker_woken_per_job_and_a_silent_one_passed_over(
         woken = [w for w in workers if not w.quiet(0.3)]
         assert len(woken) == 1  # gearmand NOOPs all three
         assert woken[0].expect(NOOP) == b""
-        # the woken worker never asks: about a second later another one is woken
+        # the woken worker never asks: about a second later every other
+        # sleeper is woken at once (however many froze, one delay per job)
         rest = [w for w in workers if w is not woken[0]]
         deadline = time.monotonic() + 5
         second = [w for w in rest if not w.quiet(0.1)]
-        while not second and time.monotonic() < deadline:
+        while len(second) < len(rest) and time.monotonic() < deadline:
             second = [w for w in rest if not w.quiet(0.1)]
-        assert len(second) == 1
-        assert second[0].expect(NOOP) == b""
+        assert len(second) == 2
+        assert [w.expect(NOOP) for w in second] == [b"", b""]
         second[0].send(GRAB_JOB)
         assert second[0].expect(JOB_ASSIGN).endswith(b"\x00herd\x00only one")
+        second[1].send(GRAB_JOB)
+        assert second[1].expect(NO_JOB) == b""
         assert woken[0].quiet(0.2)
     finally:
         for w in workers:

@@ -231,8 +231,7 @@ def test_file_shape_errors(tmp_path: Path) -> None:
     )
     path = toml(tmp_path, "[http]\nport = 8080\n")
     assert (
-        error("--config", path)
-        == f"{path}: http.port: unknown setting; known: keep_finished, listen, token"
+        error("--config", path) == f"{path}: http.port: unknown setting; did you mean http.token?"
     )
     path = toml(tmp_path, "job_retries = \n")
     message = error("--config", path)

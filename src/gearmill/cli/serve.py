@@ -309,6 +309,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="queue-wait and run-time histograms per function (default: one for all)",
     )
+    # limits: docs/threat-model.md
+    _opt(
+        p,
+        "--max-payload",
+        dest="max_packet",
+        metavar="BYTES",
+        help="largest packet accepted (default 4294967295, as gearmand)",
+    )
+    _opt(
+        p,
+        "--max-owed",
+        metavar="BYTES",
+        help="bytes owed to a connection above which it is read no more until it reads "
+        "(default 33554432)",
+    )
+    _opt(p, "--max-connections", metavar="N", help="connections in all (default 0: no limit)")
+    _opt(
+        p,
+        "--max-connections-per-address",
+        metavar="N",
+        help="connections from one address (default 0: no limit)",
+    )
+    _opt(
+        p,
+        "--max-functions-per-worker",
+        metavar="N",
+        help="functions one connection may register (default 0: no limit)",
+    )
+    _opt(
+        p,
+        "--max-function-name",
+        metavar="BYTES",
+        help="longest function name (default 0: no limit but the packet's)",
+    )
+    _opt(
+        p,
+        "--idle-timeout",
+        metavar="S",
+        help="close a connection that sends nothing for S seconds after connecting "
+        "(default 0: never)",
+    )
     _opt(p, "--config", metavar="FILE", help="a TOML file of settings (see README)")
     _opt(
         p,

@@ -18,6 +18,7 @@ from .broker import Broker, Peer
 from .config import Config
 from .connection import GearmanProtocol
 from .durable import Durable, open_durable
+from .guard import Guard
 from .model import RUNNING, SCHEDULED
 from .notify import Notifier
 from .policy import Policies
@@ -61,12 +62,17 @@ class Server:
         self._replay: asyncio.Task[int] | None = None
         self.keeper: PolicyStore | None = None  # the dead set's and schedules' writer
         self.http: HttpFront | None = None  # the HTTP listener, with --http
+        limits = config.limits
+        self.guard = Guard(
+            limits.max_connections, limits.max_connections_per_address, limits.idle_timeout
+        )
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        self.hub.defer = self._loop.call_soon
         context = None
         kinds: dict[bool, type[GearmanProtocol]] = {False: GearmanProtocol}
         if any(x.tls for x in self.config.listeners):
@@ -88,7 +94,14 @@ class Server:
             kind = kinds[listener.tls]
             try:
                 server = await self._loop.create_server(
-                    functools.partial(kind, self.hub, self.config.max_packet, self.tune_socket),
+                    functools.partial(
+                        kind,
+                        self.hub,
+                        self.config.max_packet,
+                        self.tune_socket,
+                        self.config.limits.max_owed,
+                        self.guard,
+                    ),
                     host=listener.host or None,
                     port=listener.port,
                     backlog=self.config.backlog,

@@ -38,6 +38,7 @@ from .model import (
     forget_unique,
     unique_key,
 )
+from .replies import NOOP
 
 __all__ = ["LEVELS", "Broker", "BrokerConfig", "Function", "Job", "Peer"]
 
@@ -83,7 +84,9 @@ class Broker(Handlers):
             if kind == TIMER_EPOCH:
                 if job.state == SCHEDULED and not job.ignore:
                     job.state = QUEUED
-                    job.func.queues[job.priority].append(job)
+                    job.func.own_queues()[job.priority].append(job)
+                    if not job.func.ready:
+                        self.make_ready(job.func)
                     self._wake(job.func)
             elif job.worker is timer.worker:
                 log.warning(
@@ -105,10 +108,33 @@ class Broker(Handlers):
                 continue
             if peer.woken_at <= late:
                 self._answered(peer)  # noop_sent stays: it is not NOOPed twice
-                self._wake(func)
+                self._wake_all(func)
             else:
                 pending = True
         if pending and not self._check_due:
+            self._check_due = now + NOOP_ANSWER_TIME
+            self._push_timer(self._check_due, TIMER_NOOPS, None, None)
+
+    def _wake_all(self, func: Function) -> None:
+        """A woken worker of ``func`` did not answer in time (frozen, hung):
+        NOOP every other sleeper of ``func`` at once, as gearmand does for
+        every job, so that however many froze a job waits one
+        NOOP_ANSWER_TIME at most. The silent ones keep ``noop_sent`` and are
+        not woken again until they speak."""
+        queued = func.queued
+        if not (queued[0] or queued[1] or queued[2]):
+            return  # the job was taken meanwhile
+        now = self.clock()
+        woke = False
+        for peer in func.workers:
+            if peer.sleeping and not peer.noop_sent:
+                peer.noop_sent = True
+                peer.woken_for = func
+                peer.woken_at = now
+                func.woken += 1
+                self.reply(peer, NOOP)
+                woke = True
+        if woke and not self._check_due:
             self._check_due = now + NOOP_ANSWER_TIME
             self._push_timer(self._check_due, TIMER_NOOPS, None, None)
 
@@ -158,6 +184,8 @@ class Broker(Handlers):
                 if func.workers or func.total:
                     return False
                 del self.functions[key]
+                self.ready.pop(func, None)
+                self.with_unique.pop(func, None)
                 return True
         return None
 
@@ -184,6 +212,7 @@ class Broker(Handlers):
             forget_unique(job)
         else:
             self._finish(job, CANCELLED)
+            self.bury(job)
         return True
 
     def enqueue(

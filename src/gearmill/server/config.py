@@ -155,6 +155,23 @@ class MetricsConfig:
     function_histograms: bool = False
 
 
+# the bytes owed to one peer above which the server reads no more from it
+DEFAULT_MAX_OWED: Final = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one peer may cost (docs/threat-model.md); 0 = no limit. The
+    defaults refuse nothing gearmand accepts and real deployments use."""
+
+    max_owed: int = DEFAULT_MAX_OWED  # bytes owed to a peer before it is read no more
+    max_connections: int = 0  # in all (the open-files limit bounds it too)
+    max_connections_per_address: int = 0
+    max_functions_per_worker: int = 0
+    max_function_name: int = 0  # bytes (packets bound it below 8 KiB anyway)
+    idle_timeout: int = 0  # seconds a connection may stay without sending a byte
+
+
 def default_handle_prefix() -> str:
     return "H:" + os.uname().nodename
 
@@ -185,6 +202,7 @@ class Config:
     daemon: bool = False
     file_descriptors: int | None = None
     store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
     tls: TLSConfig = TLSConfig()
@@ -204,6 +222,8 @@ class Config:
             pid=pid,
             verbose=self.verbose.value,
             admin_shutdown=self.admin_shutdown.value,
+            max_functions_per_worker=self.limits.max_functions_per_worker,
+            max_function_name=self.limits.max_function_name,
         )
 
 
@@ -667,6 +687,33 @@ SETTINGS: Final[dict[str, _Setting]] = {
         toml="metrics.top_functions",
     ),
     "metrics_function_histograms": _Setting(_bool, toml="metrics.function_histograms"),
+    # the [limits] section (LimitsConfig); max_packet is the payload size limit
+    "max_packet": _Setting(
+        _int(12, MAX_PAYLOAD, "use bytes from 12 to 4294967295 (the default)"),
+        toml="limits.max_payload",
+    ),
+    "max_owed": _Setting(
+        _int(1 << 16, 1 << 40, "use bytes, at least 65536 (default 33554432)"),
+        toml="limits.max_owed",
+    ),
+    "max_connections": _Setting(
+        _int(0, 1 << 30, "use a number of connections, 0 = no limit"),
+        toml="limits.max_connections",
+    ),
+    "max_connections_per_address": _Setting(
+        _int(0, 1 << 30, "use a number of connections, 0 = no limit"),
+        toml="limits.max_connections_per_address",
+    ),
+    "max_functions_per_worker": _Setting(
+        _int(0, 1 << 30, "use a number of functions, 0 = no limit"),
+        toml="limits.max_functions_per_worker",
+    ),
+    "max_function_name": _Setting(
+        _int(0, 1 << 20, "use bytes, 0 = no limit"), toml="limits.max_function_name"
+    ),
+    "idle_timeout": _Setting(
+        _int(0, 1 << 30, "use whole seconds, 0 = never"), toml="limits.idle_timeout"
+    ),
     # flag-only: gearmand's knobs and the command line's own
     "daemon": _Setting(_bool, env=False, toml=None),
     "more_verbose": _Setting(_int(0, 100, "repeat -v at most a few times"), env=False, toml=None),
@@ -704,8 +751,9 @@ SETTINGS: Final[dict[str, _Setting]] = {
 _TOML_KEYS: Final = {
     (s.toml or key): key for key, s in SETTINGS.items() if s.toml is not None and key != "listen"
 }
+_LIMITS: Final = tuple(key for key, s in SETTINGS.items() if (s.toml or "").startswith("limits."))
 # [section] tables of the TOML file; their keys are the dotted toml names above
-_SECTIONS: Final = ("store", "tls", "http", "metrics")
+_SECTIONS: Final = ("store", "tls", "http", "metrics", "limits")
 
 
 def from_env(env: Mapping[str, str]) -> Layer:
@@ -772,10 +820,7 @@ def from_toml(path: str) -> Layer:
             for sub, subvalue in value.items():
                 dotted = f"{key}.{sub}"
                 if dotted not in _TOML_KEYS:
-                    subs = sorted(k.split(".", 1)[1] for k in _TOML_KEYS if k.startswith(key + "."))
-                    raise ConfigError(
-                        f"{path}: {dotted}: unknown setting; known: {', '.join(subs)}"
-                    )
+                    raise _unknown(path, dotted, [k for k in _TOML_KEYS if k.startswith(key + ".")])
                 layer[_TOML_KEYS[dotted]] = Given(
                     subvalue, f"{path}: {dotted} = {_toml_repr(subvalue)}", False
                 )
@@ -845,6 +890,7 @@ def build(layers: Sequence[Layer]) -> Config:
         if key in Config.__dataclass_fields__
         and key not in ("verbose", "store", "tls", "access", "http")
     }
+    limits = {key: values[key] for key in _LIMITS if key in values and key != "max_packet"}
     return Config(
         listeners=listeners,
         verbose=level.more_verbose(steps),
@@ -857,6 +903,7 @@ def build(layers: Sequence[Layer]) -> Config:
             int(values.get("metrics_top_functions", 50)),  # type: ignore[call-overload]
             bool(values.get("metrics_function_histograms", False)),
         ),
+        limits=LimitsConfig(**limits),  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ..protocol.codec import Decoder
+from .guard import Guard
 from .model import Peer
 from .stream import Hub, Stream
 
@@ -23,24 +24,57 @@ def is_loopback(host: str) -> bool:
 class GearmanProtocol(asyncio.BufferedProtocol):
     # get_buffer and buffer_updated are instance attributes: the Stream's
     # (compiled) bound methods, which the event loop then calls directly
-    __slots__ = ("buffer_updated", "get_buffer", "hub", "stream", "tune_socket")
+    __slots__ = (
+        "addr",
+        "buffer_updated",
+        "get_buffer",
+        "guard",
+        "hub",
+        "idle",
+        "max_owed",
+        "pause_writing",
+        "resume_writing",
+        "stream",
+        "tune_socket",
+    )
 
     def __init__(
         self,
         hub: Hub,
         max_packet: int,
         tune_socket: Callable[[socket.socket], None] | None = None,
+        max_owed: int = 0,
+        guard: Guard | None = None,
     ) -> None:
         self.hub = hub
+        self.guard = guard
+        self.addr: str | None = None  # counted by the guard while set
+        self.idle: asyncio.TimerHandle | None = None
         self.tune_socket = tune_socket
-        self.stream = Stream(hub, Decoder(server=True, max_payload=max_packet))
-        self.get_buffer = self.stream.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = self.stream.buffer_updated  # type: ignore[method-assign]
+        # bytes owed to the peer above which it is read no more (0: asyncio's default)
+        self.max_owed = max_owed
+        self.stream = stream = Stream(hub, Decoder(server=True, max_payload=max_packet))
+        self.get_buffer = stream.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = stream.buffer_updated  # type: ignore[method-assign]
+        # the transport calls these when the bytes owed to the peer cross the marks
+        self.pause_writing = stream.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = stream.resume_writing  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         peername = transport.get_extra_info("peername")
         host = peername[0] if isinstance(peername, tuple) else ""
+        guard = self.guard
+        if guard is not None:
+            if not guard.admit(host):
+                # gearmand has no ERROR for this: the peer sees a reset
+                cast(asyncio.Transport, transport).abort()
+                return
+            self.addr = host
+            if guard.idle_timeout:
+                self.idle = asyncio.get_running_loop().call_later(
+                    guard.idle_timeout, self._idle, transport
+                )
         fd = -1
         if sock is not None:
             fd = sock.fileno()
@@ -50,6 +84,11 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             ):
                 self.tune_socket(sock)
         peer = Peer(fd, host or "-", is_loopback(host))
+        if self.max_owed > 0:
+            # resume once half is written: fewer pause/resume flips than at 0
+            cast(asyncio.WriteTransport, transport).set_write_buffer_limits(
+                high=self.max_owed, low=self.max_owed // 2
+            )
         self.identify(peer, transport)
         self.stream.attach(peer, cast(asyncio.Transport, transport))
         self.hub.broker.connect(peer)
@@ -57,7 +96,23 @@ class GearmanProtocol(asyncio.BufferedProtocol):
     def identify(self, peer: Peer, transport: asyncio.BaseTransport) -> None:
         """Set what the access list knows of the peer beyond its address (TLS: its subject)."""
 
+    def _idle(self, transport: asyncio.BaseTransport) -> None:
+        self.idle = None
+        if not self.stream.spoke and self.guard is not None:
+            self.guard.once(
+                "idle_timeout",
+                f"a connection sent nothing for {self.guard.idle_timeout} s (--idle-timeout); "
+                "closed",
+            )
+            cast(asyncio.Transport, transport).abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        if self.addr is not None and self.guard is not None:
+            self.guard.leave(self.addr)
+            self.addr = None
         self.stream.detach()
 
     def eof_received(self) -> bool:

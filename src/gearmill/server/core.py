@@ -51,6 +51,7 @@ from .journal import (
 from .model import (
     MAX_UNIQUE,
     NO_MORE,
+    QUEUED,
     RUNNING,
     SCHEDULED,
     TIMER_DEAD,
@@ -72,6 +73,7 @@ from .replies import (
     ERR_DENIED,
     ERR_DENIED_TEXT,
     ERR_MAGIC,
+    ERR_NAME_SIZE,
     ERR_NOT_EXPECTED,
     ERR_QUEUE_FULL,
     ERR_RESULT_NOT_FOUND,
@@ -90,6 +92,16 @@ log = logging.getLogger("gearmill.broker")
 # a worker NOOPed for a job that has not asked for work this long after is
 # passed over: another sleeping worker is woken for the job
 NOOP_ANSWER_TIME: Final = 1.0
+
+# the work one connection gets per turn of the event loop: packets, where an
+# admin line (whose reply may list every function) counts TEXT_COST
+TURN_BUDGET: Final = 1024
+TEXT_COST: Final = 64
+NO_BUDGET: Final = 1 << 62  # an in-process caller's default: everything at once
+
+# a worker with more functions than this looks for work among the functions
+# that have jobs (Core.ready) when there are fewer of those
+MANY_ABILITIES: Final = 32
 
 # the packets of the benchmarked paths, as native ints for direct calls
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
@@ -135,6 +147,13 @@ class Core:
         self.policy: Policy | None = None
         # called with the time when a call_at timer is due (the scheduler, the dead set)
         self.timer_hook: Callable[[float], None] | None = None
+        self.refused: set[str] = set()  # limits already logged
+        self.paused_peers = 0  # peers with Peer.paused set
+        # functions that may have queued jobs (listed when a job is queued,
+        # pruned when looked at empty): what a worker with many functions scans
+        self.ready: dict[Function, None] = {}
+        # functions that may have unique ids (likewise): what GET_STATUS_UNIQUE scans
+        self.with_unique: dict[Function, None] = {}
         table = self._table()
         # indexed by the decoder's packet type; a packet a client may not send
         # (JOB_CREATED, NOOP, ...) is "not expected"
@@ -174,6 +193,16 @@ class Core:
         if not peer.out:
             self.dirty.append(peer)
         peer.out += pieces
+
+    def refuse(self, peer: Peer, reply: bytes, limit: str) -> None:
+        """A limit refused ``peer``'s request: the ERROR, and one log line per limit."""
+        self.reply(peer, reply)
+        self.log_limit(peer, limit)
+
+    def log_limit(self, peer: Peer, limit: str) -> None:
+        if limit not in self.refused:
+            self.refused.add(limit)
+            log.warning("refused a request from %s: %s (logged once per limit)", peer.addr, limit)
 
     def close_after_flush(self, peer: Peer, why: str) -> None:
         """Close ``peer``'s sink once its pending output is written; read no more from it."""
@@ -226,11 +255,16 @@ class Core:
         """One decoded event (a packet type, TEXT, WRONG_MAGIC or MALFORMED)."""
         self._dispatch(peer, ptype, args)
 
-    def handle_events(self, peer: Peer, events: list[Event], start: int = 0) -> int:
+    def handle_events(
+        self, peer: Peer, events: list[Event], start: int = 0, budget: int = NO_BUDGET
+    ) -> int:
         """Handle decoded events from ``events[start]`` on, in order, and
         return how far it got: ``len(events)``, or less when the peer is to
-        be closed (a malformed stream, a rejected admin line). One call per
-        read keeps the per-packet loop in compiled code."""
+        be closed (a malformed stream, a rejected admin line) or ``budget``
+        is spent (a packet costs 1, an admin line TEXT_COST): the edge goes
+        on with the rest on a later turn of its loop, so that one busy
+        connection cannot starve the others. One call per read keeps the
+        per-packet loop in compiled code."""
         i = start
         n = len(events)
         while i < n:
@@ -239,6 +273,9 @@ class Core:
             kind, args = events[i]
             self._dispatch(peer, kind, args)
             i += 1
+            budget -= TEXT_COST if kind == TEXT else 1
+            if budget <= 0:
+                return i
         return n
 
     def _dispatch(self, peer: Peer, kind: int, args: list[bytes]) -> None:
@@ -267,7 +304,10 @@ class Core:
         elif kind == WRONG_MAGIC:
             self.reply(peer, ERR_MAGIC)
         else:  # MALFORMED: the stream cannot be read further
-            self.close_after_flush(peer, args[0].decode(errors="replace"))
+            why = args[0].decode(errors="replace")
+            if why == "packet too large":
+                self.log_limit(peer, "packet larger than --max-payload; connection closed")
+            self.close_after_flush(peer, why)
 
     def _text(self, peer: Peer, line: bytes) -> None:
         on_text = self.on_text
@@ -297,14 +337,62 @@ class Core:
         queue = func.queues[priority]
         while queue:
             job = queue[0]
-            if not job.ignore:
+            if job.ignore:
+                queue.popleft()  # reap an abandoned job
+            elif self.paused_peers and job.clients and self._unread(job):
+                # its result would pile up unread: it waits off the queue
+                queue.popleft()
+                job.clients[0].parked.append(job)
+            else:
                 return job
-            queue.popleft()  # reap an abandoned job
         return None
+
+    def _unread(self, job: Job) -> bool:
+        """Every client of ``job`` owes the server reading (see Peer.paused)."""
+        for client in job.clients:
+            if not client.paused:
+                return False
+        return True
+
+    def pause(self, peer: Peer) -> None:
+        """More than the edge's bound is owed to ``peer``: give out no job
+        whose result only it waits for, until ``resume``."""
+        if not peer.paused:
+            peer.paused = True
+            self.paused_peers += 1
+
+    def resume(self, peer: Peer) -> None:
+        """``peer`` read: its parked jobs go back to the head of their queues."""
+        if not peer.paused:
+            return
+        peer.paused = False
+        self.paused_peers -= 1
+        self.unpark(peer)
+
+    def unpark(self, peer: Peer) -> None:
+        parked = peer.parked
+        if not parked:
+            return
+        peer.parked = []
+        for job in reversed(parked):  # appendleft: the oldest ends first
+            if not job.ignore and job.state == QUEUED:
+                func = job.func
+                func.own_queues()[job.priority].appendleft(job)
+                if not func.ready:
+                    self.make_ready(func)
+        for job in parked:
+            if not job.ignore:
+                self._wake(job.func)
+
+    def make_ready(self, func: Function) -> None:
+        func.ready = True
+        self.ready[func] = None
 
     def _select(self, peer: Peer) -> tuple[Job, int] | None:
         """The job ``peer`` would get now, and the index of its ability entry."""
         abilities = peer.abilities
+        if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
+            return self._select_ready(peer)
         if self.config.global_priority:
             for priority in (0, 1, 2):
                 for i, ability in enumerate(abilities):
@@ -324,6 +412,44 @@ class Core:
                         if job is not None:
                             return job, i
         return None
+
+    def _select_ready(self, peer: Peer) -> tuple[Job, int] | None:
+        """``_select`` for a worker with many functions: the same answer, from
+        the functions that have queued jobs instead of all of the worker's."""
+        rank = peer.rank
+        if rank is None:
+            rank = {}
+            for i, ability in enumerate(peer.abilities):
+                if ability.func not in rank:
+                    rank[ability.func] = i
+            peer.rank = rank
+        best: Job | None = None
+        best_key = (3, len(peer.abilities))
+        by_priority = self.config.global_priority
+        empty: list[Function] = []
+        for func in self.ready:
+            queued = func.queued
+            if not (queued[0] or queued[1] or queued[2]):
+                empty.append(func)
+                continue
+            at = rank.get(func)
+            if at is None:
+                continue
+            for priority in (0, 1, 2):
+                if queued[priority]:
+                    key = (priority, at) if by_priority else (0, at)
+                    if key < best_key:
+                        job = self._head(func, priority)
+                        if job is not None:
+                            best = job
+                            best_key = key
+                            break
+        for func in empty:
+            func.ready = False
+            del self.ready[func]
+        if best is None:
+            return None
+        return best, best_key[1]
 
     def _pre_sleep(self, peer: Peer, args: list[bytes]) -> None:
         self._answered(peer)
@@ -365,6 +491,7 @@ class Core:
         if self.config.round_robin and len(peer.abilities) > 1:
             del peer.abilities[index]
             peer.abilities.append(ability)
+            peer.rank = None
         self.counters.started += 1
         journal = self.journal
         if journal is not None:
@@ -446,6 +573,9 @@ class Core:
         if len(unique) > MAX_UNIQUE:
             self.reply(peer, ERR_UNIQUE)
             return None
+        if self.config.max_function_name and len(name) > self.config.max_function_name:
+            self.refuse(peer, ERR_NAME_SIZE, "function name longer than --max-function-name")
+            return None
         if not self.accepting:
             self.reply(peer, ERR_SHUTTING_DOWN)
             return None
@@ -475,6 +605,8 @@ class Core:
         if reducer:
             job.extra().reducer = reducer
         if key is not None:
+            if not func.unique:
+                self.with_unique[func] = None
             func.unique[key] = job
         self.jobs[handle] = job
         if not background:
@@ -491,7 +623,9 @@ class Core:
             job.state = SCHEDULED
             self._push_timer(float(when), TIMER_EPOCH, job, None)
         else:
-            func.queues[priority].append(job)
+            func.own_queues()[priority].append(job)
+            if not func.ready:
+                self.make_ready(func)
             # The NOOP to a sleeping worker is queued (and written) before the
             # JOB_CREATED: the job's result waits on the worker, not on the
             # client learning its handle, which still arrives first.

@@ -48,8 +48,10 @@ from .replies import (
     ERR_DATA_NOT_FOUND,
     ERR_EXCEPTION_NOT_FOUND,
     ERR_HANDLE_SIZE,
+    ERR_NAME_SIZE,
     ERR_OPTION,
     ERR_RESULT_NOT_FOUND,
+    ERR_TOO_MANY_FUNCTIONS,
     ERR_UNIQUE,
 )
 
@@ -89,8 +91,21 @@ class Handlers(Core):
     # ---------------------------------------------------------------- workers
 
     def _add_ability(self, peer: Peer, name: bytes, timeout: int) -> None:
+        config = self.config
+        if config.max_function_name and len(name) > config.max_function_name:
+            self.refuse(peer, ERR_NAME_SIZE, "function name longer than --max-function-name")
+            return
+        if (
+            config.max_functions_per_worker
+            and len(peer.abilities) >= config.max_functions_per_worker
+        ):
+            self.refuse(
+                peer, ERR_TOO_MANY_FUNCTIONS, "more functions than --max-functions-per-worker"
+            )
+            return
         func = self.function(name)
         peer.abilities.insert(0, Ability(func, timeout))
+        peer.rank = None
         func.workers.append(peer)
         journal = self.journal
         if journal is not None:
@@ -126,6 +141,7 @@ class Handlers(Core):
             else:
                 keep.append(ability)
         peer.abilities = keep
+        peer.rank = None
         woken_for = peer.woken_for
         if woken_for is not None and (only is None or only is woken_for):
             self._answered(peer)
@@ -255,11 +271,23 @@ class Handlers(Core):
     # ---------------------------------------------------------------- queries
 
     def find_unique(self, unique: bytes) -> Job | None:
-        for func in self.functions.values():
-            job = func.unique.get(unique)
+        """The job with this unique id in the first function (by when its
+        first unique id came) that has one; functions without any are not
+        looked at."""
+        found: Job | None = None
+        empty: list[Function] = []
+        for func in self.with_unique:
+            uniques = func.unique
+            if not uniques:
+                empty.append(func)
+                continue
+            job = uniques.get(unique)
             if job is not None:
-                return job
-        return None
+                found = job
+                break
+        for func in empty:
+            del self.with_unique[func]
+        return found
 
     def _get_status_unique(self, peer: Peer, args: list[bytes]) -> None:
         unique = args[0]
@@ -312,6 +340,7 @@ class Handlers(Core):
             if journal is not None:
                 journal.entries.append(WorkerLeft(peer, func.name))
         peer.abilities.clear()
+        peer.rank = None
         if woken_for is not None:
             self._wake(woken_for)  # its NOOP was for a job that still waits
         for job in peer.waiting:
@@ -320,6 +349,10 @@ class Handlers(Core):
                 self._abandon(job)
         peer.waiting.clear()
         peer.out.clear()
+        if peer.paused:
+            peer.paused = False
+            self.paused_peers -= 1
+        self.unpark(peer)  # jobs other clients still wait for
         if peer.holds:
             peer.holds = 0
             if peer in self.parked:
@@ -380,7 +413,9 @@ class Handlers(Core):
             job.state = SCHEDULED
             self._push_timer(when, TIMER_EPOCH, job, None)
             return
-        func.queues[job.priority].append(job)
+        func.own_queues()[job.priority].append(job)
+        if not func.ready:
+            self.make_ready(func)
         self._wake(func)
 
     def _abandon(self, job: Job) -> None:
@@ -390,3 +425,20 @@ class Handlers(Core):
             job.ignore = True
             return
         self._finish(job, ABANDONED)
+        self.bury(job)
+
+    def bury(self, job: Job) -> None:
+        """A job left its queue (abandoned, cancelled): its payload goes now,
+        not when a worker of its function reaches it; the small husks left in
+        the queue are swept once they outnumber the live jobs."""
+        job.data = b""
+        if job.state != QUEUED:
+            return  # a scheduled job: its epoch timer drops it
+        func = job.func
+        func.dead += 1
+        if func.dead > 64 and func.dead > func.queued[0] + func.queued[1] + func.queued[2]:
+            for queue in func.queues:
+                live = [j for j in queue if not j.ignore]
+                queue.clear()
+                queue.extend(live)
+            func.dead = 0

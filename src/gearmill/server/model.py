@@ -56,6 +56,9 @@ class BrokerConfig:
     verbose: str = "ERROR"
     # "off" (gearmand 1.1.15+), "local" (loopback peers only) or "any"
     admin_shutdown: str = "local"
+    # limits (0 = none): CAN_DOs a worker may hold, bytes of a function name
+    max_functions_per_worker: int = 0
+    max_function_name: int = 0
 
 
 class PeerAccess(Protocol):
@@ -112,6 +115,9 @@ class Peer:
         "local",
         "noop_sent",
         "out",
+        "parked",
+        "paused",
+        "rank",
         "sink",
         "sleeping",
         "subject",
@@ -132,6 +138,9 @@ class Peer:
         self.access: PeerAccess | None = None  # None: everything allowed
         # most recent CAN_DO first (gearmand prepends)
         self.abilities: list[Ability] = []
+        # each function's first index in ``abilities``, built when a worker with
+        # many functions looks for work; None when stale
+        self.rank: dict[Function, int] | None = None
         self.assigned: dict[bytes, Job] = {}
         self.waiting: set[Job] = set()
         self.sleeping = False
@@ -141,6 +150,10 @@ class Peer:
         self.woken_at = 0.0
         self.exceptions = False
         self.out: list[bytes] = []
+        # more than --max-owed is owed to it (it does not read): jobs that only
+        # it waits for are taken off their queue into ``parked`` until it reads
+        self.paused = False
+        self.parked: list[Job] = []
         self.close = False  # close after the pending output is written
         # held JOB_CREATEDs (see Journal.hold_created): output waits until 0
         self.holds = 0
@@ -156,13 +169,27 @@ class Ability:
         self.timeout = timeout  # milliseconds; 0 = none
 
 
+Queues = tuple["deque[Job]", "deque[Job]", "deque[Job]"]
+# the queues of every function that never had a job: three empty deques cost
+# 1.9 KB, and a worker may register tens of thousands of functions (issue 13)
+# (compiled, a tuple is a value, not an object: its first deque is what is compared)
+NO_QUEUE: Final[deque[Job]] = deque()
+NO_QUEUES: Final[Queues] = (NO_QUEUE, deque(), deque())
+# no queue limits: shared and never written (set_max_queue gives a new list)
+NO_LIMIT: Final[list[int]] = [0, 0, 0]
+
+
 class Function:
+    """A function name and its jobs: a few hundred bytes while it has none."""
+
     __slots__ = (
         "cursor",
+        "dead",
         "max_queue",
         "name",
         "queued",
         "queues",
+        "ready",
         "running",
         "unique",
         "woken",
@@ -171,14 +198,27 @@ class Function:
 
     def __init__(self, name: bytes) -> None:
         self.name = name
-        self.queues: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        # NO_QUEUES (shared, never written) until a job is queued: own_queues()
+        self.queues: Queues = NO_QUEUES
         self.queued = [0, 0, 0]  # live (not ignored) queued or scheduled jobs per priority
         self.running = 0
         self.workers: list[Peer] = []
         self.unique: dict[bytes, Job] = {}
-        self.max_queue = [0, 0, 0]
+        self.max_queue = NO_LIMIT
+        self.ready = False  # listed in the broker's ``ready`` (it may have queued jobs)
         self.cursor = 0
         self.woken = 0  # workers NOOPed for this function's jobs that have not answered yet
+        # abandoned or cancelled jobs still in the queues (an upper bound: the
+        # head reaps some without counting); the queues are swept when they
+        # outnumber the live ones
+        self.dead = 0
+
+    def own_queues(self) -> Queues:
+        """The function's own queues, to append to."""
+        queues = self.queues
+        if queues[0] is NO_QUEUE:
+            queues = self.queues = (deque(), deque(), deque())
+        return queues
 
     @property
     def total(self) -> int:

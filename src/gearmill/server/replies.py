@@ -71,6 +71,11 @@ ERR_HANDLE_SIZE: Final = error(
     b"Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
 )
 ERR_OPTION: Final = error(ErrorCode.UNKNOWN_OPTION, b"Server does not recognize given option")
+# limits set by the operator (docs/threat-model.md)
+ERR_NAME_SIZE: Final = error(ErrorCode.ARGUMENT_TOO_LARGE, b"Function name too large")
+ERR_TOO_MANY_FUNCTIONS: Final = error(
+    ErrorCode.ARGUMENT_TOO_LARGE, b"Too many functions registered on this connection"
+)
 # only an access list sends these; gearmand's own code for a packet not accepted
 # from this peer, so every client already handles it (the text says why)
 ERR_DENIED: Final = error(ErrorCode.INVALID_COMMAND, b"Permission denied for this connection")

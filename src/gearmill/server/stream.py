@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from ..protocol.codec import Decoder
+from ..protocol.codec import Decoder, Event
 from .broker import Broker
+from .core import TURN_BUDGET
 from .model import Peer
 
 # uvloop reads at most 256 KiB at a time
@@ -34,20 +35,25 @@ class Transport(Protocol):
     def writelines(self, data: list[bytes]) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class Hub:
     """What the streams of one server share."""
 
-    __slots__ = ("after", "broker", "recv_view")
+    __slots__ = ("after", "broker", "defer", "recv_view")
 
     def __init__(
         self,
         broker: Broker,
         on_text: Callable[[Peer, bytes], bytes | None],
         after: Callable[[], None],
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.broker = broker
+        # runs a callable on a later turn of the event loop (loop.call_soon)
+        self.defer = defer
         self.recv_view = memoryview(bytearray(RECV_BUFFER))
         # an admin line -> its reply, or None to close the connection
         broker.on_text = on_text
@@ -56,7 +62,23 @@ class Hub:
 
 
 class Stream:
-    __slots__ = ("broker", "decoder", "hub", "peer", "transport")
+    """Flow control: reading from the peer stops while more than the
+    transport's high-water mark is owed to it (``pause_writing``) and while
+    events of an earlier read wait for their turn (``backlog``)."""
+
+    __slots__ = (
+        "backlog",
+        "broker",
+        "decoder",
+        "deferred",
+        "hub",
+        "next",
+        "peer",
+        "reading",
+        "spoke",
+        "transport",
+        "write_paused",
+    )
 
     def __init__(self, hub: Hub, decoder: Decoder) -> None:
         self.hub = hub
@@ -64,6 +86,13 @@ class Stream:
         self.decoder = decoder
         self.peer: Peer | None = None
         self.transport: Transport | None = None
+        # events of a read not handled yet (the turn's budget ran out), from ``next``
+        self.backlog: list[Event] | None = None
+        self.next = 0
+        self.deferred = False  # a carry_on is scheduled
+        self.write_paused = False
+        self.reading = True
+        self.spoke = False  # a byte was read (the idle timeout's question)
 
     def attach(self, peer: Peer, transport: Transport) -> None:
         self.peer = peer
@@ -83,6 +112,7 @@ class Stream:
         return self.hub.recv_view if target is None else target
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.spoke = True
         decoder = self.decoder
         if decoder.payload_target() is None:
             events = decoder.feed(self.hub.recv_view[:nbytes].tobytes())
@@ -91,8 +121,90 @@ class Stream:
         peer = self.peer
         if peer is None or peer.close:
             return
-        self.broker.handle_events(peer, events, 0)
+        done = self.broker.handle_events(peer, events, 0, TURN_BUDGET)
+        if done < len(events) and not peer.close:
+            self._keep(events, done)
         flush(self.hub)
+
+    # ---------------------------------------------------------- flow control
+
+    def _keep(self, events: list[Event], start: int) -> None:
+        """The turn's budget ran out: stop reading, go on later."""
+        peer = self.peer
+        if self.hub.defer is None and peer is not None:
+            # no event loop to come back on (an edge without one): all at once
+            self.broker.handle_events(peer, events, start)
+            return
+        self.backlog = events
+        self.next = start
+        self._update_reading()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        defer = self.hub.defer
+        if not self.deferred and not self.write_paused and defer is not None:
+            self.deferred = True
+            defer(self.carry_on)
+
+    def carry_on(self) -> None:
+        """The next part of a backlog, one budget's worth per turn."""
+        self.deferred = False
+        events = self.backlog
+        peer = self.peer
+        if events is None:
+            return
+        if peer is None or peer.close:
+            self.backlog = None
+            return
+        if self.write_paused:
+            return  # resume_writing schedules the rest
+        done = self.broker.handle_events(peer, events, self.next, TURN_BUDGET)
+        if done < len(events) and not peer.close:
+            self.next = done
+            self._schedule()
+        else:
+            self.backlog = None
+            self._update_reading()
+        flush(self.hub)
+
+    def pause_writing(self) -> None:
+        """More than the high-water mark is owed to the peer: read no more from it."""
+        self.write_paused = True
+        self._update_reading()
+        peer = self.peer
+        if peer is not None:
+            self.broker.pause(peer)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        # the transport may call this while the broker writes: the broker
+        # hears of it on the next turn
+        defer = self.hub.defer
+        if defer is not None:
+            defer(self.resumed)
+        else:
+            self.resumed()
+        if self.backlog is not None:
+            self._schedule()
+        else:
+            self._update_reading()
+
+    def resumed(self) -> None:
+        """The peer read its replies down: its parked jobs may run again."""
+        peer = self.peer
+        if peer is not None and not self.write_paused:
+            self.broker.resume(peer)
+            flush(self.hub)  # the NOOPs for its jobs
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        want = not self.write_paused and self.backlog is None
+        if transport is not None and want != self.reading:
+            self.reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     # --------------------------------------------------------- the peer's sink
 
