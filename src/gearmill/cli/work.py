@@ -135,26 +135,38 @@ def _no_command_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """The command's whole group goes, so a shell's own children do not outlive it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    await proc.wait()
+
+
 async def _run_command(job: WorkerJob, command: list[str], args: argparse.Namespace) -> bytes:
-    proc = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        # its own process group: a Ctrl-C at the terminal reaches only gearmill work,
-        # which then decides the command's fate (killed, job given back)
-        process_group=0,
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # its own process group: a Ctrl-C at the terminal reaches only gearmill work,
+            # which then decides the command's fate (killed, job given back)
+            process_group=0,
+        )
     )
+    try:
+        # shielded: a stop that comes while the command starts must still find it to kill
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        await _kill(await spawn)
+        raise
     try:
         out, err = await proc.communicate(job.data)
     except asyncio.CancelledError:
-        # past --timeout, or stopping on a signal: the job goes back to the server.
-        # The whole group goes, so a shell's own children do not outlive it.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await proc.wait()
+        # past --timeout, or stopping on a signal: the job goes back to the server
+        await _kill(proc)
         raise
     if proc.returncode != 0:
         if out:
