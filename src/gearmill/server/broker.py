@@ -250,7 +250,9 @@ class Broker(Handlers):
         journal = self.journal
         if journal is not None:
             journal.entries.append(JobAccepted(job, None, 0))
-        func.queues[priority].append(job)
+        func.own_queues()[priority].append(job)
+        if not func.ready:
+            self.make_ready(func)
         self._wake(func)
         return job
 
