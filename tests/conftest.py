@@ -303,3 +303,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # so a missing tool fails loudly instead of skipping quietly.
     if not gearman_tools_available() and os.environ.get("CI"):
         raise pytest.UsageError("gearman-tools / gearman-job-server are not installed")
+
+
+@pytest.fixture(autouse=True)
+def _shared_empty_queues_stay_empty() -> Iterator[None]:
+    """Functions without jobs share one set of empty queues; a job appended there
+    instead of to the function's own queues would surface in another function (or
+    another broker) later. Every path that queues a job must use own_queues()."""
+    yield
+    from gearmill.server import model
+
+    assert all(not q for q in model.NO_QUEUES), "a job was queued on the shared empty queues"
