@@ -11,11 +11,14 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import gearmill as gm
 
 REQ = b"\x00REQ"
 RES = b"\x00RES"
@@ -314,3 +317,20 @@ def _shared_empty_queues_stay_empty() -> Iterator[None]:
     from gearmill.server import model
 
     assert all(not q for q in model.NO_QUEUES), "a job was queued on the shared empty queues"
+
+
+class running_worker:
+    """A blocking Worker working in a thread for the duration of a ``with``."""
+
+    def __init__(self, worker: gm.Worker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.work, daemon=True)
+
+    def __enter__(self) -> gm.Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()

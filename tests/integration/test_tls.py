@@ -16,7 +16,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import gearmill as gm
-from conftest import REQ, RES, Running, start_gearmill
+from conftest import REQ, RES, Running, running_worker, start_gearmill
 from gearmill.client.tls import client_context
 from gearmill.errors import GearmanError
 
@@ -266,21 +265,6 @@ def wait_for(what: str, check: object, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-class running_worker:
-    def __init__(self, worker: gm.Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.work, daemon=True)
-
-    def __enter__(self) -> gm.Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
 
 
 def reverse(job: gm.WorkerJob) -> bytes:

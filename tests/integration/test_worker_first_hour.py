@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import gearmill as gm
-from conftest import Running
+from conftest import Running, running_worker
 from gearmill.data import JSON
 from gearmill.worker import aio as worker_aio
 from gearmill.worker import sync as worker_sync
@@ -53,23 +53,6 @@ def worker_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def worker_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "gearmill.worker"]
-
-
-class running_worker:
-    """A blocking Worker working in a thread for the duration of a ``with``."""
-
-    def __init__(self, worker: gm.Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.work, daemon=True)
-
-    def __enter__(self) -> gm.Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
 
 
 # ------------------------------------------------------------------ 1. failures
