@@ -3,7 +3,8 @@
     python3 bench/compare.py --no-gearmand \\
         -s "http+scrape=.venv/bin/python bench/http/scraped.py {port} {tmp}"
 
-Starts ``gearmill serve -p PORT --http 127.0.0.1:0``, reads the HTTP port from its
+Starts ``gearmill serve -p PORT --store memory --http 127.0.0.1:0`` (memory, as the
+harness runs every gearmill, so the rows compare like with like), reads the HTTP port from its
 start line, GETs /metrics once a second until stopped (SIGTERM/SIGINT), then stops
 the server. The number of scrapes is written to TMP/scrapes.
 """
@@ -24,7 +25,18 @@ def main() -> int:
     port, tmp = sys.argv[1], Path(sys.argv[2])
     log = tmp / "serve.log"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", port, "--http", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "gearmill.cli.main",
+            "serve",
+            "-p",
+            port,
+            "--store",
+            "memory",
+            "--http",
+            "127.0.0.1:0",
+        ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
