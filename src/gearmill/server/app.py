@@ -15,6 +15,7 @@ from .. import __version__
 from .._accel import IMPLEMENTATION
 from . import admin, admin_policy
 from .broker import Broker, Peer
+from .cluster import Cluster, default_node_id
 from .config import Config
 from .connection import GearmanProtocol
 from .durable import Durable, open_durable
@@ -60,6 +61,8 @@ class Server:
             self.broker.access = AccessList(config.access or AccessConfig())
         self.durable: Durable | None = None  # the store's writer, unless jobs live in memory
         self._replay: asyncio.Task[int] | None = None
+        self.cluster: Cluster | None = None  # several servers on one shared store
+        self.exit_code = 0  # 1 when it stopped because its lease was lost
         self.keeper: PolicyStore | None = None  # the dead set's and schedules' writer
         self.http: HttpFront | None = None  # the HTTP listener, with --http
         limits = config.limits
@@ -86,6 +89,10 @@ class Server:
             self.durable = await open_durable(
                 store.url, store.gearmand_source, self.broker, self.flush
             )
+            if self.durable.store.shared:
+                node = store.node_id or default_node_id(self.config.listeners[0].port)
+                self.cluster = Cluster(self.durable, node, store.lease, self._lease_lost)
+                await self.cluster.join()  # before any job is stored as this server's
             self.durable.start()
             # the dead set and the schedules live in the same store
             self.keeper = PolicyStore(self.policies, self.durable.store)
@@ -124,7 +131,9 @@ class Server:
                     self.tls_addresses.append((addr[0], addr[1]))
         # schedules from the config file are on the timer heap before any traffic
         self._arm_timer()
-        if self.durable is not None:
+        if self.cluster is not None:
+            self.cluster.start()  # claims its own jobs and those nobody holds
+        elif self.durable is not None:
             self._replay = self._loop.create_task(self.durable.replay())
         if self.config.http.listen is not None:
             from .http import HttpFront  # needs the [http] extra
@@ -298,11 +307,17 @@ class Server:
             self._replay.cancel()
         if self.keeper is not None:
             await self.keeper.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.durable is not None:
-            await self.durable.close()
+            await self.durable.close(last=self.cluster.leave if self.cluster else None)
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
         self.notify.close()
+
+    def _lease_lost(self, why: str) -> None:
+        self.exit_code = 1
+        self.stop(why)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()

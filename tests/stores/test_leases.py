@@ -1,0 +1,137 @@
+"""The lease methods of the shared stores (PostgreSQL, Redis): heartbeat, claim, fenced
+remove; and the single-server stores saying they are not shared."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from storekit import Backend, make_backend, run
+
+from gearmill.server.store import Store, StoredJob, StoreError
+
+SHARED = ["postgresql", "redis"]
+
+
+@pytest.fixture(params=SHARED, name="shared")
+def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
+
+def jobs(n: int, prefix: str = "u") -> list[StoredJob]:
+    return [StoredJob(b"f", f"{prefix}{i}".encode(), b"d%d" % i) for i in range(n)]
+
+
+async def opened(b: Backend) -> Store:
+    s = b.store()
+    await s.open()
+    return s
+
+
+def test_a_live_heartbeat_keeps_its_node_id_and_a_stale_one_can_be_replaced(
+    shared: Backend,
+) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            assert await a.join("n1#aaaa", 30) is None
+            held = await b.join("n1#bbbb", 30)
+            assert held is not None and held[0] == "n1#aaaa"
+            # a renewal moves the expiry: the observed one no longer matches
+            await asyncio.sleep(0.01)
+            assert await a.renew("n1#aaaa", 30)
+            assert await b.join("n1#bbbb", 30, held) is not None
+            # not renewed since it was observed (a crashed earlier run): replaced
+            held = await b.join("n1#bbbb", 30)
+            assert held is not None
+            assert await b.join("n1#bbbb", 30, held) is None
+            assert not await a.renew("n1#aaaa", 30)  # a finds it lost its heartbeat
+            assert await b.join("n2#cccc", 30) is None  # another node id is free
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
+def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(shared: Backend) -> None:
+    async def go() -> None:
+        dead, s1, s2 = await opened(shared), await opened(shared), await opened(shared)
+        try:
+            assert await dead.join("dead#1", 0.3) is None
+            dead.owner = "dead#1"
+            await dead.commit(jobs(50), [])
+            for s, owner in ((s1, "s1#1"), (s2, "s2#1")):
+                assert await s.join(owner, 30) is None
+                s.owner = owner
+            # alive: nothing to claim
+            assert await s1.claim("s1#1", 100) == []
+            await asyncio.sleep(0.5)
+            assert await s1.reap() == ["dead#1"]
+            assert await s2.reap() == []  # declared dead once
+            got1, got2 = await asyncio.gather(s1.claim("s1#1", 30), s2.claim("s2#1", 30))
+            more = await s1.claim("s1#1", 100) + await s2.claim("s2#1", 100)
+            claimed = [j.unique for _, j in got1 + got2 + more]
+            assert sorted(claimed) == sorted(j.unique for j in jobs(50))  # each once
+            seqs = [q for q, _ in got1]
+            assert seqs == sorted(seqs)  # oldest first
+            # the dead one's late remove is fenced out: the new owner's job stays
+            victim = got1[0][1]
+            key = (victim.function, victim.unique)
+            await dead.commit([], [key])
+            assert await s1.count() == 50
+            # the new owner's remove (with the claimed fence) deletes it
+            await s1.commit([], [key])
+            assert await s1.count() == 49
+            # a server's own jobs are not claimable by itself or others while it lives
+            await s1.commit(jobs(3, "mine"), [])
+            assert await s2.claim("s2#1", 100) == []
+        finally:
+            for s in (dead, s1, s2):
+                await s.close()
+
+    run(go())
+
+
+def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
+    shared: Backend,
+) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            await a.commit(jobs(5, "legacy"), [])  # stored with no owner (gearmand import)
+            assert await a.join("a#1", 30) is None
+            a.owner = "a#1"
+            await a.commit(jobs(4, "a"), [])
+            assert await b.join("b#1", 30) is None
+            b.owner = "b#1"
+            first = await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in first) == sorted(j.unique for j in jobs(5, "legacy"))
+            await a.leave("a#1")
+            assert await b.reap() == ["a#1"]
+            second = await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in second) == sorted(j.unique for j in jobs(4, "a"))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "mysql"])
+def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path) -> None:
+    for b in make_backend(kind, tmp_path):
+
+        async def go(b: Backend = b) -> None:
+            s = b.store()
+            await s.open()
+            try:
+                assert not s.shared
+                with pytest.raises(StoreError, match="one server at a time"):
+                    await s.join("n#1", 10)
+            finally:
+                await s.close()
+
+        run(go())
