@@ -135,3 +135,56 @@ def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path)
                 await s.close()
 
         run(go())
+
+
+def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
+    shared: Backend,
+) -> None:
+    """Three servers' schedulers (each with the same schedule, as from one config file)
+    reach the same minute: the store gives each tick to one of them."""
+    from gearmill.server.broker import Broker, BrokerConfig
+    from gearmill.server.policy import Policies, RetryConfig, ScheduleSpec
+    from gearmill.server.policy_store import PolicyStore
+
+    t0 = 1_700_000_000.0
+
+    async def go() -> None:
+        servers = []
+        for i in range(3):
+            broker = Broker(BrokerConfig(handle_prefix=b"H:%d" % i), lambda: t0)
+            policies = Policies(broker, RetryConfig())
+            policies.scheduler.add(ScheduleSpec("every", "* * * * *", b"report", b"x", 1, False))
+            store = shared.store()
+            await store.open()
+            keeper = PolicyStore(policies, store)
+            await keeper.open()
+            servers.append((broker, policies, keeper, store))
+        sched = [p.scheduler.schedules["every"] for _, p, _, _ in servers]
+        first = sched[0].next_at
+
+        def settled(total: int) -> bool:
+            idle = all(k._queue.empty() for _, _, k, _ in servers)
+            return idle and sum(s.fired for s in sched) == total
+
+        try:
+            # the last: a late second look at a minute already fired (a restart)
+            for minute, total in ((first, 1), (first + 60, 2), (first + 60, 2)):
+                for s in sched:
+                    s.next_at = min(s.next_at, minute)
+                for _, p, _, _ in servers:
+                    p.scheduler.fire(minute)
+                for _ in range(500):  # each server's store writer decides
+                    if settled(total):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # a second firing of the minute would show by now
+                assert settled(total), [s.fired for s in sched]
+            fired = [s.fired for s in sched]
+            queued = [len(b.job_rows()) for b, _, _, _ in servers]
+            assert queued == fired
+        finally:
+            for _, _, keeper, store in servers:
+                await keeper.close()
+                await store.close()
+
+    run(go())

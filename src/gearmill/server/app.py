@@ -95,7 +95,7 @@ class Server:
                 await self.cluster.join()  # before any job is stored as this server's
             self.durable.start()
             # the dead set and the schedules live in the same store
-            self.keeper = PolicyStore(self.policies, self.durable.store)
+            self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
             await self.keeper.open()
         for listener in self.config.listeners:
             kind = kinds[listener.tls]

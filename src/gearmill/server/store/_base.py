@@ -98,6 +98,9 @@ class SingleServer:
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         raise self._single()
 
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        raise self._single()
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -191,6 +194,11 @@ class Store(Protocol):
 
     async def reap(self) -> list[str]:
         """Declare dead the owners whose heartbeat expired (delete it); who they were."""
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        """Compare-and-set a schedule's last run: True for the one server that moves it to
+        `minute` (and keeps `next_run`), so a tick fires once across servers; also True
+        when the store does not know the schedule (only this server has it)."""
 
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         """Atomically take up to `limit` jobs whose owner has no heartbeat (dead, an

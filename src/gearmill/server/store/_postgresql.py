@@ -263,8 +263,10 @@ class PostgreSQLStore:
             f"INSERT INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET"
             " function = EXCLUDED.function, data = EXCLUDED.data, priority = EXCLUDED.priority,"
-            " cron = EXCLUDED.cron, next_run = EXCLUDED.next_run,"
-            " last_run = EXCLUDED.last_run, enabled = EXCLUDED.enabled",
+            " cron = EXCLUDED.cron, enabled = EXCLUDED.enabled,"
+            # a change (pause, edit) never moves the last tick back: it would fire again
+            " next_run = GREATEST(EXCLUDED.next_run, gearmill_schedules.next_run),"
+            " last_run = GREATEST(EXCLUDED.last_run, gearmill_schedules.last_run)",
             *schedule_row(schedule),
         )
 
@@ -311,6 +313,19 @@ class PostgreSQLStore:
             f"DELETE FROM gearmill_nodes WHERE expires < {_NOW} RETURNING owner"
         )
         return [str(r[0]) for r in rows]
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        # a concurrent claimer waits on the row lock, then sees last_run = minute: no row
+        rows = await self._fetch(
+            "WITH won AS (UPDATE gearmill_schedules SET last_run = $2, next_run = $3"
+            " WHERE name = $1 AND COALESCE(last_run, 0) < $2 RETURNING 1)"
+            " SELECT (SELECT count(*) FROM won),"
+            " EXISTS (SELECT 1 FROM gearmill_schedules WHERE name = $1)",
+            name,
+            minute,
+            next_run,
+        )
+        return bool(rows[0][0]) or not rows[0][1]
 
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         rows = sorted(await self._fetch(_CLAIM, owner, limit), key=lambda r: int(r[0]))

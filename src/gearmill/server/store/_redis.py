@@ -10,6 +10,7 @@ Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
   {p}leases   hash     field -> "<owner> <fence>" (schema 2: several servers share the prefix)
   {p}own:<owner> set   the fields an owner holds ("" for none); {p}owners the set of owners
   {p}nodes    hash     node id -> "<owner> <expiry ms, Redis's clock>": the heartbeats
+  {p}ticks    hash     schedule name -> the minute it last fired (once across servers)
 A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
 appendonly/appendfsync and warns loudly, naming the loss window, unless it is `always`.
 """
@@ -164,6 +165,13 @@ end
 if got > 0 then redis.call('SADD', owners, me) end
 return out
 """
+# KEYS: ticks; ARGV: name, minute: the last tick fired per schedule, moved forward once
+_TICK = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 _GLOB = re.compile(rb"([\\*?\[\]])")
 
 
@@ -197,6 +205,7 @@ class RedisStore:
         self._k_dead, self._k_dead_seq = p + b"dead", p + b"dead:seq"
         self._k_schedules = p + b"schedules"
         self._k_leases, self._k_owners, self._k_nodes = p + b"leases", p + b"owners", p + b"nodes"
+        self._k_ticks = p + b"ticks"
         self._shas: dict[str, str] = {}
         self.owner: str | None = None
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
@@ -369,6 +378,10 @@ class RedisStore:
     async def reap(self) -> list[str]:
         dead = await self._script(_REAP, (self._k_nodes,), (), "reaping failed")
         return [_s(o) for o in dead]
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        args = (name, minute)
+        return bool(await self._script(_TICK, (self._k_ticks,), args, "claiming a tick failed"))
 
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         keys = (self._k_nodes, self._k_owners, self._k_jobs, self._k_leases, self._k_order)
