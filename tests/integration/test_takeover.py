@@ -7,6 +7,7 @@ workers' output."""
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 import sys
 import time
@@ -143,3 +144,39 @@ def test_a_second_live_server_with_the_same_node_id_is_refused(shared: Backend) 
             start_gearmill("--store", shared.url, "--node-id", "same", "--lease", LEASE)
     finally:
         first.stop()
+
+
+def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
+    shared: Backend, tmp_path: Path
+) -> None:
+    """SIGSTOP past the lease: the other server takes the jobs over (an epoch job too,
+    which then runs at its time there); the paused one, continued, finds its heartbeat
+    gone, says so and exits 1 without running them."""
+    import gearmill as gm
+
+    out = tmp_path / "done"
+    out.touch()
+    a, b = (
+        start_gearmill("--store", shared.url, "--node-id", n, "--lease", LEASE, "-v", "-v")
+        for n in ("a", "b")
+    )
+    w = None
+    try:
+        names = submit_many(a, "p", 50)
+        with gm.Client(f"127.0.0.1:{a.port}", codec=None) as client:
+            client.submit("takeover", b"epoch", background=True, when=time.time() + 4)
+        a.proc.send_signal(signal.SIGSTOP)
+        w = worker(b.port, out)
+        wait_all(out, {*names, "epoch"})
+        a.proc.send_signal(signal.SIGCONT)
+        assert a.proc.wait(20) == 1
+        assert "LEASE LOST" in log_of(a)
+        time.sleep(1)  # a second run of any job would show by now
+        assert [x for x, n in runs(out).items() if n != 1] == []
+    finally:
+        if w is not None:
+            w.kill()
+            w.wait(10)
+        a.proc.send_signal(signal.SIGCONT)
+        a.stop()
+        b.stop()

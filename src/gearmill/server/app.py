@@ -89,10 +89,6 @@ class Server:
             self.durable = await open_durable(
                 store.url, store.gearmand_source, self.broker, self.flush
             )
-            if self.durable.store.shared:
-                node = store.node_id or default_node_id(self.config.listeners[0].port)
-                self.cluster = Cluster(self.durable, node, store.lease, self._lease_lost)
-                await self.cluster.join()  # before any job is stored as this server's
             self.durable.start()
             # the dead set and the schedules live in the same store
             self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
@@ -114,6 +110,7 @@ class Server:
                     backlog=self.config.backlog,
                     reuse_address=True,
                     ssl=context if listener.tls else None,
+                    start_serving=False,  # a shared store's node id is taken first
                 )
             except OSError as e:
                 for opened in self._servers:
@@ -129,6 +126,10 @@ class Server:
                 self.addresses.append((addr[0], addr[1]))
                 if listener.tls:
                     self.tls_addresses.append((addr[0], addr[1]))
+        if self.durable is not None and self.durable.store.shared:
+            await self._join(self.durable)  # before any job is stored as this server's
+        for opened in self._servers:
+            await opened.start_serving()
         # schedules from the config file are on the timer heap before any traffic
         self._arm_timer()
         if self.cluster is not None:
@@ -145,6 +146,21 @@ class Server:
                 for opened in self._servers:
                     opened.close()
                 raise
+
+    async def _join(self, durable: Durable) -> None:
+        store = self.config.store
+        node = store.node_id
+        # host:port; the port is bound now, so a server that held this id before is gone
+        mine = node is None
+        if node is None:
+            node = default_node_id(self.addresses[0][1])
+        self.cluster = Cluster(durable, node, store.lease, self._lease_lost)
+        try:
+            await self.cluster.join(restarted=mine)
+        except BaseException:
+            for opened in self._servers:
+                opened.close()
+            raise
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""

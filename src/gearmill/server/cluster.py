@@ -42,10 +42,8 @@ CALL_TIMEOUT = 10.0
 
 
 def default_node_id(port: int) -> str:
-    """Host name and port: stable across restarts of the same server. With port 0 (a
-    port picked at start) there is nothing stable, so the pid makes it unique."""
-    host = socket.gethostname() or "localhost"
-    return f"{host}:{port}" if port else f"{host}:pid{os.getpid()}"
+    """Host name and listening port: stable across restarts of the same server."""
+    return f"{socket.gethostname() or 'localhost'}:{port}"
 
 
 class Cluster:
@@ -71,14 +69,16 @@ class Cluster:
         self._stopping = False
         self.lost = False
 
-    async def join(self) -> None:
+    async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
-        line when a live server holds it."""
+        line when a live server holds it. ``restarted``: the caller knows a holder is an
+        earlier run of this server (it holds the port the id is made of): no wait."""
         store = self.store
         held = await store.join(self.owner, self.lease)
         if held is not None:
             # a live holder renews within one interval; an earlier run that crashed does not
-            await asyncio.sleep(self.interval * 1.5)
+            if not restarted:
+                await asyncio.sleep(self.interval * 1.5)
             again = await store.join(self.owner, self.lease, held)
             if again is not None:
                 raise StoreError(
