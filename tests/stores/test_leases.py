@@ -188,3 +188,45 @@ def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
                 await store.close()
 
     run(go())
+
+
+def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(shared: Backend) -> None:
+    """A store written before leases (schema 1) is migrated at open; its jobs belong to
+    nobody, so the first server to claim takes them, once."""
+
+    async def write_v1() -> None:
+        s = await opened(shared)
+        try:
+            await s.commit(jobs(7, "old"), [])
+        finally:
+            await s.close()
+
+    run(write_v1())
+    if shared.kind == "postgresql":
+        for sql in (
+            "DROP TABLE gearmill_nodes",
+            "DROP INDEX gearmill_jobs_owner",
+            "UPDATE gearmill_schema SET version = 1",
+        ):
+            shared.sql(sql)
+    else:
+        from storekit import redis_client
+
+        r = redis_client()
+        p = shared.prefix
+        r.delete(p + "leases", p + "owners", p + "own:")
+        r.set(p + "schema", 1)
+        r.close()
+
+    async def claim() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            assert await a.join("a#1", 30) is None
+            assert await b.join("b#1", 30) is None
+            got = await a.claim("a#1", 100) + await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in got) == sorted(j.unique for j in jobs(7, "old"))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(claim())
