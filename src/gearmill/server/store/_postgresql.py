@@ -36,6 +36,15 @@ from ._sql import (
     schedule_row,
 )
 
+# what a lost or refused connection raises; asyncpg's InternalClientError comes from
+# resetting a connection whose server was killed mid-statement (seen in the kill test)
+_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 _TABLES = ["gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"]
 
 _INSERT = (
@@ -104,7 +113,7 @@ class PostgreSQLStore:
                 timeout=self._timeout,
                 server_settings={"synchronous_commit": "on", "application_name": "gearmill"},
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise StoreError(
                 f"cannot reach the store {self.url}: {e or type(e).__name__}; "
                 "start PostgreSQL, or fix the URL given to --store"
@@ -179,7 +188,7 @@ class PostgreSQLStore:
                         await self._commit(con, add, remove)
                 else:
                     await self._commit(con, add, remove)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "commit failed") from None
         if self.fences:
             for key in remove:
@@ -216,7 +225,7 @@ class PostgreSQLStore:
         try:
             async with self._p().acquire() as con:
                 return list(await con.fetch(sql, *args))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "query failed") from None
 
     async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
@@ -239,7 +248,7 @@ class PostgreSQLStore:
         try:
             async with self._p().acquire() as con, con.transaction():
                 return [int(await con.fetchval(sql, *dead_row(d))) for d in dead]
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "keeping dead letters failed") from None
 
     async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
@@ -377,7 +386,7 @@ class PostgreSQLStore:
                     )
                     # Same database, same transaction: imported exactly once.
                     await con.execute(f"DELETE FROM {table}")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, f"importing gearmand's table {table}") from None
         if rows:
             log.info("store %s: imported %d jobs from gearmand's %s", self.url, len(rows), table)
