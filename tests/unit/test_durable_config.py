@@ -49,3 +49,15 @@ def test_q_on_the_command_line_wins_over_a_store_from_the_environment() -> None:
     assert c.store.url == "sqlite:///var/q.db"
     c = load("--store", "memory", env={"GEARMILL_STORE": "sqlite:///x.db"})
     assert c.store.url == "memory"
+
+
+def test_node_id_and_lease_of_servers_sharing_a_store() -> None:
+    c = load("--store", "postgresql://db/gm", "--node-id", "web-1", "--lease", "4.5")
+    assert (c.store.url, c.store.node_id, c.store.lease) == ("postgresql://db/gm", "web-1", 4.5)
+    c = load("--store", "redis://r/0", env={"GEARMILL_NODE_ID": "b", "GEARMILL_LEASE": "30"})
+    assert (c.store.node_id, c.store.lease) == ("b", 30.0)
+    assert (load().store.node_id, load().store.lease) == (None, 15.0)
+    with pytest.raises(ConfigError, match=r"--node-id a#1: .*without spaces or '#'"):
+        load("--node-id", "a#1")
+    with pytest.raises(ConfigError, match=r"--lease 0: .*from 0\.3 to 3600"):
+        load("--lease", "0")

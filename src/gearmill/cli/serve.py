@@ -197,6 +197,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _opt(
         p,
+        "--node-id",
+        metavar="ID",
+        help="this server's name among several sharing one postgresql:// or redis:// store "
+        "(default host:port, so a restarted server takes its own jobs back at once)",
+    )
+    _opt(
+        p,
+        "--lease",
+        metavar="SECONDS",
+        help="how long a server sharing a store may go without a heartbeat before the others "
+        "take its jobs over (default 15; heartbeats every third of it)",
+    )
+    _opt(
+        p,
         "--state-dir",
         metavar="DIR",
         help="the state folder of the default SQLite store (default $GEARMILL_STATE_DIR, "
@@ -617,7 +631,7 @@ async def _serve(config: Config, logs: _Log, report: _Report) -> int:
                 os.unlink(pid_file)
             except OSError:
                 pass
-    return 0
+    return server.exit_code
 
 
 def _tune_gc() -> None:

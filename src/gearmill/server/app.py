@@ -15,6 +15,7 @@ from .. import __version__
 from .._accel import IMPLEMENTATION
 from . import admin, admin_policy
 from .broker import Broker, Peer
+from .cluster import Cluster, default_node_id
 from .config import Config
 from .connection import GearmanProtocol
 from .durable import Durable, open_durable
@@ -60,6 +61,8 @@ class Server:
             self.broker.access = AccessList(config.access or AccessConfig())
         self.durable: Durable | None = None  # the store's writer, unless jobs live in memory
         self._replay: asyncio.Task[int] | None = None
+        self.cluster: Cluster | None = None  # several servers on one shared store
+        self.exit_code = 0  # 1 when it stopped because its lease was lost
         self.keeper: PolicyStore | None = None  # the dead set's and schedules' writer
         self.http: HttpFront | None = None  # the HTTP listener, with --http
         limits = config.limits
@@ -88,7 +91,7 @@ class Server:
             )
             self.durable.start()
             # the dead set and the schedules live in the same store
-            self.keeper = PolicyStore(self.policies, self.durable.store)
+            self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
             await self.keeper.open()
         for listener in self.config.listeners:
             kind = kinds[listener.tls]
@@ -107,6 +110,7 @@ class Server:
                     backlog=self.config.backlog,
                     reuse_address=True,
                     ssl=context if listener.tls else None,
+                    start_serving=False,  # a shared store's node id is taken first
                 )
             except OSError as e:
                 for opened in self._servers:
@@ -122,9 +126,15 @@ class Server:
                 self.addresses.append((addr[0], addr[1]))
                 if listener.tls:
                     self.tls_addresses.append((addr[0], addr[1]))
+        if self.durable is not None and self.durable.store.shared:
+            await self._join(self.durable)  # before any job is stored as this server's
+        for opened in self._servers:
+            await opened.start_serving()
         # schedules from the config file are on the timer heap before any traffic
         self._arm_timer()
-        if self.durable is not None:
+        if self.cluster is not None:
+            self.cluster.start()  # claims its own jobs and those nobody holds
+        elif self.durable is not None:
             self._replay = self._loop.create_task(self.durable.replay())
         if self.config.http.listen is not None:
             from .http import HttpFront  # needs the [http] extra
@@ -136,6 +146,21 @@ class Server:
                 for opened in self._servers:
                     opened.close()
                 raise
+
+    async def _join(self, durable: Durable) -> None:
+        store = self.config.store
+        node = store.node_id
+        # host:port; the port is bound now, so a server that held this id before is gone
+        mine = node is None
+        if node is None:
+            node = default_node_id(self.addresses[0][1])
+        self.cluster = Cluster(durable, node, store.lease, self._lease_lost)
+        try:
+            await self.cluster.join(restarted=mine)
+        except BaseException:
+            for opened in self._servers:
+                opened.close()
+            raise
 
     def announce(self) -> None:
         """The start line, once the server is ready (listening, pid file written)."""
@@ -298,11 +323,17 @@ class Server:
             self._replay.cancel()
         if self.keeper is not None:
             await self.keeper.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.durable is not None:
-            await self.durable.close()
+            await self.durable.close(last=self.cluster.leave if self.cluster else None)
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
         self.notify.close()
+
+    def _lease_lost(self, why: str) -> None:
+        self.exit_code = 1
+        self.stop(why)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
 
 from .. import __version__
@@ -105,11 +105,17 @@ class TLSConfig:
     verify: VerifyClient = VerifyClient.NONE
 
 
+DEFAULT_LEASE: Final = 15.0  # a dead server's jobs are offered again within ~20 s
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = "memory"  # memory | sqlite:///path | postgresql:// | mysql:// | redis://
     # gearmand's queue table (SQL) or key prefix (Redis) to import jobs from at start
     gearmand_source: str | None = None
+    # several servers on one shared store (server/cluster.py): None = host:port
+    node_id: str | None = None
+    lease: float = DEFAULT_LEASE  # seconds without a heartbeat before the others take over
 
 
 STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "redis", "rediss")
@@ -322,6 +328,13 @@ def _store(raw: object, text: bool) -> str:
         raise _Bad(_STORE_FIX)
     if scheme == "sqlite" and not value[len("sqlite://") :].startswith("/"):
         raise _Bad("an SQLite store needs an absolute path: sqlite:///path/queue.db")
+    return value
+
+
+def _node_id(raw: object, text: bool) -> str:
+    value = _str(raw, text).strip()
+    if len(value) > 200 or "#" in value or any(c.isspace() for c in value):
+        raise _Bad("use 1 to 200 characters, without spaces or '#'")
     return value
 
 
@@ -649,6 +662,10 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "pid_file": _Setting(_str),
     "file_descriptors": _Setting(_int(1, 1 << 30, "use a positive number of open files")),
     "store": _Setting(_store, toml="store.url"),
+    "node_id": _Setting(_node_id, toml="store.node_id"),
+    "lease": _Setting(
+        _float(0.3, 3600, "use seconds from 0.3 to 3600 (default 15)"), toml="store.lease"
+    ),
     "tls_cert": _Setting(_str, toml="tls.cert"),
     "tls_key": _Setting(_str, toml="tls.key"),
     "tls_ca": _Setting(_str, toml="tls.ca"),
@@ -894,7 +911,7 @@ def build(layers: Sequence[Layer]) -> Config:
     return Config(
         listeners=listeners,
         verbose=level.more_verbose(steps),
-        store=_store_config(values, rank, layers),
+        store=_cluster_config(_store_config(values, rank, layers), values),
         tls=tls,
         access=access,
         retry=_retry_config(values, layers),
@@ -951,6 +968,12 @@ def _retry_config(values: dict[str, object], layers: Sequence[Layer]) -> RetryCo
         submit_sched=submit_sched,
         schedules=schedules,
     )
+
+
+def _cluster_config(store: StoreConfig, values: dict[str, object]) -> StoreConfig:
+    node_id, lease = values.get("node_id"), values.get("lease", DEFAULT_LEASE)
+    assert (node_id is None or isinstance(node_id, str)) and isinstance(lease, float)
+    return replace(store, node_id=node_id, lease=lease)
 
 
 def _store_config(

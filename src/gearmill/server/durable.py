@@ -25,7 +25,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from . import fanout
 from .broker import Broker
@@ -261,7 +261,6 @@ class Durable:
 
     async def replay(self) -> int:
         """Queue the stored jobs again, a page at a time, while new work is accepted."""
-        broker = self.broker
         peer = self.replay_peer
         seen = self._replay_seen = set()
         after = 0
@@ -275,34 +274,8 @@ class Durable:
                     return self.replayed
                 if not page:
                     break
-                for seq, stored in page:
-                    after = seq
-                    key = (stored.function, stored.unique)
-                    if key in seen:  # submitted (and stored) since this start
-                        continue
-                    before = broker.counters.submitted
-                    job = broker.submit(
-                        peer,
-                        stored.function,
-                        _original_unique(stored.unique),
-                        stored.data,
-                        stored.priority,
-                        True,
-                        stored.when,
-                        stored.reducer,
-                    )
-                    if job is None:
-                        continue
-                    if broker.counters.submitted == before:
-                        # joined a job already queued (same unique): this row is not its
-                        if (job.func.name, self._stored_unique(job)) != key:
-                            self.removes[key] = None
-                        continue
-                    if stored.unique.startswith(_MARK):
-                        self.generated[job.handle] = stored.unique
-                    self.replayed += 1
-                peer.out.clear()
-                self._flush()
+                after = page[-1][0]
+                self.replayed += self.queue_stored(page, seen)
                 await asyncio.sleep(0)
         finally:
             self._replay_seen = None
@@ -320,13 +293,54 @@ class Durable:
             self._wake.set()
         return self.replayed
 
+    def queue_stored(self, page: list[tuple[int, StoredJob]], seen: set[Key] | None = None) -> int:
+        """Queue stored jobs in memory as the replay peer's (not stored again), as start-up
+        replay and a takeover (server/cluster.py) do; sleeping workers are NOOPed. Rows
+        in ``seen`` (submitted since this start) are skipped. How many were queued."""
+        broker = self.broker
+        peer = self.replay_peer
+        queued = 0
+        for _, stored in page:
+            key = (stored.function, stored.unique)
+            if seen is not None and key in seen:  # submitted (and stored) since this start
+                continue
+            before = broker.counters.submitted
+            job = broker.submit(
+                peer,
+                stored.function,
+                _original_unique(stored.unique),
+                stored.data,
+                stored.priority,
+                True,
+                stored.when,
+                stored.reducer,
+            )
+            if job is None:
+                continue
+            if broker.counters.submitted == before:
+                # joined a job already queued (same unique): this row is not its
+                if (job.func.name, self._stored_unique(job)) != key:
+                    self.removes[key] = None
+                continue
+            if stored.unique.startswith(_MARK):
+                self.generated[job.handle] = stored.unique
+            queued += 1
+        peer.out.clear()
+        self._flush()
+        if self.removes and not self.busy:
+            self._wake.set()
+        return queued
+
     def _stored_unique(self, job: Job) -> bytes:
         return self.generated.get(job.handle, job.unique)
 
     # --------------------------------------------------------------- closing
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Commit what is owed (removes of finished jobs), then close the store."""
+    async def close(
+        self, timeout: float = 5.0, last: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Commit what is owed (removes of finished jobs), await ``last`` (a shared store's
+        goodbye), then close the store."""
         self._closing = True
         self._wake.set()
         task = self._task
@@ -336,6 +350,8 @@ class Durable:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         self.broker.detach_journal()
+        if last is not None:
+            await last()
         try:
             await self.store.close()
         except StoreError as e:

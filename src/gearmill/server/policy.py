@@ -363,6 +363,9 @@ class Scheduler:
     def __init__(self, broker: Broker, sink: ScheduleSink | None = None) -> None:
         self.broker = broker
         self.sink = sink
+        # servers sharing a store: a due tick goes to the gate, which submits it (with
+        # submit_tick) only if this server won the tick in the store; None: submit here
+        self.gate: Callable[[Schedule, float], None] | None = None
         self.schedules: dict[str, Schedule] = {}
         self._armed = 0.0
 
@@ -428,20 +431,28 @@ class Scheduler:
             if sched.paused or sched.next_at > now:
                 continue
             minute = sched.next_at
-            spec = sched.spec
-            stamp = time.strftime("%Y%m%d%H%M", time.gmtime(minute)).encode()
-            unique = b"cron:%s:%s" % (spec.name.encode(), stamp)
-            job = self.broker.enqueue(spec.function, unique[:MAX_UNIQUE], spec.data, spec.priority)
-            if job is not None:
-                fired += 1
-                sched.fired += 1
-                sched.last_handle = job.handle
             sched.last_at = minute
             # the next match after this minute and after now: a late wake-up
             # fires once, not once per missed minute
             sched.next_at = next_match(sched.expr, max(minute, now))
+            if self.gate is not None:
+                self.gate(sched, minute)
+            elif self.submit_tick(sched, minute):
+                fired += 1
         self.arm()
         return fired
+
+    def submit_tick(self, sched: Schedule, minute: float) -> bool:
+        """Submit the tick of ``minute``; False when a live job already has its unique id."""
+        spec = sched.spec
+        stamp = time.strftime("%Y%m%d%H%M", time.gmtime(minute)).encode()
+        unique = b"cron:%s:%s" % (spec.name.encode(), stamp)
+        job = self.broker.enqueue(spec.function, unique[:MAX_UNIQUE], spec.data, spec.priority)
+        if job is None:
+            return False
+        sched.fired += 1
+        sched.last_handle = job.handle
+        return True
 
 
 class Timers:

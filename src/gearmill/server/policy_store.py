@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
-from .policy import ENDINGS, DeadJob, Policies, RuleError, ScheduleSpec
+from .policy import ENDINGS, DeadJob, Policies, RuleError, Schedule, ScheduleSpec
 from .store import DeadLetter, Store, StoredJob, StoredSchedule, StoreError
 
 log = logging.getLogger("gearmill.policy")
@@ -55,9 +56,12 @@ def from_letter(handle: bytes, letter: DeadLetter) -> DeadJob:
 class PolicyStore:
     """The DeadSet's and the Scheduler's ``sink``, written to ``store`` in order."""
 
-    def __init__(self, policies: Policies, store: Store) -> None:
+    def __init__(
+        self, policies: Policies, store: Store, flush: Callable[[], None] | None = None
+    ) -> None:
         self.policies = policies
         self.store = store
+        self._flush = flush  # writes a tick's NOOPs to sleeping workers (the server's flush)
         self.ids: dict[bytes, int] = {}  # dead job handle -> the store's id
         self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -88,6 +92,9 @@ class PolicyStore:
                 await self.store.put_schedule(self._stored(sched.spec))
         policies.dead.sink = self
         policies.scheduler.sink = self
+        if self.store.shared:
+            # several servers fire the same schedules: the store picks one per tick
+            policies.scheduler.gate = self.tick
         policies.dead_added()  # the loaded jobs' age limit
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -95,6 +102,7 @@ class PolicyStore:
         """Write what is queued, then stop."""
         self.policies.dead.sink = None
         self.policies.scheduler.sink = None
+        self.policies.scheduler.gate = None
         if self._writer is not None:
             self._queue.put_nowait(("stop", None))
             await self._writer
@@ -112,7 +120,20 @@ class PolicyStore:
     def put(self, spec: ScheduleSpec) -> None:
         self._queue.put_nowait(("put", spec))
 
+    def tick(self, sched: Schedule, minute: float) -> None:
+        self._queue.put_nowait(("tick", (sched, minute)))
+
     # ------------------------------------------------------------ the writer
+
+    async def _tick(self, sched: Schedule, minute: float) -> None:
+        name = sched.spec.name
+        if not await self.store.claim_tick(name, int(minute), int(sched.next_at)):
+            log.info("Schedule %s: the tick of %s fired on another server", name, int(minute))
+            return
+        if self.policies.scheduler.schedules.get(name) is sched:  # not removed meanwhile
+            self.policies.scheduler.submit_tick(sched, minute)
+            if self._flush is not None:
+                self._flush()
 
     @staticmethod
     def _stored(spec: ScheduleSpec) -> StoredSchedule:
@@ -134,6 +155,9 @@ class PolicyStore:
                     i = self.ids.pop(item, None)
                     if i is not None:
                         await self.store.remove_dead([i])
+                elif kind == "tick":
+                    assert isinstance(item, tuple)
+                    await self._tick(*item)
                 elif kind == "put":
                     assert isinstance(item, ScheduleSpec)
                     await self.store.put_schedule(self._stored(item))
@@ -141,5 +165,13 @@ class PolicyStore:
                     assert isinstance(item, str)
                     await self.store.remove_schedule(item)
             except StoreError as e:
+                if kind == "tick":
+                    assert isinstance(item, tuple)
+                    log.error(
+                        "Schedule %s: tick not fired (the store decides which server fires it): %s",
+                        item[0].spec.name,
+                        e,
+                    )
+                    continue
                 # the in-memory state stays right; the store catches up at the next change
                 log.error("Dead set / schedules not written to the store: %s", e)

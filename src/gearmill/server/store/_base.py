@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 log = logging.getLogger("gearmill.store")
 
 # The schema version this code writes; stores refuse a newer one (written by a newer gearmill).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 0, 1, 2
 
@@ -67,6 +67,41 @@ class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
 
 
+class SingleServer:
+    """The lease methods of a store that one server uses at a time (memory, SQLite,
+    MySQL): each says so."""
+
+    url: str
+    shared = False
+    owner: str | None = None
+
+    def _single(self) -> StoreError:
+        return StoreError(
+            f"{self.url} is used by one server at a time; several servers on one store "
+            "need postgresql:// or redis://"
+        )
+
+    async def join(
+        self, owner: str, lease: float, replace: tuple[str, int] | None = None
+    ) -> tuple[str, int] | None:
+        raise self._single()
+
+    async def renew(self, owner: str, lease: float) -> bool:
+        raise self._single()
+
+    async def leave(self, owner: str) -> None:
+        raise self._single()
+
+    async def reap(self) -> list[str]:
+        raise self._single()
+
+    async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
+        raise self._single()
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        raise self._single()
+
+
 @runtime_checkable
 class Store(Protocol):
     """A durable queue of background jobs.
@@ -77,6 +112,11 @@ class Store(Protocol):
 
     url: str  # password hidden, for logs
     durable: bool  # False only for the memory store
+    # several servers may share it (PostgreSQL, Redis): the lease methods below work
+    shared: bool
+    # set by the server sharing the store (server/cluster.py): added jobs are stored as
+    # this owner's, and removes are fenced (see `commit`); None: one server, no leases
+    owner: str | None
 
     async def open(self) -> None:
         """Connect, check the durability settings, create or migrate the schema."""
@@ -88,6 +128,11 @@ class Store(Protocol):
         group ends up stored once (with a new sequence number). Adding a key that is
         already stored changes nothing (gearmand coalesces such a submission with the
         stored job). The caller drops an add whose job already finished in the same group.
+
+        With an `owner` set, added jobs are leased to it, and a remove deletes a job only
+        while that owner still holds it with the fencing number it got (0 when it added
+        the job, the claimed one after `claim`): a server whose job was taken over cannot
+        delete the copy the new owner runs.
         """
 
     async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
@@ -128,6 +173,37 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections, threads and locks; the store can be opened again later."""
+
+    # Leases, for several servers on one shared store. An owner is "<node id>#<token>",
+    # the token new at every start; times are the store's own clock (no skew between
+    # machines). Stores that are not shared raise StoreError from each of these.
+
+    async def join(
+        self, owner: str, lease: float, replace: tuple[str, int] | None = None
+    ) -> tuple[str, int] | None:
+        """Take the node id of `owner` with a heartbeat good for `lease` seconds; None
+        when taken. When a live heartbeat holds it: (its owner, its expiry in store
+        milliseconds); passing that back as `replace` takes it only if it was not
+        renewed meanwhile (a crashed earlier run of this server)."""
+
+    async def renew(self, owner: str, lease: float) -> bool:
+        """Extend the heartbeat; False when it is gone (declared dead, jobs taken over)."""
+
+    async def leave(self, owner: str) -> None:
+        """Drop the heartbeat (a clean stop): the others take the jobs over at once."""
+
+    async def reap(self) -> list[str]:
+        """Declare dead the owners whose heartbeat expired (delete it); who they were."""
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        """Compare-and-set a schedule's last run: True for the one server that moves it to
+        `minute` (and keeps `next_run`), so a tick fires once across servers; also True
+        when the store does not know the schedule (only this server has it)."""
+
+    async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
+        """Atomically take up to `limit` jobs whose owner has no heartbeat (dead, an
+        earlier run, or none), oldest first: each job goes to one claimer, its fencing
+        number grows, and this store remembers it for the fenced remove."""
 
 
 _SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")

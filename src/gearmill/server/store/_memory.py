@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._base import DeadLetter, Key, StoredJob, StoredSchedule, check_job, check_schedule
+from ._base import (
+    DeadLetter,
+    Key,
+    SingleServer,
+    StoredJob,
+    StoredSchedule,
+    check_job,
+    check_schedule,
+)
 
 
-class MemoryStore:
+class MemoryStore(SingleServer):
     durable = False
 
     def __init__(self, url: str = "memory") -> None:

@@ -18,6 +18,7 @@ from ._base import (
     SCHEMA_VERSION,
     DeadLetter,
     Key,
+    SingleServer,
     StoredJob,
     StoredSchedule,
     StoreError,
@@ -47,7 +48,7 @@ _DELETE_CHUNK = 256  # keys per DELETE statement: (function = %s AND unique_key 
 _ERRORS = (OSError, TimeoutError, myerrors.Error)
 
 
-class MySQLStore:
+class MySQLStore(SingleServer):
     durable = True
 
     def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:

@@ -36,12 +36,21 @@ from ._sql import (
     schedule_row,
 )
 
+# what a lost or refused connection raises; asyncpg's InternalClientError comes from
+# resetting a connection whose server was killed mid-statement (seen in the kill test)
+_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 _TABLES = ["gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"]
 
 _INSERT = (
     "INSERT INTO gearmill_jobs (function, unique_key, data, priority, when_to_run, reducer,"
-    " attempts, created)"
-    " SELECT f, u, d, p, w, r, a, $8 FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],"
+    " attempts, created, lease_owner)"
+    " SELECT f, u, d, p, w, r, a, $8, $9::text FROM unnest($1::bytea[], $2::bytea[], $3::bytea[],"
     " $4::smallint[], $5::bigint[], $6::bytea[], $7::int[])"
     " WITH ORDINALITY AS t(f, u, d, p, w, r, a, o)"
     " ORDER BY o ON CONFLICT (function, unique_key) DO NOTHING"
@@ -50,17 +59,44 @@ _DELETE = (
     "DELETE FROM gearmill_jobs j USING unnest($1::bytea[], $2::bytea[]) AS k(f, u)"
     " WHERE j.function = k.f AND j.unique_key = k.u"
 )
+# a shared store's remove: only while the owner still holds the job with that fence
+_DELETE_FENCED = (
+    "DELETE FROM gearmill_jobs j USING unnest($1::bytea[], $2::bytea[], $3::bigint[])"
+    " AS k(f, u, e) WHERE j.function = k.f AND j.unique_key = k.u"
+    " AND j.lease_owner = $4 AND j.fence = k.e"
+)
+_NOW = "(extract(epoch from clock_timestamp()) * 1000)::bigint"  # the database's clock, ms
+_JOIN = (
+    "INSERT INTO gearmill_nodes (node, owner, expires)"
+    f" VALUES ($1, $2, {_NOW} + $3) ON CONFLICT (node) DO UPDATE"
+    " SET owner = EXCLUDED.owner, expires = EXCLUDED.expires"
+    f" WHERE gearmill_nodes.expires < {_NOW}"
+    " OR (gearmill_nodes.owner = $4 AND gearmill_nodes.expires = $5) RETURNING node"
+)
+# each job to one claimer (row locks, SKIP LOCKED), oldest first; NULL: no owner yet
+# (rows stored before leases, or imported)
+_CLAIM = (
+    "UPDATE gearmill_jobs j SET lease_owner = $1, fence = j.fence + 1"
+    " FROM (SELECT g.seq FROM gearmill_jobs g WHERE g.lease_owner IS DISTINCT FROM $1"
+    " AND NOT EXISTS (SELECT 1 FROM gearmill_nodes n WHERE n.owner = g.lease_owner)"
+    " ORDER BY g.seq LIMIT $2 FOR UPDATE SKIP LOCKED) s WHERE j.seq = s.seq"
+    " RETURNING j.seq, j.function, j.unique_key, j.data, j.priority, j.when_to_run,"
+    " j.reducer, j.attempts, j.fence"
+)
 _MIGRATION_LOCK = 0x6765_6172  # pg_advisory_xact_lock key: one migrating server at a time
 
 
 class PostgreSQLStore:
     durable = True
+    shared = True
 
     def __init__(self, url: str, dsn: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
         self._dsn = dsn
         self._timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
+        self.owner: str | None = None
+        self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
         text = str(e) or type(e).__name__
@@ -73,11 +109,11 @@ class PostgreSQLStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
-                max_size=2,
+                max_size=3,  # the writer, replay or claims, and the heartbeat
                 timeout=self._timeout,
                 server_settings={"synchronous_commit": "on", "application_name": "gearmill"},
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise StoreError(
                 f"cannot reach the store {self.url}: {e or type(e).__name__}; "
                 "start PostgreSQL, or fix the URL given to --store"
@@ -152,13 +188,25 @@ class PostgreSQLStore:
                         await self._commit(con, add, remove)
                 else:
                     await self._commit(con, add, remove)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "commit failed") from None
+        if self.fences:
+            for key in remove:
+                self.fences.pop(key, None)
 
-    @staticmethod
-    async def _commit(con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
-        if remove:
+    async def _commit(self, con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
+        owner = self.owner
+        if remove and owner is None:
             await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
+        elif remove:
+            fences = self.fences
+            await con.execute(
+                _DELETE_FENCED,
+                [k[0] for k in remove],
+                [k[1] for k in remove],
+                [fences.get(k, 0) for k in remove],
+                owner,
+            )
         if add:
             await con.execute(
                 _INSERT,
@@ -170,13 +218,14 @@ class PostgreSQLStore:
                 [j.reducer for j in add],
                 [j.attempts for j in add],
                 int(time.time()),
+                owner,
             )
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         try:
             async with self._p().acquire() as con:
                 return list(await con.fetch(sql, *args))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "query failed") from None
 
     async def load(self, after: int, limit: int) -> list[tuple[int, StoredJob]]:
@@ -199,7 +248,7 @@ class PostgreSQLStore:
         try:
             async with self._p().acquire() as con, con.transaction():
                 return [int(await con.fetchval(sql, *dead_row(d))) for d in dead]
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, "keeping dead letters failed") from None
 
     async def list_dead(self, after: int, limit: int) -> list[tuple[int, DeadLetter]]:
@@ -223,8 +272,10 @@ class PostgreSQLStore:
             f"INSERT INTO gearmill_schedules ({SCHEDULE_COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO UPDATE SET"
             " function = EXCLUDED.function, data = EXCLUDED.data, priority = EXCLUDED.priority,"
-            " cron = EXCLUDED.cron, next_run = EXCLUDED.next_run,"
-            " last_run = EXCLUDED.last_run, enabled = EXCLUDED.enabled",
+            " cron = EXCLUDED.cron, enabled = EXCLUDED.enabled,"
+            # a change (pause, edit) never moves the last tick back: it would fire again
+            " next_run = GREATEST(EXCLUDED.next_run, gearmill_schedules.next_run),"
+            " last_run = GREATEST(EXCLUDED.last_run, gearmill_schedules.last_run)",
             *schedule_row(schedule),
         )
 
@@ -237,6 +288,62 @@ class PostgreSQLStore:
             "DELETE FROM gearmill_schedules WHERE name = $1 RETURNING name", name
         )
         return bool(rows)
+
+    # ------------------------------------------------------------ leases
+
+    async def join(
+        self, owner: str, lease: float, replace: tuple[str, int] | None = None
+    ) -> tuple[str, int] | None:
+        node = owner.partition("#")[0]
+        old, expires = replace if replace is not None else ("", 0)
+        if await self._fetch(_JOIN, node, owner, int(lease * 1000), old, expires):
+            return None
+        rows = await self._fetch("SELECT owner, expires FROM gearmill_nodes WHERE node = $1", node)
+        if not rows:  # it left meanwhile
+            return await self.join(owner, lease)
+        return str(rows[0][0]), int(rows[0][1])
+
+    async def renew(self, owner: str, lease: float) -> bool:
+        rows = await self._fetch(
+            f"UPDATE gearmill_nodes SET expires = {_NOW} + $3 WHERE node = $1 AND owner = $2"
+            " RETURNING node",
+            owner.partition("#")[0],
+            owner,
+            int(lease * 1000),
+        )
+        return bool(rows)
+
+    async def leave(self, owner: str) -> None:
+        # expired at once: the next survivor's reap declares it gone and claims its jobs
+        await self._fetch("UPDATE gearmill_nodes SET expires = 0 WHERE owner = $1", owner)
+
+    async def reap(self) -> list[str]:
+        rows = await self._fetch(
+            f"DELETE FROM gearmill_nodes WHERE expires < {_NOW} RETURNING owner"
+        )
+        return [str(r[0]) for r in rows]
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        # a concurrent claimer waits on the row lock, then sees last_run = minute: no row
+        rows = await self._fetch(
+            "WITH won AS (UPDATE gearmill_schedules SET last_run = $2, next_run = $3"
+            " WHERE name = $1 AND COALESCE(last_run, 0) < $2 RETURNING 1)"
+            " SELECT (SELECT count(*) FROM won),"
+            " EXISTS (SELECT 1 FROM gearmill_schedules WHERE name = $1)",
+            name,
+            minute,
+            next_run,
+        )
+        return bool(rows[0][0]) or not rows[0][1]
+
+    async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
+        rows = sorted(await self._fetch(_CLAIM, owner, limit), key=lambda r: int(r[0]))
+        out = []
+        for r in rows:
+            job = StoredJob(bytes(r[1]), bytes(r[2]), bytes(r[3]), r[4], r[5], bytes(r[6]), r[7])
+            self.fences[(job.function, job.unique)] = int(r[8])
+            out.append((int(r[0]), job))
+        return out
 
     async def count(self) -> int:
         rows = await self._fetch("SELECT count(*) FROM gearmill_jobs")
@@ -275,10 +382,11 @@ class PostgreSQLStore:
                         [b"" for _ in rows],
                         [0 for _ in rows],
                         int(time.time()),
+                        None,  # no owner yet: the first server to claim takes them
                     )
                     # Same database, same transaction: imported exactly once.
                     await con.execute(f"DELETE FROM {table}")
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _ERRORS as e:
             raise self._error(e, f"importing gearmand's table {table}") from None
         if rows:
             log.info("store %s: imported %d jobs from gearmand's %s", self.url, len(rows), table)

@@ -7,7 +7,10 @@ Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
   {p}order    zset     field -> seq; replay pages through it (never KEYS)
   {p}dead     hash     dead letters (id -> packed job + error), {p}dead:seq their counter
   {p}schedules hash    name -> recurring job
-  {p}leases   hash     field -> owner, expiry, fence; {p}fence the fencing counter
+  {p}leases   hash     field -> "<owner> <fence>" (schema 2: several servers share the prefix)
+  {p}own:<owner> set   the fields an owner holds ("" for none); {p}owners the set of owners
+  {p}nodes    hash     node id -> "<owner> <expiry ms, Redis's clock>": the heartbeats
+  {p}ticks    hash     schedule name -> the minute it last fired (once across servers)
 A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
 appendonly/appendfsync and warns loudly, naming the loss window, unless it is `always`.
 """
@@ -46,25 +49,128 @@ _ERRORS = (OSError, TimeoutError, rexc.RedisError)
 
 # One group in one atomic script: removes first, then adds. HSETNX keeps a stored key's
 # job and place; only a real add takes the next sequence number (the zset score).
-# ARGV: number of removes, their fields, then field, packed job pairs.
-_COMMIT = """
-local jobs, order, seqkey = KEYS[1], KEYS[2], KEYS[3]
-local n = tonumber(ARGV[1])
-for j = 2, n + 1, 1000 do
-  local last = math.min(j + 999, n + 1)
-  redis.call('HDEL', jobs, unpack(ARGV, j, last))
-  redis.call('ZREM', order, unpack(ARGV, j, last))
-end
-local seq = tonumber(redis.call('GET', seqkey) or '0')
-for i = n + 2, #ARGV, 2 do
-  if redis.call('HSETNX', jobs, ARGV[i], ARGV[i + 1]) == 1 then
-    seq = seq + 1
-    redis.call('ZADD', order, string.format('%d', seq), ARGV[i])
+# Adds are leased to ARGV[2] ('' none); with an owner, a
+# remove deletes only while leases[field] is "<owner> <fence>" (fenced).
+# ARGV: prefix, owner, number of removes, field fence pairs, then field, packed job pairs.
+_COMMIT_LEASED = """
+local jobs, order, seqkey, leases, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local prefix, owner = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local i = 4
+for k = 1, n do
+  local f, fence = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local l = redis.call('HGET', leases, f)
+  if owner == '' or l == owner .. ' ' .. fence then
+    if l then
+      redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
+      redis.call('HDEL', leases, f)
+    end
+    redis.call('HDEL', jobs, f)
+    redis.call('ZREM', order, f)
   end
 end
--- %d: a Lua number as an argument is written %.14g, which rounds past 10^14
+local seq = tonumber(redis.call('GET', seqkey) or '0')
+local added = false
+for j = i, #ARGV, 2 do
+  if redis.call('HSETNX', jobs, ARGV[j], ARGV[j + 1]) == 1 then
+    seq = seq + 1
+    redis.call('ZADD', order, string.format('%d', seq), ARGV[j])
+    redis.call('HSET', leases, ARGV[j], owner .. ' 0')
+    redis.call('SADD', prefix .. 'own:' .. owner, ARGV[j])
+    added = true
+  end
+end
+if added then redis.call('SADD', owners, owner) end
 redis.call('SET', seqkey, string.format('%d', seq))
 return seq
+"""
+
+# Heartbeats and claims, on Redis's own clock (milliseconds).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# KEYS: nodes; ARGV: node, owner, ttl ms, replace owner, replace expiry
+_JOIN = (
+    _NOW
+    + """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local o, e = string.match(v, '^(.*) (%d+)$')
+  if tonumber(e) >= now and not (o == ARGV[4] and e == ARGV[5]) then return {o, e} end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now + tonumber(ARGV[3])))
+return false
+"""
+)
+# KEYS: nodes; ARGV: node, owner, ttl ms
+_RENEW = (
+    _NOW
+    + """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or string.match(v, '^(.*) %d+$') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now + tonumber(ARGV[3])))
+return 1
+"""
+)
+# KEYS: nodes
+_REAP = (
+    _NOW
+    + """
+local dead = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local o, e = string.match(all[i + 1], '^(.*) (%d+)$')
+  if tonumber(e) < now then
+    redis.call('HDEL', KEYS[1], all[i])
+    dead[#dead + 1] = o
+  end
+end
+return dead
+"""
+)
+# KEYS: nodes, owners, jobs, leases, order; ARGV: prefix, me, limit. Returns seq, field,
+# fence, job per claimed job: the jobs of owners with no heartbeat, each to one claimer.
+_CLAIM = """
+local nodes, owners, jobs, leases, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local prefix, me, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local live = {}
+local all = redis.call('HGETALL', nodes)
+for i = 2, #all, 2 do live[string.match(all[i], '^(.*) %d+$')] = true end
+local out = {}
+local got = 0
+for _, o in ipairs(redis.call('SMEMBERS', owners)) do
+  if got >= limit then break end
+  if o ~= me and not live[o] then
+    local fields = redis.call('SPOP', prefix .. 'own:' .. o, limit - got)
+    for _, f in ipairs(fields) do
+      local job = redis.call('HGET', jobs, f)
+      if job then
+        local l = redis.call('HGET', leases, f)
+        local fence = 1
+        if l then fence = tonumber(string.match(l, ' (%d+)$')) + 1 end
+        redis.call('HSET', leases, f, me .. ' ' .. string.format('%d', fence))
+        redis.call('SADD', prefix .. 'own:' .. me, f)
+        out[#out + 1] = redis.call('ZSCORE', order, f)
+        out[#out + 1] = f
+        out[#out + 1] = string.format('%d', fence)
+        out[#out + 1] = job
+        got = got + 1
+      end
+    end
+    if redis.call('SCARD', prefix .. 'own:' .. o) == 0 then redis.call('SREM', owners, o) end
+  end
+end
+if got > 0 then redis.call('SADD', owners, me) end
+return out
+"""
+# KEYS: ticks; ARGV: name, minute: the last tick fired per schedule, moved forward once
+_TICK = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 _GLOB = re.compile(rb"([\\*?\[\]])")
 
@@ -85,6 +191,7 @@ def split_prefix(raw_url: str) -> tuple[str, str]:
 
 class RedisStore:
     durable = True
+    shared = True
 
     def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -97,7 +204,11 @@ class RedisStore:
         self._k_jobs, self._k_order = p + b"jobs", p + b"order"
         self._k_dead, self._k_dead_seq = p + b"dead", p + b"dead:seq"
         self._k_schedules = p + b"schedules"
-        self._commit_sha = ""
+        self._k_leases, self._k_owners, self._k_nodes = p + b"leases", p + b"owners", p + b"nodes"
+        self._k_ticks = p + b"ticks"
+        self._shas: dict[str, str] = {}
+        self.owner: str | None = None
+        self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
         return StoreError(f"{self.url}: {doing}: {e or type(e).__name__}")
@@ -184,10 +295,24 @@ class RedisStore:
                 )
             if current < SCHEMA_VERSION:
                 # Version 1 is the key layout above; later versions convert here, in order.
+                if current == 1:
+                    await self._to_leases(r)
                 await r.set(self._k_schema, SCHEMA_VERSION)
                 log.info("store %s: schema migrated to version %d", self.url, SCHEMA_VERSION)
         except _ERRORS as e:
             raise self._error(e, "reading the schema version") from None
+
+    async def _to_leases(self, r: Any) -> None:
+        """Version 2: the jobs of version 1 belong to nobody (the first claimer takes them)."""
+        unowned = self.prefix + b"own:"
+        cursor = 0
+        while True:
+            cursor, pairs = await r.zscan(self._k_order, cursor, count=1000)
+            if pairs:
+                await r.sadd(unowned, *[f for f, _ in pairs])
+                await r.sadd(self._k_owners, b"")
+            if cursor == 0:
+                return
 
     async def close(self) -> None:
         r, self._r = self._r, None
@@ -202,23 +327,76 @@ class RedisStore:
             check_job(job)
         if not add and not remove:
             return
-        args: list[bytes | int] = [len(remove)]
-        args += [field_of(f, u) for f, u in remove]
+        fences = self.fences
+        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(remove)]
+        for key in remove:
+            args += (field_of(*key), fences.get(key, 0))
         for job in add:
             args += (field_of(job.function, job.unique), pack_job(0, job))
-        keys = (self._k_jobs, self._k_order, self._k_seq)
+        keys = (self._k_jobs, self._k_order, self._k_seq, self._k_leases, self._k_owners)
+        await self._script(_COMMIT_LEASED, keys, args, "commit failed")
+        if fences:
+            for key in remove:
+                fences.pop(key, None)
+
+    async def _script(
+        self, script: str, keys: Sequence[bytes], args: Sequence[Any], doing: str
+    ) -> Any:
+        sha = self._shas.get(script)
         try:
-            try:
-                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
-            except rexc.NoScriptError:  # Redis restarted or flushed its script cache
-                self._commit_sha = await self._c().script_load(_COMMIT)
-                await self._c().evalsha(self._commit_sha, 3, *keys, *args)
+            r = self._c()
+            if sha is not None:
+                try:
+                    return await r.evalsha(sha, len(keys), *keys, *args)
+                except rexc.NoScriptError:  # Redis restarted or flushed its script cache
+                    pass
+            sha = self._shas[script] = await r.script_load(script)
+            return await r.evalsha(sha, len(keys), *keys, *args)
         except _ERRORS as e:
-            raise self._error(e, "commit failed") from None
+            raise self._error(e, doing) from None
+
+    # ------------------------------------------------------------ leases
+
+    async def join(
+        self, owner: str, lease: float, replace: tuple[str, int] | None = None
+    ) -> tuple[str, int] | None:
+        old, expires = replace if replace is not None else ("", 0)
+        args = (owner.partition("#")[0], owner, int(lease * 1000), old, expires)
+        held = await self._script(_JOIN, (self._k_nodes,), args, "joining failed")
+        if not held:
+            return None
+        return _s(held[0]), int(held[1])
+
+    async def renew(self, owner: str, lease: float) -> bool:
+        args = (owner.partition("#")[0], owner, int(lease * 1000))
+        return bool(await self._script(_RENEW, (self._k_nodes,), args, "heartbeat failed"))
+
+    async def leave(self, owner: str) -> None:
+        # a renewal for nobody's time: expired at once, reaped by the next survivor
+        await self.renew(owner, -1)
+
+    async def reap(self) -> list[str]:
+        dead = await self._script(_REAP, (self._k_nodes,), (), "reaping failed")
+        return [_s(o) for o in dead]
+
+    async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
+        args = (name, minute)
+        return bool(await self._script(_TICK, (self._k_ticks,), args, "claiming a tick failed"))
+
+    async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
+        keys = (self._k_nodes, self._k_owners, self._k_jobs, self._k_leases, self._k_order)
+        flat = await self._script(_CLAIM, keys, (self.prefix, owner, limit), "claiming failed")
+        out = []
+        for i in range(0, len(flat), 4):
+            job = unpack_job(flat[i + 3])[1]
+            self.fences[(job.function, job.unique)] = int(flat[i + 2])
+            out.append((int(float(flat[i])), job))
+        out.sort(key=lambda p: p[0])
+        return out
 
     async def _load_script(self) -> None:
         try:
-            self._commit_sha = await self._c().script_load(_COMMIT)
+            self._shas[_COMMIT_LEASED] = await self._c().script_load(_COMMIT_LEASED)
         except _ERRORS as e:
             raise self._error(e, "loading the commit script") from None
 

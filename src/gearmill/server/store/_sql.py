@@ -67,7 +67,8 @@ SQLITE: list[tuple[int, list[str]]] = [
                 fence INTEGER NOT NULL DEFAULT 0,
                 enabled INTEGER NOT NULL DEFAULT 1)""",
         ],
-    )
+    ),
+    (2, []),  # version 2 is the nodes table of shared stores: PostgreSQL only
 ]
 
 POSTGRESQL: list[tuple[int, list[str]]] = [
@@ -115,7 +116,19 @@ POSTGRESQL: list[tuple[int, list[str]]] = [
                 fence BIGINT NOT NULL DEFAULT 0,
                 enabled BOOLEAN NOT NULL DEFAULT TRUE)""",
         ],
-    )
+    ),
+    (
+        2,
+        [
+            # one heartbeat per server sharing the store (server/cluster.py); owner is
+            # "<node id>#<token>", expires in the database's own milliseconds
+            """CREATE TABLE gearmill_nodes (
+                node TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                expires BIGINT NOT NULL)""",
+            "CREATE INDEX gearmill_jobs_owner ON gearmill_jobs (lease_owner)",
+        ],
+    ),
 ]
 
 # InnoDB, binary keys (gearmand's function names and uniques are bytes).
@@ -166,7 +179,8 @@ MYSQL: list[tuple[int, list[str]]] = [
                 enabled BOOLEAN NOT NULL DEFAULT TRUE
             ) ENGINE=InnoDB""",
         ],
-    )
+    ),
+    (2, []),  # version 2 is the nodes table of shared stores: PostgreSQL only
 ]
 
 JOB_COLUMNS = "seq, function, unique_key, data, priority, when_to_run, reducer, attempts"

@@ -20,6 +20,7 @@ from ._base import (
     SCHEMA_VERSION,
     DeadLetter,
     Key,
+    SingleServer,
     StoredJob,
     StoredSchedule,
     StoreError,
@@ -68,7 +69,7 @@ def path_of(url: str) -> str:
     return rest
 
 
-class SQLiteStore:
+class SQLiteStore(SingleServer):
     durable = True
 
     def __init__(self, url: str) -> None:

@@ -1,0 +1,201 @@
+"""Several servers on one store: heartbeats, leases and takeover (PostgreSQL, Redis).
+
+Every server sharing a store has a node id (``--node-id``; by default the host name
+and the listening port, so a server restarted on the same port takes its own jobs
+back at once) and, per run, an owner ``<node id>#<token>``. It keeps a heartbeat in
+the store, renewed every third of the lease; the jobs it accepts are stored as its
+own. When a heartbeat is not renewed within the lease, the first survivor to notice
+deletes it (the server is declared dead) and the survivors claim its jobs: each job
+goes to exactly one of them (a row lock, a Lua script), its fencing number grows,
+and it is queued in memory the way start-up replay queues stored jobs, which wakes
+sleeping workers. Every claim also takes jobs nobody owns (stored before leases,
+imported from gearmand, or left by an earlier run of the same node id).
+
+Fencing: a server removes a finished job only while it still holds it with the
+fencing number it knows, so a server that was paused past its lease cannot delete
+the copy the new owner runs. A server that finds its heartbeat gone has lost its
+jobs to the others: it says so loudly and stops (its supervisor starts it again,
+and it claims what nobody holds), rather than run jobs that are now someone else's.
+
+The promise is at-least-once: a job that was running on a server when it died runs
+again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from .durable import Durable
+from .store import StoreError
+
+log = logging.getLogger("gearmill.cluster")
+lifecycle = logging.getLogger("gearmill.lifecycle")
+
+CLAIM_PAGE = 2000
+SWEEP_EVERY = 10  # heartbeats between two looks for jobs nobody holds
+CALL_TIMEOUT = 10.0
+
+
+def default_node_id(port: int) -> str:
+    """Host name and listening port: stable across restarts of the same server."""
+    return f"{socket.gethostname() or 'localhost'}:{port}"
+
+
+class Cluster:
+    """One server's membership of a shared store."""
+
+    def __init__(
+        self,
+        durable: Durable,
+        node: str,
+        lease: float,
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self.durable = durable
+        self.store = durable.store
+        self.node = node
+        self.owner = f"{node}#{os.urandom(6).hex()}"
+        self.lease = lease
+        self.interval = lease / 3
+        self.on_lost = on_lost
+        self.taken = 0  # jobs claimed from others (and from nobody), for tests and stats
+        self._claim = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.lost = False
+
+    async def join(self, restarted: bool = False) -> None:
+        """Take this node id (before any job is accepted). Raises StoreError with one
+        line when a live server holds it. ``restarted``: the caller knows a holder is an
+        earlier run of this server (it holds the port the id is made of): no wait."""
+        store = self.store
+        held = await store.join(self.owner, self.lease)
+        if held is not None:
+            # a live holder renews within one interval; an earlier run that crashed does not
+            if not restarted:
+                await asyncio.sleep(self.interval * 1.5)
+            again = await store.join(self.owner, self.lease, held)
+            if again is not None:
+                raise StoreError(
+                    f"node id {self.node} is held by a running server ({again[0]}) on "
+                    f"{store.url}; give each server its own --node-id"
+                )
+        store.owner = self.owner
+        lifecycle.info(
+            "joined the shared store %s as %s (lease %.3g s)",
+            store.url,
+            self.owner,
+            self.lease,
+            extra={"gearman_level": "NOTICE"},
+        )
+
+    def start(self) -> None:
+        """Claim what nobody holds, then heartbeat and take over the dead."""
+        loop = asyncio.get_running_loop()
+        self._claim.set()
+        self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._claimer())]
+
+    async def _heartbeat(self) -> None:
+        store = self.store
+        beats = 0
+        failing = False
+        while not self._stopping:
+            await asyncio.sleep(self.interval)
+            try:
+                alive = await asyncio.wait_for(store.renew(self.owner, self.lease), CALL_TIMEOUT)
+                dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if alive else []
+            except (StoreError, TimeoutError) as e:
+                if not failing:
+                    log.error("heartbeat to %s failed: %s; retrying", store.url, e)
+                failing = True
+                continue
+            if failing:
+                log.warning("heartbeat to %s is back", store.url)
+                failing = False
+            if not alive:
+                self._lost()
+                return
+            beats += 1
+            if dead:
+                lifecycle.warning(
+                    "server%s %s stopped renewing %s lease on %s; taking over %s jobs",
+                    "" if len(dead) == 1 else "s",
+                    ", ".join(dead),
+                    "its" if len(dead) == 1 else "their",
+                    store.url,
+                    "its" if len(dead) == 1 else "their",
+                    extra={"gearman_level": "WARNING"},
+                )
+            if dead or beats % SWEEP_EVERY == 0:
+                self._claim.set()
+
+    def _lost(self) -> None:
+        log.critical(
+            "LEASE LOST: this server's heartbeat on %s (%s) was declared dead, so the other "
+            "servers have taken its jobs over; stopping without running them (a restart "
+            "claims what nobody holds)",
+            self.store.url,
+            self.owner,
+            extra={"gearman_level": "ERROR"},
+        )
+        # the store keeps the owner: this server's late removes stay fenced (no-ops)
+        self.lost = True
+        self.on_lost("lease lost")
+
+    async def _claimer(self) -> None:
+        while not self._stopping:
+            await self._claim.wait()
+            self._claim.clear()
+            started = time.monotonic()
+            taken = 0
+            try:
+                while not self._stopping:
+                    page = await asyncio.wait_for(
+                        self.store.claim(self.owner, CLAIM_PAGE), CALL_TIMEOUT
+                    )
+                    if not page or self.lost:
+                        break
+                    taken += self.durable.queue_stored(page)
+                    await asyncio.sleep(0)
+            except (StoreError, TimeoutError) as e:
+                log.error("taking over jobs from %s failed: %s; retrying", self.store.url, e)
+                await asyncio.sleep(self.interval)
+                self._claim.set()
+            if taken:
+                self.taken += taken
+                lifecycle.info(
+                    "took %d stored job%s nobody held on %s in %.2f s",
+                    taken,
+                    "" if taken == 1 else "s",
+                    self.store.url,
+                    time.monotonic() - started,
+                    extra={"gearman_level": "NOTICE"},
+                )
+
+    async def close(self) -> None:
+        """Stop heartbeating and hand the jobs on: the others claim them at once."""
+        self._stopping = True
+        self._claim.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # a failed heartbeat was logged
+                pass
+
+    async def leave(self) -> None:
+        """After the last commit: drop the heartbeat (unless it was lost)."""
+        if self.lost:
+            return
+        try:
+            await asyncio.wait_for(self.store.leave(self.owner), CALL_TIMEOUT)
+        except (StoreError, TimeoutError) as e:
+            log.error(
+                "leaving %s failed: %s; the others take over after the lease", self.store.url, e
+            )

@@ -1,0 +1,182 @@
+"""Several servers on one store: three gearmill servers share one PostgreSQL database
+(or one Redis prefix); real C ``gearman -w`` workers run the jobs. One server is
+SIGKILLed mid-run and the others take its jobs over; all three are killed and started
+again and no job runs twice. Jobs are counted by their data (unique per job) in the
+workers' output."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Running, start_gearmill
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import Backend, make_backend
+from test_durable import GEARMAN, kill, submit
+
+LEASE = "2"  # seconds: short, so the test is quick
+PER_SERVER = 150
+
+
+@pytest.fixture(params=["postgresql", "redis"], name="shared")
+def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
+
+def start_three(url: str) -> list[Running]:
+    return [
+        start_gearmill("--store", url, "--node-id", f"n{i}", "--lease", LEASE, "-v", "-v")
+        for i in range(3)
+    ]
+
+
+def worker(port: int, out: Path, pause: float = 0.0) -> subprocess.Popen[bytes]:
+    """A C gearman -w appending each job's data as one line to ``out``."""
+    sleep = f"sleep {pause}; " if pause else ""
+    # one write per job (O_APPEND): lines of concurrent workers do not interleave
+    job = f"{sleep}printf '%s\\n' \"$(cat)\" >> {out}"
+    return subprocess.Popen(
+        [GEARMAN, "-p", str(port), "-w", "-f", "takeover", "--", "sh", "-c", job],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def runs(out: Path) -> collections.Counter[str]:
+    return collections.Counter(out.read_text().split())
+
+
+def wait_all(out: Path, expected: set[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if set(runs(out)) >= expected:
+            return
+        time.sleep(0.1)
+    missing = sorted(expected - set(runs(out)))
+    raise AssertionError(f"{len(missing)} jobs never ran, e.g. {missing[:5]}")
+
+
+def submit_many(srv: Running, tag: str, n: int) -> list[str]:
+    names = [f"{tag}-{i}" for i in range(n)]
+    assert submit(srv.port, "takeover", "-N", stdin="".join(x + "\n" for x in names)) == ""
+    return names
+
+
+def log_of(srv: Running) -> str:
+    return (srv.tmp / "server.log").read_text()
+
+
+def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_twice(
+    shared: Backend, tmp_path: Path
+) -> None:
+    out = tmp_path / "done"
+    out.touch()
+    servers = start_three(shared.url)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        submitted: list[str] = []
+        for i, srv in enumerate(servers):
+            submitted += submit_many(srv, f"s{i}", PER_SERVER)
+        # one slow worker on the server that will die (a job is running there when it
+        # does), two on each survivor
+        workers.append(worker(servers[0].port, out, pause=0.2))
+        for srv in servers[1:]:
+            workers += [worker(srv.port, out), worker(srv.port, out)]
+        deadline = time.monotonic() + 30
+        while sum(1 for x in runs(out) if x.startswith("s0-")) < 3:
+            assert time.monotonic() < deadline, "the first server's worker never ran a job"
+            time.sleep(0.05)
+        kill(servers[0])
+        workers[0].kill()  # its worker would wait for it to come back
+        workers[0].wait(10)
+        died = time.monotonic()
+        wait_all(out, set(submitted))
+        print(
+            f"{shared.kind}: the killed server's jobs all ran {time.monotonic() - died:.1f} s later"
+        )
+        counted = runs(out)
+        twice = {x: n for x, n in counted.items() if n > 1}
+        # at-least-once: only what was running on the killed server may run again (its
+        # one worker's job, and one it finished whose delete was not yet committed)
+        assert len(twice) <= 2 and all(x.startswith("s0-") for x in twice), twice
+        assert any("taking over" in log_of(s) for s in servers[1:])
+
+        # every server killed at once with jobs queued; all three start again
+        for w in workers[1:]:
+            w.kill()
+            w.wait(10)
+        workers.clear()
+        servers[0].restart()
+        second: list[str] = []
+        for i, srv in enumerate(servers):
+            second += submit_many(srv, f"r{i}", PER_SERVER)
+        for srv in servers:
+            kill(srv)
+        for srv in servers:
+            srv.restart()
+        for srv in servers:
+            workers.append(worker(srv.port, out))
+        wait_all(out, set(second))
+        time.sleep(1.5)  # a second run of any job would show by now
+        counted = runs(out)
+        assert [x for x in second if counted[x] != 1] == []
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait(10)
+        for srv in servers:
+            srv.stop()
+
+
+def test_a_second_live_server_with_the_same_node_id_is_refused(shared: Backend) -> None:
+    first = start_gearmill("--store", shared.url, "--node-id", "same", "--lease", LEASE)
+    try:
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            start_gearmill("--store", shared.url, "--node-id", "same", "--lease", LEASE)
+    finally:
+        first.stop()
+
+
+def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
+    shared: Backend, tmp_path: Path
+) -> None:
+    """SIGSTOP past the lease: the other server takes the jobs over (an epoch job too,
+    which then runs at its time there); the paused one, continued, finds its heartbeat
+    gone, says so and exits 1 without running them."""
+    import gearmill as gm
+
+    out = tmp_path / "done"
+    out.touch()
+    a, b = (
+        start_gearmill("--store", shared.url, "--node-id", n, "--lease", LEASE, "-v", "-v")
+        for n in ("a", "b")
+    )
+    w = None
+    try:
+        names = submit_many(a, "p", 50)
+        with gm.Client(f"127.0.0.1:{a.port}", codec=None) as client:
+            client.submit("takeover", b"epoch", background=True, when=time.time() + 4)
+        a.proc.send_signal(signal.SIGSTOP)
+        w = worker(b.port, out)
+        wait_all(out, {*names, "epoch"})
+        a.proc.send_signal(signal.SIGCONT)
+        assert a.proc.wait(20) == 1
+        assert "LEASE LOST" in log_of(a)
+        time.sleep(1)  # a second run of any job would show by now
+        assert [x for x, n in runs(out).items() if n != 1] == []
+    finally:
+        if w is not None:
+            w.kill()
+            w.wait(10)
+        a.proc.send_signal(signal.SIGCONT)
+        a.stop()
+        b.stop()

@@ -1,0 +1,232 @@
+"""The lease methods of the shared stores (PostgreSQL, Redis): heartbeat, claim, fenced
+remove; and the single-server stores saying they are not shared."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from storekit import Backend, make_backend, run
+
+from gearmill.server.store import Store, StoredJob, StoreError
+
+SHARED = ["postgresql", "redis"]
+
+
+@pytest.fixture(params=SHARED, name="shared")
+def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
+
+def jobs(n: int, prefix: str = "u") -> list[StoredJob]:
+    return [StoredJob(b"f", f"{prefix}{i}".encode(), b"d%d" % i) for i in range(n)]
+
+
+async def opened(b: Backend) -> Store:
+    s = b.store()
+    await s.open()
+    return s
+
+
+def test_a_live_heartbeat_keeps_its_node_id_and_a_stale_one_can_be_replaced(
+    shared: Backend,
+) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            assert await a.join("n1#aaaa", 30) is None
+            held = await b.join("n1#bbbb", 30)
+            assert held is not None and held[0] == "n1#aaaa"
+            # a renewal moves the expiry: the observed one no longer matches
+            await asyncio.sleep(0.01)
+            assert await a.renew("n1#aaaa", 30)
+            assert await b.join("n1#bbbb", 30, held) is not None
+            # not renewed since it was observed (a crashed earlier run): replaced
+            held = await b.join("n1#bbbb", 30)
+            assert held is not None
+            assert await b.join("n1#bbbb", 30, held) is None
+            assert not await a.renew("n1#aaaa", 30)  # a finds it lost its heartbeat
+            assert await b.join("n2#cccc", 30) is None  # another node id is free
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
+def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(shared: Backend) -> None:
+    async def go() -> None:
+        dead, s1, s2 = await opened(shared), await opened(shared), await opened(shared)
+        try:
+            assert await dead.join("dead#1", 0.3) is None
+            dead.owner = "dead#1"
+            await dead.commit(jobs(50), [])
+            for s, owner in ((s1, "s1#1"), (s2, "s2#1")):
+                assert await s.join(owner, 30) is None
+                s.owner = owner
+            # alive: nothing to claim
+            assert await s1.claim("s1#1", 100) == []
+            await asyncio.sleep(0.5)
+            assert await s1.reap() == ["dead#1"]
+            assert await s2.reap() == []  # declared dead once
+            got1, got2 = await asyncio.gather(s1.claim("s1#1", 30), s2.claim("s2#1", 30))
+            more = await s1.claim("s1#1", 100) + await s2.claim("s2#1", 100)
+            claimed = [j.unique for _, j in got1 + got2 + more]
+            assert sorted(claimed) == sorted(j.unique for j in jobs(50))  # each once
+            seqs = [q for q, _ in got1]
+            assert seqs == sorted(seqs)  # oldest first
+            # the dead one's late remove is fenced out: the new owner's job stays
+            victim = got1[0][1]
+            key = (victim.function, victim.unique)
+            await dead.commit([], [key])
+            assert await s1.count() == 50
+            # the new owner's remove (with the claimed fence) deletes it
+            await s1.commit([], [key])
+            assert await s1.count() == 49
+            # a server's own jobs are not claimable by itself or others while it lives
+            await s1.commit(jobs(3, "mine"), [])
+            assert await s2.claim("s2#1", 100) == []
+        finally:
+            for s in (dead, s1, s2):
+                await s.close()
+
+    run(go())
+
+
+def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
+    shared: Backend,
+) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            await a.commit(jobs(5, "legacy"), [])  # stored with no owner (gearmand import)
+            assert await a.join("a#1", 30) is None
+            a.owner = "a#1"
+            await a.commit(jobs(4, "a"), [])
+            assert await b.join("b#1", 30) is None
+            b.owner = "b#1"
+            first = await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in first) == sorted(j.unique for j in jobs(5, "legacy"))
+            await a.leave("a#1")
+            assert await b.reap() == ["a#1"]
+            second = await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in second) == sorted(j.unique for j in jobs(4, "a"))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "mysql"])
+def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path) -> None:
+    for b in make_backend(kind, tmp_path):
+
+        async def go(b: Backend = b) -> None:
+            s = b.store()
+            await s.open()
+            try:
+                assert not s.shared
+                with pytest.raises(StoreError, match="one server at a time"):
+                    await s.join("n#1", 10)
+            finally:
+                await s.close()
+
+        run(go())
+
+
+def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
+    shared: Backend,
+) -> None:
+    """Three servers' schedulers (each with the same schedule, as from one config file)
+    reach the same minute: the store gives each tick to one of them."""
+    from gearmill.server.broker import Broker, BrokerConfig
+    from gearmill.server.policy import Policies, RetryConfig, ScheduleSpec
+    from gearmill.server.policy_store import PolicyStore
+
+    t0 = 1_700_000_000.0
+
+    async def go() -> None:
+        servers = []
+        for i in range(3):
+            broker = Broker(BrokerConfig(handle_prefix=b"H:%d" % i), lambda: t0)
+            policies = Policies(broker, RetryConfig())
+            policies.scheduler.add(ScheduleSpec("every", "* * * * *", b"report", b"x", 1, False))
+            store = shared.store()
+            await store.open()
+            keeper = PolicyStore(policies, store)
+            await keeper.open()
+            servers.append((broker, policies, keeper, store))
+        sched = [p.scheduler.schedules["every"] for _, p, _, _ in servers]
+        first = sched[0].next_at
+
+        def settled(total: int) -> bool:
+            idle = all(k._queue.empty() for _, _, k, _ in servers)
+            return idle and sum(s.fired for s in sched) == total
+
+        try:
+            # the last: a late second look at a minute already fired (a restart)
+            for minute, total in ((first, 1), (first + 60, 2), (first + 60, 2)):
+                for s in sched:
+                    s.next_at = min(s.next_at, minute)
+                for _, p, _, _ in servers:
+                    p.scheduler.fire(minute)
+                for _ in range(500):  # each server's store writer decides
+                    if settled(total):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # a second firing of the minute would show by now
+                assert settled(total), [s.fired for s in sched]
+            fired = [s.fired for s in sched]
+            queued = [len(b.job_rows()) for b, _, _, _ in servers]
+            assert queued == fired
+        finally:
+            for _, _, keeper, store in servers:
+                await keeper.close()
+                await store.close()
+
+    run(go())
+
+
+def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(shared: Backend) -> None:
+    """A store written before leases (schema 1) is migrated at open; its jobs belong to
+    nobody, so the first server to claim takes them, once."""
+
+    async def write_v1() -> None:
+        s = await opened(shared)
+        try:
+            await s.commit(jobs(7, "old"), [])
+        finally:
+            await s.close()
+
+    run(write_v1())
+    if shared.kind == "postgresql":
+        for sql in (
+            "DROP TABLE gearmill_nodes",
+            "DROP INDEX gearmill_jobs_owner",
+            "UPDATE gearmill_schema SET version = 1",
+        ):
+            shared.sql(sql)
+    else:
+        from storekit import redis_client
+
+        r = redis_client()
+        p = shared.prefix
+        r.delete(p + "leases", p + "owners", p + "own:")
+        r.set(p + "schema", 1)
+        r.close()
+
+    async def claim() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            assert await a.join("a#1", 30) is None
+            assert await b.join("b#1", 30) is None
+            got = await a.claim("a#1", 100) + await b.claim("b#1", 100)
+            assert sorted(j.unique for _, j in got) == sorted(j.unique for j in jobs(7, "old"))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(claim())
