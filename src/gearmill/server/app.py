@@ -84,7 +84,11 @@ class Server:
         if store.url != "memory" and self.durable is None:
             # raises StoreError (one line) when the store cannot be used
             self.durable = await open_durable(
-                store.url, store.gearmand_source, self.broker, self.flush
+                store.url,
+                store.gearmand_source,
+                self.broker,
+                self.flush,
+                self.config.memory_jobs,
             )
             self.durable.start()
             # the dead set and the schedules live in the same store

@@ -202,6 +202,8 @@ class Config:
     daemon: bool = False
     file_descriptors: int | None = None
     store: StoreConfig = StoreConfig()
+    # background jobs kept in memory; beyond, queued ones wait in the store (0 = no limit)
+    memory_jobs: int = 200_000
     limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -649,6 +651,10 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "pid_file": _Setting(_str),
     "file_descriptors": _Setting(_int(1, 1 << 30, "use a positive number of open files")),
     "store": _Setting(_store, toml="store.url"),
+    "memory_jobs": _Setting(
+        _int(0, 1 << 40, "use a number of jobs, 0 = no limit (default 200000)"),
+        toml="store.memory_jobs",
+    ),
     "tls_cert": _Setting(_str, toml="tls.cert"),
     "tls_key": _Setting(_str, toml="tls.key"),
     "tls_ca": _Setting(_str, toml="tls.ca"),

@@ -187,6 +187,45 @@ class PostgreSQLStore:
         )
         return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    async def last_seq(self) -> int:
+        rows = await self._fetch("SELECT COALESCE(max(seq), 0) FROM gearmill_jobs")
+        return int(rows[0][0])
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        rows = await self._fetch(
+            "SELECT function, priority, count(*) FROM gearmill_jobs"
+            " WHERE seq > $1 AND seq <= $2 GROUP BY function, priority",
+            after,
+            upto,
+        )
+        return [(bytes(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM gearmill_jobs WHERE seq > $1"
+            " AND function = $2 AND priority = $3 ORDER BY seq LIMIT $4",
+            after,
+            function,
+            priority,
+            limit,
+        )
+        return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        if not keys:
+            return []
+        rows = await self._fetch(
+            "SELECT j.function, j.unique_key FROM gearmill_jobs j"
+            " JOIN unnest($1::bytea[], $2::bytea[]) AS k(f, u)"
+            " ON j.function = k.f AND j.unique_key = k.u",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        found = {(bytes(r[0]), bytes(r[1])) for r in rows}
+        return [k for k in keys if k in found]
+
     async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
         for d in dead:
             check_job(d.job)
