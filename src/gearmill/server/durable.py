@@ -239,7 +239,8 @@ class Durable:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.adds or self.removes or self.held or self._low():
+            paged = True  # the last page-in moved on (else wait for the next event)
+            while self.adds or self.removes or self.held or (paged and self._low()):
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
                 spill = self.spill
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
@@ -282,7 +283,7 @@ class Durable:
                     release(peer)
                 self._flush()
                 if self.broker.stored and not self._closing:
-                    await self._page_in()
+                    paged = await self._page_in()
             if self._closing:
                 return
 
@@ -380,7 +381,7 @@ class Durable:
 
     def _low(self) -> bool:
         """Some function with jobs kept in the store runs low in memory."""
-        if not self.paging:
+        if not self.paging or not self.broker.accepting:
             return False
         functions = self.broker.functions
         for name in self.broker.stored:
@@ -392,11 +393,13 @@ class Durable:
                 return True
         return False
 
-    async def _page_in(self) -> None:
-        """Load the next page of each function that runs low, highest priority first."""
-        if not self.paging:
-            return
+    async def _page_in(self) -> bool:
+        """Load the next page of each function that runs low, highest priority first;
+        False when nothing moved (no row read, no count changed)."""
+        if not self.paging or not self.broker.accepting:
+            return False
         broker = self.broker
+        moved = False
         for name in list(broker.stored):
             func = broker.function(name)
             q = func.queued
@@ -418,13 +421,16 @@ class Durable:
                     )
                 except (StoreError, TimeoutError) as e:
                     log.error("store %s: loading queued jobs failed: %s", self.store.url, e)
-                    return  # the next commit tries again
+                    return False  # the next commit tries again
                 loaded = self._queue_rows(rows, fp)
                 room -= loaded
+                moved = moved or bool(rows)
                 if len(rows) < want:  # the store has no more: the count was high
+                    moved = True
                     self._count_stored(fp, -self._stored(fp))
         self.replay_peer.out.clear()
         self._flush()
+        return moved
 
     def _queue_rows(self, rows: list[tuple[int, StoredJob]], fp: FP) -> int:
         """Queue a page of stored-only jobs of one (function, priority)."""
