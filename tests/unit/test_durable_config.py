@@ -49,3 +49,17 @@ def test_q_on_the_command_line_wins_over_a_store_from_the_environment() -> None:
     assert c.store.url == "sqlite:///var/q.db"
     c = load("--store", "memory", env={"GEARMILL_STORE": "sqlite:///x.db"})
     assert c.store.url == "memory"
+
+
+def test_memory_budget_from_a_flag_the_environment_or_the_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert load().memory_jobs == 200_000
+    assert load("--memory-jobs", "5000").memory_jobs == 5000
+    assert load("--memory-jobs", "0").memory_jobs == 0  # no limit
+    assert load(env={"GEARMILL_MEMORY_JOBS": "7"}).memory_jobs == 7
+    toml = Path(str(tmp_path)) / "gm.toml"
+    toml.write_text('[store]\nurl = "memory"\nmemory_jobs = 9\n')
+    assert load("--config", str(toml)).memory_jobs == 9
+    with pytest.raises(ConfigError, match="use a number of jobs"):
+        load("--memory-jobs", "-1")
