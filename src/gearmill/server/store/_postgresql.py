@@ -46,11 +46,26 @@ _INSERT = (
     " WITH ORDINALITY AS t(f, u, d, p, w, r, a, o)"
     " ORDER BY o ON CONFLICT (function, unique_key) DO NOTHING"
 )
+# a lone job (one-at-a-time clients): a plain statement plans faster than unnest
+_INSERT_ONE = (
+    "INSERT INTO gearmill_jobs (function, unique_key, data, priority, when_to_run, reducer,"
+    " attempts, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT (function, unique_key) DO NOTHING"
+)
+_DELETE_ONE = "DELETE FROM gearmill_jobs WHERE function = $1 AND unique_key = $2"
 _DELETE = (
     "DELETE FROM gearmill_jobs j USING unnest($1::bytea[], $2::bytea[]) AS k(f, u)"
     " WHERE j.function = k.f AND j.unique_key = k.u"
 )
 _MIGRATION_LOCK = 0x6765_6172  # pg_advisory_xact_lock key: one migrating server at a time
+
+
+async def _reset(con: Any) -> None:
+    """A connection going back to the pool: asyncpg's default reset is a round trip per
+    commit (RESET ALL, UNLISTEN, ...; +0.15 ms to a lone job); this store leaves no
+    session state behind, only, after an error, an open transaction."""
+    if con.is_in_transaction():
+        await con.execute("ROLLBACK")
 
 
 class PostgreSQLStore:
@@ -76,6 +91,7 @@ class PostgreSQLStore:
                 max_size=2,
                 timeout=self._timeout,
                 server_settings={"synchronous_commit": "on", "application_name": "gearmill"},
+                reset=_reset,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise StoreError(
@@ -157,9 +173,24 @@ class PostgreSQLStore:
 
     @staticmethod
     async def _commit(con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
-        if remove:
+        if len(remove) == 1:
+            await con.execute(_DELETE_ONE, remove[0][0], remove[0][1])
+        elif remove:
             await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
-        if add:
+        if len(add) == 1:
+            j = add[0]
+            await con.execute(
+                _INSERT_ONE,
+                j.function,
+                j.unique,
+                j.data,
+                j.priority,
+                j.when,
+                j.reducer,
+                j.attempts,
+                int(time.time()),
+            )
+        elif add:
             await con.execute(
                 _INSERT,
                 [j.function for j in add],
