@@ -90,6 +90,13 @@ def test_paging_counts_loads_one_function_and_priority_and_finds_keys(backend: B
         rest = await s.load_queued(b"fa", 2, first[0][0], 10)
         assert [j.unique for _, j in rest] == [b"u5", b"u8"]
         assert await s.load_queued(b"fc", 0, 0, 10) == []
+        # found past thousands of other jobs (stores that read the order in windows)
+        await s.commit([job(100 + i, function=b"fc") for i in range(6000)], [])
+        await s.commit([job(7000 + i, function=b"fd") for i in range(3)], [])
+        got = await s.load_queued(b"fd", 1, 0, 2)
+        assert [j.unique for _, j in got] == [b"u7000", b"u7001"]
+        got = await s.load_queued(b"fd", 1, got[-1][0], 5)
+        assert [j.unique for _, j in got] == [b"u7002"]
         wanted = [(b"fa", b"u0"), (b"fa", b"u4"), (b"fb", b"u9"), (b"fb", b"u0")]
         assert await s.find(wanted) == [(b"fa", b"u0"), (b"fb", b"u9")]
         assert await s.find([]) == []

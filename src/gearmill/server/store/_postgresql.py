@@ -234,15 +234,34 @@ class PostgreSQLStore:
     async def load_queued(
         self, function: bytes, priority: int, after: int, limit: int
     ) -> list[tuple[int, StoredJob]]:
-        rows = await self._fetch(
-            f"SELECT {JOB_COLUMNS} FROM gearmill_jobs WHERE seq > $1"
-            " AND function = $2 AND priority = $3 ORDER BY seq LIMIT $4",
-            after,
-            function,
-            priority,
-            limit,
-        )
-        return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+        # Windows of the sequence order (the primary key), filtered: asked directly, the
+        # planner (without statistics on a fresh table, or for a common function) sorts
+        # every row of the function for each page (0.4 s a page at 1M rows, 10 ms so).
+        out: list[tuple[int, StoredJob]] = []
+        window = max(limit, 5000)
+        while len(out) < limit:
+            rows = await self._fetch(
+                f"SELECT {JOB_COLUMNS} FROM (SELECT {JOB_COLUMNS} FROM gearmill_jobs"
+                " WHERE seq > $1 ORDER BY seq LIMIT $2) w"
+                " WHERE function = $3 AND priority = $4 ORDER BY seq",
+                after,
+                window,
+                function,
+                priority,
+            )
+            out += [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+            if len(out) >= limit:
+                return out[:limit]
+            span = await self._fetch(
+                "SELECT count(*), max(seq) FROM (SELECT seq FROM gearmill_jobs"
+                " WHERE seq > $1 ORDER BY seq LIMIT $2) w",
+                after,
+                window,
+            )
+            if span[0][0] < window:
+                break  # the window reached the last row
+            after = int(span[0][1])
+        return out
 
     async def find(self, keys: Sequence[Key]) -> list[Key]:
         if not keys:
