@@ -435,7 +435,7 @@ class Durable:
     def _queue_rows(self, rows: list[tuple[int, StoredJob]], fp: FP) -> int:
         """Queue a page of stored-only jobs of one (function, priority)."""
         func = self.broker.function(fp[0])
-        loaded = 0
+        loaded = refused = 0
         for seq, stored in rows:
             self.cursors[fp] = seq
             key = (stored.function, stored.unique)
@@ -453,7 +453,8 @@ class Durable:
             self._count_stored(fp, -1)
             before = self.broker.counters.submitted
             job = self._submit(stored)
-            if job is None:
+            if job is None:  # refused (--max-queue, stopping): it stays stored
+                refused += 1
                 continue
             if self.broker.counters.submitted == before:
                 # joined a queued job (same data under "-"): this row is not its
@@ -462,6 +463,15 @@ class Durable:
                 continue
             loaded += 1
             self.paged_in += 1
+        if refused:
+            log.warning(
+                "store %s: %d stored job%s of %s could not be queued; they stay in the "
+                "store and come back at the next start",
+                self.store.url,
+                refused,
+                "" if refused == 1 else "s",
+                fp[0].decode(errors="replace"),
+            )
         return loaded
 
     def _submit(self, stored: StoredJob) -> Job | None:
