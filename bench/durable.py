@@ -122,7 +122,9 @@ def gearmand_flags(kind: str, url: str) -> str:
     return f"-q redis --redis-server={u.hostname} --redis-port={u.port}"
 
 
-def one_run(kind: str, server: str, conns: int, n: int, cap: float, python: str) -> dict[str, Any]:
+def one_run(
+    kind: str, server: str, conns: int, n: int, cap: float, python: str, batch: int = 64
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gmdurable-{kind}-") as d:
         tmp = Path(d)
         if kind == "sqlite":
@@ -143,7 +145,7 @@ def one_run(kind: str, server: str, conns: int, n: int, cap: float, python: str)
                     "-c",
                     str(conns),
                     "-b",
-                    "64",
+                    str(batch),
                     "-w",
                     "4",
                     "-s",
@@ -166,6 +168,14 @@ def main() -> int:
     ap.add_argument("--cap", type=float, default=6.0, help="seconds of submitting at most (6)")
     ap.add_argument("--python", default=sys.executable, help="the Python gearmill runs under")
     ap.add_argument("--out", help="append each run's JSON to this file")
+    ap.add_argument(
+        "--lone",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N one-at-a-time submissions (1 connection, 1 in flight): latency to "
+        "JOB_CREATED, p50 and p99, beside gearmand's",
+    )
     a = ap.parse_args()
     check_gearmand()
     ensure_loadgen()
@@ -185,6 +195,34 @@ def main() -> int:
                     if a.out:
                         with open(a.out, "a") as f:
                             f.write(json.dumps(r) + "\n")
+    lone: list[dict[str, Any]] = []
+    for rep in range(a.repeat if a.lone else 0):
+        for kind in a.stores.split(","):
+            for server in ("gearmill", "gearmand"):
+                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1)
+                r["repeat"] = rep
+                lone.append(r)
+                say(
+                    f"{kind:10} {server:8} lone: {r.get('value', 0):7.0f}/s "
+                    f"p50 {r.get('p50_us', 0) / 1000:.2f} ms "
+                    f"p99 {r.get('p99_us', 0) / 1000:.2f} ms "
+                    f"ok={r.get('ok')} {r.get('error', '')}"
+                )
+                if a.out:
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    if lone:
+        print()
+        print("| store | lone submit/s gearmill | gearmand | p99 ms gearmill | gearmand | added |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for kind in a.stores.split(","):
+            got = {r["server"]: r for r in lone if r["store"] == kind}
+            ours, theirs = got.get("gearmill", {}), got.get("gearmand", {})
+            p99o, p99t = ours.get("p99_us", 0) / 1000, theirs.get("p99_us", 0) / 1000
+            print(
+                f"| {kind} | {ours.get('value', 0):.0f} | {theirs.get('value', 0):.0f} "
+                f"| {p99o:.2f} | {p99t:.2f} | {p99o - p99t:+.2f} ms |"
+            )
     print()
     print(
         "| store | conns | gearmill submit/s | gearmand submit/s | ratio | gearmill drain/s "
@@ -213,7 +251,7 @@ def main() -> int:
                 f"| {kind} | {conns} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.1f}x "
                 f"| {od:.0f} | {td:.0f} | {od / max(td, 1):.1f}x | {met} |"
             )
-    for r in rows:
+    for r in rows + lone:
         if not r.get("ok"):
             failed = True
             print(f"FAILED: {r['store']} {r['server']} c{r['conns']}: {r.get('error')}")

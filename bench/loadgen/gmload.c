@@ -402,6 +402,7 @@ static void *bg_client(void *arg) {
   double start = now();
   for (long seq = cl->lo; seq < cl->hi && !over_cap(start);) {
     size_t k = 0;
+    double t = now();
     for (; k < b && seq < cl->hi; k++, seq++) {
       unsigned char *p = bufs + k * opt.size;
       fill(p, opt.size, (uint64_t)seq);
@@ -432,6 +433,9 @@ static void *bg_client(void *arg) {
       }
       gearman_task_free(tasks[i]);
     }
+    /* each job of the batch waited as long as the batch (-b 1: a lone submission) */
+    uint32_t us = (uint32_t)((now() - t) * 1e6 + 0.5);
+    for (size_t i = 0; i < k; i++) lat_us[seq - (long)k + (long)i] = us;
     atomic_fetch_add(&accepted, (long)k);
     atomic_fetch_add(&progress, (long)k);
   }
@@ -575,6 +579,7 @@ static void mode_bg(void) {
   double end = run_clients(bg_client, opt.n, opt.batch);
   res.elapsed = end - t0;
   res.value = (double)atomic_load(&accepted) / res.elapsed;
+  latencies(); /* to JOB_CREATED, per batch */
   if (!opt.drain) return; /* the memory scenario: jobs stay queued, nothing to verify */
   atomic_store(&target, atomic_load(&accepted));
   double d0 = now();

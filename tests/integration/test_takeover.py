@@ -180,3 +180,44 @@ def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
         a.proc.send_signal(signal.SIGCONT)
         a.stop()
         b.stop()
+
+
+def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_claims_within_the_budget(
+    shared: Backend, tmp_path: Path
+) -> None:
+    """Server a (budget 40, no worker) keeps most of its 300 jobs in the store only;
+    server b (budget 60) pages in its own 200 jobs of the same function for its
+    worker, never a's while a lives, and after a dies claims a's jobs a budget's worth
+    at a time: every job runs once."""
+    out = tmp_path / "done"
+    out.touch()
+    a, b = (
+        start_gearmill(
+            "--store", shared.url, "--node-id", n, "--lease", LEASE, "--memory-jobs", m, "-v"
+        )
+        for n, m in (("a", "40"), ("b", "60"))
+    )
+    w = None
+    try:
+        names = submit_many(a, "m", 300)
+        own = submit_many(b, "b", 200)
+        w = worker(b.port, out)
+        wait_all(out, set(own))
+        time.sleep(2 * float(LEASE))  # b heartbeats and sweeps; a's jobs stay a's
+        assert [x for x in runs(out) if not x.startswith("b-")] == []
+        # a counts its stored-only jobs in status, as gearmand counts queued ones
+        with a.conn() as c:
+            row = [
+                x for x in c.admin(b"status\n").decode().splitlines() if x.startswith("takeover")
+            ]
+        assert row and row[0].split("\t")[1] == "300"
+        kill(a)
+        wait_all(out, set(names))
+        time.sleep(1)  # a second run would show by now
+        assert [x for x, n in runs(out).items() if n != 1] == []
+    finally:
+        if w is not None:
+            w.kill()
+            w.wait(10)
+        a.stop()
+        b.stop()

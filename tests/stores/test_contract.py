@@ -61,6 +61,49 @@ def test_add_remove_and_load_in_submission_order(backend: Backend) -> None:
     with_store(backend, body)
 
 
+def test_paging_counts_loads_one_function_and_priority_and_finds_keys(backend: Backend) -> None:
+    async def body(s: Store) -> None:
+        assert await s.last_seq() == 0
+        jobs = [job(i, priority=i % 3, function=b"fa" if i < 9 else b"fb") for i in range(12)]
+        await s.commit(jobs, [])
+        await s.commit([], [(b"fa", b"u4")])
+        rows = await load_all(s)
+        seqs = [q for q, _ in rows]
+        top = await s.last_seq()
+        assert top == seqs[-1]
+        # counts per function and priority in a range of sequence numbers
+        assert sorted(await s.queued_counts(0, top)) == [
+            (b"fa", 0, 3),
+            (b"fa", 1, 2),
+            (b"fa", 2, 3),
+            (b"fb", 0, 1),
+            (b"fb", 1, 1),
+            (b"fb", 2, 1),
+        ]
+        # (u2, u6]: u3 and u6 (high), u5 (low); u4 is gone
+        assert sorted(await s.queued_counts(seqs[2], seqs[5])) == [(b"fa", 0, 2), (b"fa", 2, 1)]
+        # one function and priority, in submission order, from a cursor, in pages
+        got = await s.load_queued(b"fa", 1, 0, 10)
+        assert [j.unique for _, j in got] == [b"u1", b"u7"]
+        first = await s.load_queued(b"fa", 2, 0, 1)
+        assert [j.unique for _, j in first] == [b"u2"]
+        rest = await s.load_queued(b"fa", 2, first[0][0], 10)
+        assert [j.unique for _, j in rest] == [b"u5", b"u8"]
+        assert await s.load_queued(b"fc", 0, 0, 10) == []
+        # found past thousands of other jobs (stores that read the order in windows)
+        await s.commit([job(100 + i, function=b"fc") for i in range(6000)], [])
+        await s.commit([job(7000 + i, function=b"fd") for i in range(3)], [])
+        got = await s.load_queued(b"fd", 1, 0, 2)
+        assert [j.unique for _, j in got] == [b"u7000", b"u7001"]
+        got = await s.load_queued(b"fd", 1, got[-1][0], 5)
+        assert [j.unique for _, j in got] == [b"u7002"]
+        wanted = [(b"fa", b"u0"), (b"fa", b"u4"), (b"fb", b"u9"), (b"fb", b"u0")]
+        assert await s.find(wanted) == [(b"fa", b"u0"), (b"fb", b"u9")]
+        assert await s.find([]) == []
+
+    with_store(backend, body)
+
+
 def test_a_group_of_thousands_is_one_commit(backend: Backend) -> None:
     n = 5000
 

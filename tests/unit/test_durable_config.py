@@ -61,3 +61,17 @@ def test_node_id_and_lease_of_servers_sharing_a_store() -> None:
         load("--node-id", "a#1")
     with pytest.raises(ConfigError, match=r"--lease 0: .*from 0\.3 to 3600"):
         load("--lease", "0")
+
+
+def test_memory_budget_from_a_flag_the_environment_or_the_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert load().memory_jobs == 200_000
+    assert load("--memory-jobs", "5000").memory_jobs == 5000
+    assert load("--memory-jobs", "0").memory_jobs == 0  # no limit
+    assert load(env={"GEARMILL_MEMORY_JOBS": "7"}).memory_jobs == 7
+    toml = Path(str(tmp_path)) / "gm.toml"
+    toml.write_text('[store]\nurl = "memory"\nmemory_jobs = 9\n')
+    assert load("--config", str(toml)).memory_jobs == 9
+    with pytest.raises(ConfigError, match="use a number of jobs"):
+        load("--memory-jobs", "-1")

@@ -211,6 +211,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _opt(
         p,
+        "--memory-jobs",
+        metavar="N",
+        help="background jobs kept in memory; queued ones beyond wait in the store and are "
+        "loaded as the queues drain (default 200000, 0 = no limit)",
+    )
+    _opt(
+        p,
         "--state-dir",
         metavar="DIR",
         help="the state folder of the default SQLite store (default $GEARMILL_STATE_DIR, "

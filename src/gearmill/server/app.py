@@ -87,7 +87,11 @@ class Server:
         if store.url != "memory" and self.durable is None:
             # raises StoreError (one line) when the store cannot be used
             self.durable = await open_durable(
-                store.url, store.gearmand_source, self.broker, self.flush
+                store.url,
+                store.gearmand_source,
+                self.broker,
+                self.flush,
+                self.config.memory_jobs,
             )
             self.durable.start()
             # the dead set and the schedules live in the same store
@@ -132,7 +136,8 @@ class Server:
             await opened.start_serving()
         # schedules from the config file are on the timer heap before any traffic
         self._arm_timer()
-        if self.cluster is not None:
+        if self.cluster is not None and self.durable is not None:
+            await self.durable.start_shared()
             self.cluster.start()  # claims its own jobs and those nobody holds
         elif self.durable is not None:
             self._replay = self._loop.create_task(self.durable.replay())

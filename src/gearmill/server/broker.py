@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 
 from ..protocol.packets import PacketType, encode
 from .core import NOOP_ANSWER_TIME, Handler
@@ -46,6 +47,13 @@ log = logging.getLogger("gearmill.broker")
 
 
 class Broker(Handlers):
+    def __init__(self, config: BrokerConfig, clock: Callable[[], float]) -> None:
+        super().__init__(config, clock)
+        # queued background jobs a store keeps beyond the memory budget, per
+        # function name and priority (server/durable.py pages them in): counted
+        # by status and the metrics, unknown to GET_STATUS and "show jobs"
+        self.stored: dict[bytes, list[int]] = {}
+
     # ----------------------------------------------------------------- timers
 
     def call_at(self, when: float) -> None:
@@ -143,10 +151,25 @@ class Broker(Handlers):
     def function_rows(self) -> list[tuple[bytes, int, int, int, int, int]]:
         """Per function: name, queued high, normal, low (scheduled included),
         running, registered workers; in the order functions were first seen."""
-        return [
-            (f.name, f.queued[0], f.queued[1], f.queued[2], f.running, len(f.workers))
-            for f in self.functions.values()
-        ]
+        stored = self.stored
+        rows = []
+        for f in self.functions.values():
+            queued = f.queued
+            more = stored.get(f.name)
+            if more is None:
+                rows.append((f.name, queued[0], queued[1], queued[2], f.running, len(f.workers)))
+            else:
+                rows.append(
+                    (
+                        f.name,
+                        queued[0] + more[0],
+                        queued[1] + more[1],
+                        queued[2] + more[2],
+                        f.running,
+                        len(f.workers),
+                    )
+                )
+        return rows
 
     def peer_rows(self) -> list[tuple[int, str, bytes, list[bytes]]]:
         """Per peer: connection number, address, client id, abilities (latest first)."""
@@ -167,6 +190,21 @@ class Broker(Handlers):
         """A job handle never given before in this run (for jobs loaded from a store)."""
         self._handle_seq += 1
         return self._handle_base + b"%d" % self._handle_seq
+
+    def unload(self, job: Job) -> bool:
+        """Take a queued background job out of memory without ending it (no
+        journal entry): a store keeps it and loads it back later. False when
+        the job is no longer queued (a worker took it, it ended)."""
+        if job.ignore or job.state != QUEUED or not job.background or job.clients:
+            return False
+        if self.jobs.get(job.handle) is not job:
+            return False
+        job.func.queued[job.priority] -= 1
+        job.ignore = True
+        del self.jobs[job.handle]
+        forget_unique(job)
+        self.bury(job)
+        return True
 
     def set_handler(self, ptype: int, handler: Handler) -> None:
         """Route packets of ``ptype`` to ``handler`` (a server extension: the
@@ -260,6 +298,8 @@ class Broker(Handlers):
         """A snapshot for metrics: the counters since the start and the sizes now."""
         snapshot = self.counters.snapshot()
         queued = running = 0
+        for more in self.stored.values():
+            queued += more[0] + more[1] + more[2]
         for func in self.functions.values():
             queued += func.queued[0] + func.queued[1] + func.queued[2]
             running += func.running

@@ -208,6 +208,8 @@ class Config:
     daemon: bool = False
     file_descriptors: int | None = None
     store: StoreConfig = StoreConfig()
+    # background jobs kept in memory; beyond, queued ones wait in the store (0 = no limit)
+    memory_jobs: int = 200_000
     limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -665,6 +667,10 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "node_id": _Setting(_node_id, toml="store.node_id"),
     "lease": _Setting(
         _float(0.3, 3600, "use seconds from 0.3 to 3600 (default 15)"), toml="store.lease"
+    ),
+    "memory_jobs": _Setting(
+        _int(0, 1 << 40, "use a number of jobs, 0 = no limit (default 200000)"),
+        toml="store.memory_jobs",
     ),
     "tls_cert": _Setting(_str, toml="tls.cert"),
     "tls_key": _Setting(_str, toml="tls.key"),

@@ -17,6 +17,16 @@ At start, :meth:`Durable.replay` loads the stored jobs in pages (submission orde
 the broker's per-priority queues restore priority order), with their uniques and
 epoch times, while the server already accepts new work. A job that was running
 when the server died was never removed, so it runs again: at-least-once.
+
+Paging (``budget``, --memory-jobs): once this many background jobs are in memory,
+replay stops loading, and a new background job is committed and then taken out of
+memory (``Broker.unload``); the broker counts these stored-only jobs per function
+and priority (``Broker.stored``) for status. A (function, priority) with stored-only
+jobs sends every new job of its own to the store too, so none overtakes them. When a
+function's queue in memory runs low, the writer loads its next page, highest
+priority first, in submission order (``Store.load_queued`` from a cursor per
+function and priority). A submission whose unique id names a stored-only job is
+coalesced onto it (``Store.find`` before the commit). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from . import fanout
 from .broker import Broker
 from .journal import Entry, JobAccepted, JobFinished
-from .model import Job, Peer
+from .model import Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
 from .store import Key, Store, StoredJob, StoreError, hide_password, open_store
@@ -45,6 +55,7 @@ ERR_STORE = error(b"QUEUE_ERROR", b"Job queue store is unavailable")
 # under a generated one, marked so that replay gives the job its own back.
 _MARK = b"\x1fgm"
 REPLAY_PAGE = 2000
+MEMORY_JOBS = 200_000  # the default budget of background jobs in memory
 COMMIT_TIMEOUT = 10.0  # a store that does not answer counts as gone
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
@@ -67,18 +78,46 @@ class _Discard(BufferSink):
         pass
 
 
+FP = tuple[bytes, int]  # (function, priority)
+
+
 class Durable:
-    def __init__(self, store: Store, broker: Broker, flush: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        flush: Callable[[], None],
+        budget: int = MEMORY_JOBS,
+    ) -> None:
         self.store = store
         self.broker = broker
+        # paging: at most about this many background jobs in memory (0: no limit)
+        self.budget = budget
+        self.page = max(1, min(REPLAY_PAGE, budget // 4))
+        self.resident = 0  # background jobs in the broker's memory
+        self.paging = False  # on once replay is done
+        # jobs of the next group to take out of memory once committed, and how many
+        # such are pending per (function, priority) (later ones must follow them)
+        self.spill: dict[Key, Job] = {}
+        self.pending_spill: dict[FP, int] = {}
+        # where each (function, priority)'s next page starts (past the replayed rows
+        # for one that had none stored then)
+        self.cursors: dict[FP, int] = {}
+        self.replay_top = 0  # the highest seq stored when replay began
+        self.paged_in = 0  # jobs loaded back from the store by paging
+        # a claimer (server/cluster.py) waiting for the queues to drain below the budget
+        self.room = asyncio.Event()
+        self.room_wanted = False
         self._flush = flush  # write the released replies (the server's flush)
         # the next group: adds by key (with their jobs, to refuse them on failure)
         self.adds: dict[Key, StoredJob] = {}
         self.add_jobs: dict[Key, Job] = {}
         self.removes: dict[Key, None] = {}  # an ordered set
         self.held: list[Peer] = []
-        # handle -> stored unique, for the jobs stored under a generated one
+        # handle -> stored unique, for the jobs stored under a generated one (and
+        # the set of those uniques: which stored rows are in memory)
         self.generated: dict[bytes, bytes] = {}
+        self.generated_in: set[bytes] = set()
         self._token = os.urandom(6).hex().encode()
         self._seq = 0
         # handles refused with QUEUE_ERROR whose end the journal has yet to report
@@ -91,7 +130,6 @@ class Durable:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.replay_peer = Peer(-1, "replay", True, _Discard())
-        self._replay_seen: set[Key] | None = None
         self.replayed = 0
 
     # ------------------------------------------------------------ the journal
@@ -109,9 +147,16 @@ class Durable:
             self._seq += 1
             stored = b"%b%b\x1f%b.%d" % (_MARK, unique, self._token, self._seq)
             self.generated[job.handle] = stored
+            self.generated_in.add(stored)
             return (name, stored)
-        made = self.generated.pop(job.handle, None)
+        made = self._forget_generated(job.handle)
         return (name, job.unique if made is None else made)
+
+    def _forget_generated(self, handle: bytes) -> bytes | None:
+        made = self.generated.pop(handle, None)
+        if made is not None:
+            self.generated_in.discard(made)
+        return made
 
     def consume(self, entries: list[Entry], held: list[Peer]) -> None:
         replay_peer = self.replay_peer
@@ -120,12 +165,24 @@ class Durable:
         for e in entries:
             if type(e) is JobAccepted:
                 job = e.job
-                if not job.background or e.peer is replay_peer:
+                if not job.background:
+                    continue
+                self.resident += 1
+                if e.peer is replay_peer:
                     continue
                 if down:
                     refuse.append(job)
                     continue
                 key = self._key(job, True)
+                if self.paging and not e.when:
+                    fp = (job.func.name, job.priority)
+                    if (
+                        self.resident > self.budget
+                        or self.pending_spill.get(fp)
+                        or self._stored(fp)
+                    ):
+                        self.spill[key] = job
+                        self.pending_spill[fp] = self.pending_spill.get(fp, 0) + 1
                 self.adds[key] = StoredJob(
                     job.func.name,
                     key[1],
@@ -135,20 +192,24 @@ class Durable:
                     job.more.reducer,
                 )
                 self.add_jobs[key] = job
-                if self._replay_seen is not None:
-                    self._replay_seen.add(key)
             elif type(e) is JobFinished:
                 job = e.job
                 if not job.background:
                     continue
+                self.resident -= 1
                 if job.handle in self.rejected:
                     self.rejected.discard(job.handle)
-                    self.generated.pop(job.handle, None)
+                    self._forget_generated(job.handle)
                     continue
                 key = self._key(job, False)
                 if self.adds.pop(key, None) is not None:
                     del self.add_jobs[key]
+                    if self.spill.pop(key, None) is not None:
+                        self._spill_done((key[0], job.priority))
                 self.removes[key] = None
+        if self.room_wanted and self.claim_room(1) > 0:
+            self.room_wanted = False
+            self.room.set()
         if replay_peer.holds:
             replay_peer.holds = 0
             held = [p for p in held if p is not replay_peer]
@@ -164,7 +225,7 @@ class Durable:
         coalesced submissions onto them), drop the jobs, let the peers' output go."""
         for job in jobs:
             self.rejected.add(job.handle)
-            self.generated.pop(job.handle, None)
+            self._forget_generated(job.handle)
         if self.rejected and held:
             created = {job_created(h) for h in self.rejected}
             for peer in set(held):
@@ -184,11 +245,15 @@ class Durable:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.adds or self.removes or self.held:
+            paged = True  # the last page-in moved on (else wait for the next event)
+            while self.adds or self.removes or self.held or (paged and self._low()):
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
+                spill = self.spill
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
+                self.spill = {}
                 self.busy = True
                 try:
+                    joined = await self._coalesce(adds, add_jobs, removes)
                     await asyncio.wait_for(
                         self.store.commit(list(adds.values()), list(removes)), COMMIT_TIMEOUT
                     )
@@ -206,6 +271,7 @@ class Durable:
                     jobs = list(add_jobs.values()) + list(self.add_jobs.values())
                     later = self.held
                     self.adds, self.add_jobs, self.held = {}, {}, []
+                    self.spill, self.pending_spill = {}, {}
                     self._refuse(jobs, held + later)
                     self._flush()
                     await self._recover()
@@ -216,10 +282,14 @@ class Durable:
                     self.busy = False
                 self.commits += 1
                 self.committed_jobs += len(adds)
+                if spill or joined:
+                    self._unload(spill, joined)
                 release = self.broker.release
                 for peer in held:
                     release(peer)
                 self._flush()
+                if self.broker.stored and not self._closing:
+                    paged = await self._page_in()
             if self._closing:
                 return
 
@@ -257,75 +327,277 @@ class Durable:
             self.down = None
             return
 
+    # ----------------------------------------------------------------- paging
+
+    def _stored(self, fp: FP) -> int:
+        counts = self.broker.stored.get(fp[0])
+        return 0 if counts is None else counts[fp[1]]
+
+    def _count_stored(self, fp: FP, n: int) -> None:
+        stored = self.broker.stored
+        counts = stored.get(fp[0])
+        if counts is None:
+            self.broker.function(fp[0])  # status lists it before any job is loaded
+            counts = stored[fp[0]] = [0, 0, 0]
+        counts[fp[1]] = max(0, counts[fp[1]] + n)
+        if not (counts[0] or counts[1] or counts[2]):
+            del stored[fp[0]]
+
+    def _spill_done(self, fp: FP) -> None:
+        left = self.pending_spill.get(fp, 0) - 1
+        if left > 0:
+            self.pending_spill[fp] = left
+        else:
+            self.pending_spill.pop(fp, None)
+
+    async def _coalesce(
+        self, adds: dict[Key, StoredJob], add_jobs: dict[Key, Job], removes: dict[Key, None]
+    ) -> set[Job]:
+        """The group's new jobs whose unique id names a job kept only in the store:
+        they join it (they are not added, and leave memory once committed)."""
+        stored = self.broker.stored
+        if not stored or not self.paging:  # replay skips the rows a new job joined
+            return set()
+        keys = [
+            k for k in adds if k[0] in stored and not k[1].startswith(_MARK) and k not in removes
+        ]
+        if not keys:
+            return set()
+        found = await asyncio.wait_for(self.store.find(keys), COMMIT_TIMEOUT)
+        for key in found:
+            del adds[key]
+        return {add_jobs[key] for key in found}
+
+    def _unload(self, spill: dict[Key, Job], joined: set[Job]) -> None:
+        """After the commit: the group's jobs beyond the budget leave memory (the
+        store has them); those that joined a stored job leave it too."""
+        unload = self.broker.unload
+        for key, job in spill.items():
+            fp = (key[0], job.priority)
+            self._spill_done(fp)
+            if job in joined:
+                continue
+            if unload(job):
+                self.resident -= 1
+                self._forget_generated(job.handle)
+                self._count_stored(fp, 1)
+        for job in joined:
+            if unload(job):
+                self.resident -= 1
+
+    def _low(self) -> bool:
+        """Some function with jobs kept in the store runs low in memory."""
+        if not self.paging or not self.broker.accepting:
+            return False
+        functions = self.broker.functions
+        for name in self.broker.stored:
+            func = functions.get(name)
+            if func is None:
+                return True
+            q = func.queued
+            if q[0] + q[1] + q[2] < self.page:
+                return True
+        return False
+
+    async def _page_in(self) -> bool:
+        """Load the next page of each function that runs low, highest priority first;
+        False when nothing moved (no row read, no count changed)."""
+        if not self.paging or not self.broker.accepting:
+            return False
+        broker = self.broker
+        moved = False
+        for name in list(broker.stored):
+            func = broker.function(name)
+            q = func.queued
+            room = self.page * 2 - (q[0] + q[1] + q[2])
+            for priority in (0, 1, 2):
+                counts = broker.stored.get(name)
+                if counts is None or room <= 0:
+                    break
+                if not counts[priority]:
+                    continue
+                fp = (name, priority)
+                want = min(room, counts[priority])
+                try:
+                    rows = await asyncio.wait_for(
+                        self.store.load_queued(
+                            name, priority, self.cursors.get(fp, self.replay_top), want
+                        ),
+                        COMMIT_TIMEOUT,
+                    )
+                except (StoreError, TimeoutError) as e:
+                    log.error("store %s: loading queued jobs failed: %s", self.store.url, e)
+                    return False  # the next commit tries again
+                loaded = self._queue_rows(rows, fp)
+                room -= loaded
+                moved = moved or bool(rows)
+                if len(rows) < want:  # the store has no more: the count was high
+                    moved = True
+                    self._count_stored(fp, -self._stored(fp))
+        self.replay_peer.out.clear()
+        self._flush()
+        return moved
+
+    def _queue_rows(self, rows: list[tuple[int, StoredJob]], fp: FP) -> int:
+        """Queue a page of stored-only jobs of one (function, priority)."""
+        func = self.broker.function(fp[0])
+        loaded = refused = 0
+        for seq, stored in rows:
+            self.cursors[fp] = seq
+            key = (stored.function, stored.unique)
+            if key in self.removes:
+                continue  # finished; its remove is not committed yet
+            if stored.unique.startswith(_MARK):
+                here = stored.unique in self.generated_in
+            else:
+                ukey = unique_key(stored.unique, stored.data)
+                here = ukey is not None and ukey in func.unique
+            if here:
+                if seq <= self.replay_top:  # a replayed row a new submission joined
+                    self._count_stored(fp, -1)
+                continue
+            self._count_stored(fp, -1)
+            before = self.broker.counters.submitted
+            job = self._submit(stored)
+            if job is None:  # refused (--max-queue, stopping): it stays stored
+                refused += 1
+                continue
+            if self.broker.counters.submitted == before:
+                # joined a queued job (same data under "-"): this row is not its
+                if (job.func.name, self._stored_unique(job)) != key:
+                    self.removes[key] = None
+                continue
+            loaded += 1
+            self.paged_in += 1
+        if refused:
+            log.warning(
+                "store %s: %d stored job%s of %s could not be queued; they stay in the "
+                "store and come back at the next start",
+                self.store.url,
+                refused,
+                "" if refused == 1 else "s",
+                fp[0].decode(errors="replace"),
+            )
+        return loaded
+
+    def _submit(self, stored: StoredJob) -> Job | None:
+        """Queue a stored job; the job it joined when one with its unique id is queued."""
+        before = self.broker.counters.submitted
+        job = self.broker.submit(
+            self.replay_peer,
+            stored.function,
+            _original_unique(stored.unique),
+            stored.data,
+            stored.priority,
+            True,
+            stored.when,
+            stored.reducer,
+        )
+        new = self.broker.counters.submitted != before
+        if job is not None and new and stored.unique.startswith(_MARK):
+            self.generated[job.handle] = stored.unique
+            self.generated_in.add(stored.unique)
+        return job
+
     # ----------------------------------------------------------------- replay
 
     async def replay(self) -> int:
-        """Queue the stored jobs again, a page at a time, while new work is accepted."""
-        peer = self.replay_peer
-        seen = self._replay_seen = set()
-        after = 0
+        """Queue the stored jobs again while new work is accepted: per function, highest
+        priority first, in submission order, a page at a time, up to the memory budget;
+        the rest are counted and paged in as the queues drain."""
+        broker = self.broker
+        budget = self.budget
         started = time.monotonic()
         try:
-            while True:
-                try:
-                    page = await self.store.load(after, REPLAY_PAGE)
-                except StoreError as e:
-                    log.error("store %s: replay stopped: %s", self.store.url, e)
-                    return self.replayed
-                if not page:
-                    break
-                after = page[-1][0]
-                self.replayed += self.queue_stored(page, seen)
-                await asyncio.sleep(0)
+            top = self.replay_top = await self.store.last_seq()
+            if top:
+                for function, priority, n in await self.store.queued_counts(0, top):
+                    self._count_stored((function, priority), n)
+                    self.cursors[(function, priority)] = 0
+            for name in list(broker.stored):
+                for priority in (0, 1, 2):
+                    fp = (name, priority)
+                    while self._stored(fp) and not (budget and self.resident >= budget):
+                        want = min(REPLAY_PAGE, self._stored(fp))
+                        if budget:
+                            want = min(want, budget - self.resident)
+                        rows = await self.store.load_queued(name, priority, self.cursors[fp], want)
+                        self.replayed += self._queue_rows(rows, fp)
+                        if len(rows) < want:
+                            self._count_stored(fp, -self._stored(fp))
+                        self.replay_peer.out.clear()
+                        self._flush()  # the journal's consumer counts them resident
+                        await asyncio.sleep(0)
+        except StoreError as e:
+            log.error("store %s: replay stopped: %s", self.store.url, e)
+            return self.replayed
         finally:
-            self._replay_seen = None
-            peer.out.clear()
-        if self.replayed:
+            self.replay_peer.out.clear()
+        self.paging = budget > 0
+        left = sum(sum(c) for c in broker.stored.values())
+        if self.replayed or left:
             lifecycle.info(
-                "%d stored background job%s queued again from %s in %.1f s",
+                "%d stored background job%s queued again from %s in %.1f s%s",
                 self.replayed,
                 "" if self.replayed == 1 else "s",
                 self.store.url,
                 time.monotonic() - started,
+                f"; {left} more wait in the store until the queues drain (--memory-jobs)"
+                if left
+                else "",
                 extra={"gearman_level": "NOTICE"},
             )
-        if self.removes and not self.busy:
+        if (self.removes or self._low()) and not self.busy:
             self._wake.set()
         return self.replayed
 
-    def queue_stored(self, page: list[tuple[int, StoredJob]], seen: set[Key] | None = None) -> int:
-        """Queue stored jobs in memory as the replay peer's (not stored again), as start-up
-        replay and a takeover (server/cluster.py) do; sleeping workers are NOOPed. Rows
-        in ``seen`` (submitted since this start) are skipped. How many were queued."""
-        broker = self.broker
-        peer = self.replay_peer
-        queued = 0
+    async def start_shared(self) -> None:
+        """On a store shared by several servers (server/cluster.py), instead of
+        `replay`: the claimer queues the jobs this server takes (its own from an earlier
+        run included), and paging is on for the jobs it accepts beyond the budget. The
+        paging queries see only this server's jobs (the store's `owner`)."""
+        self.replay_top = await self.store.last_seq()
+        self.paging = self.budget > 0
+
+    def claim_room(self, most: int) -> int:
+        """How many jobs a claim may take now without going over the memory budget."""
+        if not self.budget:
+            return most
+        return max(0, min(most, self.budget - self.resident - self.page))
+
+    async def wait_room(self) -> None:
+        """Until the queues in memory have drained below the budget by a page."""
+        while self.claim_room(1) <= 0:
+            self.room.clear()
+            self.room_wanted = True
+            await self.room.wait()
+
+    def queue_stored(self, page: list[tuple[int, StoredJob]]) -> int:
+        """Queue jobs claimed from the store in memory as the replay peer's (not stored
+        again); sleeping workers are NOOPed. How many were queued."""
+        queued = refused = 0
         for _, stored in page:
             key = (stored.function, stored.unique)
-            if seen is not None and key in seen:  # submitted (and stored) since this start
+            before = self.broker.counters.submitted
+            job = self._submit(stored)
+            if job is None:  # refused (--max-queue, stopping): it stays stored
+                refused += 1
                 continue
-            before = broker.counters.submitted
-            job = broker.submit(
-                peer,
-                stored.function,
-                _original_unique(stored.unique),
-                stored.data,
-                stored.priority,
-                True,
-                stored.when,
-                stored.reducer,
-            )
-            if job is None:
-                continue
-            if broker.counters.submitted == before:
+            if self.broker.counters.submitted == before:
                 # joined a job already queued (same unique): this row is not its
                 if (job.func.name, self._stored_unique(job)) != key:
                     self.removes[key] = None
                 continue
-            if stored.unique.startswith(_MARK):
-                self.generated[job.handle] = stored.unique
             queued += 1
-        peer.out.clear()
+        if refused:
+            log.warning(
+                "store %s: %d claimed job%s could not be queued; they stay in the store "
+                "and are claimed again after this server's next start",
+                self.store.url,
+                refused,
+                "" if refused == 1 else "s",
+            )
+        self.replay_peer.out.clear()
         self._flush()
         if self.removes and not self.busy:
             self._wake.set()
@@ -359,7 +631,11 @@ class Durable:
 
 
 async def open_durable(
-    url: str, source: str | None, broker: Broker, flush: Callable[[], None]
+    url: str,
+    source: str | None,
+    broker: Broker,
+    flush: Callable[[], None],
+    budget: int = MEMORY_JOBS,
 ) -> Durable:
     """Open the store a URL names, import what a gearmand left there, and return the
     writer (not yet attached). Raises StoreError with one line: the URL (password
@@ -383,4 +659,4 @@ async def open_durable(
     except StoreError as e:
         await store.close()
         raise StoreError(f"store {shown}: importing gearmand's queue failed: {e}") from None
-    return Durable(store, broker, flush)
+    return Durable(store, broker, flush, budget)

@@ -141,6 +141,22 @@ class Store(Protocol):
     async def count(self) -> int:
         """How many jobs are stored."""
 
+    # -- paging: queued jobs beyond the server's memory budget stay here (server/durable.py)
+
+    async def last_seq(self) -> int:
+        """The highest sequence number stored, 0 when there is none."""
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        """(function, priority, how many) of the stored jobs with after < seq <= upto."""
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        """Like `load`, for one function and priority only."""
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        """Those of `keys` that are stored."""
+
     async def size_bytes(self) -> int:
         """The space the store's own tables or keys take (on disk, or in Redis memory)."""
 

@@ -50,6 +50,31 @@ class MemoryStore(SingleServer):
                     break
         return out
 
+    async def last_seq(self) -> int:
+        return max((seq for seq, _ in self._jobs.values()), default=0)
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        counts: dict[tuple[bytes, int], int] = {}
+        for seq, job in self._jobs.values():
+            if after < seq <= upto:
+                key = (job.function, job.priority)
+                counts[key] = counts.get(key, 0) + 1
+        return [(f, p, n) for (f, p), n in counts.items()]
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        out: list[tuple[int, StoredJob]] = []
+        for seq, job in self._jobs.values():
+            if seq > after and job.function == function and job.priority == priority:
+                out.append((seq, job))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        return [k for k in keys if k in self._jobs]
+
     async def count(self) -> int:
         return len(self._jobs)
 

@@ -236,6 +236,43 @@ class MySQLStore(SingleServer):
             for r in rows
         ]
 
+    async def last_seq(self) -> int:
+        rows = await self._fetch("SELECT COALESCE(max(seq), 0) FROM gearmill_jobs")
+        return int(rows[0][0])
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        rows = await self._fetch(
+            "SELECT function, priority, count(*) FROM gearmill_jobs"
+            " WHERE seq > %s AND seq <= %s GROUP BY function, priority",
+            (after, upto),
+        )
+        return [(bytes(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM gearmill_jobs FORCE INDEX (PRIMARY) WHERE seq > %s"
+            " AND function = %s AND priority = %s ORDER BY seq LIMIT %s",
+            (after, function, priority, limit),
+        )
+        return [
+            (int(r[0]), StoredJob(r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], int(r[7])))
+            for r in rows
+        ]
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        found: set[Key] = set()
+        for i in range(0, len(keys), _DELETE_CHUNK):
+            chunk = keys[i : i + _DELETE_CHUNK]
+            where = " OR ".join(["(function = %s AND unique_key = %s)"] * len(chunk))
+            rows = await self._fetch(
+                f"SELECT function, unique_key FROM gearmill_jobs WHERE {where}",
+                [x for k in chunk for x in k],
+            )
+            found.update((bytes(r[0]), bytes(r[1])) for r in rows)
+        return [k for k in keys if k in found]
+
     async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
         for d in dead:
             check_job(d.job)

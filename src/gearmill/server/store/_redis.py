@@ -172,6 +172,7 @@ if last >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+_SCAN_PAGE = 2000  # jobs a paging scan reads at a time
 _GLOB = re.compile(rb"([\\*?\[\]])")
 
 
@@ -417,6 +418,74 @@ class RedisStore:
             for (_, score), v in zip(pairs, values, strict=True)
             if v is not None
         ]
+
+    async def last_seq(self) -> int:
+        try:
+            top = await self._c().zrevrange(self._k_order, 0, 0, withscores=True)
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        return int(top[0][1]) if top else 0
+
+    async def _scan(self, after: int, upto: float, page: int) -> list[tuple[int, StoredJob]]:
+        """One page of stored jobs in sequence order (Redis has no filter by field)."""
+        return [(s, j) for s, j in await self.load(after, page) if s <= upto]
+
+    async def _mine(self, page: list[tuple[int, StoredJob]]) -> list[tuple[int, StoredJob]]:
+        """With an owner (several servers share the prefix), the jobs of the page it holds:
+        paging must never load another live server's jobs."""
+        if self.owner is None or not page:
+            return page
+        try:
+            leases = await self._c().hmget(
+                self._k_leases, [field_of(j.function, j.unique) for _, j in page]
+            )
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        me = self.owner.encode()
+        return [
+            row
+            for row, lease in zip(page, leases, strict=True)
+            if lease is not None and lease.rpartition(b" ")[0] == me
+        ]
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        counts: dict[tuple[bytes, int], int] = {}
+        while True:
+            page = await self._scan(after, upto, _SCAN_PAGE)
+            for _, job in await self._mine(page):
+                key = (job.function, job.priority)
+                counts[key] = counts.get(key, 0) + 1
+            if len(page) < _SCAN_PAGE:
+                return [(f, p, n) for (f, p), n in counts.items()]
+            after = page[-1][0]
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        out: list[tuple[int, StoredJob]] = []
+        while len(out) < limit:
+            page = await self.load(after, _SCAN_PAGE)
+            for seq, job in await self._mine(page):
+                if job.function == function and job.priority == priority:
+                    out.append((seq, job))
+                    if len(out) >= limit:
+                        break
+            if len(page) < _SCAN_PAGE:
+                break
+            after = page[-1][0]
+        return out
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        if not keys:
+            return []
+        try:
+            pipe = self._c().pipeline(transaction=False)
+            for f, u in keys:
+                pipe.hexists(self._k_jobs, field_of(f, u))
+            there = await pipe.execute()
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+        return [k for k, yes in zip(keys, there, strict=True) if yes]
 
     async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
         for d in dead:

@@ -270,6 +270,49 @@ class SQLiteStore(SingleServer):
         )
         return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
+    async def last_seq(self) -> int:
+        return await self._run(
+            lambda: int(
+                self._conn()
+                .execute("SELECT COALESCE(max(seq), 0) FROM gearmill_jobs")
+                .fetchone()[0]
+            )
+        )
+
+    async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
+        def fetch() -> list[tuple[bytes, int, int]]:
+            rows = self._conn().execute(
+                "SELECT function, priority, count(*) FROM gearmill_jobs"
+                " WHERE seq > ? AND seq <= ? GROUP BY function, priority",
+                (after, upto),
+            )
+            return [(bytes(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+        return await self._run(fetch)
+
+    async def load_queued(
+        self, function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        def fetch() -> list[tuple[int, StoredJob]]:
+            # "+" keeps SQLite on the sequence order (the primary key) instead of
+            # the (function, unique) index and a sort of the whole function
+            rows = self._conn().execute(
+                f"SELECT {JOB_COLUMNS} FROM gearmill_jobs WHERE seq > ?"
+                " AND +function = ? AND +priority = ? ORDER BY seq LIMIT ?",
+                (after, function, priority, limit),
+            )
+            return [(r[0], StoredJob(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+        return await self._run(fetch)
+
+    async def find(self, keys: Sequence[Key]) -> list[Key]:
+        def fetch() -> list[Key]:
+            db = self._conn()
+            sql = "SELECT 1 FROM gearmill_jobs WHERE function = ? AND unique_key = ?"
+            return [k for k in keys if db.execute(sql, k).fetchone() is not None]
+
+        return await self._run(fetch) if keys else []
+
     async def add_dead(self, dead: Sequence[DeadLetter]) -> list[int]:
         for d in dead:
             check_job(d.job)
