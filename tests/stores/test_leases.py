@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storekit import Backend, make_backend, run
@@ -230,3 +231,57 @@ def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(shared: Backend
             await b.close()
 
     run(claim())
+
+
+def test_schedules_changed_on_one_server_reach_the_others_sharing_the_store(
+    shared: Backend,
+) -> None:
+    """A schedule added, paused and removed through one server's admin commands is
+    taken in by another server at its next sync, so it fires even if the first dies."""
+    from gearmill.server import admin_policy
+    from gearmill.server.broker import Broker, BrokerConfig
+    from gearmill.server.policy import Policies, RetryConfig
+    from gearmill.server.policy_store import PolicyStore
+
+    async def go() -> None:
+        servers = []
+        for i in range(2):
+            broker = Broker(BrokerConfig(handle_prefix=b"H:%d" % i), lambda: 1_700_000_000.0)
+            policies = Policies(broker, RetryConfig())
+            store = shared.store()
+            await store.open()
+            keeper = PolicyStore(policies, store)
+            await keeper.open()
+            servers.append((policies, keeper, store))
+        (p1, k1, _), (p2, k2, _) = servers
+
+        async def synced(check: Any) -> None:
+            for _ in range(100):  # the first server's writer, then the second's sync
+                await asyncio.sleep(0.02)
+                if k1._queue.empty():
+                    break
+            k2.sync_soon()
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if check():
+                    return
+            raise AssertionError("not synced")
+
+        def admin(line: bytes) -> None:
+            assert admin_policy.run(p1, line) == b"OK\r\n"
+
+        try:
+            admin(b"schedule add nightly report 30 2 * * * all")
+            await synced(lambda: "nightly" in p2.scheduler.schedules)
+            got = p2.scheduler.schedules["nightly"]
+            assert (got.expr, got.spec.function, got.spec.data) == ("30 2 * * *", b"report", b"all")
+            admin(b"schedule pause nightly")
+            await synced(lambda: p2.scheduler.schedules["nightly"].paused)
+            admin(b"schedule remove nightly")
+            await synced(lambda: "nightly" not in p2.scheduler.schedules)
+        finally:
+            for _, keeper, store in servers:
+                await keeper.close()
+                await store.close()
+
+    run(go())

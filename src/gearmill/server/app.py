@@ -160,6 +160,8 @@ class Server:
         if node is None:
             node = default_node_id(self.addresses[0][1])
         self.cluster = Cluster(durable, node, store.lease, self._lease_lost)
+        if self.keeper is not None:
+            self.cluster.on_sweep = self.keeper.sync_soon
         try:
             await self.cluster.join(restarted=mine)
         except BaseException:

@@ -68,6 +68,8 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.lost = False
+        # called every few heartbeats (PolicyStore.sync_soon: schedules changed elsewhere)
+        self.on_sweep: Callable[[], None] | None = None
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -133,6 +135,8 @@ class Cluster:
                 )
             if dead or beats % SWEEP_EVERY == 0:
                 self._claim.set()
+            if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
+                self.on_sweep()
 
     def _lost(self) -> None:
         log.critical(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from .policy import ENDINGS, DeadJob, Policies, RuleError, Schedule, ScheduleSpec
 from .store import DeadLetter, Store, StoredJob, StoredSchedule, StoreError
@@ -65,6 +66,8 @@ class PolicyStore:
         self.ids: dict[bytes, int] = {}  # dead job handle -> the store's id
         self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # schedules changed here since the last sync began: the store's copy may be older
+        self._touched: set[str] = set()
 
     async def open(self) -> None:
         policies = self.policies
@@ -115,13 +118,21 @@ class PolicyStore:
 
     def remove(self, key: bytes | str) -> None:
         kind = "unschedule" if isinstance(key, str) else "remove"
+        if isinstance(key, str):
+            self._touched.add(key)
         self._queue.put_nowait((kind, key))
 
     def put(self, spec: ScheduleSpec) -> None:
+        self._touched.add(spec.name)
         self._queue.put_nowait(("put", spec))
 
     def tick(self, sched: Schedule, minute: float) -> None:
         self._queue.put_nowait(("tick", (sched, minute)))
+
+    def sync_soon(self) -> None:
+        """Take in, after what is queued, the schedules other servers sharing the store
+        added, changed or removed (server/cluster.py calls it every few heartbeats)."""
+        self._queue.put_nowait(("sync", None))
 
     # ------------------------------------------------------------ the writer
 
@@ -134,6 +145,36 @@ class PolicyStore:
             self.policies.scheduler.submit_tick(sched, minute)
             if self._flush is not None:
                 self._flush()
+
+    async def _sync(self) -> None:
+        self._touched.clear()
+        stored = await self.store.list_schedules()
+        scheduler = self.policies.scheduler
+        touched = self._touched  # changed here while the list was read: keep ours
+        sink, scheduler.sink = scheduler.sink, None  # what the store says is not written back
+        try:
+            names = {s.name for s in stored}
+            for name in [n for n in scheduler.schedules if n not in names | touched]:
+                scheduler.remove(name)
+                log.info("Schedule %s removed on another server", name)
+            for s in stored:
+                if s.name in touched:
+                    continue
+                spec = ScheduleSpec(s.name, s.cron, s.function, s.data, s.priority, not s.enabled)
+                have = scheduler.schedules.get(s.name)
+                if have is not None and have.spec == spec:
+                    continue
+                if have is not None and replace(have.spec, paused=spec.paused) == spec:
+                    scheduler.pause(s.name, spec.paused)
+                    continue
+                try:
+                    scheduler.add(spec)
+                except RuleError as e:
+                    log.error("Stored schedule %s not loaded: %s", s.name, e)
+                    continue
+                log.info("Schedule %s taken in from the store", s.name)
+        finally:
+            scheduler.sink = sink
 
     @staticmethod
     def _stored(spec: ScheduleSpec) -> StoredSchedule:
@@ -155,6 +196,8 @@ class PolicyStore:
                     i = self.ids.pop(item, None)
                     if i is not None:
                         await self.store.remove_dead([i])
+                elif kind == "sync":
+                    await self._sync()
                 elif kind == "tick":
                     assert isinstance(item, tuple)
                     await self._tick(*item)
