@@ -1,17 +1,29 @@
 """Paging (--memory-jobs): queued background jobs beyond the budget wait in the store and
 are loaded as the queue drains; status counts them, a unique id coalesces onto them, and
-they survive a SIGKILL. A real server on SQLite, the C gearman tool as client and worker."""
+they survive a SIGKILL. A real server on each durable store, the C gearman tool as client
+and worker."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from conftest import Running, start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import DURABLE, Backend, make_backend
 from test_durable import drain, kill, status, submit
+
+
+@pytest.fixture(params=DURABLE, name="store")
+def store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
 
 BUDGET = 40
 JOBS = 400
@@ -32,10 +44,9 @@ def wait_queued(srv: Running, func: str, n: int) -> None:
 
 
 def test_jobs_beyond_the_budget_wait_in_the_store_and_drain_in_order_once(
-    tmp_path: Path,
+    store: Backend, tmp_path: Path
 ) -> None:
-    url = f"sqlite:///{tmp_path}/queue.db"
-    srv = start_gearmill("--store", url, "--memory-jobs", str(BUDGET))
+    srv = start_gearmill("--store", store.url, "--memory-jobs", str(BUDGET))
     try:
         assert submit(srv.port, "paged", "-u", "kept", "first") == ""
         lines = "".join(f"n{i}\n" for i in range(JOBS))
