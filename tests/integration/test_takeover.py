@@ -182,13 +182,13 @@ def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
         b.stop()
 
 
-def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_claims_within_the_budget(
+def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_pages_in_claimed_ones(
     shared: Backend, tmp_path: Path
 ) -> None:
     """Server a (budget 40, no worker) keeps most of its 300 jobs in the store only;
     server b (budget 60) pages in its own 200 jobs of the same function for its
-    worker, never a's while a lives, and after a dies claims a's jobs a budget's worth
-    at a time: every job runs once."""
+    worker, never a's while a lives, and after a dies claims a's jobs, keeping a
+    budget's worth in memory and paging in the rest: every job runs once."""
     out = tmp_path / "done"
     out.touch()
     a, b = (

@@ -159,10 +159,9 @@ class Cluster:
             taken = 0
             try:
                 while not self._stopping:
-                    # within the memory budget: what is left stays for a server with room
-                    await self.durable.wait_room()
-                    room = self.durable.claim_room(CLAIM_PAGE)
-                    page = await asyncio.wait_for(self.store.claim(self.owner, room), CALL_TIMEOUT)
+                    page = await asyncio.wait_for(
+                        self.store.claim(self.owner, CLAIM_PAGE), CALL_TIMEOUT
+                    )
                     if not page or self.lost:
                         break
                     taken += self.durable.queue_stored(page)

@@ -105,9 +105,6 @@ class Durable:
         self.cursors: dict[FP, int] = {}
         self.replay_top = 0  # the highest seq stored when replay began
         self.paged_in = 0  # jobs loaded back from the store by paging
-        # a claimer (server/cluster.py) waiting for the queues to drain below the budget
-        self.room = asyncio.Event()
-        self.room_wanted = False
         self._flush = flush  # write the released replies (the server's flush)
         # the next group: adds by key (with their jobs, to refuse them on failure)
         self.adds: dict[Key, StoredJob] = {}
@@ -207,9 +204,6 @@ class Durable:
                     if self.spill.pop(key, None) is not None:
                         self._spill_done((key[0], job.priority))
                 self.removes[key] = None
-        if self.room_wanted and self.claim_room(1) > 0:
-            self.room_wanted = False
-            self.room.set()
         if replay_peer.holds:
             replay_peer.holds = 0
             held = [p for p in held if p is not replay_peer]
@@ -559,22 +553,23 @@ class Durable:
         self.replay_top = await self.store.last_seq()
         self.paging = self.budget > 0
 
-    def claim_room(self, most: int) -> int:
-        """How many jobs a claim may take now without going over the memory budget."""
-        if not self.budget:
-            return most
-        return max(0, min(most, self.budget - self.resident - self.page))
-
-    async def wait_room(self) -> None:
-        """Until the queues in memory have drained below the budget by a page."""
-        while self.claim_room(1) <= 0:
-            self.room.clear()
-            self.room_wanted = True
-            await self.room.wait()
-
     def queue_stored(self, page: list[tuple[int, StoredJob]]) -> int:
-        """Queue jobs claimed from the store in memory as the replay peer's (not stored
-        again); sleeping workers are NOOPed. How many were queued."""
+        """Take on jobs claimed from the store (server/cluster.py), its own from an
+        earlier run included. With a memory budget they are counted as stored-only and
+        paged in as the queues drain, highest priority first, like replay (a claim comes
+        in submission order, or none in Redis); without one they are queued at once, as
+        the replay peer's (not stored again). Either way sleeping workers are NOOPed.
+        How many it took on."""
+        if self.paging:
+            cursors = self.cursors
+            for seq, stored in page:
+                fp = (stored.function, stored.priority)
+                self._count_stored(fp, 1)
+                # claimed rows may be older than this server's own: page from before them
+                cursors[fp] = min(cursors.get(fp, self.replay_top), seq - 1)
+            if self._low() and not self.busy:
+                self._wake.set()
+            return len(page)
         queued = refused = 0
         for _, stored in page:
             key = (stored.function, stored.unique)
