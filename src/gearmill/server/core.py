@@ -84,6 +84,7 @@ from .replies import (
     job_created,
     packet2,
     packet3,
+    packet4,
     status_res,
 )
 
@@ -107,10 +108,13 @@ MANY_ABILITIES: Final = 32
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
 _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
 _GRAB_JOB: Final = int(PacketType.GRAB_JOB)
+# libgearman's workers (the C tools, PHP, Perl, our load generator) grab with GRAB_JOB_ALL
+_GRAB_JOB_ALL: Final = int(PacketType.GRAB_JOB_ALL)
 _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _PRE_SLEEP: Final = int(PacketType.PRE_SLEEP)
 _GET_STATUS: Final = int(PacketType.GET_STATUS)
 _JOB_ASSIGN: Final = int(PacketType.JOB_ASSIGN)
+_JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
 
 Handler = Callable[[Peer, list[bytes]], None]
 # an admin line -> its reply, or None to close the connection
@@ -166,6 +170,8 @@ class Core:
         return {
             PacketType.PRE_SLEEP: self._pre_sleep,
             PacketType.GRAB_JOB: self._grab_job,
+            PacketType.GRAB_JOB_UNIQ: self._grab_job_uniq,
+            PacketType.GRAB_JOB_ALL: self._grab_job_all,
             PacketType.WORK_COMPLETE: self._work_complete,
             PacketType.GET_STATUS: self._get_status,
         }
@@ -289,6 +295,8 @@ class Core:
             self.submit(peer, args[0], args[1], args[2], 1, True)
         elif kind == _SUBMIT_JOB:
             self.submit(peer, args[0], args[1], args[2], 1, False)
+        elif kind == _GRAB_JOB_ALL:
+            self._grab_job_all(peer, args)
         elif kind == _GRAB_JOB:
             self._grab_job(peer, args)
         elif kind == _WORK_COMPLETE:
@@ -507,6 +515,41 @@ class Core:
             else:
                 pieces = encode_pieces(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
                 self._send_pieces(peer, pieces)
+
+    def _grab_job_uniq(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is not None:
+            self._assign_uniq(peer, job)
+
+    def _grab_job_all(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            return
+        reducer = job.more.reducer
+        if reducer:
+            pieces = encode_pieces(
+                PacketType.JOB_ASSIGN_ALL,
+                job.handle,
+                job.func.name,
+                job.unique,
+                reducer,
+                job.data,
+            )
+            self._send_pieces(peer, pieces)
+        else:
+            self._assign_uniq(peer, job)
+
+    def _assign_uniq(self, peer: Peer, job: Job) -> None:
+        # a fixed-arity encoder, as for JOB_ASSIGN: encode_pieces cost about 3,500
+        # instructions a job (bench/micro/icount.py drain)
+        if len(job.data) < BIG_PIECE:
+            packet = packet4(_JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data)
+            self.reply(peer, packet)
+        else:
+            pieces = encode_pieces(
+                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
+            )
+            self._send_pieces(peer, pieces)
 
     def _wake(self, func: Function) -> None:
         """NOOP sleeping workers of ``func``, at most once per sleep (§3.3).
