@@ -402,7 +402,7 @@ class Core:
         if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
             return self._select_ready(peer)
         if self.config.global_priority:
-            for priority in (0, 1, 2):
+            for priority in range(3):
                 for i, ability in enumerate(abilities):
                     func = ability.func
                     if func.queued[priority]:
@@ -414,7 +414,7 @@ class Core:
             func = ability.func
             queued = func.queued
             if queued[0] or queued[1] or queued[2]:
-                for priority in (0, 1, 2):
+                for priority in range(3):
                     if queued[priority]:
                         job = self._head(func, priority)
                         if job is not None:
@@ -443,7 +443,7 @@ class Core:
             at = rank.get(func)
             if at is None:
                 continue
-            for priority in (0, 1, 2):
+            for priority in range(3):
                 if queued[priority]:
                     key = (priority, at) if by_priority else (0, at)
                     if key < best_key:
@@ -713,9 +713,10 @@ class Core:
             self._cancel_timer(more)
         self.jobs.pop(job.handle, None)
         forget_unique(job)
-        for client in job.clients:
-            client.waiting.discard(job)
-        job.clients = ()
+        if job.clients:  # a background job has none: no iterator
+            for client in job.clients:
+                client.waiting.discard(job)
+            job.clients = ()
         if job.cancelled:
             outcome = CANCELLED
         self._count(job, outcome)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..protocol.packets import HEADER, RES, ErrorCode, PacketType, encode
+from ..protocol.packets import HEADER, MAX_TYPE, RES, ErrorCode, PacketType, encode
 from .model import MAX_HANDLE
 
 # the header packer as a bound method: no attribute lookup per packet
@@ -33,15 +33,32 @@ def job_created(handle: bytes) -> bytes:
 # Fixed-arity encoders for the replies of the benchmarked paths: the generic
 # ``encode(ptype, *args)`` costs about 1,800 instructions a packet (argument
 # tuple, method lookup of the header packer), a sixth of a GET_STATUS.
+# A small packet's header is two table lookups (magic and type, then the size)
+# instead of a struct call: about 550 instructions less a packet.
+_SMALL: Final = 2048
+_SIZES: Final = tuple(n.to_bytes(4, "big") for n in range(_SMALL))
+_PREFIX: Final = tuple(RES + t.to_bytes(4, "big") for t in range(MAX_TYPE + 1))
 
 
 def packet2(ptype: int, a: bytes, b: bytes) -> bytes:
-    return b"".join([_pack(RES, ptype, len(a) + len(b) + 1), a, b"\x00", b])
+    n = len(a) + len(b) + 1
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b])
+    return b"".join([_pack(RES, ptype, n), a, b"\x00", b])
 
 
 def packet3(ptype: int, a: bytes, b: bytes, c: bytes) -> bytes:
     n = len(a) + len(b) + len(c) + 2
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c])
     return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c])
+
+
+def packet4(ptype: int, a: bytes, b: bytes, c: bytes, d: bytes) -> bytes:
+    n = len(a) + len(b) + len(c) + len(d) + 3
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c, b"\x00", d])
+    return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c, b"\x00", d])
 
 
 # STATUS_RES headers for a handle of the usual lengths and an 8-byte tail (unknown,
@@ -52,11 +69,6 @@ _STATUS_HEAD: Final = tuple(
 )
 _QUEUED: Final = b"\x001\x000\x000\x000"
 _RUNNING: Final = b"\x001\x001\x000\x000"
-
-
-def packet4(ptype: int, a: bytes, b: bytes, c: bytes, d: bytes) -> bytes:
-    n = len(a) + len(b) + len(c) + len(d) + 3
-    return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c, b"\x00", d])
 
 
 def status_res(handle: bytes, known: bool, running: bool, num: int, den: int) -> bytes:
