@@ -487,7 +487,8 @@ class Core:
             # woken for one function, it took another's job: wake someone else
             self._wake(woken_for)
         func.queues[job.priority].popleft()
-        func.queued[job.priority] -= 1
+        queued = func.queued
+        queued[job.priority] = queued[job.priority] - 1
         func.running += 1
         job.state = RUNNING
         job.worker = peer
@@ -643,7 +644,7 @@ class Core:
             self.reply(peer, ERR_QUEUE_FULL)
             return None
         self._handle_seq += 1
-        handle = self._handle_base + b"%d" % self._handle_seq
+        handle = b"%s%d" % (self._handle_base, self._handle_seq)  # one build, no concat
         job = Job(handle, func, unique, data, priority, background)
         if reducer:
             job.extra().reducer = reducer
@@ -655,7 +656,9 @@ class Core:
         if not background:
             job.add_client(peer)
             peer.waiting.add(job)
-        func.queued[priority] += 1
+        # (compiled, a list item's += is a generic number call; this is an int add)
+        queued = func.queued
+        queued[priority] = queued[priority] + 1
         self.counters.submitted += 1
         if journal is not None:
             journal.entries.append(JobAccepted(job, peer, when))
@@ -706,12 +709,15 @@ class Core:
                 del worker.assigned[job.handle]
             job.worker = None
         elif not job.ignore:
-            func.queued[job.priority] -= 1
+            queued = func.queued
+            queued[job.priority] = queued[job.priority] - 1
         job.ignore = True
         more = job.more
         if more is not NO_MORE and more.timer is not None:
             self._cancel_timer(more)
-        self.jobs.pop(job.handle, None)
+        jobs = self.jobs
+        if job.handle in jobs:  # (compiled: a dict's pop is a method call, del is not)
+            del jobs[job.handle]
         forget_unique(job)
         if job.clients:  # a background job has none: no iterator
             for client in job.clients:
