@@ -6,6 +6,8 @@
     python3 bench/compare.py --scenarios bg_100k,big_64MiB --repeat 5
     python3 bench/compare.py --cpus 0 --scenarios lat_5k_c1_w1,status_20k_c1   # pinned
     python3 bench/compare.py --gearmill-python old=/tmp/old/.venv/bin/python   # two builds
+    python3 bench/compare.py --no-gearmill --no-gearmand \
+        --gearmill-python before=/v/before/bin/python --gearmill-python after=/v/after/bin/python
 
 Servers run interleaved (A B C A B C ...), each run on a fresh server on a free loopback
 port, started when it answers GET_STATUS. The load generator (bench/loadgen/gmload.c, on
@@ -291,9 +293,12 @@ def full_table(results: list[dict[str, Any]], servers: list[str]) -> str:
 
 def parse_servers(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
     """(name -> command template, names of the gearmand configurations)."""
-    servers: dict[str, str] = {"gearmill": gearmill_command(sys.executable, args.gearmill_args)}
+    servers: dict[str, str] = {}
+    if not args.no_gearmill:
+        servers["gearmill"] = gearmill_command(sys.executable, args.gearmill_args)
     if args.with_pure:
-        servers["gearmill-pure"] = "env GEARMILL_PURE=1 " + servers["gearmill"]
+        pure = gearmill_command(sys.executable, args.gearmill_args)
+        servers["gearmill-pure"] = "env GEARMILL_PURE=1 " + pure
     for spec in args.gearmill_python:
         label, _, python = spec.rpartition("=")
         check_python(python)
@@ -313,7 +318,10 @@ def parse_servers(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
             if not (name.endswith("hash1M") and args.no_hash):
                 servers[name] = command
                 gearmands.append(name)
-    check_python(sys.executable)
+    if not args.no_gearmill or args.with_pure:
+        check_python(sys.executable)
+    if len(servers) == len(gearmands):
+        raise BenchError("--no-gearmill: name a build with --gearmill-python or a server with -s")
     return servers, gearmands
 
 
@@ -343,6 +351,12 @@ def main() -> int:
         metavar="NAME=COMMAND",
         help="also measure any server: a command with {port} (and optionally {tmp}, a "
         "scratch folder), in the foreground, on 127.0.0.1 (repeatable)",
+    )
+    p.add_argument(
+        "--no-gearmill",
+        action="store_true",
+        help="leave out this checkout's gearmill: only the builds given with "
+        "--gearmill-python (the first is the one the others are compared with)",
     )
     p.add_argument("--no-hash", action="store_true", help="skip the -t1-hash1M configuration")
     p.add_argument("--no-gearmand", action="store_true", help="measure no gearmand at all")

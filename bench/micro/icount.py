@@ -1,13 +1,14 @@
 """Server instructions per operation, counted by valgrind (deterministic, unlike timings).
 
-    python bench/micro/icount.py [--python PY] [--n 20000] ping drain rt
+    python bench/micro/icount.py [--python PY] [--n 20000] ping drain rt bg
 
 For each loadgen mode it runs ``PY -m gearmill.cli.main serve`` under
 ``valgrind --tool=callgrind`` twice, once for one operation and once for
 ``--n``, and prints (Ir(n) - Ir(1)) / (n - 1): the server's own instructions
 (user space, event loop included) per GET_STATUS round trip (ping), per
-queued-then-drained job (drain: 2 clients, 4 workers) or per foreground job
-(rt: 8 clients, 4 workers). Compare two builds by passing each one's Python.
+queued-then-drained job (drain: 2 clients, 4 workers), per foreground job
+(rt: 8 clients, 4 workers) or per background submission (bg: 2 clients, 256
+pipelined, left queued). Compare two builds by passing each one's Python.
 Needs valgrind; the load generator (bench/loadgen) is built when missing.
 """
 
@@ -30,6 +31,8 @@ MODES = {
     "ping": ["status", "-c", "1"],
     "drain": ["drain", "-c", "2", "-w", "4"],
     "rt": ["rt", "-c", "8", "-w", "4"],
+    # background submissions only (256 pipelined per batch), left queued
+    "bg": ["bg", "-c", "2", "-b", "256", "--no-drain"],
 }
 
 

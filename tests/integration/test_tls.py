@@ -435,3 +435,96 @@ def test_a_certificate_that_cannot_be_loaded_is_one_line(tmp_path: Path, pki: PK
     )
     assert out.returncode == 1 and out.stderr.count(b"\n") == 1
     assert b"cannot load the certificate and key: KEY_VALUES_MISMATCH" in out.stderr, out.stderr
+
+
+def _refused_by(sock: socket.socket) -> None:
+    """Read until the server ends the connection (it has logged the refusal by then)."""
+    sock.settimeout(10)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except (ssl.SSLError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()
+
+
+def _tls_attempt(address: str, context: ssl.SSLContext) -> str:
+    """A handshake with ``context``; the client's own address, to find in the server's log."""
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    me = "{}:{}".format(*raw.getsockname()[:2])
+    try:
+        sock = context.wrap_socket(raw, server_hostname=host)
+    except (ssl.SSLError, ConnectionResetError):
+        raw.close()  # TLS 1.2: the refusal came during the client's handshake
+        return me
+    sock.sendall(struct.pack(">4sII", REQ, 16, 2) + b"hi")  # ECHO_REQ, never answered
+    _refused_by(sock)
+    return me
+
+
+def _plain_attempt(address: str) -> str:
+    """A plain Gearman packet on the TLS port."""
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    me = "{}:{}".format(*sock.getsockname()[:2])
+    sock.sendall(struct.pack(">4sII", REQ, 16, 2) + b"hi")
+    _refused_by(sock)
+    return me
+
+
+def test_refused_handshakes_are_logged_with_the_peer_and_why_at_most_10_a_minute(
+    tmp_path: Path, pki: PKI
+) -> None:
+    running = start_gearmill(
+        "-L",
+        "tls://127.0.0.1:0",
+        "--tls-cert",
+        str(pki.server[0]),
+        "--tls-key",
+        str(pki.server[1]),
+        "--tls-ca",
+        str(pki.ca),
+        "--tls-verify-client",
+        "required",
+        "--verbose",
+        "WARNING",
+        tmp=tmp_path,
+    )
+    log = tmp_path / "server.log"
+    address = f"tls://127.0.0.1:{running.port}"
+    try:
+        intruder = _tls_attempt(address, pki.context("intruder"))  # a CA we do not trust
+        anonymous = _tls_attempt(address, pki.context())  # no certificate, one is required
+        plain = _plain_attempt(address)  # not TLS at all
+
+        def refusals() -> list[str]:
+            return [x for x in log.read_text().splitlines() if "refused a TLS handshake" in x]
+
+        # the TLS layer closes the connection just before the server logs why
+        wait_for("3 lines in the log", lambda: len(refusals()) >= 3)
+        lines = refusals()
+        assert len(lines) == 3, lines
+        assert lines[0].endswith(
+            f"refused a TLS handshake from {intruder}: bad client certificate "
+            "(unable to get local issuer certificate)"
+        ), lines[0]
+        assert lines[1].endswith(
+            f"refused a TLS handshake from {anonymous}: no client certificate, and one is "
+            "required (PEER_DID_NOT_RETURN_A_CERTIFICATE)"
+        ), lines[1]
+        assert lines[2].endswith(
+            f"refused a TLS handshake from {plain}: wrong protocol: not TLS (a plain Gearman "
+            "client on the TLS port?) (WRONG_VERSION_NUMBER)"
+        ), lines[2]
+        # a flood: 10 lines in all, then a count; the server goes on serving
+        for _ in range(40):
+            _plain_attempt(address)
+        with gm.Client(address, tls=pki.context("client-1"), timeout=10) as client:
+            assert client.echo(b"still serving") == b"still serving"
+    finally:
+        running.stop()
+    text = log.read_text()
+    assert text.count("refused a TLS handshake from") == 10, text
+    assert "refused 33 more TLS handshakes (at most 10 in 60 s are logged one by one)" in text

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -28,7 +29,10 @@ from .store import hide_password
 from .stream import Hub, flush
 
 if TYPE_CHECKING:
+    import ssl
+
     from .http import HttpFront
+    from .tls import Refusals
 
 log = logging.getLogger("gearmill.server")
 # start, stop and jobs lost at exit: logged at every --verbose level
@@ -47,6 +51,8 @@ class Server:
         self._why = ""
         self._announced = False  # the stop line answers the start line
         self._servers: list[asyncio.AbstractServer] = []
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
+        self._refusals: Refusals | None = None  # the log of refused TLS handshakes
         self._stopped: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -76,12 +82,13 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self.hub.defer = self._loop.call_soon
-        context = None
         kinds: dict[bool, type[GearmanProtocol]] = {False: GearmanProtocol}
+        tls: tuple[ssl.SSLContext, Refusals] | None = None
         if any(x.tls for x in self.config.listeners):
-            from .tls import TLSProtocol, server_context
+            from .tls import Refusals, TLSProtocol, server_context
 
-            context = server_context(self.config.tls)
+            self._refusals = Refusals()
+            tls = (server_context(self.config.tls), self._refusals)
             kinds[True] = TLSProtocol
         store = self.config.store
         if store.url != "memory" and self.durable is None:
@@ -99,21 +106,28 @@ class Server:
             await self.keeper.open()
         for listener in self.config.listeners:
             kind = kinds[listener.tls]
+            protocol: Callable[[], asyncio.BaseProtocol]
+            protocol = app = functools.partial(
+                kind,
+                self.hub,
+                self.config.max_packet,
+                self.tune_socket,
+                self.config.limits.max_owed,
+                self.guard,
+            )
+            if listener.tls:
+                # the socket is plain TCP: Handshake runs TLS, so that a refused one is logged
+                from .tls import Handshake
+
+                assert tls is not None
+                protocol = functools.partial(Handshake, app, *tls, self._handshakes)
             try:
                 server = await self._loop.create_server(
-                    functools.partial(
-                        kind,
-                        self.hub,
-                        self.config.max_packet,
-                        self.tune_socket,
-                        self.config.limits.max_owed,
-                        self.guard,
-                    ),
+                    protocol,
                     host=listener.host or None,
                     port=listener.port,
                     backlog=self.config.backlog,
                     reuse_address=True,
-                    ssl=context if listener.tls else None,
                     start_serving=False,  # a shared store's node id is taken first
                 )
             except OSError as e:
@@ -319,6 +333,10 @@ class Server:
         self._report_lost()
         for server in self._servers:
             server.close()
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        if self._refusals is not None:
+            self._refusals.close()
         self.broker.abort_all()
         if self.http is not None:
             await self.http.close()

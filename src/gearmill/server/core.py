@@ -84,6 +84,7 @@ from .replies import (
     job_created,
     packet2,
     packet3,
+    packet4,
     status_res,
 )
 
@@ -107,10 +108,13 @@ MANY_ABILITIES: Final = 32
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
 _SUBMIT_JOB: Final = int(PacketType.SUBMIT_JOB)
 _GRAB_JOB: Final = int(PacketType.GRAB_JOB)
+# libgearman's workers (the C tools, PHP, Perl, our load generator) grab with GRAB_JOB_ALL
+_GRAB_JOB_ALL: Final = int(PacketType.GRAB_JOB_ALL)
 _WORK_COMPLETE: Final = int(PacketType.WORK_COMPLETE)
 _PRE_SLEEP: Final = int(PacketType.PRE_SLEEP)
 _GET_STATUS: Final = int(PacketType.GET_STATUS)
 _JOB_ASSIGN: Final = int(PacketType.JOB_ASSIGN)
+_JOB_ASSIGN_UNIQ: Final = int(PacketType.JOB_ASSIGN_UNIQ)
 
 Handler = Callable[[Peer, list[bytes]], None]
 # an admin line -> its reply, or None to close the connection
@@ -166,6 +170,8 @@ class Core:
         return {
             PacketType.PRE_SLEEP: self._pre_sleep,
             PacketType.GRAB_JOB: self._grab_job,
+            PacketType.GRAB_JOB_UNIQ: self._grab_job_uniq,
+            PacketType.GRAB_JOB_ALL: self._grab_job_all,
             PacketType.WORK_COMPLETE: self._work_complete,
             PacketType.GET_STATUS: self._get_status,
         }
@@ -289,6 +295,8 @@ class Core:
             self.submit(peer, args[0], args[1], args[2], 1, True)
         elif kind == _SUBMIT_JOB:
             self.submit(peer, args[0], args[1], args[2], 1, False)
+        elif kind == _GRAB_JOB_ALL:
+            self._grab_job_all(peer, args)
         elif kind == _GRAB_JOB:
             self._grab_job(peer, args)
         elif kind == _WORK_COMPLETE:
@@ -394,7 +402,7 @@ class Core:
         if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
             return self._select_ready(peer)
         if self.config.global_priority:
-            for priority in (0, 1, 2):
+            for priority in range(3):
                 for i, ability in enumerate(abilities):
                     func = ability.func
                     if func.queued[priority]:
@@ -406,7 +414,7 @@ class Core:
             func = ability.func
             queued = func.queued
             if queued[0] or queued[1] or queued[2]:
-                for priority in (0, 1, 2):
+                for priority in range(3):
                     if queued[priority]:
                         job = self._head(func, priority)
                         if job is not None:
@@ -435,7 +443,7 @@ class Core:
             at = rank.get(func)
             if at is None:
                 continue
-            for priority in (0, 1, 2):
+            for priority in range(3):
                 if queued[priority]:
                     key = (priority, at) if by_priority else (0, at)
                     if key < best_key:
@@ -479,7 +487,8 @@ class Core:
             # woken for one function, it took another's job: wake someone else
             self._wake(woken_for)
         func.queues[job.priority].popleft()
-        func.queued[job.priority] -= 1
+        queued = func.queued
+        queued[job.priority] = queued[job.priority] - 1
         func.running += 1
         job.state = RUNNING
         job.worker = peer
@@ -507,6 +516,41 @@ class Core:
             else:
                 pieces = encode_pieces(PacketType.JOB_ASSIGN, job.handle, job.func.name, job.data)
                 self._send_pieces(peer, pieces)
+
+    def _grab_job_uniq(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is not None:
+            self._assign_uniq(peer, job)
+
+    def _grab_job_all(self, peer: Peer, args: list[bytes]) -> None:
+        job = self._grab(peer)
+        if job is None:
+            return
+        reducer = job.more.reducer
+        if reducer:
+            pieces = encode_pieces(
+                PacketType.JOB_ASSIGN_ALL,
+                job.handle,
+                job.func.name,
+                job.unique,
+                reducer,
+                job.data,
+            )
+            self._send_pieces(peer, pieces)
+        else:
+            self._assign_uniq(peer, job)
+
+    def _assign_uniq(self, peer: Peer, job: Job) -> None:
+        # a fixed-arity encoder, as for JOB_ASSIGN: encode_pieces cost about 3,500
+        # instructions a job (bench/micro/icount.py drain)
+        if len(job.data) < BIG_PIECE:
+            packet = packet4(_JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data)
+            self.reply(peer, packet)
+        else:
+            pieces = encode_pieces(
+                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
+            )
+            self._send_pieces(peer, pieces)
 
     def _wake(self, func: Function) -> None:
         """NOOP sleeping workers of ``func``, at most once per sleep (§3.3).
@@ -600,7 +644,7 @@ class Core:
             self.reply(peer, ERR_QUEUE_FULL)
             return None
         self._handle_seq += 1
-        handle = self._handle_base + b"%d" % self._handle_seq
+        handle = b"%s%d" % (self._handle_base, self._handle_seq)  # one build, no concat
         job = Job(handle, func, unique, data, priority, background)
         if reducer:
             job.extra().reducer = reducer
@@ -612,7 +656,9 @@ class Core:
         if not background:
             job.add_client(peer)
             peer.waiting.add(job)
-        func.queued[priority] += 1
+        # (compiled, a list item's += is a generic number call; this is an int add)
+        queued = func.queued
+        queued[priority] = queued[priority] + 1
         self.counters.submitted += 1
         if journal is not None:
             journal.entries.append(JobAccepted(job, peer, when))
@@ -663,16 +709,20 @@ class Core:
                 del worker.assigned[job.handle]
             job.worker = None
         elif not job.ignore:
-            func.queued[job.priority] -= 1
+            queued = func.queued
+            queued[job.priority] = queued[job.priority] - 1
         job.ignore = True
         more = job.more
         if more is not NO_MORE and more.timer is not None:
             self._cancel_timer(more)
-        self.jobs.pop(job.handle, None)
+        jobs = self.jobs
+        if job.handle in jobs:  # (compiled: a dict's pop is a method call, del is not)
+            del jobs[job.handle]
         forget_unique(job)
-        for client in job.clients:
-            client.waiting.discard(job)
-        job.clients = ()
+        if job.clients:  # a background job has none: no iterator
+            for client in job.clients:
+                client.waiting.discard(job)
+            job.clients = ()
         if job.cancelled:
             outcome = CANCELLED
         self._count(job, outcome)

@@ -1,7 +1,7 @@
 """The packets off the benchmarked paths, and peers leaving.
 
 ``Handlers`` extends the hot :class:`~.core.Core` with the rest of the packet
-table (abilities, the other grabs and work results, status by unique id,
+table (abilities, the other work results, status by unique id,
 echo, options) and with what happens when a worker loses a job. Compiled
 with the core; split off so that the hot module stays small enough to read.
 """
@@ -70,8 +70,6 @@ class Handlers(Core):
                 PacketType.CAN_DO: self._can_do,
                 PacketType.CANT_DO: self._cant_do,
                 PacketType.RESET_ABILITIES: self._reset_abilities,
-                PacketType.GRAB_JOB_UNIQ: self._grab_job_uniq,
-                PacketType.GRAB_JOB_ALL: self._grab_job_all,
                 PacketType.WORK_STATUS: self._work_status,
                 PacketType.WORK_FAIL: self._work_fail,
                 PacketType.WORK_EXCEPTION: self._work_exception,
@@ -151,36 +149,6 @@ class Handlers(Core):
                 self._requeue(job, RELEASED)
 
     # ------------------------------------------------------------------- jobs
-
-    def _grab_job_uniq(self, peer: Peer, args: list[bytes]) -> None:
-        job = self._grab(peer)
-        if job is not None:
-            self._send_pieces(
-                peer,
-                encode_pieces(
-                    PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
-                ),
-            )
-
-    def _grab_job_all(self, peer: Peer, args: list[bytes]) -> None:
-        job = self._grab(peer)
-        if job is None:
-            return
-        reducer = job.more.reducer
-        if reducer:
-            packet = encode_pieces(
-                PacketType.JOB_ASSIGN_ALL,
-                job.handle,
-                job.func.name,
-                job.unique,
-                reducer,
-                job.data,
-            )
-        else:
-            packet = encode_pieces(
-                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.func.name, job.unique, job.data
-            )
-        self._send_pieces(peer, packet)
 
     def _submit_handler(self, ptype: int) -> Handler:
         priority, background = SUBMIT_TYPES[ptype]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..protocol.packets import HEADER, RES, ErrorCode, PacketType, encode
+from ..protocol.packets import HEADER, MAX_TYPE, RES, ErrorCode, PacketType, encode
 from .model import MAX_HANDLE
 
 # the header packer as a bound method: no attribute lookup per packet
@@ -33,23 +33,57 @@ def job_created(handle: bytes) -> bytes:
 # Fixed-arity encoders for the replies of the benchmarked paths: the generic
 # ``encode(ptype, *args)`` costs about 1,800 instructions a packet (argument
 # tuple, method lookup of the header packer), a sixth of a GET_STATUS.
+# A small packet's header is two table lookups (magic and type, then the size)
+# instead of a struct call: about 550 instructions less a packet.
+_SMALL: Final = 2048
+_SIZES: Final = tuple(n.to_bytes(4, "big") for n in range(_SMALL))
+_PREFIX: Final = tuple(RES + t.to_bytes(4, "big") for t in range(MAX_TYPE + 1))
 
 
 def packet2(ptype: int, a: bytes, b: bytes) -> bytes:
-    return b"".join([_pack(RES, ptype, len(a) + len(b) + 1), a, b"\x00", b])
+    n = len(a) + len(b) + 1
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b])
+    return b"".join([_pack(RES, ptype, n), a, b"\x00", b])
 
 
 def packet3(ptype: int, a: bytes, b: bytes, c: bytes) -> bytes:
     n = len(a) + len(b) + len(c) + 2
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c])
     return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c])
+
+
+def packet4(ptype: int, a: bytes, b: bytes, c: bytes, d: bytes) -> bytes:
+    n = len(a) + len(b) + len(c) + len(d) + 3
+    if n < _SMALL:
+        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c, b"\x00", d])
+    return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c, b"\x00", d])
+
+
+# STATUS_RES headers for a handle of the usual lengths and an 8-byte tail (unknown,
+# or known without a WORK_STATUS): a GET_STATUS answer is then one join, no struct
+# call (about 700 of a GET_STATUS round trip's 9,900 instructions)
+_STATUS_HEAD: Final = tuple(
+    HEADER.pack(RES, PacketType.STATUS_RES, n + 8) for n in range(MAX_HANDLE + 1)
+)
+_QUEUED: Final = b"\x001\x000\x000\x000"
+_RUNNING: Final = b"\x001\x001\x000\x000"
 
 
 def status_res(handle: bytes, known: bool, running: bool, num: int, den: int) -> bytes:
     """STATUS_RES: known, running, numerator, denominator."""
     if not known:
-        return b"".join([_pack(RES, _STATUS_RES, len(handle) + 8), handle, _UNKNOWN])
-    tail = b"\x001\x00%d\x00%d\x00%d" % (int(running), num, den)
-    return b"".join([_pack(RES, _STATUS_RES, len(handle) + len(tail)), handle, tail])
+        tail = _UNKNOWN
+    elif num == 0 and den == 0:
+        tail = _RUNNING if running else _QUEUED
+    else:
+        tail = b"\x001\x00%d\x00%d\x00%d" % (int(running), num, den)
+        return b"".join([_pack(RES, _STATUS_RES, len(handle) + len(tail)), handle, tail])
+    n = len(handle)
+    if n <= MAX_HANDLE:
+        return b"".join([_STATUS_HEAD[n], handle, tail])
+    return b"".join([_pack(RES, _STATUS_RES, n + 8), handle, tail])
 
 
 def error(code: bytes, message: bytes) -> bytes:

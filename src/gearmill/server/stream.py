@@ -5,8 +5,9 @@ loop a :class:`Stream`'s bound ``get_buffer``/``buffer_updated`` as the
 protocol's own, so an ordinary read runs no interpreted code: only admin
 lines, timers and shutdown call back into the edge.
 
-A stream is also its peer's :class:`~.sink.Sink`: the broker writes the peer's
-replies to it, and it hands them to the transport.
+The peer's :class:`~.sink.Sink` is the transport itself: the broker's flush
+calls the transport's ``write`` with no stream method in between (a call
+through a compiled wrapper and a second method lookup per write).
 
 Reads go into one receive buffer shared by every connection (the loop calls
 ``buffer_updated`` before it reads another socket), so an idle connection
@@ -29,7 +30,7 @@ RECV_BUFFER: Final = 256 * 1024
 
 
 class Transport(Protocol):
-    """The part of ``asyncio.Transport`` a stream uses."""
+    """The part of ``asyncio.Transport`` a stream uses (and, as its peer's sink, the broker)."""
 
     def write(self, data: bytes) -> None: ...
     def writelines(self, data: list[bytes]) -> None: ...
@@ -97,7 +98,7 @@ class Stream:
     def attach(self, peer: Peer, transport: Transport) -> None:
         self.peer = peer
         self.transport = transport
-        peer.sink = self
+        peer.sink = transport
 
     def detach(self) -> None:
         """The connection is gone: requeue its jobs, tell the others."""
@@ -205,28 +206,6 @@ class Stream:
                 transport.resume_reading()
             else:
                 transport.pause_reading()
-
-    # --------------------------------------------------------- the peer's sink
-
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.write(data)
-
-    def writelines(self, data: list[bytes]) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.writelines(data)
-
-    def close(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.close()
-
-    def abort(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.abort()
 
 
 def flush(hub: Hub) -> None:
