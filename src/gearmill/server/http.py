@@ -43,7 +43,6 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
 
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
-from . import fanout
 from .broker import Broker
 from .config import Config
 from .connection import is_loopback
@@ -145,7 +144,7 @@ class HttpFront:
         cfg = config
         self.token = cfg.http.token.encode()
         self.recorder = Recorder(float(cfg.http.keep_finished), cfg.metrics.function_histograms)
-        fanout.attach(self.broker, self.recorder)
+        self.recorder.attach(self.broker)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             Collector(  # type: ignore[arg-type]
@@ -478,7 +477,6 @@ class HttpFront:
             {
                 "handle": _text(done.handle),
                 "function": _text(done.function),
-                "unique": _text(done.unique),
                 "state": "finished",
                 "outcome": done.outcome,
                 "background": done.background,
