@@ -87,6 +87,8 @@ class Durable:
         self.busy = False
         self.commits = 0  # groups committed (and jobs in them), for tests and stats
         self.committed_jobs = 0
+        # metrics (--http): told each commit's seconds and size (adds + removes)
+        self.observe: Callable[[float, int], None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -188,6 +190,7 @@ class Durable:
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
                 self.busy = True
+                began = time.monotonic()  # for metrics: one reading per commit, not per job
                 try:
                     await asyncio.wait_for(
                         self.store.commit(list(adds.values()), list(removes)), COMMIT_TIMEOUT
@@ -216,6 +219,8 @@ class Durable:
                     self.busy = False
                 self.commits += 1
                 self.committed_jobs += len(adds)
+                if self.observe is not None:
+                    self.observe(time.monotonic() - began, len(adds) + len(removes))
                 release = self.broker.release
                 for peer in held:
                     release(peer)
