@@ -26,7 +26,7 @@ journal or not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from .model import RUNNING, Function, Job, Peer
 
@@ -390,14 +390,13 @@ class Tally:
         self.done_at: list[object] = []
 
     def tick(self) -> float:
-        if self.fresh:
-            return self.now
+        """Read the clock: the batch's first job event (callers test ``fresh``)."""
         stamp: object = self.clock()
-        assert isinstance(stamp, float)
-        self.stamp = stamp  # the clock's own float: no second box
-        self.now = stamp
+        now = cast(float, stamp)  # unboxed once; the clock's own float is kept, not a copy
+        self.stamp = stamp
+        self.now = now
         self.fresh = True
-        return stamp
+        return now
 
     def stats(self, func: Function) -> Tallied:
         if func is self.last_func:
