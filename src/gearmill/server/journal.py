@@ -354,7 +354,9 @@ class Tallied:
         self.run = Histogram()
         # (name, outcome * 2 + kind) for each ending: what the finished-jobs ring
         # keeps of a job, made once per function, not per job
-        self.tags: list[tuple[bytes, int]] = [(name, code) for code in range(12)]
+        # (typed object: compiled, a tuple[...] element would be unboxed on reading
+        # and boxed anew on appending, one new tuple per job)
+        self.tags: list[object] = [(name, code) for code in range(12)]
 
 
 # finished jobs remembered for /api/jobs/<handle>; the lists are trimmed by this
@@ -386,7 +388,7 @@ class Tally:
         self.run = Histogram()
         # finished jobs, oldest first: handle, (function, outcome * 2 + kind), when
         self.done_handles: list[bytes] = []
-        self.done_tags: list[tuple[bytes, int]] = []
+        self.done_tags: list[object] = []  # Tallied.tags' tuples
         self.done_at: list[object] = []
 
     def tick(self) -> float:

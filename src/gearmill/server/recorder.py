@@ -129,7 +129,9 @@ class Recorder:
                 assert isinstance(at, float)
                 if at < oldest:
                     return None
-                function, code = t.done_tags[i]
+                tag = t.done_tags[i]
+                assert isinstance(tag, tuple)
+                function, code = tag
                 return Finished(handle, function, code, at + self.offset)
         return None
 
