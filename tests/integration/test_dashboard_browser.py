@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from test_http import gearadmin_status, start_web
 
 import gearmill as gm
@@ -53,6 +56,18 @@ def shown(driver: webdriver.Chrome, css: str, want: str, timeout: float = 15.0) 
             return
         time.sleep(0.1)
     raise AssertionError(f"{css}: {got!r}, wanted {want!r}")
+
+
+def click(driver: webdriver.Chrome, css: str, timeout: float = 15.0) -> None:
+    """Click the element, again if the page replaced it meanwhile (it redraws every 2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            assert time.monotonic() < deadline, f"{css}: replaced on every try"
+            time.sleep(0.05)
 
 
 def test_dashboard_shows_gearadmins_numbers_and_live_progress(browser: webdriver.Chrome) -> None:
@@ -129,15 +144,15 @@ def test_dead_letters_requeue_from_the_page_and_schedules_are_listed(
         browser.save_screenshot(str(srv.tmp / "dashboard-dead.png"))
 
         # without the token the button is refused and the job stays dead
-        browser.find_element(By.CSS_SELECTOR, f"{row} button.requeue").click()
-        alert = browser.switch_to.alert
-        assert "token" in alert.text
+        click(browser, f"{row} button.requeue")
+        alert = WebDriverWait(browser, 15).until(expected_conditions.alert_is_present())
+        assert alert is not False and "token" in alert.text
         alert.accept()
         assert h in [d["handle"] for d in web.json("/api/dead")["jobs"]]  # type: ignore[index]
 
         # with it, the job goes back to its queue and a real worker runs it
         browser.find_element(By.ID, "token").send_keys(TOKEN)
-        browser.find_element(By.CSS_SELECTOR, f"{row} button.requeue").click()
+        click(browser, f"{row} button.requeue")
         shown(browser, "#deadcount", "(none)")
         ran: list[bytes] = []
 
