@@ -28,14 +28,14 @@ OTHER: Final = "_other"
 KINDS: Final = ("foreground", "background")
 
 
-def top_names(broker: Broker, recorder: Recorder, top: int) -> set[bytes]:
+def top_names(broker: Broker, stats: dict[bytes, FunctionStats], top: int) -> set[bytes]:
     """The ``top`` busiest functions: most jobs seen, then most jobs known now."""
-    names = set(recorder.functions) | set(broker.functions)
+    names = set(stats) | set(broker.functions)
     if len(names) <= top:
         return names
 
     def weight(name: bytes) -> tuple[int, int]:
-        s = recorder.functions.get(name)
+        s = stats.get(name)
         f = broker.functions.get(name)
         return (s.activity() if s else 0, f.total + len(f.workers) if f else 0)
 
@@ -66,7 +66,8 @@ class Collector:
 
         broker = self.broker
         recorder = self.recorder
-        top = top_names(broker, recorder, self.top)
+        stats = recorder.functions  # built from the tally once per scrape
+        top = top_names(broker, stats, self.top)
 
         yield GaugeMetricFamily("gearman_up", "The job server answers.", value=1)
         version = GaugeMetricFamily(
@@ -107,7 +108,7 @@ class Collector:
 
         # totals by function (bounded) from the journal
         grouped: dict[str, FunctionStats] = {}
-        for name, s in recorder.functions.items():
+        for name, s in stats.items():
             key = label(name) if name in top else OTHER
             into = grouped.get(key)
             if into is None:
