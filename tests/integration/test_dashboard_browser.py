@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from test_http import gearadmin_status, start_web
 
-from conftest import Conn
+import gearmill as gm
+from conftest import Conn, running_worker
 from gearmill.protocol.packets import PacketType as P
 
 
@@ -53,6 +58,18 @@ def shown(driver: webdriver.Chrome, css: str, want: str, timeout: float = 15.0) 
     raise AssertionError(f"{css}: {got!r}, wanted {want!r}")
 
 
+def click(driver: webdriver.Chrome, css: str, timeout: float = 15.0) -> None:
+    """Click the element, again if the page replaced it meanwhile (it redraws every 2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            assert time.monotonic() < deadline, f"{css}: replaced on every try"
+            time.sleep(0.05)
+
+
 def test_dashboard_shows_gearadmins_numbers_and_live_progress(browser: webdriver.Chrome) -> None:
     srv, web = start_web()
     try:
@@ -79,5 +96,80 @@ def test_dashboard_shows_gearadmins_numbers_and_live_progress(browser: webdriver
             # nothing wider than the phone's screen but the scrolling tables
             width = browser.execute_script("return document.body.scrollWidth")
             assert width <= browser.execute_script("return window.innerWidth")
+    finally:
+        srv.stop()
+
+
+TOKEN = "dashboard-token-0123456789"
+
+
+def test_dead_letters_requeue_from_the_page_and_schedules_are_listed(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    conf = tmp_path / "gearmill.toml"
+    conf.write_text(
+        '[[schedule]]\nname = "nightly"\ncron = "30 2 * * *"\nfunction = "report"\ndata = "all"\n'
+    )
+    srv, web = start_web(
+        *("--retry-on", "fail,exception", "--retry-max-attempts", "2"),
+        *("--http-token", TOKEN, "--config", str(conf)),
+    )
+    try:
+        # a background job fails twice and lands in the dead set with its failure text
+        with Conn(srv.port) as failing, Conn(srv.port) as client:
+            failing.send(P.CAN_DO, b"resize")
+            client.send(P.SUBMIT_JOB_BG, b"resize", b"img-7", b"img-7.png")
+            handle = client.expect(P.JOB_CREATED)
+            failing.send(P.GRAB_JOB)
+            failing.expect(P.JOB_ASSIGN)
+            failing.send(P.WORK_FAIL, handle)
+            failing.send(P.GRAB_JOB)
+            failing.expect(P.JOB_ASSIGN)
+            failing.send(P.WORK_EXCEPTION, handle, b"Traceback: disk full")
+            failing.send(P.GRAB_JOB)
+            failing.expect(P.NO_JOB)
+        h = handle.decode()
+        browser.get(web.base + "/")
+        row = f'#dead tr[data-handle="{h}"]'
+        shown(browser, f"{row} td.error", "Traceback: disk full")
+        shown(browser, "#deadcount", "(1)")
+        # the recurring job, with its next run (02:30 UTC)
+        sched = '#schedules tr[data-schedule="nightly"]'
+        shown(browser, f"{sched} td.cron", "30 2 * * *")
+        shown(browser, f"{sched} td.function", "report")
+        next_run = browser.execute_script(
+            "return document.querySelector(arguments[0]).textContent", f"{sched} td.next"
+        )
+        assert next_run.endswith("02:30:00Z"), next_run
+        browser.save_screenshot(str(srv.tmp / "dashboard-dead.png"))
+
+        # without the token the button is refused and the job stays dead
+        click(browser, f"{row} button.requeue")
+        alert = WebDriverWait(browser, 15).until(expected_conditions.alert_is_present())
+        assert "token" in alert.text
+        alert.accept()
+        assert h in [d["handle"] for d in web.json("/api/dead")["jobs"]]  # type: ignore[index]
+
+        # with it, the job goes back to its queue and a real worker runs it
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        click(browser, f"{row} button.requeue")
+        shown(browser, "#deadcount", "(none)")
+        ran: list[bytes] = []
+
+        def resize(job: gm.WorkerJob) -> bytes:
+            ran.append(job.data)
+            return b"done"
+
+        worker = gm.Worker(f"127.0.0.1:{srv.port}")
+        worker.register("resize", resize)
+        with running_worker(worker):
+            shown(browser, 'tr[data-function="resize"] td.done', "1")
+        assert ran == [b"img-7.png"]
+        done = web.json(f"/api/jobs/{h}")
+        assert isinstance(done, dict) and (done["state"], done["outcome"]) == (
+            "finished",
+            "completed",
+        )
+        browser.save_screenshot(str(srv.tmp / "dashboard-requeued.png"))
     finally:
         srv.stop()

@@ -17,6 +17,8 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +139,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(ca, (srv_cert, srv_key), clients)
 
 
+CLIENT_TOKEN = "client-1-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789abc"
+
 ACCESS = f"""
+[http]
+listen = "127.0.0.1:0"
+# tokens name the same identities as certificates (the [access] rules below)
+[[http.identity]]
+token = "{CLIENT_TOKEN}"
+subject = "CN=client-1,O={ORG}"
+[[http.identity]]
+token = "{ADMIN_TOKEN}"
+subject = "CN=admin,O={ORG}"
+
 [access]
 # peers no rule matches: public functions only, no workers, read-only admin
 submit = ["public.*"]
@@ -528,3 +543,56 @@ def test_refused_handshakes_are_logged_with_the_peer_and_why_at_most_10_a_minute
     text = log.read_text()
     assert text.count("refused a TLS handshake from") == 10, text
     assert "refused 33 more TLS handshakes (at most 10 in 60 s are logged one by one)" in text
+
+
+# ----------------------------------------------------------------- HTTP tokens
+
+
+def _http(srv: TLSServer, method: str, path: str, token: str) -> tuple[int, bytes]:
+    found = re.search(r"HTTP on http://127\.0\.0\.1:(\d+)/", srv.log_text())
+    assert found, srv.log_text()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{found.group(1)}{path}",
+        b"data",
+        {"Authorization": f"Bearer {token}", "X-Gearman-Background": "true"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_a_token_is_checked_as_the_certificate_of_its_identity(srv: TLSServer, pki: PKI) -> None:
+    # over TLS, CN=client-1 may submit reverse and public.*, not payroll
+    conn = TLSConn(srv.tls, pki.context("client-1"))
+    try:
+        conn.send(18, b"payroll", b"", b"x")  # SUBMIT_JOB_BG
+        assert conn.recv()[0] == ERROR
+        conn.send(18, b"reverse", b"", b"x")
+        assert conn.recv()[0] == 8  # JOB_CREATED
+    finally:
+        conn.close()
+    # over HTTP, from loopback (which the address rule would let do anything),
+    # the token makes the request CN=client-1: the same answers
+    status, body = _http(srv, "POST", "/payroll", CLIENT_TOKEN)
+    assert status == 403 and b"ermission denied" in body
+    status, _ = _http(srv, "POST", "/reverse", CLIENT_TOKEN)
+    assert status == 200
+    # client-1 has admin = "none": no cancel; the admin identity may
+    with gm.Client(srv.plain, timeout=10) as client:
+        handle = client.submit("idle.job", b"x", background=True).handle
+    path = f"/api/jobs/{handle}/cancel"
+    status, body = _http(srv, "POST", path, CLIENT_TOKEN)
+    assert status == 403 and b"ERR_DENIED" in body
+    assert _http(srv, "POST", path, ADMIN_TOKEN)[0] == 200
+    # an unknown token is no identity at all
+    assert _http(srv, "POST", "/reverse", "not-a-token-0123456789")[0] == 401
+    wait_for(
+        "the HTTP refusal in the log, naming the identity",
+        lambda: (
+            "access list: refused submit to 'payroll' from 127.0.0.1 "
+            f"(CN=client-1,O={ORG})" in srv.log_text()
+        ),
+    )

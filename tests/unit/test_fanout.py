@@ -7,7 +7,15 @@ from gearmill.protocol.codec import Decoder
 from gearmill.protocol.packets import PacketType as T
 from gearmill.server import fanout
 from gearmill.server.broker import Broker, BrokerConfig, Peer
-from gearmill.server.journal import Entry, JobAccepted, JobFinished, JobStarted
+from gearmill.server.journal import (
+    BUCKETS,
+    Entry,
+    Histogram,
+    JobAccepted,
+    JobFinished,
+    JobStarted,
+    bucket,
+)
 from gearmill.server.recorder import Recorder
 from gearmill.server.sink import BufferSink
 
@@ -61,7 +69,7 @@ def test_two_consumers_see_every_batch_and_the_store_alone_releases() -> None:
     b = broker()
     clock = Clock()
     recorder = Recorder(600.0, clock=clock)
-    fanout.attach(b, recorder)  # metrics first: no holding
+    recorder.attach(b)  # metrics first: a tally, not a consumer
     store = Store(b)
     fanout.attach(b, store, hold_created=True)  # then a store that holds
     client, client_out = peer(b, 1)
@@ -93,5 +101,24 @@ def test_two_consumers_see_every_batch_and_the_store_alone_releases() -> None:
     assert done is not None and (done.outcome, done.function) == ("completed", b"f")
     clock.now += 601
     assert recorder.finished_job(handle) is None  # kept for a bounded time
-    assert not recorder.since  # nothing kept per finished job
     assert packets(worker_out)
+
+
+def test_a_time_lands_in_the_first_bucket_at_or_above_it() -> None:
+    assert bucket(0.0) == 0
+    for i, bound in enumerate(BUCKETS):
+        assert bucket(bound) == i  # Prometheus buckets are "less or equal"
+        assert bucket(bound * 1.001) == i + 1
+    assert bucket(1e9) == len(BUCKETS)  # +Inf
+
+
+def test_observations_are_counted_in_their_buckets() -> None:
+    h = Histogram()
+    values = [0.0, *BUCKETS, *(b * 1.001 for b in BUCKETS)]
+    for v in values:
+        h.observe(v)
+    want = [0] * (len(BUCKETS) + 1)
+    for v in values:
+        want[bucket(v)] += 1
+    assert h.counts == want and h.sum == sum(values)
+    assert h.cumulative()[-1] == ("+Inf", float(len(values)))

@@ -70,3 +70,17 @@ def test_http_and_metrics_sections(tmp_path: Path) -> None:
     assert config.http == HttpConfig(Listener("127.0.0.1", 9200), "t", 60)
     assert config.metrics == MetricsConfig(7, True)
     assert load("--config", path, "--metrics-top-functions", "3").metrics.top_functions == 3
+
+
+def test_tokens_name_identities(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        '[http]\nlisten = "0.0.0.0:8080"\n'
+        '[[http.identity]]\ntoken = "0123456789abcdef-ci"\nsubject = "CN=ci,O=Example"\n',
+    )
+    http = load("--config", path).http  # an identity's token is a token: off loopback is fine
+    assert http.identities == (("0123456789abcdef-ci", "CN=ci,O=Example"),)
+    short = toml(tmp_path, '[[http.identity]]\ntoken = "abc"\nsubject = "CN=ci"\n')
+    assert "the token is shorter than 16 characters" in error("--config", short)
+    odd = toml(tmp_path, '[[http.identity]]\ntoken = "0123456789abcdef"\nwho = "CN=ci"\n')
+    assert "unknown key 'who'" in error("--config", odd)

@@ -158,7 +158,9 @@ class Server:
         if self.config.http.listen is not None:
             from .http import HttpFront  # needs the [http] extra
 
-            self.http = HttpFront(self.broker, self.config, self.hub, self.addresses)
+            self.http = HttpFront(
+                self.broker, self.config, self.hub, self.addresses, self.policies, self.durable
+            )
             try:
                 await self.http.start()
             except OSError:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ..protocol.packets import PacketType, encode
 from .core import NOOP_ANSWER_TIME, Handler
 from .handlers import Handlers
-from .journal import CANCELLED, TIMED_OUT, Consumer, JobAccepted, Journal
+from .journal import CANCELLED, TIMED_OUT, Consumer, Journal
 from .model import (
     LEVELS,
     QUEUED,
@@ -287,7 +287,7 @@ class Broker(Handlers):
         self.counters.submitted += 1
         journal = self.journal
         if journal is not None:
-            journal.entries.append(JobAccepted(job, None, 0))
+            journal.accepted(job, None, 0)
         func.own_queues()[priority].append(job)
         if not func.ready:
             self.make_ready(func)
@@ -310,16 +310,21 @@ class Broker(Handlers):
         snapshot["workers"] = sum(1 for p in self.peers.values() if p.abilities)
         return snapshot
 
-    def attach_journal(self, consumer: Consumer, hold_created: bool = False) -> Journal:
+    def attach_journal(self, consumer: Consumer | None, hold_created: bool = False) -> Journal:
         """From now on record what the broker decides for ``consumer``; the
-        edge hands it each batch before the replies are written."""
+        edge hands it each batch before the replies are written. (None: for a
+        metrics tally only, set on the journal returned.)"""
         journal = self.journal = Journal(consumer, hold_created)
         return journal
 
     def detach_journal(self) -> None:
+        """The consumer goes; metrics, if any, keep the journal."""
         journal = self.journal
         if journal is not None:
-            self.journal = None
+            if journal.tally is None:
+                self.journal = None
+            journal.consumer = None
+            journal.hold_created = False
             held = journal.held
             journal.held = []
             for peer in held:  # nobody will release them now

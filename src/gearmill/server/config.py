@@ -150,6 +150,9 @@ class HttpConfig:
     token: str = ""
     # how long a finished job's status stays visible to /api/jobs/<handle>
     keep_finished: int = 600
+    # [[http.identity]] tables: (token, subject) -- a request with that token
+    # is a peer with that subject for the [access] list, as a TLS certificate is
+    identities: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +589,33 @@ _SCHEDULE_FIX: Final = (
 )
 
 
+_IDENTITY_FIX = (
+    'write [[http.identity]] tables with token = "..." and subject = "CN=...,O=..." '
+    "(the subject the [access] rules match, as for a TLS certificate)"
+)
+
+
+def _http_identities(raw: object, text: bool) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list):
+        raise _Bad(_IDENTITY_FIX)
+    out: list[tuple[str, str]] = []
+    for table in raw:
+        if not isinstance(table, dict):
+            raise _Bad(_IDENTITY_FIX)
+        for key in table:
+            if key not in ("token", "subject"):
+                raise _Bad(f"unknown key {key!r}; {_IDENTITY_FIX}")
+        token, subject = table.get("token"), table.get("subject")
+        if not (isinstance(token, str) and token and isinstance(subject, str) and subject):
+            raise _Bad(_IDENTITY_FIX)
+        if len(token) < 16:
+            raise _Bad(f"identity {subject}: the token is shorter than 16 characters")
+        if any(token == t for t, _ in out):
+            raise _Bad(f"identity {subject}: the same token names two identities")
+        out.append((token, subject))
+    return tuple(out)
+
+
 def _schedules(raw: object, text: bool) -> tuple[ScheduleSpec, ...]:
     if not isinstance(raw, list):
         raise _Bad(_SCHEDULE_FIX)
@@ -702,6 +732,7 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "state_dir": _Setting(_str),
     "http": _Setting(_http_addr, toml="http.listen"),
     "http_token": _Setting(_str, toml="http.token"),
+    "http_identities": _Setting(_http_identities, env=False, toml="http.identity"),
     "http_keep_finished": _Setting(
         _int(0, 86400 * 7, "use seconds from 0 to 604800"), toml="http.keep_finished"
     ),
@@ -1098,10 +1129,12 @@ def _http_config(
     assert isinstance(token, str)
     keep = values.get("http_keep_finished", 600)
     assert isinstance(keep, int)
+    identities = values.get("http_identities", ())
+    assert isinstance(identities, tuple)
     if addr is None:
-        return HttpConfig(None, token, keep)
+        return HttpConfig(None, token, keep, identities)
     host, port = addr
-    if not token and not _is_loopback(host):
+    if not token and not identities and not _is_loopback(host):
         where = next(
             (
                 layer[k].where
@@ -1116,4 +1149,4 @@ def _http_config(
             "give --http-token TOKEN (or GEARMILL_HTTP_TOKEN) so that submissions and "
             "job data need it, or listen on 127.0.0.1"
         )
-    return HttpConfig(Listener(host, port), token, keep)
+    return HttpConfig(Listener(host, port), token, keep, identities)

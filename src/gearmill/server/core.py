@@ -43,9 +43,6 @@ from .journal import (
     EXCEPTION,
     FAILED,
     Counters,
-    JobAccepted,
-    JobFinished,
-    JobStarted,
     Journal,
 )
 from .model import (
@@ -504,7 +501,7 @@ class Core:
         self.counters.started += 1
         journal = self.journal
         if journal is not None:
-            journal.entries.append(JobStarted(job, peer))
+            journal.started(job, peer)
         return job
 
     def _grab_job(self, peer: Peer, args: list[bytes]) -> None:
@@ -661,7 +658,7 @@ class Core:
         queued[priority] = queued[priority] + 1
         self.counters.submitted += 1
         if journal is not None:
-            journal.entries.append(JobAccepted(job, peer, when))
+            journal.accepted(job, peer, when)
             if background and journal.hold_created:
                 peer.holds += 1
                 journal.held.append(peer)
@@ -743,7 +740,7 @@ class Core:
             counters.abandoned += 1
         journal = self.journal
         if journal is not None:
-            journal.entries.append(JobFinished(job, outcome))
+            journal.finished(job, outcome)
 
     # ---------------------------------------------------------------- queries
 

@@ -123,6 +123,8 @@ class Durable:
         self.busy = False
         self.commits = 0  # groups committed (and jobs in them), for tests and stats
         self.committed_jobs = 0
+        # metrics (--http): told each commit's seconds and size (adds + removes)
+        self.observe: Callable[[float, int], None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -246,6 +248,7 @@ class Durable:
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
                 self.spill = {}
                 self.busy = True
+                began = time.monotonic()  # for metrics: one reading per commit, not per job
                 try:
                     joined = await self._coalesce(adds, add_jobs, removes)
                     await asyncio.wait_for(
@@ -278,6 +281,8 @@ class Durable:
                 self.committed_jobs += len(adds)
                 if spill or joined:
                     self._unload(spill, joined)
+                if self.observe is not None:
+                    self.observe(time.monotonic() - began, len(adds) + len(removes))
                 release = self.broker.release
                 for peer in held:
                     release(peer)

@@ -43,12 +43,13 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
 
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
-from . import fanout
 from .broker import Broker
 from .config import Config
 from .connection import is_loopback
-from .metrics import Collector
+from .durable import Durable
+from .metrics import Collector, StoreStats
 from .model import RUNNING, SCHEDULED, Job, Peer
+from .policy import Policies
 from .recorder import Recorder
 from .stream import Hub, flush
 
@@ -136,16 +137,25 @@ class HttpFront:
     """What every HTTP connection of one server shares."""
 
     def __init__(
-        self, broker: Broker, config: Config, hub: Hub, addresses: list[tuple[str, int]]
+        self,
+        broker: Broker,
+        config: Config,
+        hub: Hub,
+        addresses: list[tuple[str, int]],
+        policies: Policies | None = None,
+        durable: Durable | None = None,
     ) -> None:
         self.broker = broker
+        self.policies = policies  # the dead set and the schedules
+        self.durable = durable  # the store's writer, unless jobs live in memory
         self.config = config
         self.hub = hub
         self.addresses = addresses  # the Gearman listeners' (filled by the server)
         cfg = config
         self.token = cfg.http.token.encode()
+        self.identities = [(t.encode(), subject) for t, subject in cfg.http.identities]
         self.recorder = Recorder(float(cfg.http.keep_finished), cfg.metrics.function_histograms)
-        fanout.attach(self.broker, self.recorder)
+        self.recorder.attach(self.broker)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             Collector(  # type: ignore[arg-type]
@@ -156,6 +166,10 @@ class HttpFront:
             )
         )
         ProcessCollector(registry=self.registry)
+        self.store_stats: StoreStats | None = None
+        if durable is not None:
+            self.store_stats = StoreStats(durable)
+            self.registry.register(self.store_stats)  # type: ignore[arg-type]
         self.started = time.time()
         self.listener: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -191,27 +205,42 @@ class HttpFront:
 
     # ----------------------------------------------------------- who may
 
-    def _token_ok(self, headers: dict[str, str]) -> bool:
+    def _given(self, headers: dict[str, str]) -> str:
         given = headers.get("authorization", "")
         if given.lower().startswith("bearer "):
-            given = given[7:].strip()
-        else:
-            given = headers.get("x-gearmill-token", "")
-        return bool(self.token) and hmac.compare_digest(given.encode(), self.token)
+            return given[7:].strip()
+        return headers.get("x-gearmill-token", "")
+
+    def identity(self, headers: dict[str, str]) -> str | None:
+        """Who the request's token says it is: "" for the server's own token, an
+        [[http.identity]] subject for one of those, None for no valid token."""
+        given = self._given(headers).encode()
+        if not given:
+            return None
+        found: str | None = None
+        # every token is compared (in constant time), whichever matches
+        if self.token and hmac.compare_digest(given, self.token):
+            found = ""
+        for token, subject in self.identities:
+            if hmac.compare_digest(given, token) and found is None:
+                found = subject
+        return found
 
     def may_submit(self, headers: dict[str, str]) -> bool:
-        """Submissions and job data: with the token when one is set (it must be
-        off loopback: the server refuses to start otherwise)."""
-        return not self.token or self._token_ok(headers)
+        """Submissions and job data: with a token when any is set (one must be
+        when off loopback: the server refuses to start otherwise)."""
+        return not (self.token or self.identities) or self.identity(headers) is not None
 
     def may_destroy(self, headers: dict[str, str]) -> bool:
-        """Cancel, drop: always with the token."""
-        return self._token_ok(headers)
+        """Cancel, drop, requeue: always with a token."""
+        return self.identity(headers) is not None
 
-    def peer(self, addr: str, sink: GatewaySink | None = None) -> Peer:
-        """An in-process peer for one request, given its rules by the access list."""
+    def peer(self, addr: str, sink: GatewaySink | None = None, subject: str = "") -> Peer:
+        """An in-process peer for one request, given its rules by the access list:
+        by its address, and by the subject its token names (as a TLS certificate's)."""
         peer = Peer(-1, addr, is_loopback(addr), sink)
         peer.client_id = b"http"
+        peer.subject = subject
         self.broker.connect(peer)
         return peer
 
@@ -237,16 +266,22 @@ class HttpFront:
         if method not in ("GET", "HEAD"):
             return _error(405, f"{path} is read-only; use GET")
         if head == "metrics":
+            if self.store_stats is not None:
+                await self.store_stats.refresh()
             return Response(
                 200, generate_latest(self.registry), [("Content-Type", CONTENT_TYPE_LATEST)]
             )
         if head == "healthz":
             return Response(200, b"ok\n", [("Content-Type", "text/plain")])
         if head == "readyz":
-            ready = bool(self.addresses) and self.broker.accepting
-            if ready:
-                return Response(200, b"ready\n", [("Content-Type", "text/plain")])
-            return Response(503, b"not accepting jobs\n", [("Content-Type", "text/plain")])
+            plain = [("Content-Type", "text/plain")]
+            if not (self.addresses and self.broker.accepting):
+                return Response(503, b"not accepting jobs\n", plain)
+            down = self.durable.down if self.durable is not None else None
+            if down is not None:
+                # background jobs get QUEUE_ERROR until the writer reaches it again
+                return Response(503, f"store unreachable: {down}\n".encode(), plain)
+            return Response(200, b"ready\n", plain)
         name = "index.html" if head == "" else "/".join(parts[1:])
         if head == "favicon.ico" or name not in _STATIC:
             return _error(404, f"no such file: {path}")
@@ -265,7 +300,7 @@ class HttpFront:
         background = headers.get("x-gearman-background", "").lower() == "true"
         priority = _PRIORITIES.get(headers.get("x-gearman-priority", "").lower(), 1)
         sink = GatewaySink()
-        peer = self.peer(addr, sink)
+        peer = self.peer(addr, sink, self.identity(headers) or "")
         try:
             self.broker.handle(peer, _SUBMIT[priority, background], [name, unique, body])
             flush(self.hub)
@@ -278,7 +313,9 @@ class HttpFront:
                 ptype, args = event
                 if ptype == PacketType.ERROR:
                     code = _text(args[0])
-                    status = 403 if code == "ERR_DENIED" else 503
+                    # the access list's refusal is gearmand's INVALID_COMMAND "Permission denied"
+                    denied = code == "ERR_DENIED" or b"ermission denied" in args[1]
+                    status = 403 if denied else 503
                     return _error(status, f"{code}: {_text(args[1])}")
                 if ptype == PacketType.JOB_CREATED:
                     handle = args[0]
@@ -326,7 +363,14 @@ class HttpFront:
                 return self.jobs(params)
             if what == "jobs" and len(rest) == 1:
                 return self.job(rest[0], params, headers)
+            if what == "dead" and not rest:
+                return self.dead(params)
+            if what == "schedules" and not rest:
+                return self.schedules()
             return _error(404, f"no such API path: /api/{'/'.join(parts)}")
+        if what == "dead" and len(rest) == 2 and rest[1] == b"requeue" and method == "POST":
+            line = b"dead requeue " + rest[0]
+            return self.destroy(headers, addr, line, self._requeue, rest[0])
         if what == "jobs" and len(rest) == 2 and rest[1] == b"cancel" and method == "POST":
             return self.destroy(headers, addr, b"cancel job " + rest[0], self._cancel, rest[0])
         if what == "functions" and len(rest) == 1 and method == "DELETE":
@@ -342,10 +386,10 @@ class HttpFront:
         arg: bytes,
     ) -> Response:
         if not self.may_destroy(headers):
-            if not self.token:
+            if not (self.token or self.identities):
                 return _error(403, "destructive actions need a token; start with --http-token")
             return _error(401, "this action needs the token: Authorization: Bearer <token>")
-        peer = self.peer(addr)
+        peer = self.peer(addr, None, self.identity(headers) or "")
         try:
             # the same rules as the admin line over the binary protocol
             access = peer.access
@@ -361,6 +405,64 @@ class HttpFront:
         if not done:
             return _error(404, f"no such job: {_text(handle)}")
         return _json(200, {"cancelled": _text(handle)})
+
+    def _requeue(self, handle: bytes) -> Response:
+        if self.policies is None or handle not in self.policies.dead.jobs:
+            return _error(404, f"no such dead job: {_text(handle)}")
+        done, _ = self.policies.requeue([handle])
+        flush(self.hub)
+        if not done:
+            return _error(409, f"{_text(handle)}: a live job has its unique id; try again later")
+        return _json(200, {"requeued": _text(handle)})
+
+    def dead(self, params: dict[str, str]) -> Response:
+        """The dead set, newest first (paged), with each job's last failure."""
+        try:
+            offset = max(int(params.get("offset", "0")), 0)
+            limit = min(max(int(params.get("limit", "50")), 1), 1000)
+        except ValueError:
+            return _error(400, "offset and limit are whole numbers")
+        function = params.get("function")
+        dead = [] if self.policies is None else list(self.policies.dead.jobs.values())
+        if function is not None:
+            dead = [d for d in dead if _text(d.function) == function]
+        dead.reverse()
+        rows = [
+            {
+                "handle": _text(d.handle),
+                "function": _text(d.function),
+                "unique": _text(d.unique),
+                "attempts": d.attempts,
+                "reason": d.reason,
+                "error": _text(d.error),
+                "died": round(d.died, 3),
+                "size": len(d.data),
+            }
+            for d in dead[offset : offset + limit]
+        ]
+        return _json(200, {"total": len(dead), "offset": offset, "limit": limit, "jobs": rows})
+
+    def schedules(self) -> Response:
+        out: list[dict[str, Any]] = []
+        if self.policies is not None:
+            for sched in self.policies.scheduler.schedules.values():
+                spec = sched.spec
+                out.append(
+                    {
+                        "name": spec.name,
+                        "cron": sched.expr,
+                        "function": _text(spec.function),
+                        "priority": ("high", "normal", "low")[spec.priority],
+                        "paused": sched.paused,
+                        "next_at": None if sched.paused else sched.next_at,
+                        "last_at": sched.last_at or None,
+                        "fired": sched.fired,
+                        "last_handle": _text(sched.last_handle) or None,
+                    }
+                )
+        # epoch-scheduled jobs (SUBMIT_JOB_EPOCH/SCHED, retries in their backoff)
+        # are listed by /api/jobs?state=scheduled
+        return _json(200, out)
 
     def _drop(self, name: bytes) -> Response:
         dropped = self.broker.drop_function(name)
@@ -478,7 +580,6 @@ class HttpFront:
             {
                 "handle": _text(done.handle),
                 "function": _text(done.function),
-                "unique": _text(done.unique),
                 "state": "finished",
                 "outcome": done.outcome,
                 "background": done.background,

@@ -3,8 +3,15 @@
 The broker appends typed entries and never acts on them. The edge drains the
 journal once per read batch, right before it writes the replies
 (``stream.flush``), and hands the entries to the journal's consumer. The
-journal exists only while a consumer is attached (``Broker.attach_journal``);
-without one the broker skips every entry at the cost of one ``is None`` test.
+journal exists only while a consumer or a :class:`Tally` is attached
+(``Broker.attach_journal``); without one the broker skips every entry at the
+cost of one ``is None`` test.
+
+Metrics (``--http``) do not take entries: a :class:`Tally` is told of each
+job as it is accepted, started and finished, and counts and times it at once,
+with one clock reading per batch. Entry objects are built only while a
+consumer (a store) wants them, so metrics alone allocate nothing per job
+(issue 14: the listener must not cost the job path).
 
 A store that must make background jobs durable before their submitters learn
 the handle asks for ``hold_created``: each background submission then holds
@@ -18,9 +25,10 @@ journal or not.
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final, Protocol, cast
 
-from .model import Job, Peer
+from .model import RUNNING, Function, Job, Peer
 
 # how a job ended
 COMPLETED: Final = 0
@@ -114,22 +122,350 @@ class Consumer(Protocol):
 
 
 class Journal:
-    __slots__ = ("consumer", "entries", "held", "hold_created")
+    __slots__ = ("consumer", "entries", "held", "hold_created", "tally")
 
-    def __init__(self, consumer: Consumer, hold_created: bool = False) -> None:
-        self.consumer = consumer
+    def __init__(self, consumer: Consumer | None, hold_created: bool = False) -> None:
+        self.consumer = consumer  # None: only a tally listens (entries are not built)
         self.hold_created = hold_created
         self.entries: list[Entry] = []
         self.held: list[Peer] = []
+        self.tally: Tally | None = None  # metrics, when --http is on
+
+    # The broker's three per-job events: an entry for a consumer, the job for a tally.
+
+    def accepted(self, job: Job, peer: Peer | None, when: int) -> None:
+        if self.consumer is not None:
+            self.entries.append(JobAccepted(job, peer, when))
+        tally = self.tally
+        if tally is not None:
+            tally.accepted(job)
+
+    def started(self, job: Job, worker: Peer) -> None:
+        if self.consumer is not None:
+            self.entries.append(JobStarted(job, worker))
+        tally = self.tally
+        if tally is not None:
+            tally.started(job)
+
+    def finished(self, job: Job, outcome: int) -> None:
+        if self.consumer is not None:
+            self.entries.append(JobFinished(job, outcome))
+        tally = self.tally
+        if tally is not None:
+            tally.finished(job, outcome)
 
     def drain(self) -> None:
-        """Hand the batch so far to the consumer (the edge calls this before a flush)."""
-        if self.entries or self.held:
-            entries = self.entries
+        """End of a batch: hand the entries so far to the consumer (the edge
+        calls this before a flush). The rarer entries (requeues, workers) are
+        appended to ``entries`` even without a consumer: the tally reads them."""
+        entries = self.entries
+        tally = self.tally
+        if tally is not None:
+            tally.fresh = False  # the next batch reads the clock again
+            if entries:
+                tally.rare(entries)
+        if self.consumer is None:
+            if entries:
+                entries.clear()
+            return
+        if entries or self.held:
             held = self.held
             self.entries = []
             self.held = []
             self.consumer.consume(entries, held)
+
+
+# seconds; a job server's waits and runs span milliseconds to minutes
+# (Histogram.observe has them written out)
+BUCKETS: Final = (
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+def bucket(v: float) -> int:
+    """The index of the first bound of BUCKETS at or above ``v`` (14: +Inf)."""
+    i = 0
+    for bound in BUCKETS:
+        if v <= bound:
+            return i
+        i += 1
+    return i
+
+
+class Histogram:
+    """Counts per bucket of BUCKETS (and +Inf) and their sum.
+
+    The counts are plain integer fields, found by comparisons written out:
+    compiled, an observation is a few double comparisons and one addition,
+    where a list of counts would box a new integer object per observation
+    once a count passes 256.
+    """
+
+    __slots__ = (
+        "b0",
+        "b1",
+        "b2",
+        "b3",
+        "b4",
+        "b5",
+        "b6",
+        "b7",
+        "b8",
+        "b9",
+        "b10",
+        "b11",
+        "b12",
+        "b13",
+        "b14",
+        "sum",
+    )
+
+    def __init__(self) -> None:
+        self.b0 = self.b1 = self.b2 = self.b3 = self.b4 = self.b5 = self.b6 = self.b7 = 0
+        self.b8 = self.b9 = self.b10 = self.b11 = self.b12 = self.b13 = self.b14 = 0
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.sum += v
+        if v <= 0.1:
+            if v <= 0.005:
+                if v <= 0.001:
+                    self.b0 += 1
+                else:
+                    self.b1 += 1
+            elif v <= 0.01:
+                self.b2 += 1
+            elif v <= 0.05:
+                self.b3 += 1
+            else:
+                self.b4 += 1
+        elif v <= 2.5:
+            if v <= 0.25:
+                self.b5 += 1
+            elif v <= 0.5:
+                self.b6 += 1
+            elif v <= 1.0:
+                self.b7 += 1
+            else:
+                self.b8 += 1
+        elif v <= 10.0:
+            if v <= 5.0:
+                self.b9 += 1
+            else:
+                self.b10 += 1
+        elif v <= 30.0:
+            self.b11 += 1
+        elif v <= 60.0:
+            self.b12 += 1
+        elif v <= 300.0:
+            self.b13 += 1
+        else:
+            self.b14 += 1
+
+    @property
+    def counts(self) -> list[int]:
+        """Per bucket (not cumulative), +Inf last."""
+        return [
+            self.b0,
+            self.b1,
+            self.b2,
+            self.b3,
+            self.b4,
+            self.b5,
+            self.b6,
+            self.b7,
+            self.b8,
+            self.b9,
+            self.b10,
+            self.b11,
+            self.b12,
+            self.b13,
+            self.b14,
+        ]
+
+    def add(self, other: Histogram) -> None:
+        self.b0 += other.b0
+        self.b1 += other.b1
+        self.b2 += other.b2
+        self.b3 += other.b3
+        self.b4 += other.b4
+        self.b5 += other.b5
+        self.b6 += other.b6
+        self.b7 += other.b7
+        self.b8 += other.b8
+        self.b9 += other.b9
+        self.b10 += other.b10
+        self.b11 += other.b11
+        self.b12 += other.b12
+        self.b13 += other.b13
+        self.b14 += other.b14
+        self.sum += other.sum
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip([*BUCKETS, float("inf")], self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+# Tallied.rare: [outcome * 2 + kind] for the endings other than COMPLETED, then
+# retried and timed out by kind
+RETRIED: Final = 12
+TIMED: Final = 14
+
+
+class Tallied:
+    """One function's totals since the start (kind 0 foreground, 1 background);
+    the hot ones are plain integers."""
+
+    __slots__ = (
+        "bg_completed",
+        "bg_submitted",
+        "fg_completed",
+        "fg_submitted",
+        "rare",
+        "run",
+        "tags",
+        "wait",
+    )
+
+    def __init__(self, name: bytes = b"") -> None:
+        self.fg_submitted = 0
+        self.bg_submitted = 0
+        self.fg_completed = 0
+        self.bg_completed = 0
+        self.rare = [0] * 16
+        self.wait = Histogram()  # per-function histograms are opt-in
+        self.run = Histogram()
+        # (name, outcome * 2 + kind) for each ending: what the finished-jobs ring
+        # keeps of a job, made once per function, not per job
+        # (typed object: compiled, a tuple[...] element would be unboxed on reading
+        # and boxed anew on appending, one new tuple per job)
+        self.tags: list[object] = [(name, code) for code in range(12)]
+
+
+# finished jobs remembered for /api/jobs/<handle>; the lists are trimmed by this
+# many once twice as long
+MAX_FINISHED: Final = 10_000
+
+
+class Tally:
+    """What /metrics counts and times, fed by the journal (see the module's doc).
+
+    The clock is read once per batch, at its first job event (``fresh`` until
+    the batch is drained); per job: a few integer additions, the job's ``at``
+    (when it was queued or started) and two histogram observations. Finished
+    jobs are remembered on parallel lists (no object per job): handle,
+    function and ending, and when.
+    """
+
+    def __init__(self, clock: Callable[[], float], function_histograms: bool = False) -> None:
+        self.clock = clock
+        self.per_function = function_histograms
+        self.fresh = False  # ``now`` was read in this batch
+        self.now = 0.0
+        self.stamp: object = 0.0  # ``now``, boxed once for the lists below
+        self.functions: dict[bytes, Tallied] = {}
+        # the last function counted (batches are mostly one function's)
+        self.last_func: Function | None = None
+        self.last = Tallied()
+        self.wait = Histogram()
+        self.run = Histogram()
+        # finished jobs, oldest first: handle, (function, outcome * 2 + kind), when
+        self.done_handles: list[bytes] = []
+        self.done_tags: list[object] = []  # Tallied.tags' tuples
+        self.done_at: list[object] = []
+
+    def tick(self) -> float:
+        """Read the clock: the batch's first job event (callers test ``fresh``)."""
+        stamp: object = self.clock()
+        now = cast(float, stamp)  # unboxed once; the clock's own float is kept, not a copy
+        self.stamp = stamp
+        self.now = now
+        self.fresh = True
+        return now
+
+    def stats(self, func: Function) -> Tallied:
+        if func is self.last_func:
+            return self.last
+        name = func.name
+        s = self.functions.get(name)
+        if s is None:
+            s = self.functions[name] = Tallied(name)
+        self.last_func = func
+        self.last = s
+        return s
+
+    def accepted(self, job: Job) -> None:
+        job.at = self.now if self.fresh else self.tick()
+        s = self.stats(job.func)
+        if job.background:
+            s.bg_submitted += 1
+        else:
+            s.fg_submitted += 1
+
+    def started(self, job: Job) -> None:
+        now = self.now if self.fresh else self.tick()
+        at = job.at
+        if at > 0.0:  # 0: queued before metrics came (a replayed job)
+            self.wait.observe(now - at)
+            if self.per_function:
+                self.stats(job.func).wait.observe(now - at)
+        job.at = now
+
+    def finished(self, job: Job, outcome: int) -> None:
+        now = self.now if self.fresh else self.tick()
+        s = self.stats(job.func)
+        kind = 1 if job.background else 0
+        if outcome == COMPLETED:
+            if kind:
+                s.bg_completed += 1
+            else:
+                s.fg_completed += 1
+        else:
+            s.rare[outcome * 2 + kind] += 1
+        at = job.at
+        # a job that ends while running is still RUNNING here
+        if at > 0.0 and job.state == RUNNING and outcome != CANCELLED and outcome != ABANDONED:
+            self.run.observe(now - at)
+            if self.per_function:
+                s.run.observe(now - at)
+        handles = self.done_handles
+        handles.append(job.handle)
+        self.done_tags.append(s.tags[outcome * 2 + kind])
+        self.done_at.append(self.stamp)
+        if len(handles) >= 2 * MAX_FINISHED:
+            del handles[:MAX_FINISHED]
+            del self.done_tags[:MAX_FINISHED]
+            del self.done_at[:MAX_FINISHED]
+
+    def rare(self, entries: list[Entry]) -> None:
+        """The batch's requeues (retries, timeouts); workers coming and going are
+        read from the broker at scrape time."""
+        for entry in entries:
+            if isinstance(entry, JobRequeued):
+                job = entry.job
+                s = self.stats(job.func)
+                k = 1 if job.background else 0
+                s.rare[RETRIED + k] += 1
+                if entry.why == TIMED_OUT:
+                    s.rare[TIMED + k] += 1
+                job.at = self.now if self.fresh else self.tick()
 
 
 class Counters:

@@ -13,25 +13,29 @@ functions (most jobs seen plus jobs now known), the rest are summed under
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import time
 from collections.abc import Iterator
 from typing import Final
 
 from .. import __version__
 from .broker import Broker
+from .durable import Durable
 from .recorder import FunctionStats, Histogram, Recorder
 
 OTHER: Final = "_other"
 KINDS: Final = ("foreground", "background")
 
 
-def top_names(broker: Broker, recorder: Recorder, top: int) -> set[bytes]:
+def top_names(broker: Broker, stats: dict[bytes, FunctionStats], top: int) -> set[bytes]:
     """The ``top`` busiest functions: most jobs seen, then most jobs known now."""
-    names = set(recorder.functions) | set(broker.functions)
+    names = set(stats) | set(broker.functions)
     if len(names) <= top:
         return names
 
     def weight(name: bytes) -> tuple[int, int]:
-        s = recorder.functions.get(name)
+        s = stats.get(name)
         f = broker.functions.get(name)
         return (s.activity() if s else 0, f.total + len(f.workers) if f else 0)
 
@@ -62,7 +66,8 @@ class Collector:
 
         broker = self.broker
         recorder = self.recorder
-        top = top_names(broker, recorder, self.top)
+        stats = recorder.functions  # built from the tally once per scrape
+        top = top_names(broker, stats, self.top)
 
         yield GaugeMetricFamily("gearman_up", "The job server answers.", value=1)
         version = GaugeMetricFamily(
@@ -103,7 +108,7 @@ class Collector:
 
         # totals by function (bounded) from the journal
         grouped: dict[str, FunctionStats] = {}
-        for name, s in recorder.functions.items():
+        for name, s in stats.items():
             key = label(name) if name in top else OTHER
             into = grouped.get(key)
             if into is None:
@@ -194,3 +199,114 @@ def _proc_io() -> dict[str, int] | None:
             return {k: int(v) for k, _, v in (line.partition(": ") for line in f) if v}
     except (OSError, ValueError):
         return None
+
+
+# a store's commit takes from a fraction of a millisecond (SQLite, Redis) to seconds
+COMMIT_BUCKETS: Final = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+COMMIT_BUCKETS_TAIL: Final = (0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+SIZE_EVERY: Final = 10.0  # seconds between two readings of the store's size
+SIZE_TIMEOUT: Final = 1.0
+
+
+class Buckets:
+    """A histogram kept by the store's writer: one observation per commit (a
+    group of jobs), so plain Python is cheap enough."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out = []
+        total = 0
+        for i, n in enumerate(self.counts):
+            total += n
+            bound = "+Inf" if i == len(self.bounds) else repr(self.bounds[i])
+            out.append((bound, float(total)))
+        return out
+
+
+class StoreStats:
+    """A prometheus_client collector for the durable store: up or down, commit
+    latency and batch size (from the writer's ``observe`` hook), committed jobs,
+    and the jobs and bytes the store holds (read at most every SIZE_EVERY s)."""
+
+    def __init__(self, durable: Durable) -> None:
+        self.durable = durable
+        self.latency = Buckets(COMMIT_BUCKETS + COMMIT_BUCKETS_TAIL)
+        self.batch = Buckets(tuple(float(b) for b in BATCH_BUCKETS))
+        durable.observe = self.observed
+        self.jobs: int | None = None
+        self.bytes: int | None = None
+        self.read_at = 0.0
+
+    def observed(self, seconds: float, size: int) -> None:
+        self.latency.observe(seconds)
+        self.batch.observe(float(size))
+
+    async def refresh(self) -> None:
+        """Read the store's size if the last reading is old (a scrape awaits it)."""
+        now = time.monotonic()
+        if now - self.read_at < SIZE_EVERY or self.durable.down is not None:
+            return
+        self.read_at = now
+        store = self.durable.store
+        try:
+            self.jobs = await asyncio.wait_for(store.count(), SIZE_TIMEOUT)
+            self.bytes = await asyncio.wait_for(store.size_bytes(), SIZE_TIMEOUT)
+        except Exception:  # the writer notices and logs a store that is gone
+            self.jobs = self.bytes = None
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        d = self.durable
+        yield GaugeMetricFamily(
+            "gearmill_store_up",
+            "1 while the store takes commits; 0 while background jobs get QUEUE_ERROR.",
+            value=0 if d.down is not None else 1,
+        )
+        commits = CounterMetricFamily("gearmill_store_commits", "Groups committed to the store.")
+        commits.add_metric([], d.commits)
+        yield commits
+        jobs = CounterMetricFamily(
+            "gearmill_store_committed_jobs", "Background jobs made durable (added)."
+        )
+        jobs.add_metric([], d.committed_jobs)
+        yield jobs
+        for name, doc, hist in (
+            (
+                "gearmill_store_commit_seconds",
+                "Time one group commit took.",
+                self.latency,
+            ),
+            (
+                "gearmill_store_commit_batch_size",
+                "Jobs added and removed in one group commit.",
+                self.batch,
+            ),
+        ):
+            h = HistogramMetricFamily(name, doc)
+            h.add_metric([], hist.cumulative(), hist.sum)
+            yield h
+        if self.jobs is not None:
+            yield GaugeMetricFamily(
+                "gearmill_store_jobs", "Jobs the store holds (read every 10 s).", value=self.jobs
+            )
+        if self.bytes is not None:
+            yield GaugeMetricFamily(
+                "gearmill_store_bytes",
+                "Bytes the store takes, as it reports them (read every 10 s).",
+                value=self.bytes,
+            )

@@ -257,6 +257,7 @@ NO_MORE: Final = JobMore()  # read-only defaults for jobs without any
 
 class Job:
     __slots__ = (
+        "at",
         "background",
         "cancelled",
         "clients",
@@ -288,6 +289,9 @@ class Job:
         # and an empty list per queued job would cost 72 bytes
         self.clients: list[Peer] | tuple[Peer, ...] = ()
         self.worker: Peer | None = None
+        # metrics only (journal.Tally): when it was queued or started, by the
+        # metrics' monotonic clock; 0.0 while nothing times it
+        self.at = 0.0
         # the small fields last and adjacent: mypyc packs them in one word
         self.priority: u8 = priority
         self.state: u8 = QUEUED

@@ -78,7 +78,7 @@ function showFunctions(functions, now) {
       cell(f.queued, "num queued"),
       cell(f.running, "num running"),
       cell(f.workers, "num workers"),
-      cell(f.completed, "num"),
+      cell(f.completed, "num done"),
       cell(f.failed, "num"),
       cell(rate.toFixed(1), "num"),
     );
@@ -126,6 +126,55 @@ async function cancel(handle) {
   refresh();
 }
 
+function when(epoch) {
+  if (epoch === null || epoch === undefined) return "";
+  return new Date(epoch * 1000).toISOString().replace("T", " ").slice(0, 19) + "Z";
+}
+
+async function requeue(handle) {
+  const r = await fetch("/api/dead/" + encodeURIComponent(handle) + "/requeue", { method: "POST", headers: headers() });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) alert(body.error || "requeue failed: " + r.status);
+  refresh();
+}
+
+function showDead(page) {
+  $("deadcount").textContent = page.total ? `(${page.total})` : "(none)";
+  fill(
+    $("dead").tBodies[0],
+    page.jobs.map((d) => {
+      const tr = document.createElement("tr");
+      tr.dataset.handle = d.handle;
+      const act = document.createElement("td");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "requeue";
+      b.textContent = "requeue";
+      b.onclick = () => requeue(d.handle);
+      act.append(b);
+      const error = cell(d.error || "—", "error");
+      error.title = d.error;
+      tr.append(cell(d.handle), cell(d.function), cell(d.attempts, "num"), cell(d.reason), error, cell(when(d.died)), act);
+      return tr;
+    }),
+  );
+}
+
+function showSchedules(list) {
+  fill(
+    $("schedules").tBodies[0],
+    list.map((s) => {
+      const tr = document.createElement("tr");
+      tr.dataset.schedule = s.name;
+      tr.append(
+        cell(s.name, "name"), cell(s.cron, "cron"), cell(s.function, "function"),
+        cell(s.paused ? "paused" : when(s.next_at), "next"), cell(when(s.last_at)), cell(s.fired, "num"),
+      );
+      return tr;
+    }),
+  );
+}
+
 function showJobs(page) {
   $("jobcount").textContent = page.total ? `(${page.offset + 1}–${page.offset + page.jobs.length} of ${page.total})` : "(none)";
   $("prev").disabled = page.offset === 0;
@@ -153,8 +202,9 @@ async function refresh() {
   try {
     const state = $("state").value;
     const q = `/api/jobs?offset=${offset}&limit=${PAGE}` + (state ? "&state=" + state : "");
-    const [summary, functions, workers, jobs] = await Promise.all([
+    const [summary, functions, workers, jobs, dead, schedules] = await Promise.all([
       get("/api/summary"), get("/api/functions"), get("/api/workers"), get(q),
+      get("/api/dead?limit=50"), get("/api/schedules"),
     ]);
     const now = Date.now();
     $("summary").textContent =
@@ -165,6 +215,8 @@ async function refresh() {
     showFunctions(functions, now);
     showWorkers(workers);
     showJobs(jobs);
+    showDead(dead);
+    showSchedules(schedules);
   } catch (e) {
     status.textContent = "unreachable";
     status.className = "pill bad";
