@@ -70,6 +70,12 @@ class Cluster:
         self.lost = False
         # called every few heartbeats (PolicyStore.sync_soon: schedules changed elsewhere)
         self.on_sweep: Callable[[], None] | None = None
+        # called every heartbeat (PolicyStore.sync_dead_soon: the dead set changed elsewhere)
+        self.on_beat: Callable[[], None] | None = None
+        # the servers sharing the store as of the last heartbeat (admin ``nodes``):
+        # (owner, ms until its heartbeat expires, stored jobs it holds), and when read
+        self.members: list[tuple[str, int, int]] = []
+        self.members_at = 0.0
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -88,6 +94,7 @@ class Cluster:
                     f"{store.url}; give each server its own --node-id"
                 )
         store.owner = self.owner
+        await self._look()
         lifecycle.info(
             "joined the shared store %s as %s (lease %.3g s)",
             store.url,
@@ -123,6 +130,9 @@ class Cluster:
                 self._lost()
                 return
             beats += 1
+            await self._look()
+            if self.on_beat is not None:
+                self.on_beat()
             if dead:
                 lifecycle.warning(
                     "server%s %s stopped renewing %s lease on %s; taking over %s jobs",
@@ -137,6 +147,14 @@ class Cluster:
                 self._claim.set()
             if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
                 self.on_sweep()
+
+    async def _look(self) -> None:
+        """Read who shares the store (a failure keeps the last list: it is only shown)."""
+        try:
+            self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
+            self.members_at = time.monotonic()
+        except (StoreError, TimeoutError) as e:
+            log.warning("listing the servers on %s failed: %s", self.store.url, e)
 
     def _lost(self) -> None:
         log.critical(
