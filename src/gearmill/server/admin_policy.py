@@ -168,7 +168,7 @@ def _dead(policies: Policies, words: list[bytes]) -> bytes:
 
 
 def nodes(members: list[tuple[str, int, int]] | None, age: float, me: str) -> bytes:
-    """``nodes``: the servers sharing the store as of this server's last heartbeat (``age``
+    """``nodes``: the servers sharing the store as this server last read them (``age``
     seconds ago): node id, owner token, seconds until its heartbeat expires, stored jobs it
     holds, and ``self`` for this one. ``members`` None: the store is not shared."""
     if members is None:

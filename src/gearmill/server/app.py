@@ -374,6 +374,7 @@ class Server:
             c = self.cluster
             if c is None:
                 return admin_policy.nodes(None, 0.0, "")
+            c.asked()
             return admin_policy.nodes(c.members, time.monotonic() - c.members_at, c.owner)
         reply = admin_policy.run(self.policies, line)
         if reply is not None:

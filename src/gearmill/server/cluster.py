@@ -76,6 +76,10 @@ class Cluster:
         # (owner, ms until its heartbeat expires, stored jobs it holds), and when read
         self.members: list[tuple[str, int, int]] = []
         self.members_at = 0.0
+        # counting each server's jobs is not free (PostgreSQL counts index entries): the
+        # list is read every heartbeat only while an operator asks for it, else every sweep
+        self._asked_at = -1e9
+        self._looking: asyncio.Task[None] | None = None
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -130,7 +134,9 @@ class Cluster:
                 self._lost()
                 return
             beats += 1
-            await self._look()
+            watched = time.monotonic() - self._asked_at < self.interval * SWEEP_EVERY
+            if dead or watched or beats % SWEEP_EVERY == 0:
+                await self._look()
             if self.on_beat is not None:
                 self.on_beat()
             if dead:
@@ -147,6 +153,15 @@ class Cluster:
                 self._claim.set()
             if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
                 self.on_sweep()
+
+    def asked(self) -> None:
+        """Admin ``nodes`` was asked: read the list every heartbeat for a while, and now if
+        what is known is older than a heartbeat (the next ask sees it)."""
+        now = time.monotonic()
+        self._asked_at = now
+        stale = now - self.members_at > self.interval
+        if stale and (self._looking is None or self._looking.done()) and not self._stopping:
+            self._looking = asyncio.get_running_loop().create_task(self._look())
 
     async def _look(self) -> None:
         """Read who shares the store (a failure keeps the last list: it is only shown)."""
@@ -204,6 +219,8 @@ class Cluster:
         """Stop heartbeating and hand the jobs on: the others claim them at once."""
         self._stopping = True
         self._claim.set()
+        if self._looking is not None:
+            self._tasks.append(self._looking)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
