@@ -133,9 +133,10 @@ def test_the_dead_set_and_schedules_survive_a_restart_through_the_store(durable:
         )
         assert policies.scheduler.schedules["nightly"].expr == "30 2 * * *"
         assert admin(policies, b"dead requeue all") == b"OK 1\n"
-        assert broker.job_rows()[0][1] == b"img-2"
         assert admin(policies, b"schedule remove nightly") == b"OK\r\n"
         await keeper.close()
+        # (on a shared store the job is queued once the store's letter is removed)
+        assert broker.job_rows()[0][1] == b"img-2"
         assert await store.list_dead(0, 10) == [] and await store.list_schedules() == []
         await store.close()
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from storekit import Backend, make_backend, run
 
-from gearmill.server.store import Store, StoredJob, StoreError
+from gearmill.server.store import DeadLetter, Store, StoredJob, StoreError
 
 SHARED = ["postgresql", "redis"]
 
@@ -121,6 +121,46 @@ def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
     run(go())
 
 
+def test_a_dead_letter_taken_by_two_servers_is_taken_by_one(shared: Backend) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            ids = await a.add_dead([DeadLetter(j, "fail", 1) for j in jobs(3, "dead")])
+            assert sorted(await b.dead_ids()) == sorted(ids)
+            assert await b.take_dead(ids[:2]) == ids[:2]
+            assert await a.take_dead(ids) == ids[2:]  # the two b took are gone: not again
+            assert await a.take_dead(ids) == []
+            assert await b.dead_ids() == []
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
+def test_nodes_lists_each_heartbeat_with_its_expiry_and_its_jobs(shared: Backend) -> None:
+    async def go() -> None:
+        a, b = await opened(shared), await opened(shared)
+        try:
+            assert await a.nodes() == []
+            assert await a.join("a#1", 30) is None
+            a.owner = "a#1"
+            await a.commit(jobs(4, "a"), [])
+            assert await b.join("b#1", 30) is None
+            rows = await b.nodes()
+            assert [(owner, held) for owner, _, held in rows] == [("a#1", 4), ("b#1", 0)]
+            assert all(0 < left <= 30_000 for _, left, _ in rows)
+            await a.leave("a#1")
+            assert (await b.nodes())[0][1] < 0  # expired, listed until reaped
+            assert await b.reap() == ["a#1"]
+            assert [owner for owner, _, _ in await b.nodes()] == ["b#1"]
+        finally:
+            await a.close()
+            await b.close()
+
+    run(go())
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "mysql"])
 def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path) -> None:
     for b in make_backend(kind, tmp_path):
@@ -132,6 +172,8 @@ def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path)
                 assert not s.shared
                 with pytest.raises(StoreError, match="one server at a time"):
                     await s.join("n#1", 10)
+                with pytest.raises(StoreError, match="one server at a time"):
+                    await s.nodes()
             finally:
                 await s.close()
 

@@ -34,6 +34,7 @@ _HEADERS = {
     "dead list": ("HANDLE", "FUNCTION", "UNIQUE", "ATTEMPTS", "LAST ENDING", "DIED (UTC)"),
     "dead show": ("FIELD", "VALUE"),
     "retry show": ("FUNCTION", "RULE"),
+    "nodes": ("NODE", "TOKEN", "LEASE LEFT (S)", "JOBS", "SELF"),
 }
 
 # gearmill's own commands, run after gearadmin's
@@ -45,6 +46,7 @@ _OWN = (
     ("dead_purge", "dead purge"),
     ("retry_set", "retry set"),
     ("retry_show", "retry show"),
+    ("nodes", "nodes"),
 )
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -85,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="ARG",
         help="FUNCTION|* KEY=VALUE...: max_attempts, backoff, retry_on, dead, dead_on_fail",
+    )
+    g.add_argument(
+        "--nodes", action="store_true", help="the servers sharing the store, their jobs and leases"
     )
     sub = p.add_subparsers(dest="admin_command", metavar="check")
     c = sub.add_parser(

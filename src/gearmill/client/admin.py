@@ -14,7 +14,7 @@ from .servers import Address, TLSAddress, format_address, parse_server
 # commands whose reply is a list ending in ".\n"
 _LISTS = ("status", "prioritystatus", "workers", "show jobs", "show unique jobs")
 # gearmill's own list commands, by their first two words
-_OWN_LISTS = ("dead status", "dead list", "dead show", "retry show", "schedule list")
+_OWN_LISTS = ("dead status", "dead list", "dead show", "retry show", "schedule list", "nodes")
 
 
 def _is_list(line: str) -> bool:
@@ -57,6 +57,17 @@ class JobInfo:
     retries: int
     ignored: bool
     background: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A server sharing the store with the one asked (gearmill only)."""
+
+    node: str  # its --node-id
+    token: str  # new at each start: the owner of its stored jobs is node#token
+    expires_in: float | None  # seconds until its heartbeat expires; None: expired
+    jobs: int  # stored jobs it holds
+    me: bool  # the server asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +237,15 @@ class AdminClient:
         ``set_retry("resize", max_attempts=5, backoff=2, retry_on="lost,timeout,fail")``."""
         words = [f"{k}={_word(v)}" for k, v in settings.items()]
         self._value(" ".join(["retry set", function, *words]))
+
+    def nodes(self) -> list[NodeInfo]:
+        """The servers sharing the store (ServerError NOT_SHARED when it is not shared)."""
+        return [
+            NodeInfo(
+                r[0], r[1], None if r[2] == "expired" else float(r[2]), int(r[3]), r[4] == "self"
+            )
+            for r in self._rows("nodes")
+        ]
 
     def dead_status(self) -> dict[str, int]:
         """Jobs in the dead set per function."""

@@ -8,6 +8,7 @@ an error is one ``ERR <CODE> <text+with+pluses>\\r\\n`` line saying the fix::
     dead requeue HANDLE|function F|all                  dead purge HANDLE|function F|all
     schedule list                     schedule add NAME FUNCTION CRON [DATA]
     schedule pause|resume|remove NAME
+    nodes                             the servers sharing the store (server/cluster.py)
 
 CRON is five fields (UTC) or a macro (@hourly, ...); DATA is the rest of the line.
 These lines may have more than gearmand's five words, so they are split here,
@@ -161,6 +162,32 @@ def _dead(policies: Policies, words: list[bytes]) -> bytes:
         "dead status | dead list [FUNCTION] | dead show HANDLE | "
         "dead requeue|purge HANDLE|function NAME|all"
     )
+
+
+# ------------------------------------------------------------------ nodes
+
+
+def nodes(members: list[tuple[str, int, int]] | None, age: float, me: str) -> bytes:
+    """``nodes``: the servers sharing the store as this server last read them (``age``
+    seconds ago): node id, owner token, seconds until its heartbeat expires, stored jobs it
+    holds, and ``self`` for this one. ``members`` None: the store is not shared."""
+    if members is None:
+        return _err("NOT_SHARED", "the store is not shared: this server runs alone")
+    lines = []
+    for owner, left_ms, held in members:
+        node, _, token = owner.rpartition("#")
+        left = left_ms / 1000 - age
+        lines.append(
+            b"%s\t%s\t%s\t%d\t%s\n"
+            % (
+                node.encode(),
+                token.encode(),
+                b"%.1f" % left if left >= 0 else b"expired",
+                held,
+                b"self" if owner == me else b"-",
+            )
+        )
+    return b"".join(lines) + END
 
 
 # --------------------------------------------------------------- schedule

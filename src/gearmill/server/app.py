@@ -178,6 +178,7 @@ class Server:
         self.cluster = Cluster(durable, node, store.lease, self._lease_lost)
         if self.keeper is not None:
             self.cluster.on_sweep = self.keeper.sync_soon
+            self.cluster.on_beat = self.keeper.sync_dead_soon
         try:
             await self.cluster.join(restarted=mine)
         except BaseException:
@@ -389,6 +390,12 @@ class Server:
         flush(self.hub)
 
     def _admin_line(self, peer: Peer, line: bytes) -> bytes | None:
+        if line.strip().lower() == b"nodes":
+            c = self.cluster
+            if c is None:
+                return admin_policy.nodes(None, 0.0, "")
+            c.asked()
+            return admin_policy.nodes(c.members, time.monotonic() - c.members_at, c.owner)
         reply = admin_policy.run(self.policies, line)
         if reply is not None:
             return reply

@@ -70,6 +70,16 @@ class Cluster:
         self.lost = False
         # called every few heartbeats (PolicyStore.sync_soon: schedules changed elsewhere)
         self.on_sweep: Callable[[], None] | None = None
+        # called every heartbeat (PolicyStore.sync_dead_soon: the dead set changed elsewhere)
+        self.on_beat: Callable[[], None] | None = None
+        # the servers sharing the store as of the last heartbeat (admin ``nodes``):
+        # (owner, ms until its heartbeat expires, stored jobs it holds), and when read
+        self.members: list[tuple[str, int, int]] = []
+        self.members_at = 0.0
+        # counting each server's jobs is not free (PostgreSQL counts index entries): the
+        # list is read every heartbeat only while an operator asks for it, else every sweep
+        self._asked_at = -1e9
+        self._looking: asyncio.Task[None] | None = None
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -88,6 +98,7 @@ class Cluster:
                     f"{store.url}; give each server its own --node-id"
                 )
         store.owner = self.owner
+        await self._look()
         lifecycle.info(
             "joined the shared store %s as %s (lease %.3g s)",
             store.url,
@@ -123,6 +134,11 @@ class Cluster:
                 self._lost()
                 return
             beats += 1
+            watched = time.monotonic() - self._asked_at < self.interval * SWEEP_EVERY
+            if dead or watched or beats % SWEEP_EVERY == 0:
+                await self._look()
+            if self.on_beat is not None:
+                self.on_beat()
             if dead:
                 lifecycle.warning(
                     "server%s %s stopped renewing %s lease on %s; taking over %s jobs",
@@ -137,6 +153,23 @@ class Cluster:
                 self._claim.set()
             if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
                 self.on_sweep()
+
+    def asked(self) -> None:
+        """Admin ``nodes`` was asked: read the list every heartbeat for a while, and now if
+        what is known is older than a heartbeat (the next ask sees it)."""
+        now = time.monotonic()
+        self._asked_at = now
+        stale = now - self.members_at > self.interval
+        if stale and (self._looking is None or self._looking.done()) and not self._stopping:
+            self._looking = asyncio.get_running_loop().create_task(self._look())
+
+    async def _look(self) -> None:
+        """Read who shares the store (a failure keeps the last list: it is only shown)."""
+        try:
+            self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
+            self.members_at = time.monotonic()
+        except (StoreError, TimeoutError) as e:
+            log.warning("listing the servers on %s failed: %s", self.store.url, e)
 
     def _lost(self) -> None:
         log.critical(
@@ -185,6 +218,8 @@ class Cluster:
         """Stop heartbeating and hand the jobs on: the others claim them at once."""
         self._stopping = True
         self._claim.set()
+        if self._looking is not None:
+            self._tasks.append(self._looking)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

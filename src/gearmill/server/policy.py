@@ -493,6 +493,9 @@ class Policies:
         self.scheduler = Scheduler(broker)
         self.timers = Timers(broker, self.scheduler, self.dead)
         self.broker = broker
+        # a shared store's requeue (server/policy_store.py): it queues the job only once
+        # the store says this server, not another, removed the letter
+        self.requeue_gate: Callable[[DeadJob], None] | None = None
         broker.policy = self.retry
         broker.timer_hook = self.timers
         self.dead.on_add = self.dead_added
@@ -526,6 +529,11 @@ class Policies:
         for handle in list(handles):
             dead = self.dead.jobs.get(handle)
             if dead is None:
+                continue
+            if self.requeue_gate is not None:
+                del self.dead.jobs[handle]  # the gate removes it from the store
+                self.requeue_gate(dead)
+                done += 1
                 continue
             job = self.broker.enqueue(
                 dead.function, dead.unique, dead.data, dead.priority, handle=dead.handle

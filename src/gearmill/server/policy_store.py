@@ -68,6 +68,7 @@ class PolicyStore:
         self._writer: asyncio.Task[None] | None = None
         # schedules changed here since the last sync began: the store's copy may be older
         self._touched: set[str] = set()
+        self._dead_sync_queued = False
 
     async def open(self) -> None:
         policies = self.policies
@@ -98,6 +99,8 @@ class PolicyStore:
         if self.store.shared:
             # several servers fire the same schedules: the store picks one per tick
             policies.scheduler.gate = self.tick
+            # and see one dead set: a requeue runs only if this server removed the letter
+            policies.requeue_gate = self.requeue
         policies.dead_added()  # the loaded jobs' age limit
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -106,6 +109,7 @@ class PolicyStore:
         self.policies.dead.sink = None
         self.policies.scheduler.sink = None
         self.policies.scheduler.gate = None
+        self.policies.requeue_gate = None
         if self._writer is not None:
             self._queue.put_nowait(("stop", None))
             await self._writer
@@ -134,7 +138,85 @@ class PolicyStore:
         added, changed or removed (server/cluster.py calls it every few heartbeats)."""
         self._queue.put_nowait(("sync", None))
 
+    def sync_dead_soon(self) -> None:
+        """Take in the dead letters other servers sharing the store added, and drop those
+        they requeued or purged (server/cluster.py calls it every heartbeat)."""
+        if not self._dead_sync_queued:
+            self._dead_sync_queued = True
+            self._queue.put_nowait(("sync_dead", None))
+
+    def requeue(self, dead: DeadJob) -> None:
+        """A shared store's requeue (``Policies.requeue_gate``): the letter has left this
+        server's dead set; it is queued again once this server has removed it from the
+        store, so of two servers requeueing it at once, one runs it."""
+        self._queue.put_nowait(("requeue", dead))
+
     # ------------------------------------------------------------ the writer
+
+    async def _requeue(self, dead: DeadJob) -> None:
+        i = self.ids.pop(dead.handle, None)
+        try:
+            taken = i is None or bool(await self.store.take_dead([i]))
+        except StoreError as e:
+            log.error(
+                "Dead job %s not requeued (the store could not be reached): %s; kept dead",
+                dead.handle.decode(errors="replace"),
+                e,
+            )
+            assert i is not None
+            self.ids[dead.handle] = i
+            self.policies.dead.jobs[dead.handle] = dead  # as it is in the store
+            return
+        if not taken:
+            log.info(
+                "Dead job %s was requeued or purged on another server",
+                dead.handle.decode(errors="replace"),
+            )
+            return
+        policies = self.policies
+        job = policies.broker.enqueue(
+            dead.function, dead.unique, dead.data, dead.priority, handle=dead.handle
+        )
+        if job is None:
+            # a live job took its unique id meanwhile: back to the dead set, not lost
+            log.warning(
+                "Dead job %s not requeued: a live job has its unique id %s; kept dead",
+                dead.handle.decode(errors="replace"),
+                dead.unique.decode(errors="replace"),
+            )
+            policies.dead.add(dead)
+            return
+        if self._flush is not None:
+            self._flush()  # wake sleeping workers
+
+    async def _sync_dead(self) -> None:
+        self._dead_sync_queued = False
+        there = set(await self.store.dead_ids())
+        dead = self.policies.dead
+        # the writer is here, so every letter of this server's is written: no id is missing
+        for handle, i in list(self.ids.items()):
+            if i not in there:
+                del self.ids[handle]
+                if dead.jobs.pop(handle, None) is not None:
+                    log.info(
+                        "Dead job %s requeued or purged on another server",
+                        handle.decode(errors="replace"),
+                    )
+        new = there - set(self.ids.values())
+        if not new:
+            return
+        after = min(new) - 1
+        for _ in range(1_000_000):
+            rows = await self.store.list_dead(after, _PAGE)
+            if not rows:
+                break
+            for i, letter in rows:
+                if i in new:
+                    handle = self.policies.broker.new_handle()
+                    dead.jobs[handle] = from_letter(handle, letter)
+                    self.ids[handle] = i
+            after = rows[-1][0]
+        self.policies.dead_added()  # their age limit
 
     async def _tick(self, sched: Schedule, minute: float) -> None:
         name = sched.spec.name
@@ -198,6 +280,11 @@ class PolicyStore:
                         await self.store.remove_dead([i])
                 elif kind == "sync":
                     await self._sync()
+                elif kind == "sync_dead":
+                    await self._sync_dead()
+                elif kind == "requeue":
+                    assert isinstance(item, DeadJob)
+                    await self._requeue(item)
                 elif kind == "tick":
                     assert isinstance(item, tuple)
                     await self._tick(*item)
@@ -208,6 +295,10 @@ class PolicyStore:
                     assert isinstance(item, str)
                     await self.store.remove_schedule(item)
             except StoreError as e:
+                if kind == "sync_dead":
+                    self._dead_sync_queued = False
+                    log.error("Dead set not read from the store: %s", e)
+                    continue
                 if kind == "tick":
                     assert isinstance(item, tuple)
                     log.error(

@@ -101,6 +101,15 @@ class SingleServer:
     async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
         raise self._single()
 
+    async def dead_ids(self) -> list[int]:
+        raise self._single()
+
+    async def take_dead(self, ids: Sequence[int]) -> list[int]:
+        raise self._single()
+
+    async def nodes(self) -> list[tuple[str, int, int]]:
+        raise self._single()
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -220,6 +229,17 @@ class Store(Protocol):
         """Atomically take up to `limit` jobs whose owner has no heartbeat (dead, an
         earlier run, or none), oldest first: each job goes to one claimer, its fencing
         number grows, and this store remembers it for the fenced remove."""
+
+    async def dead_ids(self) -> list[int]:
+        """The ids of every dead letter (cheap: what the other servers added or removed)."""
+
+    async def take_dead(self, ids: Sequence[int]) -> list[int]:
+        """Remove these dead letters; the ids this call removed (not those another server
+        removed first), so a letter requeued by two servers at once runs once."""
+
+    async def nodes(self) -> list[tuple[str, int, int]]:
+        """The servers sharing the store, by node id: (owner, milliseconds until the
+        heartbeat expires, negative once expired; the stored jobs it holds)."""
 
 
 _SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")

@@ -441,6 +441,25 @@ class PostgreSQLStore:
         )
         return bool(rows[0][0]) or not rows[0][1]
 
+    async def dead_ids(self) -> list[int]:
+        return [int(r[0]) for r in await self._fetch("SELECT id FROM gearmill_dead_letters")]
+
+    async def take_dead(self, ids: Sequence[int]) -> list[int]:
+        if not ids:
+            return []
+        rows = await self._fetch(
+            "DELETE FROM gearmill_dead_letters WHERE id = ANY($1::bigint[]) RETURNING id",
+            list(ids),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def nodes(self) -> list[tuple[str, int, int]]:
+        rows = await self._fetch(
+            f"SELECT n.owner, n.expires - {_NOW}, (SELECT count(*) FROM gearmill_jobs j"
+            " WHERE j.lease_owner = n.owner) FROM gearmill_nodes n ORDER BY n.node"
+        )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         rows = sorted(await self._fetch(_CLAIM, owner, limit), key=lambda r: int(r[0]))
         out = []

@@ -114,6 +114,22 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now +
 return 1
 """
 )
+# KEYS: nodes; ARGV: prefix. Node, owner, ms left, jobs held, per heartbeat
+_NODES = (
+    _NOW
+    + """
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local o, e = string.match(all[i + 1], '^(.*) (%d+)$')
+  out[#out + 1] = all[i]
+  out[#out + 1] = o
+  out[#out + 1] = tonumber(e) - now
+  out[#out + 1] = redis.call('SCARD', ARGV[1] .. 'own:' .. o)
+end
+return out
+"""
+)
 # KEYS: nodes
 _REAP = (
     _NOW
@@ -384,6 +400,14 @@ class RedisStore:
         args = (name, minute)
         return bool(await self._script(_TICK, (self._k_ticks,), args, "claiming a tick failed"))
 
+    async def nodes(self) -> list[tuple[str, int, int]]:
+        flat = await self._script(_NODES, (self._k_nodes,), (self.prefix,), "query failed")
+        rows = sorted(
+            (_s(flat[i]), _s(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        )
+        return [(owner, left, held) for _node, owner, left, held in rows]
+
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
         keys = (self._k_nodes, self._k_owners, self._k_jobs, self._k_leases, self._k_order)
         flat = await self._script(_CLAIM, keys, (self.prefix, owner, limit), "claiming failed")
@@ -518,6 +542,24 @@ class RedisStore:
                 await self._c().hdel(self._k_dead, *ids)
             except _ERRORS as e:
                 raise self._error(e, "removing dead letters failed") from None
+
+    async def dead_ids(self) -> list[int]:
+        try:
+            return [int(k) for k in await self._c().hkeys(self._k_dead)]
+        except _ERRORS as e:
+            raise self._error(e, "query failed") from None
+
+    async def take_dead(self, ids: Sequence[int]) -> list[int]:
+        if not ids:
+            return []
+        try:
+            pipe = self._c().pipeline(transaction=False)
+            for i in ids:
+                pipe.hdel(self._k_dead, i)
+            gone = await pipe.execute()
+        except _ERRORS as e:
+            raise self._error(e, "removing dead letters failed") from None
+        return [i for i, n in zip(ids, gone, strict=True) if n]
 
     async def put_schedule(self, schedule: StoredSchedule) -> None:
         check_schedule(schedule)

@@ -1,0 +1,186 @@
+"""Admin commands on servers sharing one store (PostgreSQL, Redis): one dead set seen
+from every server (a job that died on one is listed and requeued through another, and
+runs once), and ``nodes``, the servers sharing the store, through the admin protocol,
+AdminClient and ``gearmill admin --nodes``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Running, start_gearmill
+from gearmill.client.admin import AdminClient
+from gearmill.errors import ServerError
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import Backend, make_backend
+from test_durable import kill, submit
+from test_takeover import LEASE, log_of, runs, worker
+
+CAN_DO, GRAB_JOB, JOB_CREATED, WORK_FAIL = 1, 9, 8, 14
+JOB_ASSIGN, SUBMIT_JOB_BG = 11, 18
+
+
+@pytest.fixture(params=["postgresql", "redis"], name="shared")
+def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend(request.param, tmp_path)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gearmill.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not reached in {timeout:g} s")
+
+
+def start(url: str, node: str, *args: str) -> Running:
+    return start_gearmill(
+        "--store", url, "--node-id", node, "--lease", LEASE, "--verbose", "INFO", *args
+    )
+
+
+def dead_handles(srv: Running) -> list[str]:
+    with AdminClient(srv.address) as admin:
+        return [d.handle for d in admin.dead_jobs()]
+
+
+def test_a_job_dead_on_one_server_is_requeued_through_another_and_runs_once(
+    shared: Backend, tmp_path: Path
+) -> None:
+    # one failure and the job is dead: WORK_FAIL retries (opt-in), at most one attempt
+    dying = ("--retry-on", "fail", "--retry-max-attempts", "1")
+    a = start(shared.url, "a", *dying)
+    b = start(shared.url, "b", *dying)
+    out = tmp_path / "done"
+    out.touch()
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        with a.conn() as c, a.conn() as w:
+            c.send(SUBMIT_JOB_BG, b"takeover", b"img-1", b"payload-1")
+            handle = c.expect(JOB_CREATED)
+            w.send(CAN_DO, b"takeover")
+            w.send(GRAB_JOB)
+            assert w.expect(JOB_ASSIGN) == handle + b"\x00takeover\x00payload-1"
+            w.send(WORK_FAIL, handle)
+            wait_for(lambda: len(dead_handles(a)) == 1, "the job in a's dead set")
+        # b did not see it die: it reads the store's dead set on its heartbeat
+        wait_for(lambda: len(dead_handles(b)) == 1, "a's dead job listed by b")
+        with AdminClient(b.address) as admin:
+            (dead,) = admin.dead_jobs()
+            assert (dead.function, dead.unique, dead.reason) == ("takeover", "img-1", "fail")
+            assert admin.dead_job(dead.handle).data == b"payload-1"
+        # real C workers on both servers: a job queued twice would run twice
+        workers = [worker(a.port, out), worker(b.port, out)]
+        done = cli("admin", "-p", str(b.port), "--dead-requeue", "all")
+        assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+        # a still lists the letter until its next heartbeat: its requeue must not run it again
+        with a.conn() as c:
+            again = c.admin(b"dead requeue all\n")
+        assert again in (b"OK 0\n", b"OK 1\n")
+        if again == b"OK 1\n":
+            wait_for(
+                lambda: "requeued or purged on another server" in log_of(a),
+                "a's requeue refused by the store",
+            )
+        wait_for(lambda: runs(out) == {"payload-1": 1}, "the requeued job ran")
+        for srv in (a, b):
+            wait_for(lambda s=srv: dead_handles(s) == [], f"{srv.address}'s dead set empty")  # type: ignore[misc]
+            with srv.conn() as c:
+                assert c.admin(b"show jobs\n") == b".\n"
+        assert runs(out) == {"payload-1": 1}
+    finally:
+        for p in workers:
+            p.kill()
+            p.wait()
+        a.stop()
+        b.stop()
+
+
+def test_a_purge_on_one_server_empties_the_others_dead_set(shared: Backend) -> None:
+    dying = ("--retry-on", "fail", "--retry-max-attempts", "1")
+    a = start(shared.url, "a", *dying)
+    b = start(shared.url, "b", *dying)
+    try:
+        with b.conn() as c, b.conn() as w:
+            for i in range(3):
+                c.send(SUBMIT_JOB_BG, b"thumbs", b"u%d" % i, b"x")
+                c.expect(JOB_CREATED)
+            w.send(CAN_DO, b"thumbs")
+            for _ in range(3):
+                w.send(GRAB_JOB)
+                handle = w.expect(JOB_ASSIGN).split(b"\x00")[0]
+                w.send(WORK_FAIL, handle)
+        wait_for(lambda: len(dead_handles(a)) == 3, "b's dead jobs listed by a")
+        with AdminClient(a.address) as admin:
+            assert admin.dead_status() == {"thumbs": 3}
+        purged = cli("admin", "-p", str(a.port), "--dead-purge", "function", "thumbs")
+        assert purged.stdout == "3\n", purged.stderr
+        wait_for(lambda: dead_handles(b) == [], "b's dead set empty after a's purge")
+        # and b does not write them back: a restart of a loads nothing
+        a.stop()
+        a = start(shared.url, "a", *dying)
+        assert dead_handles(a) == []
+    finally:
+        a.stop()
+        b.stop()
+
+
+def nodes(srv: Running) -> dict[str, tuple[int, bool]]:
+    with AdminClient(srv.address) as admin:
+        return {n.node: (n.jobs, n.me) for n in admin.nodes()}
+
+
+def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(shared: Backend) -> None:
+    a = start(shared.url, "a")
+    b = start(shared.url, "b")
+    try:
+        names = "".join(f"job-{i}\n" for i in range(3))
+        assert submit(b.port, "nobody", "-N", stdin=names) == ""  # no worker: b holds them
+        # each server's list is as of its last heartbeat
+        wait_for(lambda: nodes(a) == {"a": (0, True), "b": (3, False)}, "a's view of both")
+        wait_for(lambda: nodes(b) == {"a": (0, False), "b": (3, True)}, "b's view of both")
+        with a.conn() as c:
+            rows = [r.split(b"\t") for r in c.admin(b"nodes\n").splitlines()[:-1]]
+        assert [r[0] for r in rows] == [b"a", b"b"]
+        assert all(float(r[2]) > 0 for r in rows)  # seconds until each heartbeat expires
+        out = cli("admin", "-p", str(b.port), "--nodes")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert [x.split("\t")[0] for x in lines] == ["a", "b", "."]
+        assert lines[1].split("\t")[3:] == ["3", "self"]
+        kill(b)
+        # after b's lease a declares it dead, takes its jobs and lists only itself
+        wait_for(lambda: nodes(a) == {"a": (3, True)}, "b gone from a's list")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_nodes_on_a_store_that_is_not_shared_says_so_in_one_line(tmp_path: Path) -> None:
+    srv = start_gearmill("--store", f"sqlite://{tmp_path / 'jobs.db'}")
+    try:
+        with AdminClient(srv.address) as admin, pytest.raises(ServerError) as e:
+            admin.nodes()
+        assert e.value.code == "NOT_SHARED"
+        out = cli("admin", "-p", str(srv.port), "--nodes")
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1 and "not shared" in out.stderr.replace("+", " ")
+    finally:
+        srv.stop()
