@@ -250,3 +250,19 @@ def test_pid_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     assert r.stderr == (
         f"gearmill serve: cannot write pid file {pid_file}: No such file or directory\n"
     )
+
+
+def test_http_without_its_extra_is_one_line_naming_the_install(tmp_path: Path) -> None:
+    # a Python where h11 is missing (the [http] extra not installed)
+    blocker = tmp_path / "h11"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'h11'\", name='h11')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GEARMILL_STORE": "memory"}
+    r = serve("-p", "0", "--http", "127.0.0.1:0", env=env)
+    assert r.returncode == 1
+    assert r.stderr == (
+        "gearmill serve: the HTTP listener needs h11: pip install 'gearmill[http]' "
+        "(h11, prometheus_client)\n"
+    ), r.stderr

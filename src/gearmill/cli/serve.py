@@ -614,7 +614,7 @@ async def _serve(config: Config, logs: _Log, report: _Report) -> int:
         await server.start()
     except OSError as e:
         return report.fail(str(e.strerror or e))
-    except StoreError as e:
+    except (StoreError, ImportError) as e:  # ImportError: an extra (--http's) is missing
         await server.close("start-up failed")
         return report.fail(str(e))
     server.install_signals()
