@@ -32,8 +32,6 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         "hub",
         "idle",
         "max_owed",
-        "pause_writing",
-        "resume_writing",
         "stream",
         "tune_socket",
     )
@@ -56,9 +54,6 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.stream = stream = Stream(hub, Decoder(server=True, max_payload=max_packet))
         self.get_buffer = stream.get_buffer  # type: ignore[method-assign]
         self.buffer_updated = stream.buffer_updated  # type: ignore[method-assign]
-        # the transport calls these when the bytes owed to the peer cross the marks
-        self.pause_writing = stream.pause_writing  # type: ignore[method-assign]
-        self.resume_writing = stream.resume_writing  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -92,6 +87,15 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.identify(peer, transport)
         self.stream.attach(peer, cast(asyncio.Transport, transport))
         self.hub.broker.connect(peer)
+
+    # The transport calls these when the bytes owed to the peer cross the marks; methods
+    # rather than bound methods kept per connection (as the two read calls above are,
+    # being called for every read): two fewer objects, 130 B, per idle connection.
+    def pause_writing(self) -> None:
+        self.stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.stream.resume_writing()
 
     def identify(self, peer: Peer, transport: asyncio.BaseTransport) -> None:
         """Set what the access list knows of the peer beyond its address (TLS: its subject)."""
