@@ -27,7 +27,7 @@ CAN_DO, GRAB_JOB, JOB_CREATED, WORK_FAIL = 1, 9, 8, 14
 JOB_ASSIGN, SUBMIT_JOB_BG = 11, 18
 
 
-@pytest.fixture(params=["postgresql", "redis"], name="shared")
+@pytest.fixture(params=["postgresql", "redis"], name="common_store")
 def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
@@ -62,12 +62,12 @@ def dead_handles(srv: Running) -> list[str]:
 
 
 def test_a_job_dead_on_one_server_is_requeued_through_another_and_runs_once(
-    shared: Backend, tmp_path: Path
+    common_store: Backend, tmp_path: Path
 ) -> None:
     # one failure and the job is dead: WORK_FAIL retries (opt-in), at most one attempt
     dying = ("--retry-on", "fail", "--retry-max-attempts", "1")
-    a = start(shared.url, "a", *dying)
-    b = start(shared.url, "b", *dying)
+    a = start(common_store.url, "a", *dying)
+    b = start(common_store.url, "b", *dying)
     out = tmp_path / "done"
     out.touch()
     workers: list[subprocess.Popen[bytes]] = []
@@ -113,10 +113,10 @@ def test_a_job_dead_on_one_server_is_requeued_through_another_and_runs_once(
         b.stop()
 
 
-def test_a_purge_on_one_server_empties_the_others_dead_set(shared: Backend) -> None:
+def test_a_purge_on_one_server_empties_the_others_dead_set(common_store: Backend) -> None:
     dying = ("--retry-on", "fail", "--retry-max-attempts", "1")
-    a = start(shared.url, "a", *dying)
-    b = start(shared.url, "b", *dying)
+    a = start(common_store.url, "a", *dying)
+    b = start(common_store.url, "b", *dying)
     try:
         with b.conn() as c, b.conn() as w:
             for i in range(3):
@@ -135,7 +135,7 @@ def test_a_purge_on_one_server_empties_the_others_dead_set(shared: Backend) -> N
         wait_for(lambda: dead_handles(b) == [], "b's dead set empty after a's purge")
         # and b does not write them back: a restart of a loads nothing
         a.stop()
-        a = start(shared.url, "a", *dying)
+        a = start(common_store.url, "a", *dying)
         assert dead_handles(a) == []
     finally:
         a.stop()
@@ -147,9 +147,9 @@ def nodes(srv: Running) -> dict[str, tuple[int, bool]]:
         return {n.node: (n.jobs, n.me) for n in admin.nodes()}
 
 
-def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(shared: Backend) -> None:
-    a = start(shared.url, "a")
-    b = start(shared.url, "b")
+def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(common_store: Backend) -> None:
+    a = start(common_store.url, "a")
+    b = start(common_store.url, "b")
     try:
         names = "".join(f"job-{i}\n" for i in range(3))
         assert submit(b.port, "nobody", "-N", stdin=names) == ""  # no worker: b holds them

@@ -27,7 +27,7 @@ LEASE = "2"  # seconds: short, so the test is quick
 PER_SERVER = 150
 
 
-@pytest.fixture(params=["postgresql", "redis"], name="shared")
+@pytest.fixture(params=["postgresql", "redis"], name="common_store")
 def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
@@ -76,11 +76,11 @@ def log_of(srv: Running) -> str:
 
 
 def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_twice(
-    shared: Backend, tmp_path: Path
+    common_store: Backend, tmp_path: Path
 ) -> None:
     out = tmp_path / "done"
     out.touch()
-    servers = start_three(shared.url)
+    servers = start_three(common_store.url)
     workers: list[subprocess.Popen[bytes]] = []
     try:
         submitted: list[str] = []
@@ -101,7 +101,8 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         died = time.monotonic()
         wait_all(out, set(submitted))
         print(
-            f"{shared.kind}: the killed server's jobs all ran {time.monotonic() - died:.1f} s later"
+            f"{common_store.kind}: the killed server's jobs all ran "
+            f"{time.monotonic() - died:.1f} s later"
         )
         counted = runs(out)
         twice = {x: n for x, n in counted.items() if n > 1}
@@ -137,17 +138,17 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
             srv.stop()
 
 
-def test_a_second_live_server_with_the_same_node_id_is_refused(shared: Backend) -> None:
-    first = start_gearmill("--store", shared.url, "--node-id", "same", "--lease", LEASE)
+def test_a_second_live_server_with_the_same_node_id_is_refused(common_store: Backend) -> None:
+    first = start_gearmill("--store", common_store.url, "--node-id", "same", "--lease", LEASE)
     try:
         with pytest.raises(RuntimeError, match="exited with 1"):
-            start_gearmill("--store", shared.url, "--node-id", "same", "--lease", LEASE)
+            start_gearmill("--store", common_store.url, "--node-id", "same", "--lease", LEASE)
     finally:
         first.stop()
 
 
 def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
-    shared: Backend, tmp_path: Path
+    common_store: Backend, tmp_path: Path
 ) -> None:
     """SIGSTOP past the lease: the other server takes the jobs over (an epoch job too,
     which then runs at its time there); the paused one, continued, finds its heartbeat
@@ -157,7 +158,7 @@ def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
     out = tmp_path / "done"
     out.touch()
     a, b = (
-        start_gearmill("--store", shared.url, "--node-id", n, "--lease", LEASE, "-v", "-v")
+        start_gearmill("--store", common_store.url, "--node-id", n, "--lease", LEASE, "-v", "-v")
         for n in ("a", "b")
     )
     w = None
@@ -183,7 +184,7 @@ def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
 
 
 def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_pages_in_claimed_ones(
-    shared: Backend, tmp_path: Path
+    common_store: Backend, tmp_path: Path
 ) -> None:
     """Server a (budget 40, no worker) keeps most of its 300 jobs in the store only;
     server b (budget 60) pages in its own 200 jobs of the same function for its
@@ -193,7 +194,7 @@ def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_pages_in_claimed_o
     out.touch()
     a, b = (
         start_gearmill(
-            "--store", shared.url, "--node-id", n, "--lease", LEASE, "--memory-jobs", m, "-v"
+            "--store", common_store.url, "--node-id", n, "--lease", LEASE, "--memory-jobs", m, "-v"
         )
         for n, m in (("a", "40"), ("b", "60"))
     )

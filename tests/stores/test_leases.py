@@ -16,7 +16,7 @@ from gearmill.server.store import DeadLetter, Store, StoredJob, StoreError
 SHARED = ["postgresql", "redis"]
 
 
-@pytest.fixture(params=SHARED, name="shared")
+@pytest.fixture(params=SHARED, name="common_store")
 def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
@@ -32,10 +32,10 @@ async def opened(b: Backend) -> Store:
 
 
 def test_a_live_heartbeat_keeps_its_node_id_and_a_stale_one_can_be_replaced(
-    shared: Backend,
+    common_store: Backend,
 ) -> None:
     async def go() -> None:
-        a, b = await opened(shared), await opened(shared)
+        a, b = await opened(common_store), await opened(common_store)
         try:
             assert await a.join("n1#aaaa", 30) is None
             held = await b.join("n1#bbbb", 30)
@@ -57,9 +57,15 @@ def test_a_live_heartbeat_keeps_its_node_id_and_a_stale_one_can_be_replaced(
     run(go())
 
 
-def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(shared: Backend) -> None:
+def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(
+    common_store: Backend,
+) -> None:
     async def go() -> None:
-        dead, s1, s2 = await opened(shared), await opened(shared), await opened(shared)
+        dead, s1, s2 = (
+            await opened(common_store),
+            await opened(common_store),
+            await opened(common_store),
+        )
         try:
             assert await dead.join("dead#1", 0.3) is None
             dead.owner = "dead#1"
@@ -97,10 +103,10 @@ def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(shared: 
 
 
 def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
-    shared: Backend,
+    common_store: Backend,
 ) -> None:
     async def go() -> None:
-        a, b = await opened(shared), await opened(shared)
+        a, b = await opened(common_store), await opened(common_store)
         try:
             await a.commit(jobs(5, "legacy"), [])  # stored with no owner (gearmand import)
             assert await a.join("a#1", 30) is None
@@ -121,9 +127,9 @@ def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
     run(go())
 
 
-def test_a_dead_letter_taken_by_two_servers_is_taken_by_one(shared: Backend) -> None:
+def test_a_dead_letter_taken_by_two_servers_is_taken_by_one(common_store: Backend) -> None:
     async def go() -> None:
-        a, b = await opened(shared), await opened(shared)
+        a, b = await opened(common_store), await opened(common_store)
         try:
             ids = await a.add_dead([DeadLetter(j, "fail", 1) for j in jobs(3, "dead")])
             assert sorted(await b.dead_ids()) == sorted(ids)
@@ -138,9 +144,9 @@ def test_a_dead_letter_taken_by_two_servers_is_taken_by_one(shared: Backend) -> 
     run(go())
 
 
-def test_nodes_lists_each_heartbeat_with_its_expiry_and_its_jobs(shared: Backend) -> None:
+def test_nodes_lists_each_heartbeat_with_its_expiry_and_its_jobs(common_store: Backend) -> None:
     async def go() -> None:
-        a, b = await opened(shared), await opened(shared)
+        a, b = await opened(common_store), await opened(common_store)
         try:
             assert await a.nodes() == []
             assert await a.join("a#1", 30) is None
@@ -181,7 +187,7 @@ def test_single_server_stores_say_they_are_not_shared(kind: str, tmp_path: Path)
 
 
 def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
-    shared: Backend,
+    common_store: Backend,
 ) -> None:
     """Three servers' schedulers (each with the same schedule, as from one config file)
     reach the same minute: the store gives each tick to one of them."""
@@ -197,7 +203,7 @@ def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
             broker = Broker(BrokerConfig(handle_prefix=b"H:%d" % i), lambda: t0)
             policies = Policies(broker, RetryConfig())
             policies.scheduler.add(ScheduleSpec("every", "* * * * *", b"report", b"x", 1, False))
-            store = shared.store()
+            store = common_store.store()
             await store.open()
             keeper = PolicyStore(policies, store)
             await keeper.open()
@@ -233,36 +239,36 @@ def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
     run(go())
 
 
-def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(shared: Backend) -> None:
+def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(common_store: Backend) -> None:
     """A store written before leases (schema 1) is migrated at open; its jobs belong to
     nobody, so the first server to claim takes them, once."""
 
     async def write_v1() -> None:
-        s = await opened(shared)
+        s = await opened(common_store)
         try:
             await s.commit(jobs(7, "old"), [])
         finally:
             await s.close()
 
     run(write_v1())
-    if shared.kind == "postgresql":
+    if common_store.kind == "postgresql":
         for sql in (
             "DROP TABLE gearmill_nodes",
             "DROP INDEX gearmill_jobs_owner",
             "UPDATE gearmill_schema SET version = 1",
         ):
-            shared.sql(sql)
+            common_store.sql(sql)
     else:
         from storekit import redis_client
 
         r = redis_client()
-        p = shared.prefix
+        p = common_store.prefix
         r.delete(p + "leases", p + "owners", p + "own:")
         r.set(p + "schema", 1)
         r.close()
 
     async def claim() -> None:
-        a, b = await opened(shared), await opened(shared)
+        a, b = await opened(common_store), await opened(common_store)
         try:
             assert await a.join("a#1", 30) is None
             assert await b.join("b#1", 30) is None
@@ -276,7 +282,7 @@ def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(shared: Backend
 
 
 def test_schedules_changed_on_one_server_reach_the_others_sharing_the_store(
-    shared: Backend,
+    common_store: Backend,
 ) -> None:
     """A schedule added, paused and removed through one server's admin commands is
     taken in by another server at its next sync, so it fires even if the first dies."""
@@ -290,7 +296,7 @@ def test_schedules_changed_on_one_server_reach_the_others_sharing_the_store(
         for i in range(2):
             broker = Broker(BrokerConfig(handle_prefix=b"H:%d" % i), lambda: 1_700_000_000.0)
             policies = Policies(broker, RetryConfig())
-            store = shared.store()
+            store = common_store.store()
             await store.open()
             keeper = PolicyStore(policies, store)
             await keeper.open()
