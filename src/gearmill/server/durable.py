@@ -456,18 +456,12 @@ class Durable:
                     self._count_stored(fp, -1)
                 continue
             self._count_stored(fp, -1)
-            before = self.broker.counters.submitted
-            job = self._submit(stored)
-            if job is None:  # refused (--max-queue, stopping): it stays stored
+            taken = self._take(stored, key)
+            if taken is None:
                 refused += 1
-                continue
-            if self.broker.counters.submitted == before:
-                # joined a queued job (same data under "-"): this row is not its
-                if (job.func.name, self._stored_unique(job)) != key:
-                    self.removes[key] = None
-                continue
-            loaded += 1
-            self.paged_in += 1
+            elif taken:
+                loaded += 1
+                self.paged_in += 1
         if refused:
             log.warning(
                 "store %s: %d stored job%s of %s could not be queued; they stay in the "
@@ -479,8 +473,11 @@ class Durable:
             )
         return loaded
 
-    def _submit(self, stored: StoredJob) -> Job | None:
-        """Queue a stored job; the job it joined when one with its unique id is queued."""
+    def _take(self, stored: StoredJob, key: Key) -> bool | None:
+        """Queue a stored row as the replay peer's: True when queued, False when it joined
+        a queued job (same unique, or same data under "-"; a row that is not that job's is
+        removed), None when the broker refused it (--max-queue, stopping): it stays
+        stored."""
         before = self.broker.counters.submitted
         job = self.broker.submit(
             self.replay_peer,
@@ -492,11 +489,16 @@ class Durable:
             stored.when,
             stored.reducer,
         )
-        new = self.broker.counters.submitted != before
-        if job is not None and new and stored.unique.startswith(_MARK):
+        if job is None:
+            return None
+        if self.broker.counters.submitted == before:
+            if (job.func.name, self._stored_unique(job)) != key:
+                self.removes[key] = None
+            return False
+        if stored.unique.startswith(_MARK):
             self.generated[job.handle] = stored.unique
             self.generated_in.add(stored.unique)
-        return job
+        return True
 
     # ----------------------------------------------------------------- replay
 
@@ -577,18 +579,11 @@ class Durable:
             return len(page)
         queued = refused = 0
         for _, stored in page:
-            key = (stored.function, stored.unique)
-            before = self.broker.counters.submitted
-            job = self._submit(stored)
-            if job is None:  # refused (--max-queue, stopping): it stays stored
+            taken = self._take(stored, (stored.function, stored.unique))
+            if taken is None:
                 refused += 1
-                continue
-            if self.broker.counters.submitted == before:
-                # joined a job already queued (same unique): this row is not its
-                if (job.func.name, self._stored_unique(job)) != key:
-                    self.removes[key] = None
-                continue
-            queued += 1
+            elif taken:
+                queued += 1
         if refused:
             log.warning(
                 "store %s: %d claimed job%s could not be queued; they stay in the store "
