@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from . import fanout
 from .broker import Broker
 from .journal import Entry, JobAccepted, JobFinished
-from .model import Job, Peer, unique_key
+from .model import QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
 from .store import Key, Store, StoredJob, StoreError, hide_password, open_store
@@ -452,7 +452,14 @@ class Durable:
                 ukey = unique_key(stored.unique, stored.data)
                 here = ukey is not None and ukey in func.unique
             if here:
-                if seq <= self.replay_top:  # a replayed row a new submission joined
+                job = self.add_jobs.get(key) if self.paging else None
+                if job is not None:
+                    # submitted while this page was read, not yet committed: the row is
+                    # that job (its data wins while no worker has it), so the add goes
+                    # and _coalesce must not unload it as well
+                    self._adopt(key, job, stored)
+                    self._count_stored(fp, -1)
+                elif seq <= self.replay_top:  # a replayed row a new submission joined
                     self._count_stored(fp, -1)
                 continue
             self._count_stored(fp, -1)
@@ -472,6 +479,15 @@ class Durable:
                 fp[0].decode(errors="replace"),
             )
         return loaded
+
+    def _adopt(self, key: Key, job: Job, stored: StoredJob) -> None:
+        """A pending add whose stored row was just read: the row stands for it."""
+        del self.adds[key]
+        del self.add_jobs[key]
+        if self.spill.pop(key, None) is not None:
+            self._spill_done((key[0], job.priority))
+        if job.state == QUEUED and job.worker is None:
+            job.data = stored.data
 
     def _take(self, stored: StoredJob, key: Key) -> bool | None:
         """Queue a stored row as the replay peer's: True when queued, False when it joined
