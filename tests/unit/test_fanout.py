@@ -9,6 +9,7 @@ from gearmill.server import fanout
 from gearmill.server.broker import Broker, BrokerConfig, Peer
 from gearmill.server.journal import (
     BUCKETS,
+    MAX_FINISHED,
     Entry,
     Histogram,
     JobAccepted,
@@ -122,3 +123,24 @@ def test_observations_are_counted_in_their_buckets() -> None:
         want[bucket(v)] += 1
     assert h.counts == want and h.sum == sum(values)
     assert h.cumulative()[-1] == ("+Inf", float(len(values)))
+
+
+def test_finished_jobs_are_remembered_on_a_bounded_ring_newest_first() -> None:
+    b = broker()
+    recorder = Recorder(600.0, clock=Clock())
+    recorder.attach(b)
+    client, _ = peer(b, 1)
+    worker, _ = peer(b, 2)
+    b.handle(worker, T.CAN_DO, [b"f"])
+    extra = 5
+    for _ in range(MAX_FINISHED + extra):
+        b.handle(client, T.SUBMIT_JOB_BG, [b"f", b"", b"x"])
+        b.handle(worker, T.GRAB_JOB, [])
+        b.handle(worker, T.WORK_COMPLETE, [b"H:t:%d" % b.counters.submitted, b""])
+        step(b)
+    for n in range(1, extra + 1):
+        assert recorder.finished_job(b"H:t:%d" % n) is None  # overwritten by newer ones
+    for n in (extra + 1, MAX_FINISHED + extra):
+        done = recorder.finished_job(b"H:t:%d" % n)
+        assert done is not None and done.outcome == "completed"
+    assert len(recorder.tally.done_handles) == MAX_FINISHED  # the ring never grows

@@ -359,9 +359,9 @@ class Tallied:
         self.tags: list[object] = [(name, code) for code in range(12)]
 
 
-# finished jobs remembered for /api/jobs/<handle>; the lists are trimmed by this
-# many once twice as long
-MAX_FINISHED: Final = 10_000
+# finished jobs remembered for /api/jobs/<handle>: the newest this many, on a ring
+# (an item store per job: no list growth, copying or trimming on the job path)
+MAX_FINISHED: Final = 20_000
 
 
 class Tally:
@@ -370,7 +370,7 @@ class Tally:
     The clock is read once per batch, at its first job event (``fresh`` until
     the batch is drained); per job: a few integer additions, the job's ``at``
     (when it was queued or started) and two histogram observations. Finished
-    jobs are remembered on parallel lists (no object per job): handle,
+    jobs are remembered on parallel rings (no object per job): handle,
     function and ending, and when.
     """
 
@@ -386,10 +386,12 @@ class Tally:
         self.last = Tallied()
         self.wait = Histogram()
         self.run = Histogram()
-        # finished jobs, oldest first: handle, (function, outcome * 2 + kind), when
-        self.done_handles: list[bytes] = []
-        self.done_tags: list[object] = []  # Tallied.tags' tuples
-        self.done_at: list[object] = []
+        # finished jobs on rings of MAX_FINISHED, the next to overwrite at done_next:
+        # handle, (function, outcome * 2 + kind), when (None: not yet used)
+        self.done_handles: list[object] = [None] * MAX_FINISHED
+        self.done_tags: list[object] = [None] * MAX_FINISHED  # Tallied.tags' tuples
+        self.done_at: list[object] = [None] * MAX_FINISHED
+        self.done_next = 0
 
     def tick(self) -> float:
         """Read the clock: the batch's first job event (callers test ``fresh``)."""
@@ -445,14 +447,12 @@ class Tally:
             self.run.observe(now - at)
             if self.per_function:
                 s.run.observe(now - at)
-        handles = self.done_handles
-        handles.append(job.handle)
-        self.done_tags.append(s.tags[outcome * 2 + kind])
-        self.done_at.append(self.stamp)
-        if len(handles) >= 2 * MAX_FINISHED:
-            del handles[:MAX_FINISHED]
-            del self.done_tags[:MAX_FINISHED]
-            del self.done_at[:MAX_FINISHED]
+        i = self.done_next
+        self.done_handles[i] = job.handle
+        self.done_tags[i] = s.tags[outcome * 2 + kind]
+        self.done_at[i] = self.stamp
+        i += 1
+        self.done_next = 0 if i == MAX_FINISHED else i
 
     def rare(self, entries: list[Entry]) -> None:
         """The batch's requeues (retries, timeouts); workers coming and going are

@@ -123,7 +123,11 @@ class Recorder:
         t = self.tally
         oldest = self.clock() - self.keep_finished
         handles = t.done_handles
-        for i in range(len(handles) - 1, -1, -1):
+        n = len(handles)
+        for back in range(1, n + 1):  # newest first
+            i = (t.done_next - back) % n
+            if handles[i] is None:
+                return None  # the ring has not come round yet: older ones are unused
             if handles[i] == handle:
                 at = t.done_at[i]
                 assert isinstance(at, float)
