@@ -14,14 +14,14 @@ from conftest import Conn
 from gearmill.protocol.packets import PacketType as P
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from test_store_specifics import _redis_server, _redis_server_on
+from storekit import PrivateRedis
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
-    redis, rport = _redis_server(tmp_path, *AOF)
-    srv, web = start_web("--store", f"redis://127.0.0.1:{rport}/0")
+    redis = PrivateRedis(tmp_path, *AOF)
+    srv, web = start_web("--store", redis.url)
     try:
         assert web.call("GET", "/readyz")[0] == 200
         with Conn(srv.port) as client:
@@ -40,7 +40,6 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert metric(m, "gearmill_store_jobs") == gearadmin_status(srv.port)["kept"][0] == 3
 
         redis.kill()
-        redis.wait(10)
         with Conn(srv.port) as client:
             client.send(P.SUBMIT_JOB_BG, b"kept", b"", b"during")
             assert client.recv()[0] == P.ERROR  # QUEUE_ERROR: the writer saw it go
@@ -48,7 +47,7 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert status == 503 and body.startswith(b"store unreachable")
         assert metric(web.metrics(), "gearmill_store_up") == 0
 
-        redis, _ = _redis_server_on(tmp_path, rport, *AOF)
+        redis.start()
         deadline = time.monotonic() + 30
         while web.call("GET", "/readyz")[0] != 200:
             assert time.monotonic() < deadline, "not ready again after the store came back"
@@ -56,6 +55,5 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert metric(web.metrics(), "gearmill_store_up") == 1
     finally:
         srv.stop()
-        redis.kill()
-        redis.wait(10)
+        redis.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
