@@ -63,8 +63,8 @@ class Web:
         return out
 
 
-def start_web(*extra: str) -> tuple[Running, Web]:
-    srv = start_gearmill("--http", "127.0.0.1:0", *extra)
+def start_web(*extra: str, env: dict[str, str] | None = None) -> tuple[Running, Web]:
+    srv = start_gearmill("--http", "127.0.0.1:0", *extra, env=env)
     return srv, Web(srv, srv.tmp / "server.log")
 
 

@@ -1,20 +1,23 @@
-"""What /metrics and /readyz say of a durable store, against a real Redis server
-that the test starts, stops and starts again."""
+"""What /metrics and /readyz say of a durable store, against a real Redis or
+PostgreSQL server that the test starts, stops and starts again."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from test_http import gearadmin_status, metric, start_web
 
 from conftest import Conn
 from gearmill.protocol.packets import PacketType as P
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import PrivateRedis
+from storekit import PrivatePostgres, PrivateRedis
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
@@ -57,3 +60,48 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         srv.stop()
         redis.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def own_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[PrivatePostgres | PrivateRedis]:
+    store = PrivatePostgres() if request.param == "postgresql" else PrivateRedis(tmp_path, *AOF)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_an_idle_server_whose_store_went_away_is_not_ready(
+    own_store: PrivatePostgres | PrivateRedis,
+) -> None:
+    """No job is submitted while the store is down (so no commit fails): the periodic
+    ping alone makes /readyz 503, and 200 again once the store is back."""
+    env = {**os.environ, "GEARMILL_HTTP_PROBE_EVERY": "0.2"}
+    srv, web = start_web("--store", own_store.url, env=env)
+
+    def ready_within(status: int, seconds: float) -> bytes:
+        deadline = time.monotonic() + seconds
+        while True:
+            got, _, body = web.call("GET", "/readyz")
+            if got == status:
+                return body
+            assert time.monotonic() < deadline, f"/readyz still {got} {body!r}"
+            time.sleep(0.1)
+
+    try:
+        ready_within(200, 10)
+        own_store.kill()
+        body = ready_within(503, 20)
+        assert body.startswith(b"store unreachable")
+        assert b"does not answer" in (srv.tmp / "server.log").read_bytes()
+        assert srv.proc.poll() is None  # not ready, but still running
+        own_store.start()
+        ready_within(200, 30)
+        # and it takes work again
+        with Conn(srv.port) as client:
+            client.send(P.SUBMIT_JOB_BG, b"after", b"", b"x")
+            client.expect(P.JOB_CREATED)
+    finally:
+        srv.stop()

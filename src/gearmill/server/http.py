@@ -56,6 +56,7 @@ from .stream import Hub, flush
 log = logging.getLogger("gearmill.http")
 
 MAX_BODY: Final = 64 * 1024 * 1024
+PROBE_TIMEOUT: Final = 2.0  # a store that takes longer to answer a ping is not ready
 RESERVED: Final = ("", "metrics", "healthz", "readyz", "api", "static", "favicon.ico")
 _SUBMIT: Final = {
     (0, False): PacketType.SUBMIT_JOB_HIGH,
@@ -171,6 +172,9 @@ class HttpFront:
             self.store_stats = StoreStats(durable)
             self.registry.register(self.store_stats)  # type: ignore[arg-type]
         self.started = time.time()
+        # why the store did not answer the last ping (None: it did, or none was sent)
+        self.unreachable: str | None = None
+        self._probe: asyncio.Task[None] | None = None
         self.listener: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self.connections: set[HttpProtocol] = set()
@@ -194,8 +198,38 @@ class HttpFront:
             ) from e
         addr = self.listener.sockets[0].getsockname()
         self.address = (addr[0], addr[1])
+        if self.durable is not None and self.durable.store.durable:
+            self._probe = loop.create_task(self.probe(self.durable))
+
+    async def probe(self, durable: Durable) -> None:
+        """Ping the store every ``probe_every`` seconds: the writer learns of a store
+        gone only at its next commit, and an idle server makes none. A failed ping
+        makes /readyz 503 (nothing else: the writer still decides what jobs get)."""
+        store = durable.store
+        while True:
+            await asyncio.sleep(self.config.http.probe_every)
+            if durable.down is not None:
+                self.unreachable = None  # the writer knows, and retries by itself
+                continue
+            try:
+                await asyncio.wait_for(store.ping(), PROBE_TIMEOUT)
+            except Exception as e:  # StoreError, a timeout: either way not ready
+                why = str(e) or type(e).__name__
+                if self.unreachable is None:
+                    log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
+                self.unreachable = why
+                continue
+            if self.unreachable is not None:
+                log.warning("store %s answers again; /readyz answers 200", store.url)
+            self.unreachable = None
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            try:
+                await self._probe
+            except asyncio.CancelledError:
+                pass
         if self.listener is not None:
             self.listener.close()
         for conn in list(self.connections):
@@ -278,6 +312,8 @@ class HttpFront:
             if not (self.addresses and self.broker.accepting):
                 return Response(503, b"not accepting jobs\n", plain)
             down = self.durable.down if self.durable is not None else None
+            if down is None:
+                down = self.unreachable  # an idle server's ping failed
             if down is not None:
                 # background jobs get QUEUE_ERROR until the writer reaches it again
                 return Response(503, f"store unreachable: {down}\n".encode(), plain)
