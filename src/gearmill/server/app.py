@@ -159,7 +159,13 @@ class Server:
             from .http import HttpFront  # needs the [http] extra
 
             self.http = HttpFront(
-                self.broker, self.config, self.hub, self.addresses, self.policies, self.durable
+                self.broker,
+                self.config,
+                self.hub,
+                self.addresses,
+                self.policies,
+                self.durable,
+                self.cluster,
             )
             try:
                 await self.http.start()

@@ -44,6 +44,7 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
 from .broker import Broker
+from .cluster import Cluster
 from .config import Config
 from .connection import is_loopback
 from .durable import Durable
@@ -56,6 +57,7 @@ from .stream import Hub, flush
 log = logging.getLogger("gearmill.http")
 
 MAX_BODY: Final = 64 * 1024 * 1024
+NODES_WAIT: Final = 2.0  # /api/nodes waits this long at most for a fresh list
 PROBE_TIMEOUT: Final = 2.0  # a store that takes longer to answer a ping is not ready
 RESERVED: Final = ("", "metrics", "healthz", "readyz", "api", "static", "favicon.ico")
 _SUBMIT: Final = {
@@ -145,8 +147,10 @@ class HttpFront:
         addresses: list[tuple[str, int]],
         policies: Policies | None = None,
         durable: Durable | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.broker = broker
+        self.cluster = cluster  # the servers sharing the store, if it is shared
         self.policies = policies  # the dead set and the schedules
         self.durable = durable  # the store's writer, unless jobs live in memory
         self.config = config
@@ -296,6 +300,8 @@ class HttpFront:
                 return await self.submit(path, headers, body, addr)
             return _error(405, "GET never submits a job; use POST or PUT /<function>")
         if head == "api":
+            if parts[1:] == ["nodes"] and method in ("GET", "HEAD"):
+                return _json(200, await self.nodes())
             return self.api(method, parts[1:], params, headers, addr)
         if method not in ("GET", "HEAD"):
             return _error(405, f"{path} is read-only; use GET")
@@ -507,6 +513,29 @@ class HttpFront:
         if not dropped:
             return _error(409, f"{_text(name)} has workers or jobs; it can be dropped when idle")
         return _json(200, {"dropped": _text(name)})
+
+    async def nodes(self) -> dict[str, Any]:
+        """The servers sharing the store, as admin ``nodes`` lists them (read at most a
+        heartbeat ago); ``shared`` false and no nodes on a store of one server."""
+        c = self.cluster
+        if c is None:
+            return {"shared": False, "nodes": []}
+        await c.fresh(NODES_WAIT)
+        return {
+            "shared": True,
+            "lease": c.lease,
+            "nodes": [
+                {
+                    "node": node,
+                    "owner": f"{node}#{token}",
+                    "heartbeat_left": round(left, 1),
+                    "expired": left < 0,
+                    "jobs": held,
+                    "self": me,
+                }
+                for node, token, left, held, me in c.view()
+            ],
+        }
 
     def summary(self) -> dict[str, Any]:
         stats = self.broker.stats()
