@@ -95,10 +95,12 @@ def test_an_idle_server_whose_store_went_away_is_not_ready(
         own_store.kill()
         body = ready_within(503, 20)
         assert body.startswith(b"store unreachable")
+        assert metric(web.metrics(), "gearmill_store_reachable") == 0
         assert b"does not answer" in (srv.tmp / "server.log").read_bytes()
         assert srv.proc.poll() is None  # not ready, but still running
         own_store.start()
         ready_within(200, 30)
+        assert metric(web.metrics(), "gearmill_store_reachable") == 1
         # and it takes work again
         with Conn(srv.port) as client:
             client.send(P.SUBMIT_JOB_BG, b"after", b"", b"x")

@@ -222,10 +222,16 @@ class HttpFront:
                 if self.unreachable is None:
                     log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
                 self.unreachable = why
+                self._reachable(False)
                 continue
             if self.unreachable is not None:
                 log.warning("store %s answers again; /readyz answers 200", store.url)
             self.unreachable = None
+            self._reachable(True)
+
+    def _reachable(self, answered: bool) -> None:
+        if self.store_stats is not None:
+            self.store_stats.reachable = answered
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -246,6 +246,8 @@ class StoreStats:
         self.jobs: int | None = None
         self.bytes: int | None = None
         self.read_at = 0.0
+        # the HTTP listener's periodic ping (http.py): None until the first answer or failure
+        self.reachable: bool | None = None
 
     def observed(self, seconds: float, size: int) -> None:
         self.latency.observe(seconds)
@@ -277,6 +279,12 @@ class StoreStats:
             "1 while the store takes commits; 0 while background jobs get QUEUE_ERROR.",
             value=0 if d.down is not None else 1,
         )
+        if self.reachable is not None:
+            yield GaugeMetricFamily(
+                "gearmill_store_reachable",
+                "1 while the store answers the ping sent every http.probe_every seconds.",
+                value=1 if self.reachable else 0,
+            )
         commits = CounterMetricFamily("gearmill_store_commits", "Groups committed to the store.")
         commits.add_metric([], d.commits)
         yield commits
