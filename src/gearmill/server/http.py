@@ -571,8 +571,11 @@ class HttpFront:
                 row["completed"] = s.ended[0][0] + s.ended[0][1]
                 row["failed"] = sum(s.ended[o][k] for o in (1, 2, 4) for k in (0, 1))
                 row["retried"] = s.retried[0] + s.retried[1]
+                row["bytes_in"] = s.bytes_in
+                row["bytes_out"] = s.bytes_out
             else:
                 row["submitted"] = row["completed"] = row["failed"] = row["retried"] = 0
+                row["bytes_in"] = row["bytes_out"] = 0
             out.append(row)
         return out
 

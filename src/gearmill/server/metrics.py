@@ -148,6 +148,19 @@ class Collector:
         yield submitted
         yield from ended.values()
         yield retried
+        for attr, metric, doc in (
+            ("bytes_in", "gearmill_job_in_bytes", "Bytes of job data submitted (new jobs)."),
+            (
+                "bytes_out",
+                "gearmill_job_out_bytes",
+                "Bytes of results workers sent (WORK_DATA, WORK_WARNING, WORK_COMPLETE, "
+                "WORK_EXCEPTION).",
+            ),
+        ):
+            counter = CounterMetricFamily(metric, doc, labels=["function"])
+            for key, s in grouped.items():
+                counter.add_metric([key], getattr(s, attr))
+            yield counter
 
         for attr, metric, doc in (
             ("wait", "gearmill_job_queue_wait_seconds", "Time from submission to a worker."),
