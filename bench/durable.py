@@ -53,6 +53,8 @@ TARGETS = {  # jobs/s submitted, drained (the issue's targets on a 2-core machin
 def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
     """A store URL of its own for one run (removed after)."""
     if kind == "redis":
+        # a Redis of its own, as tests/stores/storekit.py's PrivateRedis starts one: not
+        # imported from there, since bench/ runs without pytest and the tests' conftest
         port = free_port()
         proc = subprocess.Popen(
             [

@@ -1,9 +1,11 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Selenium
 opens the page against a server with a live worker, shows the numbers gearadmin
-shows, and moves a running job's progress bar without a reload."""
+shows, and moves a running job's progress bar without a reload; on servers sharing
+a PostgreSQL store it lists them as admin ``nodes`` does."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_http import gearadmin_status, start_web
 
 import gearmill as gm
-from conftest import Conn, running_worker
+from conftest import Conn, Running, running_worker, start_gearmill
+from gearmill.client.admin import AdminClient
 from gearmill.protocol.packets import PacketType as P
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import Backend, make_backend
+from test_http import Web
 
 
 @pytest.fixture
@@ -92,6 +99,8 @@ def test_dashboard_shows_gearadmins_numbers_and_live_progress(browser: webdriver
             worker.send(P.WORK_STATUS, handle.encode(), b"7", b"10")
             shown(browser, bar, "70%")  # refreshed without a reload
             assert "live" in browser.find_element(By.ID, "status").text
+            # one server on its own store: no list of servers
+            assert not browser.find_element(By.ID, "servers").is_displayed()
             browser.save_screenshot(str(srv.tmp / "dashboard.png"))
             # nothing wider than the phone's screen but the scrolling tables
             width = browser.execute_script("return document.body.scrollWidth")
@@ -173,3 +182,44 @@ def test_dead_letters_requeue_from_the_page_and_schedules_are_listed(
         browser.save_screenshot(str(srv.tmp / "dashboard-requeued.png"))
     finally:
         srv.stop()
+
+
+@pytest.fixture(name="postgresql")
+def postgresql_fixture(tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend("postgresql", tmp_path)
+
+
+def test_servers_sharing_a_store_are_listed_as_nodes_lists_them(
+    browser: webdriver.Chrome, postgresql: Backend
+) -> None:
+    def start(node: str, *extra: str) -> Running:
+        return start_gearmill(
+            *("--store", postgresql.url, "--node-id", node, "--lease", "2", *extra)
+        )
+
+    a = start("a", "--http", "127.0.0.1:0")
+    b = start("b")
+    try:
+        web = Web(a, a.tmp / "server.log")
+        with Conn(b.port) as client:
+            for i in range(3):
+                client.send(P.SUBMIT_JOB_BG, b"nobody", b"j%d" % i, b"x")
+                client.expect(P.JOB_CREATED)  # committed: b holds them
+        browser.get(web.base + "/")
+        shown(browser, '#nodes tr[data-node="b"] td.jobs', "3")
+        shown(browser, '#nodes tr[data-node="a"] td.jobs', "0")
+        shown(browser, '#nodes tr[data-node="a"] td.self', "this server")
+        shown(browser, '#nodes tr[data-node="b"] td.self', "")
+        assert browser.find_element(By.ID, "servers").is_displayed()
+        # the same servers and jobs as the admin command
+        with AdminClient(a.address) as admin:
+            listed = {n.node: n.jobs for n in admin.nodes()}
+        assert listed == {"a": 0, "b": 3}
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node)"
+        )
+        assert sorted(rows) == sorted(listed)
+        browser.save_screenshot(str(a.tmp / "dashboard-nodes.png"))
+    finally:
+        a.stop()
+        b.stop()

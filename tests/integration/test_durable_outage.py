@@ -6,30 +6,21 @@ recovers by itself once the store is back."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import gearmill as gm
-from conftest import free_port, start_gearmill
+from conftest import start_gearmill
 from gearmill.protocol.packets import PacketType
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
+from storekit import PrivatePostgres, PrivateRedis
 from test_durable import GEARMAN, drain, status, submit
-from test_store_specifics import (
-    _as_postgres,
-    _kill_group,
-    _pg_bin,
-    _redis_server,
-    _redis_server_on,
-    _start_postgres,
-)
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
@@ -37,14 +28,13 @@ AOF = ("--appendonly", "yes", "--appendfsync", "always")
 def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
     tmp_path: Path,
 ) -> None:
-    redis, rport = _redis_server(tmp_path, *AOF)
-    srv = start_gearmill("--store", f"redis://127.0.0.1:{rport}/0")
+    redis = PrivateRedis(tmp_path, *AOF)
+    srv = start_gearmill("--store", redis.url)
     other = start_gearmill("--store", "memory")
     worker = None
     try:
         assert submit(srv.port, "out", "before") == ""
         redis.kill()
-        redis.wait(10)
 
         # a background submission is refused with gearmand's code, in bounded time
         with srv.conn() as c:
@@ -80,7 +70,7 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
         assert status(srv).get("moved", [0])[0] == 0
 
         # the store comes back: the server recovers by itself
-        redis, _ = _redis_server_on(tmp_path, rport, *AOF)
+        redis.start()
         deadline = time.monotonic() + 30
         while submit(srv.port, "out", "after") != "":
             assert time.monotonic() < deadline, "the server did not recover"
@@ -100,8 +90,7 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
             worker.wait(10)
         srv.stop()
         other.stop()
-        redis.kill()
-        redis.wait(10)
+        redis.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
@@ -111,19 +100,8 @@ def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledg
     """gearman -b submits without pause while the test's own PostgreSQL is SIGKILLed
     (every process of it) and started again: submissions in between get QUEUE_ERROR,
     the server accepts again by itself, and every acknowledged job is there to run."""
-    folder = Path(tempfile.mkdtemp(prefix="gearmill-pg-"))
-    if os.getuid() == 0:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    subprocess.run(
-        [_pg_bin("initdb"), "-D", str(data), "-U", "root", "--auth=trust", "-N"],
-        check=True,
-        capture_output=True,
-        **_as_postgres(),  # type: ignore[call-overload]
-    )
-    port = free_port()
-    pg = _start_postgres(data, port)
-    srv = start_gearmill("--store", f"postgresql://root@127.0.0.1:{port}/postgres")
+    pg = PrivatePostgres()
+    srv = start_gearmill("--store", pg.url)
     acked: list[str] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -144,12 +122,12 @@ def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledg
         deadline = time.monotonic() + 30
         while len(acked) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        _kill_group(pg)
+        pg.kill()
         deadline = time.monotonic() + 30
         while not errors and time.monotonic() < deadline:
             time.sleep(0.05)
         down_acked = len(acked)
-        pg = _start_postgres(data, port)
+        pg.start()
         deadline = time.monotonic() + 60
         while len(acked) < down_acked + 20 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -177,5 +155,4 @@ def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledg
         assert status(srv)["load"][0] == 0
     finally:
         srv.stop()
-        _kill_group(pg)
-        shutil.rmtree(folder, ignore_errors=True)
+        pg.close()

@@ -63,8 +63,8 @@ class Web:
         return out
 
 
-def start_web(*extra: str) -> tuple[Running, Web]:
-    srv = start_gearmill("--http", "127.0.0.1:0", *extra)
+def start_web(*extra: str, env: dict[str, str] | None = None) -> tuple[Running, Web]:
+    srv = start_gearmill("--http", "127.0.0.1:0", *extra, env=env)
     return srv, Web(srv, srv.tmp / "server.log")
 
 
@@ -213,6 +213,60 @@ def test_series_stay_bounded_with_many_functions() -> None:
         )
         assert metric(m, "gearman_jobs", function="_other") == 17
         assert metric(m, "gearman_jobs", function="fn7") == 6
+    finally:
+        srv.stop()
+
+
+def test_bytes_in_and_out_are_counted_per_function_and_bounded() -> None:
+    """Job data in, results out (data, warnings, the end, exceptions), per function;
+    beyond the busiest one the rest is summed under _other."""
+    srv, web = start_web("--metrics-top-functions", "1")
+    port = srv.port
+    try:
+        with Conn(port) as worker, Conn(port) as client:
+            worker.send(P.CAN_DO, b"resize")
+            worker.send(P.CAN_DO, b"ocr")
+            worker.send(P.CAN_DO, b"zip")
+
+            def run(name: bytes, data: bytes, *replies: tuple[int, bytes]) -> None:
+                client.send(P.SUBMIT_JOB, name, b"", data)
+                handle = client.expect(P.JOB_CREATED)
+                worker.send(P.GRAB_JOB)
+                worker.expect(P.JOB_ASSIGN)
+                for ptype, payload in replies:
+                    worker.send(ptype, handle, payload)
+                    client.recv()  # forwarded
+
+            # resize is the busiest: 3 jobs, 3 x 1000 bytes in
+            for _ in range(3):
+                run(
+                    b"resize",
+                    b"p" * 1000,
+                    (P.WORK_DATA, b"d" * 300),
+                    (P.WORK_WARNING, b"w" * 20),
+                    (P.WORK_COMPLETE, b"c" * 4000),
+                )
+            run(b"ocr", b"o" * 50, (P.WORK_EXCEPTION, b"e" * 7))
+            run(b"zip", b"z" * 60, (P.WORK_COMPLETE, b"r" * 9))
+            # a background job's result counts too, though nobody waits for it
+            client.send(P.SUBMIT_JOB_BG, b"zip", b"", b"b" * 11)
+            handle = client.expect(P.JOB_CREATED)
+            worker.send(P.GRAB_JOB)
+            worker.expect(P.JOB_ASSIGN)
+            worker.send(P.WORK_COMPLETE, handle, b"x" * 13)
+            worker.send(P.ECHO_REQ, b"sync")
+            worker.expect(P.ECHO_RES)  # the server has read the result
+        m = web.metrics()
+        assert metric(m, "gearmill_job_in_bytes_total", function="resize") == 3000
+        assert metric(m, "gearmill_job_out_bytes_total", function="resize") == 3 * 4320
+        assert metric(m, "gearmill_job_in_bytes_total", function="_other") == 50 + 60 + 11
+        assert metric(m, "gearmill_job_out_bytes_total", function="_other") == 7 + 9 + 13
+        named = {
+            dict(labels)["function"] for (n, labels) in m if n == "gearmill_job_in_bytes_total"
+        }
+        assert named == {"resize", "_other"}
+        rows = {r["name"]: r for r in web.json("/api/functions")}  # type: ignore[union-attr]
+        assert (rows["zip"]["bytes_in"], rows["zip"]["bytes_out"]) == (71, 22)
     finally:
         srv.stop()
 

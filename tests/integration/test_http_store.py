@@ -1,27 +1,30 @@
-"""What /metrics and /readyz say of a durable store, against a real Redis server
-that the test starts, stops and starts again."""
+"""What /metrics and /readyz say of a durable store, against a real Redis or
+PostgreSQL server that the test starts, stops and starts again."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from test_http import gearadmin_status, metric, start_web
 
 from conftest import Conn
 from gearmill.protocol.packets import PacketType as P
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from test_store_specifics import _redis_server, _redis_server_on
+from storekit import PrivatePostgres, PrivateRedis
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
-    redis, rport = _redis_server(tmp_path, *AOF)
-    srv, web = start_web("--store", f"redis://127.0.0.1:{rport}/0")
+    redis = PrivateRedis(tmp_path, *AOF)
+    srv, web = start_web("--store", redis.url)
     try:
         assert web.call("GET", "/readyz")[0] == 200
         with Conn(srv.port) as client:
@@ -40,7 +43,6 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert metric(m, "gearmill_store_jobs") == gearadmin_status(srv.port)["kept"][0] == 3
 
         redis.kill()
-        redis.wait(10)
         with Conn(srv.port) as client:
             client.send(P.SUBMIT_JOB_BG, b"kept", b"", b"during")
             assert client.recv()[0] == P.ERROR  # QUEUE_ERROR: the writer saw it go
@@ -48,7 +50,7 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert status == 503 and body.startswith(b"store unreachable")
         assert metric(web.metrics(), "gearmill_store_up") == 0
 
-        redis, _ = _redis_server_on(tmp_path, rport, *AOF)
+        redis.start()
         deadline = time.monotonic() + 30
         while web.call("GET", "/readyz")[0] != 200:
             assert time.monotonic() < deadline, "not ready again after the store came back"
@@ -56,6 +58,52 @@ def test_store_metrics_and_readiness_follow_the_store(tmp_path: Path) -> None:
         assert metric(web.metrics(), "gearmill_store_up") == 1
     finally:
         srv.stop()
-        redis.kill()
-        redis.wait(10)
+        redis.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def own_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[PrivatePostgres | PrivateRedis]:
+    store = PrivatePostgres() if request.param == "postgresql" else PrivateRedis(tmp_path, *AOF)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_an_idle_server_whose_store_went_away_is_not_ready(
+    own_store: PrivatePostgres | PrivateRedis,
+) -> None:
+    """No job is submitted while the store is down (so no commit fails): the periodic
+    ping alone makes /readyz 503, and 200 again once the store is back."""
+    env = {**os.environ, "GEARMILL_HTTP_PROBE_EVERY": "0.2"}
+    srv, web = start_web("--store", own_store.url, env=env)
+
+    def ready_within(status: int, seconds: float) -> bytes:
+        deadline = time.monotonic() + seconds
+        while True:
+            got, _, body = web.call("GET", "/readyz")
+            if got == status:
+                return body
+            assert time.monotonic() < deadline, f"/readyz still {got} {body!r}"
+            time.sleep(0.1)
+
+    try:
+        ready_within(200, 10)
+        own_store.kill()
+        body = ready_within(503, 20)
+        assert body.startswith(b"store unreachable")
+        assert metric(web.metrics(), "gearmill_store_reachable") == 0
+        assert b"does not answer" in (srv.tmp / "server.log").read_bytes()
+        assert srv.proc.poll() is None  # not ready, but still running
+        own_store.start()
+        ready_within(200, 30)
+        assert metric(web.metrics(), "gearmill_store_reachable") == 1
+        # and it takes work again
+        with Conn(srv.port) as client:
+            client.send(P.SUBMIT_JOB_BG, b"after", b"", b"x")
+            client.expect(P.JOB_CREATED)
+    finally:
+        srv.stop()

@@ -1,7 +1,7 @@
 """Admin commands on servers sharing one store (PostgreSQL, Redis): one dead set seen
 from every server (a job that died on one is listed and requeued through another, and
 runs once), and ``nodes``, the servers sharing the store, through the admin protocol,
-AdminClient and ``gearmill admin --nodes``."""
+AdminClient, ``gearmill admin --nodes`` and the HTTP API's /api/nodes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
 from storekit import Backend, make_backend
 from test_durable import kill, submit
+from test_http import Web
 from test_takeover import LEASE, log_of, runs, worker
 
 CAN_DO, GRAB_JOB, JOB_CREATED, WORK_FAIL = 1, 9, 8, 14
@@ -182,5 +183,50 @@ def test_nodes_on_a_store_that_is_not_shared_says_so_in_one_line(tmp_path: Path)
         out = cli("admin", "-p", str(srv.port), "--nodes")
         assert out.returncode == 1
         assert out.stderr.count("\n") == 1 and "not shared" in out.stderr.replace("+", " ")
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(name="postgresql")
+def postgresql_fixture(tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend("postgresql", tmp_path)
+
+
+def test_the_http_api_lists_the_servers_sharing_the_store_as_nodes_does(
+    postgresql: Backend,
+) -> None:
+    a = start(postgresql.url, "a", "--http", "127.0.0.1:0")
+    b = start(postgresql.url, "b")
+    web = Web(a, a.tmp / "server.log")
+
+    def api() -> dict[str, tuple[int, bool]]:
+        got = web.json("/api/nodes")
+        assert isinstance(got, dict) and got["shared"] is True
+        return {n["node"]: (n["jobs"], n["self"]) for n in got["nodes"]}
+
+    try:
+        names = "".join(f"job-{i}\n" for i in range(3))
+        assert submit(b.port, "nobody", "-N", stdin=names) == ""  # no worker: b holds them
+        wait_for(lambda: api() == {"a": (0, True), "b": (3, False)}, "both on a's /api/nodes")
+        assert api() == nodes(a)  # what the admin command says
+        got = web.json("/api/nodes")
+        assert isinstance(got, dict)
+        for n in got["nodes"]:
+            assert n["owner"].startswith(n["node"] + "#")
+            assert 0 < n["heartbeat_left"] <= float(LEASE) and n["expired"] is False
+        kill(b)
+        wait_for(lambda: api() == {"a": (3, True)}, "b gone from a's /api/nodes")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_http_api_says_a_store_of_one_server_is_not_shared(tmp_path: Path) -> None:
+    srv = start_gearmill("--store", f"sqlite://{tmp_path / 'jobs.db'}", "--http", "127.0.0.1:0")
+    try:
+        assert Web(srv, srv.tmp / "server.log").json("/api/nodes") == {
+            "shared": False,
+            "nodes": [],
+        }
     finally:
         srv.stop()

@@ -1,14 +1,22 @@
-"""Real stores for the contract suite: a fresh database (or key prefix) per test, removed after.
+"""Real stores for the tests: a fresh database (or key prefix) per test, removed after,
+and servers of a test's own (:class:`PrivatePostgres`, :class:`PrivateRedis`,
+:class:`PrivateMariaDB`) on a free port, for tests that kill and restart their store.
 
-The servers are this machine's PostgreSQL, MariaDB and Redis (scripts/services starts
-them); their admin URLs can be moved with GEARMILL_TEST_POSTGRESQL, GEARMILL_TEST_MYSQL
-and GEARMILL_TEST_REDIS. A server that is not there fails the test with that advice.
+The shared servers are this machine's PostgreSQL, MariaDB and Redis (scripts/services
+starts them); their admin URLs can be moved with GEARMILL_TEST_POSTGRESQL,
+GEARMILL_TEST_MYSQL and GEARMILL_TEST_REDIS. A server that is not there fails the test
+with that advice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -16,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from conftest import free_port
 from gearmill.server.store import Store, open_store
 
 T = TypeVar("T")
@@ -181,3 +190,187 @@ def durable_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 @pytest.fixture(params=NETWORK, name="network")
 def network_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
+
+
+# ------------------------------------------------------- servers of a test's own
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server and all its processes, and wait until every one is gone (a
+    backend still dying holds the shared memory a restart needs)."""
+    deadline = time.monotonic() + 10
+    try:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)  # raises once the group is empty
+            time.sleep(0.05)
+    except ProcessLookupError:
+        pass
+
+
+def _folder(prefix: str, owner: str) -> Path:
+    """A folder of its own: pytest's is private to root, and these servers must not run
+    as root."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.getuid() == 0:
+        shutil.chown(folder, owner)
+    return folder
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own on a free loopback port (initdb'd in a
+    folder of its own), that the test can SIGKILL (``kill``: every process at once, as a
+    crash would) and ``start`` again on the same port and data. ``close`` removes it."""
+
+    def __init__(self) -> None:
+        self.folder = _folder("gearmill-pg-", "postgres")
+        self.data = self.folder / "data"
+        subprocess.run(
+            [self.bin("initdb"), "-D", str(self.data), "-U", "root", "--auth=trust", "-N"],
+            check=True,
+            capture_output=True,
+            **self._as_postgres(),  # type: ignore[call-overload]
+        )
+        self.port = free_port()
+        self.url = f"postgresql://root@127.0.0.1:{self.port}/postgres"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @staticmethod
+    def bin(name: str) -> str:
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: p.parts)
+        assert versions, f"PostgreSQL's {name} is not installed: run scripts/services"
+        return str(versions[-1])
+
+    @staticmethod
+    def _as_postgres() -> dict[str, str]:
+        """Popen arguments that run a PostgreSQL program as `postgres` (it refuses root);
+        the test waits for the server itself, so its exit is reaped and its pid file freed."""
+        return {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
+
+    def start(self) -> None:
+        cmd = [self.bin("postgres"), "-D", str(self.data), "-p", str(self.port)]
+        cmd += ["-k", str(self.folder), "-c", "listen_addresses=127.0.0.1"]
+        log_path = self.folder / "postgres.log"
+        with open(log_path, "ab") as log:  # the server keeps its own copy
+            proc = self.proc = subprocess.Popen(
+                cmd,
+                **self._as_postgres(),  # type: ignore[call-overload]
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # SIGKILL reaches the whole server at once
+            )
+        ready = [self.bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + 30
+        while subprocess.run(ready).returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                _kill_group(proc)
+                tail = log_path.read_text(errors="replace")[-500:]
+                raise RuntimeError(f"postgres did not start: {tail}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port (or ``port``), with its
+    files in ``folder`` and ``args`` added (e.g. appendonly); ``kill`` SIGKILLs it and
+    ``start`` brings it back on the same port."""
+
+    def __init__(self, folder: Path, *args: str, port: int | None = None) -> None:
+        self.folder = folder
+        self.args = args
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        cmd += ["--dir", str(self.folder), "--save", "", *self.args]
+        proc = self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        import redis
+
+        r = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    r.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        self.kill()
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+        finally:
+            r.close()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    close = kill
+
+
+class PrivateMariaDB:
+    """A MariaDB server of the test's own on a free loopback port (installed in a folder
+    of its own); ``kill`` SIGKILLs it and ``start`` brings it back on the same data."""
+
+    def __init__(self) -> None:
+        self.folder = _folder("gearmill-maria-", "mysql")
+        install = ["mariadb-install-db", f"--datadir={self.folder}/data", "--skip-test-db"]
+        install += ["--auth-root-authentication-method=normal"]
+        if os.getuid() == 0:
+            install.append("--user=mysql")
+        subprocess.run(install, check=True, capture_output=True)
+        self.port = free_port()
+        self.url = f"mysql://root@127.0.0.1:{self.port}/mysql"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        f = self.folder
+        cmd = ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={f}/data"]
+        cmd += [f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={f}/sock"]
+        cmd += [f"--pid-file={f}/pid", f"--log-error={f}/err.log"]
+        cmd += ["--skip-grant-tables", "--innodb-buffer-pool-size=32M"]
+        if os.getuid() == 0:
+            cmd.append("--user=mysql")
+        proc = self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    self.kill()
+                    tail = (f / "err.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"mariadbd did not start: {tail}") from None
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)

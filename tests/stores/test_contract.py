@@ -46,6 +46,7 @@ def with_store(b: Backend, body: Any) -> Any:
 def test_add_remove_and_load_in_submission_order(backend: Backend) -> None:
     async def body(s: Store) -> None:
         assert isinstance(s, Store) and s.durable == (backend.kind != "memory")
+        await s.ping()  # answers while the store is there (readiness probes)
         await s.commit([job(i) for i in range(5)], [])
         await s.commit([], [(b"fn", b"u1"), (b"fn", b"u3")])
         await s.commit([job(5)], [(b"fn", b"absent")])

@@ -6,18 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from storekit import run
+from storekit import PrivateMariaDB, PrivatePostgres, PrivateRedis, run
 
-from conftest import free_port
 from gearmill.server.store import StoredJob, StoreError, open_store
 
 
@@ -108,45 +104,6 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     con.close()
 
 
-def _redis_server(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    return _redis_server_on(tmp, free_port(), *args)
-
-
-def _redis_server_on(tmp: Path, port: int, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(tmp),
-            "--save",
-            "",
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    r = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    r.close()
-    return proc, port
-
-
 @pytest.mark.parametrize(
     ("args", "window"),
     [
@@ -158,11 +115,11 @@ def _redis_server_on(tmp: Path, port: int, *args: str) -> tuple[subprocess.Popen
 def test_redis_warns_naming_the_loss_window_unless_appendfsync_always(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, args: tuple[str, ...], window: str | None
 ) -> None:
-    proc, port = _redis_server(tmp_path, *args)
+    redis = PrivateRedis(tmp_path, *args)
     try:
 
         async def main() -> None:
-            s = open_store(f"redis://127.0.0.1:{port}/0")
+            s = open_store(redis.url)
             await s.open()
             await s.commit([StoredJob(b"fn", b"1", b"x")], [])
             await s.close()
@@ -170,8 +127,7 @@ def test_redis_warns_naming_the_loss_window_unless_appendfsync_always(
         with caplog.at_level(logging.WARNING, logger="gearmill.store"):
             run(main())
     finally:
-        proc.kill()
-        proc.wait(10)
+        redis.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     if window is None:
         assert warnings == []
@@ -186,19 +142,17 @@ def test_redis_with_appendfsync_always_keeps_commits_across_its_crash_and_the_st
     same store object works again once Redis is back (no reopen), with every job it had
     acknowledged before Redis was SIGKILLed."""
     args = ("--appendonly", "yes", "--appendfsync", "always")
-    proc, port = _redis_server(tmp_path, *args)
+    redis = PrivateRedis(tmp_path, *args)
 
     async def main() -> tuple[str, list[bytes]]:
-        nonlocal proc
-        s = open_store(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+        s = open_store(redis.url, connect_timeout=2)
         await s.open()
         try:
             await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
-            proc.kill()
-            proc.wait(10)
+            redis.kill()
             with pytest.raises(StoreError) as err:
                 await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
-            proc, _ = _redis_server_on(tmp_path, port, *args)
+            redis.start()
             await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
             return str(err.value), [j.unique for _, j in await s.load(0, 1000)]
         finally:
@@ -207,58 +161,9 @@ def test_redis_with_appendfsync_always_keeps_commits_across_its_crash_and_the_st
     try:
         error, uniques = run(main())
     finally:
-        proc.kill()
-        proc.wait(10)
-    assert f"127.0.0.1:{port}" in error and "\n" not in error
+        redis.close()
+    assert f"127.0.0.1:{redis.port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
-
-
-def _pg_bin(name: str) -> str:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: p.parts)
-    assert versions, f"PostgreSQL's {name} is not installed: run scripts/services"
-    return str(versions[-1])
-
-
-def _as_postgres() -> dict[str, str]:
-    """Popen arguments that run a PostgreSQL program as `postgres` (it refuses root); the
-    test waits for the server itself, so its exit is reaped and its pid file freed."""
-    return {"user": "postgres", "group": "postgres"} if os.getuid() == 0 else {}
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a server and all its processes, and wait until every one is gone (a
-    backend still dying holds the shared memory a restart needs)."""
-    deadline = time.monotonic() + 10
-    try:
-        os.killpg(proc.pid, 9)
-        proc.wait(10)
-        while time.monotonic() < deadline:
-            os.killpg(proc.pid, 0)  # raises once the group is empty
-            time.sleep(0.05)
-    except ProcessLookupError:
-        pass
-
-
-def _start_postgres(data: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(data.parent)]
-    cmd += ["-c", "listen_addresses=127.0.0.1"]
-    with open(data.parent / "postgres.log", "ab") as log:  # the server keeps its own copy
-        proc = subprocess.Popen(
-            cmd,
-            **_as_postgres(),  # type: ignore[call-overload]
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # SIGKILL reaches the whole server at once, as a crash would
-        )
-    ready = [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
-    deadline = time.monotonic() + 30
-    while subprocess.run(ready).returncode != 0:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            _kill_group(proc)
-            tail = (data.parent / "postgres.log").read_text(errors="replace")[-500:]
-            raise RuntimeError(f"postgres did not start: {tail}")
-        time.sleep(0.1)
-    return proc
 
 
 def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
@@ -266,30 +171,17 @@ def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
     commits fail with one StoreError line while it is down; once it is back (crash
     recovery from its WAL), the same store object commits again and has every job it
     acknowledged before the kill."""
-    # Its own folder: pytest's is private to root, and postgres must not run as root.
-    folder = Path(tempfile.mkdtemp(prefix="gearmill-pg-"))
-    if os.getuid() == 0:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    subprocess.run(
-        [_pg_bin("initdb"), "-D", str(data), "-U", "root", "--auth=trust", "-N"],
-        check=True,
-        capture_output=True,
-        **_as_postgres(),  # type: ignore[call-overload]
-    )
-    port = free_port()
-    proc = _start_postgres(data, port)
+    pg = PrivatePostgres()
 
     async def main() -> tuple[str, list[bytes]]:
-        nonlocal proc
-        s = open_store(f"postgresql://root@127.0.0.1:{port}/postgres", connect_timeout=2)
+        s = open_store(pg.url, connect_timeout=2)
         await s.open()
         try:
             await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
-            _kill_group(proc)
+            pg.kill()
             with pytest.raises(StoreError) as err:
                 await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
-            proc = _start_postgres(data, port)
+            pg.start()
             # The caller retries a failed group; the store reconnects by itself.
             for _attempt in range(20):
                 try:
@@ -304,25 +196,24 @@ def test_postgresql_killed_keeps_every_commit_and_the_store_recovers() -> None:
     try:
         error, uniques = run(main())
     finally:
-        _kill_group(proc)
-        shutil.rmtree(folder, ignore_errors=True)
-    assert f"127.0.0.1:{port}" in error and "\n" not in error
+        pg.close()
+    assert f"127.0.0.1:{pg.port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]
 
 
 def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
     """Scores and the counter are written as integers (a Lua number would be rounded)."""
-    proc, port = _redis_server(tmp_path)
+    server = PrivateRedis(tmp_path)
     start = 2**52 - 10
     try:
         import redis
 
-        r = redis.Redis(port=port)
+        r = redis.Redis(port=server.port)
         r.set("gearmill:seq", start)
         r.close()
 
         async def main() -> list[int]:
-            s = open_store(f"redis://127.0.0.1:{port}/0")
+            s = open_store(server.url)
             await s.open()
             try:
                 await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(3)], [])
@@ -332,58 +223,23 @@ def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
 
         assert run(main()) == [start + 1, start + 2, start + 3]
     finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def _start_mariadb(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={folder}/data"]
-    cmd += [f"--port={port}", "--bind-address=127.0.0.1", f"--socket={folder}/sock"]
-    cmd += [f"--pid-file={folder}/pid", f"--log-error={folder}/err.log"]
-    cmd += ["--skip-grant-tables", "--innodb-buffer-pool-size=32M"]
-    if os.getuid() == 0:
-        cmd.append("--user=mysql")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    import socket
-
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                tail = (folder / "err.log").read_text(errors="replace")[-500:]
-                raise RuntimeError(f"mariadbd did not start: {tail}") from None
-            time.sleep(0.1)
+        server.close()
 
 
 def test_mariadb_killed_keeps_every_commit_and_the_store_recovers() -> None:
     """The same outage for a MariaDB of the test's own: SIGKILLed, InnoDB recovers from
     its redo log, and the store object commits again with nothing acknowledged lost."""
-    folder = Path(tempfile.mkdtemp(prefix="gearmill-maria-"))
-    if os.getuid() == 0:
-        shutil.chown(folder, "mysql")
-    install = ["mariadb-install-db", f"--datadir={folder}/data", "--skip-test-db"]
-    install += ["--auth-root-authentication-method=normal"]
-    if os.getuid() == 0:
-        install.append("--user=mysql")
-    subprocess.run(install, check=True, capture_output=True)
-    port = free_port()
-    proc = _start_mariadb(folder, port)
+    maria = PrivateMariaDB()
 
     async def main() -> tuple[str, list[bytes]]:
-        nonlocal proc
-        s = open_store(f"mysql://root@127.0.0.1:{port}/mysql", connect_timeout=2)
+        s = open_store(maria.url, connect_timeout=2)
         await s.open()
         try:
             await s.commit([StoredJob(b"fn", b"%d" % i, b"x") for i in range(100)], [])
-            proc.kill()
-            proc.wait(10)
+            maria.kill()
             with pytest.raises(StoreError) as err:
                 await s.commit([StoredJob(b"fn", b"lost", b"x")], [])
-            proc = _start_mariadb(folder, port)
+            maria.start()
             for _attempt in range(20):
                 try:
                     await s.commit([StoredJob(b"fn", b"after", b"x")], [(b"fn", b"0")])
@@ -397,8 +253,6 @@ def test_mariadb_killed_keeps_every_commit_and_the_store_recovers() -> None:
     try:
         error, uniques = run(main())
     finally:
-        proc.kill()
-        proc.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
-    assert f"127.0.0.1:{port}" in error and "\n" not in error
+        maria.close()
+    assert f"127.0.0.1:{maria.port}" in error and "\n" not in error
     assert uniques == [b"%d" % i for i in range(1, 100)] + [b"after"]

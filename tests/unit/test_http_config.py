@@ -63,11 +63,15 @@ def test_off_loopback_needs_a_token() -> None:
 def test_http_and_metrics_sections(tmp_path: Path) -> None:
     path = toml(
         tmp_path,
-        '[http]\nlisten = "127.0.0.1:9200"\ntoken = "t"\nkeep_finished = 60\n'
+        '[http]\nlisten = "127.0.0.1:9200"\ntoken = "t"\nkeep_finished = 60\nprobe_every = 1.5\n'
         "[metrics]\ntop_functions = 7\nfunction_histograms = true\n",
     )
     config = load("--config", path)
-    assert config.http == HttpConfig(Listener("127.0.0.1", 9200), "t", 60)
+    assert config.http == HttpConfig(Listener("127.0.0.1", 9200), "t", 60, (), 1.5)
+    assert load("--http", "127.0.0.1:0").http.probe_every == 5.0
+    assert "use seconds from 0.1 to 3600" in error(
+        "--http", "127.0.0.1:0", env={"GEARMILL_HTTP_PROBE_EVERY": "0"}
+    )
     assert config.metrics == MetricsConfig(7, True)
     assert load("--config", path, "--metrics-top-functions", "3").metrics.top_functions == 3
 

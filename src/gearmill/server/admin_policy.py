@@ -167,16 +167,14 @@ def _dead(policies: Policies, words: list[bytes]) -> bytes:
 # ------------------------------------------------------------------ nodes
 
 
-def nodes(members: list[tuple[str, int, int]] | None, age: float, me: str) -> bytes:
-    """``nodes``: the servers sharing the store as this server last read them (``age``
-    seconds ago): node id, owner token, seconds until its heartbeat expires, stored jobs it
-    holds, and ``self`` for this one. ``members`` None: the store is not shared."""
-    if members is None:
+def nodes(view: list[tuple[str, str, float, int, bool]] | None) -> bytes:
+    """``nodes``: the servers sharing the store as this server last read them
+    (``Cluster.view``): node id, owner token, seconds until its heartbeat expires, stored
+    jobs it holds, and ``self`` for this one. ``view`` None: the store is not shared."""
+    if view is None:
         return _err("NOT_SHARED", "the store is not shared: this server runs alone")
     lines = []
-    for owner, left_ms, held in members:
-        node, _, token = owner.rpartition("#")
-        left = left_ms / 1000 - age
+    for node, token, left, held, me in view:
         lines.append(
             b"%s\t%s\t%s\t%d\t%s\n"
             % (
@@ -184,7 +182,7 @@ def nodes(members: list[tuple[str, int, int]] | None, age: float, me: str) -> by
                 token.encode(),
                 b"%.1f" % left if left >= 0 else b"expired",
                 held,
-                b"self" if owner == me else b"-",
+                b"self" if me else b"-",
             )
         )
     return b"".join(lines) + END

@@ -159,7 +159,13 @@ class Server:
             from .http import HttpFront  # needs the [http] extra
 
             self.http = HttpFront(
-                self.broker, self.config, self.hub, self.addresses, self.policies, self.durable
+                self.broker,
+                self.config,
+                self.hub,
+                self.addresses,
+                self.policies,
+                self.durable,
+                self.cluster,
             )
             try:
                 await self.http.start()
@@ -393,9 +399,9 @@ class Server:
         if line.strip().lower() == b"nodes":
             c = self.cluster
             if c is None:
-                return admin_policy.nodes(None, 0.0, "")
+                return admin_policy.nodes(None)
             c.asked()
-            return admin_policy.nodes(c.members, time.monotonic() - c.members_at, c.owner)
+            return admin_policy.nodes(c.view())
         reply = admin_policy.run(self.policies, line)
         if reply is not None:
             return reply

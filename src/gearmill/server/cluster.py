@@ -163,6 +163,27 @@ class Cluster:
         if stale and (self._looking is None or self._looking.done()) and not self._stopping:
             self._looking = asyncio.get_running_loop().create_task(self._look())
 
+    async def fresh(self, wait: float) -> None:
+        """As ``asked``, and wait up to ``wait`` seconds for the list it reads (the HTTP
+        API answers with it, not with the one before)."""
+        self.asked()
+        looking = self._looking
+        if looking is not None and not looking.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(looking), wait)
+            except TimeoutError:
+                pass  # the last list it has, with its age
+
+    def view(self) -> list[tuple[str, str, float, int, bool]]:
+        """The servers as of the last read: node id, owner token, seconds until its
+        heartbeat expires (negative: expired), stored jobs it holds, whether it is this one."""
+        age = time.monotonic() - self.members_at
+        out = []
+        for owner, left_ms, held in self.members:
+            node, _, token = owner.rpartition("#")
+            out.append((node, token, left_ms / 1000 - age, held, owner == self.owner))
+        return out
+
     async def _look(self) -> None:
         """Read who shares the store (a failure keeps the last list: it is only shown)."""
         try:

@@ -153,6 +153,8 @@ class HttpConfig:
     # [[http.identity]] tables: (token, subject) -- a request with that token
     # is a peer with that subject for the [access] list, as a TLS certificate is
     identities: tuple[tuple[str, str], ...] = ()
+    # seconds between two pings of the store while idle (/readyz notices a store gone)
+    probe_every: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +738,9 @@ SETTINGS: Final[dict[str, _Setting]] = {
     "http_keep_finished": _Setting(
         _int(0, 86400 * 7, "use seconds from 0 to 604800"), toml="http.keep_finished"
     ),
+    "http_probe_every": _Setting(
+        _float(0.1, 3600, "use seconds from 0.1 to 3600"), toml="http.probe_every"
+    ),
     "metrics_top_functions": _Setting(
         _int(1, 100_000, "use a number of functions from 1 to 100000"),
         toml="metrics.top_functions",
@@ -1131,8 +1136,10 @@ def _http_config(
     assert isinstance(keep, int)
     identities = values.get("http_identities", ())
     assert isinstance(identities, tuple)
+    probe = values.get("http_probe_every", 5.0)
+    assert isinstance(probe, float)
     if addr is None:
-        return HttpConfig(None, token, keep, identities)
+        return HttpConfig(None, token, keep, identities, probe)
     host, port = addr
     if not token and not identities and not _is_loopback(host):
         where = next(
@@ -1149,4 +1156,4 @@ def _http_config(
             "give --http-token TOKEN (or GEARMILL_HTTP_TOKEN) so that submissions and "
             "job data need it, or listen on 127.0.0.1"
         )
-    return HttpConfig(Listener(host, port), token, keep, identities)
+    return HttpConfig(Listener(host, port), token, keep, identities, probe)

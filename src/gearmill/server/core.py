@@ -689,6 +689,11 @@ class Core:
         if job is None:
             self.reply(peer, ERR_RESULT_NOT_FOUND)
             return
+        journal = self.journal
+        if journal is not None:
+            tally = journal.tally  # metrics (--http): bytes out per function
+            if tally is not None:
+                tally.result(job, len(args[1]))
         if job.clients:
             if len(args[1]) < BIG_PIECE:
                 self._forward(job, packet2(_WORK_COMPLETE, args[0], args[1]))

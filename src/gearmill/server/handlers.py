@@ -204,6 +204,11 @@ class Handlers(Core):
         if job is None:
             self.reply(peer, ERR_EXCEPTION_NOT_FOUND)
             return
+        journal = self.journal
+        if journal is not None:
+            tally = journal.tally  # metrics (--http): bytes out per function
+            if tally is not None:
+                tally.result(job, len(args[1]))
         policy = self.policy
         if policy is not None and job.background and not job.ignore:
             if policy.retries(job, RETRY_EXCEPTION):
@@ -230,6 +235,11 @@ class Handlers(Core):
         if job is None:
             self.reply(peer, ERR_DATA_NOT_FOUND)
             return
+        journal = self.journal
+        if journal is not None:
+            tally = journal.tally  # metrics (--http): bytes out per function
+            if tally is not None:
+                tally.result(job, len(args[1]))
         if job.clients:
             if len(args[1]) < BIG_PIECE:
                 self._forward(job, encode(ptype, args[0], args[1]))

@@ -44,6 +44,7 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
 from .broker import Broker
+from .cluster import Cluster
 from .config import Config
 from .connection import is_loopback
 from .durable import Durable
@@ -56,6 +57,8 @@ from .stream import Hub, flush
 log = logging.getLogger("gearmill.http")
 
 MAX_BODY: Final = 64 * 1024 * 1024
+NODES_WAIT: Final = 2.0  # /api/nodes waits this long at most for a fresh list
+PROBE_TIMEOUT: Final = 2.0  # a store that takes longer to answer a ping is not ready
 RESERVED: Final = ("", "metrics", "healthz", "readyz", "api", "static", "favicon.ico")
 _SUBMIT: Final = {
     (0, False): PacketType.SUBMIT_JOB_HIGH,
@@ -144,8 +147,10 @@ class HttpFront:
         addresses: list[tuple[str, int]],
         policies: Policies | None = None,
         durable: Durable | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.broker = broker
+        self.cluster = cluster  # the servers sharing the store, if it is shared
         self.policies = policies  # the dead set and the schedules
         self.durable = durable  # the store's writer, unless jobs live in memory
         self.config = config
@@ -171,6 +176,9 @@ class HttpFront:
             self.store_stats = StoreStats(durable)
             self.registry.register(self.store_stats)  # type: ignore[arg-type]
         self.started = time.time()
+        # why the store did not answer the last ping (None: it did, or none was sent)
+        self.unreachable: str | None = None
+        self._probe: asyncio.Task[None] | None = None
         self.listener: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self.connections: set[HttpProtocol] = set()
@@ -194,8 +202,44 @@ class HttpFront:
             ) from e
         addr = self.listener.sockets[0].getsockname()
         self.address = (addr[0], addr[1])
+        if self.durable is not None and self.durable.store.durable:
+            self._probe = loop.create_task(self.probe(self.durable))
+
+    async def probe(self, durable: Durable) -> None:
+        """Ping the store every ``probe_every`` seconds: the writer learns of a store
+        gone only at its next commit, and an idle server makes none. A failed ping
+        makes /readyz 503 (nothing else: the writer still decides what jobs get)."""
+        store = durable.store
+        while True:
+            await asyncio.sleep(self.config.http.probe_every)
+            if durable.down is not None:
+                self.unreachable = None  # the writer knows, and retries by itself
+                continue
+            try:
+                await asyncio.wait_for(store.ping(), PROBE_TIMEOUT)
+            except Exception as e:  # StoreError, a timeout: either way not ready
+                why = str(e) or type(e).__name__
+                if self.unreachable is None:
+                    log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
+                self.unreachable = why
+                self._reachable(False)
+                continue
+            if self.unreachable is not None:
+                log.warning("store %s answers again; /readyz answers 200", store.url)
+            self.unreachable = None
+            self._reachable(True)
+
+    def _reachable(self, answered: bool) -> None:
+        if self.store_stats is not None:
+            self.store_stats.reachable = answered
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            try:
+                await self._probe
+            except asyncio.CancelledError:
+                pass
         if self.listener is not None:
             self.listener.close()
         for conn in list(self.connections):
@@ -262,6 +306,8 @@ class HttpFront:
                 return await self.submit(path, headers, body, addr)
             return _error(405, "GET never submits a job; use POST or PUT /<function>")
         if head == "api":
+            if parts[1:] == ["nodes"] and method in ("GET", "HEAD"):
+                return _json(200, await self.nodes())
             return self.api(method, parts[1:], params, headers, addr)
         if method not in ("GET", "HEAD"):
             return _error(405, f"{path} is read-only; use GET")
@@ -278,6 +324,8 @@ class HttpFront:
             if not (self.addresses and self.broker.accepting):
                 return Response(503, b"not accepting jobs\n", plain)
             down = self.durable.down if self.durable is not None else None
+            if down is None:
+                down = self.unreachable  # an idle server's ping failed
             if down is not None:
                 # background jobs get QUEUE_ERROR until the writer reaches it again
                 return Response(503, f"store unreachable: {down}\n".encode(), plain)
@@ -472,6 +520,29 @@ class HttpFront:
             return _error(409, f"{_text(name)} has workers or jobs; it can be dropped when idle")
         return _json(200, {"dropped": _text(name)})
 
+    async def nodes(self) -> dict[str, Any]:
+        """The servers sharing the store, as admin ``nodes`` lists them (read at most a
+        heartbeat ago); ``shared`` false and no nodes on a store of one server."""
+        c = self.cluster
+        if c is None:
+            return {"shared": False, "nodes": []}
+        await c.fresh(NODES_WAIT)
+        return {
+            "shared": True,
+            "lease": c.lease,
+            "nodes": [
+                {
+                    "node": node,
+                    "owner": f"{node}#{token}",
+                    "heartbeat_left": round(left, 1),
+                    "expired": left < 0,
+                    "jobs": held,
+                    "self": me,
+                }
+                for node, token, left, held, me in c.view()
+            ],
+        }
+
     def summary(self) -> dict[str, Any]:
         stats = self.broker.stats()
         return {
@@ -500,8 +571,11 @@ class HttpFront:
                 row["completed"] = s.ended[0][0] + s.ended[0][1]
                 row["failed"] = sum(s.ended[o][k] for o in (1, 2, 4) for k in (0, 1))
                 row["retried"] = s.retried[0] + s.retried[1]
+                row["bytes_in"] = s.bytes_in
+                row["bytes_out"] = s.bytes_out
             else:
                 row["submitted"] = row["completed"] = row["failed"] = row["retried"] = 0
+                row["bytes_in"] = row["bytes_out"] = 0
             out.append(row)
         return out
 

@@ -336,6 +336,8 @@ class Tallied:
     __slots__ = (
         "bg_completed",
         "bg_submitted",
+        "bytes_in",
+        "bytes_out",
         "fg_completed",
         "fg_submitted",
         "rare",
@@ -349,6 +351,10 @@ class Tallied:
         self.bg_submitted = 0
         self.fg_completed = 0
         self.bg_completed = 0
+        # job data of new jobs, and results from workers (WORK_DATA, WORK_WARNING,
+        # WORK_COMPLETE, WORK_EXCEPTION): payload bytes, not packet headers
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.rare = [0] * 16
         self.wait = Histogram()  # per-function histograms are opt-in
         self.run = Histogram()
@@ -416,10 +422,15 @@ class Tally:
     def accepted(self, job: Job) -> None:
         job.at = self.now if self.fresh else self.tick()
         s = self.stats(job.func)
+        s.bytes_in += len(job.data)
         if job.background:
             s.bg_submitted += 1
         else:
             s.fg_submitted += 1
+
+    def result(self, job: Job, size: int) -> None:
+        """A worker sent ``size`` bytes of result for ``job`` (data, warning, the end)."""
+        self.stats(job.func).bytes_out += size
 
     def started(self, job: Job) -> None:
         now = self.now if self.fresh else self.tick()

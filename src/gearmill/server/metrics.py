@@ -148,6 +148,19 @@ class Collector:
         yield submitted
         yield from ended.values()
         yield retried
+        for attr, metric, doc in (
+            ("bytes_in", "gearmill_job_in_bytes", "Bytes of job data submitted (new jobs)."),
+            (
+                "bytes_out",
+                "gearmill_job_out_bytes",
+                "Bytes of results workers sent (WORK_DATA, WORK_WARNING, WORK_COMPLETE, "
+                "WORK_EXCEPTION).",
+            ),
+        ):
+            counter = CounterMetricFamily(metric, doc, labels=["function"])
+            for key, s in grouped.items():
+                counter.add_metric([key], getattr(s, attr))
+            yield counter
 
         for attr, metric, doc in (
             ("wait", "gearmill_job_queue_wait_seconds", "Time from submission to a worker."),
@@ -246,6 +259,8 @@ class StoreStats:
         self.jobs: int | None = None
         self.bytes: int | None = None
         self.read_at = 0.0
+        # the HTTP listener's periodic ping (http.py): None until the first answer or failure
+        self.reachable: bool | None = None
 
     def observed(self, seconds: float, size: int) -> None:
         self.latency.observe(seconds)
@@ -277,6 +292,12 @@ class StoreStats:
             "1 while the store takes commits; 0 while background jobs get QUEUE_ERROR.",
             value=0 if d.down is not None else 1,
         )
+        if self.reachable is not None:
+            yield GaugeMetricFamily(
+                "gearmill_store_reachable",
+                "1 while the store answers the ping sent every http.probe_every seconds.",
+                value=1 if self.reachable else 0,
+            )
         commits = CounterMetricFamily("gearmill_store_commits", "Groups committed to the store.")
         commits.add_metric([], d.commits)
         yield commits

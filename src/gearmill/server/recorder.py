@@ -31,7 +31,16 @@ __all__ = ["BUCKETS", "Finished", "FunctionStats", "Histogram", "Recorder"]
 class FunctionStats:
     """Totals of one function since the start, by kind (0 foreground, 1 background)."""
 
-    __slots__ = ("ended", "retried", "run", "submitted", "timed_out", "wait")
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "ended",
+        "retried",
+        "run",
+        "submitted",
+        "timed_out",
+        "wait",
+    )
 
     def __init__(self) -> None:
         self.submitted = [0, 0]
@@ -39,6 +48,8 @@ class FunctionStats:
         self.ended = [[0, 0] for _ in OUTCOMES]
         self.retried = [0, 0]
         self.timed_out = [0, 0]
+        self.bytes_in = 0  # job data of new jobs
+        self.bytes_out = 0  # results from workers
         self.wait = Histogram()
         self.run = Histogram()
 
@@ -51,6 +62,8 @@ class FunctionStats:
         s.ended[COMPLETED] = [t.fg_completed, t.bg_completed]
         s.retried = [rare[RETRIED], rare[RETRIED + 1]]
         s.timed_out = [rare[TIMED], rare[TIMED + 1]]
+        s.bytes_in = t.bytes_in
+        s.bytes_out = t.bytes_out
         s.wait = t.wait
         s.run = t.run
         return s
@@ -59,6 +72,8 @@ class FunctionStats:
         return self.submitted[0] + self.submitted[1]
 
     def add(self, other: FunctionStats) -> None:
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
         for k in (0, 1):
             self.submitted[k] += other.submitted[k]
             self.retried[k] += other.retried[k]

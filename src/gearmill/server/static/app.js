@@ -104,6 +104,26 @@ function showWorkers(workers) {
   );
 }
 
+function showNodes(nodes) {
+  // only for servers sharing a store (PostgreSQL, Redis); hidden on a store of one server
+  $("servers").hidden = !nodes.shared;
+  fill(
+    $("nodes").tBodies[0],
+    nodes.nodes.map((n) => {
+      const tr = document.createElement("tr");
+      tr.dataset.node = n.node;
+      tr.append(
+        cell(n.node, "node"),
+        cell(n.owner, "owner"),
+        cell(n.expired ? "expired" : seconds(n.heartbeat_left), n.expired ? "left error" : "left"),
+        cell(n.jobs, "num jobs"),
+        cell(n.self ? "this server" : "", "self"),
+      );
+      return tr;
+    }),
+  );
+}
+
 function progress(job) {
   const [num, den] = job.progress;
   const td = document.createElement("td");
@@ -202,9 +222,9 @@ async function refresh() {
   try {
     const state = $("state").value;
     const q = `/api/jobs?offset=${offset}&limit=${PAGE}` + (state ? "&state=" + state : "");
-    const [summary, functions, workers, jobs, dead, schedules] = await Promise.all([
+    const [summary, functions, workers, jobs, dead, schedules, nodes] = await Promise.all([
       get("/api/summary"), get("/api/functions"), get("/api/workers"), get(q),
-      get("/api/dead?limit=50"), get("/api/schedules"),
+      get("/api/dead?limit=50"), get("/api/schedules"), get("/api/nodes"),
     ]);
     const now = Date.now();
     $("summary").textContent =
@@ -217,6 +237,7 @@ async function refresh() {
     showJobs(jobs);
     showDead(dead);
     showSchedules(schedules);
+    showNodes(nodes);
   } catch (e) {
     status.textContent = "unreachable";
     status.className = "pill bad";

@@ -150,6 +150,9 @@ class Store(Protocol):
     async def count(self) -> int:
         """How many jobs are stored."""
 
+    async def ping(self) -> None:
+        """One cheap round trip to the store (readiness probes, server/http.py)."""
+
     # -- paging: queued jobs beyond the server's memory budget stay here (server/durable.py)
 
     async def last_seq(self) -> int:

@@ -78,6 +78,9 @@ class MemoryStore(SingleServer):
     async def count(self) -> int:
         return len(self._jobs)
 
+    async def ping(self) -> None:
+        return None
+
     async def size_bytes(self) -> int:
         return sum(
             len(j.function) + len(j.unique) + len(j.data) + len(j.reducer)

@@ -332,6 +332,9 @@ class MySQLStore(SingleServer):
     async def count(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM gearmill_jobs"))[0][0])
 
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
     async def size_bytes(self) -> int:
         marks = ", ".join(["%s"] * len(_TABLES))
         rows = await self._fetch(

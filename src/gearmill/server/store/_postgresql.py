@@ -473,6 +473,9 @@ class PostgreSQLStore:
         rows = await self._fetch("SELECT count(*) FROM gearmill_jobs")
         return int(rows[0][0])
 
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
     async def size_bytes(self) -> int:
         rows = await self._fetch(
             "SELECT COALESCE(sum(pg_total_relation_size(to_regclass(t))), 0)"

@@ -588,6 +588,12 @@ class RedisStore:
         except _ERRORS as e:
             raise self._error(e, "query failed") from None
 
+    async def ping(self) -> None:
+        try:
+            await self._c().ping()
+        except _ERRORS as e:
+            raise self._error(e, "ping failed") from None
+
     async def size_bytes(self) -> int:
         r = self._c()
         try:

@@ -392,6 +392,9 @@ class SQLiteStore(SingleServer):
             lambda: int(self._conn().execute("SELECT count(*) FROM gearmill_jobs").fetchone()[0])
         )
 
+    async def ping(self) -> None:
+        await self._run(lambda: self._conn().execute("SELECT 1").fetchone())
+
     async def size_bytes(self) -> int:
         def size() -> int:
             total = 0
