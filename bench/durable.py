@@ -50,8 +50,9 @@ TARGETS = {  # jobs/s submitted, drained (the issue's targets on a 2-core machin
 
 
 @contextmanager
-def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
-    """A store URL of its own for one run (removed after)."""
+def fresh_url(kind: str, tmp: Path, fsync: str = "always") -> Iterator[str]:
+    """A store URL of its own for one run (removed after); Redis with AOF ``fsync``
+    (``off``: no AOF at all)."""
     if kind == "redis":
         port = free_port()
         proc = subprocess.Popen(
@@ -66,9 +67,9 @@ def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "no" if fsync == "off" else "yes",
                 "--appendfsync",
-                "always",
+                "always" if fsync == "off" else fsync,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -123,7 +124,14 @@ def gearmand_flags(kind: str, url: str) -> str:
 
 
 def one_run(
-    kind: str, server: str, conns: int, n: int, cap: float, python: str, batch: int = 64
+    kind: str,
+    server: str,
+    conns: int,
+    n: int,
+    cap: float,
+    python: str,
+    batch: int = 64,
+    baseline: str = "",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gmdurable-{kind}-") as d:
         tmp = Path(d)
@@ -134,6 +142,8 @@ def one_run(
         with url_cm as url:
             if server == "gearmill":
                 command = gearmill_command(python, f"--store {url}")
+            elif server == "before":
+                command = gearmill_command(baseline, f"--store {url}")
             else:
                 command = gearmand_command("--threads=1 " + gearmand_flags(kind, url))
             with Server(command, tmp / "server") as srv:
@@ -167,6 +177,13 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=60_000, help="jobs per run (60000)")
     ap.add_argument("--cap", type=float, default=6.0, help="seconds of submitting at most (6)")
     ap.add_argument("--python", default=sys.executable, help="the Python gearmill runs under")
+    ap.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        default="",
+        help="also an earlier build of gearmill (the Python it is installed in), interleaved "
+        "as 'before': prints the ratio of this build to it",
+    )
     ap.add_argument("--out", help="append each run's JSON to this file")
     ap.add_argument(
         "--lone",
@@ -179,12 +196,13 @@ def main() -> int:
     a = ap.parse_args()
     check_gearmand()
     ensure_loadgen()
+    servers = ("gearmill", "before", "gearmand") if a.baseline else ("gearmill", "gearmand")
     rows: list[dict[str, Any]] = []
     for rep in range(a.repeat):
         for kind in a.stores.split(","):
             for conns in (1, 4):
-                for server in ("gearmill", "gearmand"):
-                    r = one_run(kind, server, conns, a.n, a.cap, a.python)
+                for server in servers:
+                    r = one_run(kind, server, conns, a.n, a.cap, a.python, baseline=a.baseline)
                     r["repeat"] = rep
                     rows.append(r)
                     say(
@@ -251,6 +269,27 @@ def main() -> int:
                 f"| {kind} | {conns} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.1f}x "
                 f"| {od:.0f} | {td:.0f} | {od / max(td, 1):.1f}x | {met} |"
             )
+    if a.baseline:
+        print()
+        print("| store | conns | submit/s | before | ratio | drain/s | before | ratio |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for kind in a.stores.split(","):
+            for conns in (1, 4):
+                got = {
+                    s: [
+                        r for r in rows if (r["store"], r["conns"], r["server"]) == (kind, conns, s)
+                    ]
+                    for s in ("gearmill", "before")
+                }
+                cells = []
+                for key in ("value", "drain_jobs_per_s"):
+                    now, then = (
+                        sorted(float(r.get(key) or 0) for r in got[s])
+                        for s in ("gearmill", "before")
+                    )
+                    x, y = now[len(now) // 2], then[len(then) // 2]
+                    cells.append(f"{x:.0f} | {y:.0f} | {x / max(y, 1):.2f}x")
+                print(f"| {kind} | {conns} | " + " | ".join(cells) + " |")
     for r in rows + lone:
         if not r.get("ok"):
             failed = True

@@ -1,14 +1,16 @@
 """Redis through redis-py (hiredis parser when installed).
 
 Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
-  {p}schema   string   the schema version
-  {p}seq      string   the submission counter (INCRBY once per group)
+  {p}schema   string   the key layout's version (SCHEMA)
+  {p}seq      string   the submission counter (moved once per group)
   {p}jobs     hash     field(function, unique) -> packed job (seq, priority, when, ...)
   {p}order    zset     field -> seq; replay pages through it (never KEYS)
   {p}dead     hash     dead letters (id -> packed job + error), {p}dead:seq their counter
   {p}schedules hash    name -> recurring job
-  {p}leases   hash     field -> "<owner> <fence>" (schema 2: several servers share the prefix)
   {p}own:<owner> set   the fields an owner holds ("" for none); {p}owners the set of owners
+                       (schema 2: several servers share the prefix)
+  {p}leases   hash     field -> "<owner> <fence>" of a claimed job (schema 3: a job its
+                       owner stored itself has none, fence 0)
   {p}nodes    hash     node id -> "<owner> <expiry ms, Redis's clock>": the heartbeats
   {p}ticks    hash     schedule name -> the minute it last fired (once across servers)
 A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
@@ -27,7 +29,6 @@ from redis import exceptions as rexc
 
 from ._base import (
     PRIORITY_NORMAL,
-    SCHEMA_VERSION,
     DeadLetter,
     Key,
     StoredJob,
@@ -46,45 +47,105 @@ from ._base import (
 )
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
+# The key layout's version (Redis's own: the SQL stores' schema is versioned apart).
+# 2: leases and owners' sets; 3: a lease only for a claimed job (fence 1 and up).
+SCHEMA = 3
 
-# One group in one atomic script: removes first, then adds. HSETNX keeps a stored key's
-# job and place; only a real add takes the next sequence number (the zset score).
-# Adds are leased to ARGV[2] ('' none); with an owner, a
-# remove deletes only while leases[field] is "<owner> <fence>" (fenced).
+# One group in one atomic script: removes first, then adds. A few commands per group
+# whatever its size (each written command is also a line of Redis's AOF): reads to
+# decide, then one HDEL/ZREM/SREM and one HSET/ZADD/SADD over all the group's fields.
+# An add keeps a stored key's job and place (as HSETNX would); only a real add takes
+# the next sequence number (the zset score). Adds belong to ARGV[2] ('' none): member of
+# own:<owner>, no lease (fence 0). A claimed job has a lease "<owner> <fence>" (fence 1
+# and up). With an owner, a remove deletes only a job it holds with the fence it knows
+# (fenced): fence 0, in its own set with no lease; else leases[field] is "<owner> <fence>".
+# Without one ('' ), a remove deletes whoever holds the job.
 # ARGV: prefix, owner, number of removes, field fence pairs, then field, packed job pairs.
-_COMMIT_LEASED = """
+_BULK = """
+local function bulk(cmd, key, t)
+  for s = 1, #t, 4000 do
+    redis.call(cmd, key, unpack(t, s, math.min(s + 3999, #t)))
+  end
+end
+local function gather(cmd, key, t)
+  local out = {}
+  for s = 1, #t, 4000 do
+    local part = redis.call(cmd, key, unpack(t, s, math.min(s + 3999, #t)))
+    for k = 1, #part do out[#out + 1] = part[k] end
+  end
+  return out
+end
+"""
+_COMMIT_LEASED = (
+    _BULK
+    + """
 local jobs, order, seqkey, leases, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, owner = ARGV[1], ARGV[2]
+local mine = prefix .. 'own:' .. owner
 local n = tonumber(ARGV[3])
-local i = 4
-for k = 1, n do
-  local f, fence = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local l = redis.call('HGET', leases, f)
-  if owner == '' or l == owner .. ' ' .. fence then
-    if l then
-      redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
-      redis.call('HDEL', leases, f)
+local first = 4 + 2 * n
+if n > 0 then
+  local fields = {}
+  for k = 4, first - 1, 2 do fields[#fields + 1] = ARGV[k] end
+  local held = gather('HMGET', leases, fields)
+  local gone, own, fenced = {}, {}, {}
+  for k = 1, n do
+    local f, fence, l = fields[k], ARGV[3 + 2 * k], held[k]
+    if owner == '' then
+      if l then
+        redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
+        fenced[#fenced + 1] = f
+      elseif redis.call('SREM', mine, f) == 0 then
+        for _, o in ipairs(redis.call('SMEMBERS', owners)) do
+          if redis.call('SREM', prefix .. 'own:' .. o, f) == 1 then break end
+        end
+      end
+      gone[#gone + 1] = f
+    elseif fence == '0' then
+      if not l and redis.call('SISMEMBER', mine, f) == 1 then
+        gone[#gone + 1] = f
+        own[#own + 1] = f
+      end
+    elseif l == owner .. ' ' .. fence then
+      gone[#gone + 1] = f
+      own[#own + 1] = f
+      fenced[#fenced + 1] = f
     end
-    redis.call('HDEL', jobs, f)
-    redis.call('ZREM', order, f)
   end
+  if #gone > 0 then
+    bulk('HDEL', jobs, gone)
+    bulk('ZREM', order, gone)
+  end
+  if #own > 0 then bulk('SREM', mine, own) end
+  if #fenced > 0 then bulk('HDEL', leases, fenced) end
 end
+if first > #ARGV then return 0 end
+local fields = {}
+for j = first, #ARGV, 2 do fields[#fields + 1] = ARGV[j] end
+local there = gather('HMGET', jobs, fields)
 local seq = tonumber(redis.call('GET', seqkey) or '0')
-local added = false
-for j = i, #ARGV, 2 do
-  if redis.call('HSETNX', jobs, ARGV[j], ARGV[j + 1]) == 1 then
+local hs, zs, ss, seen = {}, {}, {}, {}
+for k = 1, #fields do
+  local f = fields[k]
+  if not there[k] and not seen[f] then
+    seen[f] = true
     seq = seq + 1
-    redis.call('ZADD', order, string.format('%d', seq), ARGV[j])
-    redis.call('HSET', leases, ARGV[j], owner .. ' 0')
-    redis.call('SADD', prefix .. 'own:' .. owner, ARGV[j])
-    added = true
+    hs[#hs + 1] = f
+    hs[#hs + 1] = ARGV[first + 2 * k - 1]
+    zs[#zs + 1] = seq
+    zs[#zs + 1] = f
+    ss[#ss + 1] = f
   end
 end
-if added then redis.call('SADD', owners, owner) end
-redis.call('SET', seqkey, string.format('%d', seq))
+if #ss == 0 then return seq end
+bulk('HSET', jobs, hs)
+bulk('ZADD', order, zs)
+bulk('SADD', mine, ss)
+redis.call('SADD', owners, owner)
+redis.call('SET', seqkey, seq)
 return seq
 """
+)
 
 # Heartbeats and claims, on Redis's own clock (milliseconds).
 _NOW = """
@@ -187,6 +248,12 @@ local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if last >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"""
+# KEYS: an owner's set; ARGV: fields. 1 per field the owner holds, else 0
+_MINE = """
+local out = {}
+for i = 1, #ARGV do out[i] = redis.call('SISMEMBER', KEYS[1], ARGV[i]) end
+return out
 """
 _SCAN_PAGE = 2000  # jobs a paging scan reads at a time
 _GLOB = re.compile(rb"([\\*?\[\]])")
@@ -305,17 +372,19 @@ class RedisStore:
                 )
             version = await r.get(self._k_schema)
             current = 0 if version is None else int(version)
-            if current > SCHEMA_VERSION:
+            if current > SCHEMA:
                 raise StoreError(
                     f"{self.url}: schema version {current} was written by a newer gearmill "
-                    f"(this one knows {SCHEMA_VERSION}); upgrade gearmill"
+                    f"(this one knows {SCHEMA}); upgrade gearmill"
                 )
-            if current < SCHEMA_VERSION:
-                # Version 1 is the key layout above; later versions convert here, in order.
+            if current < SCHEMA:
+                # Version 1 had no leases; later versions convert here, in order.
                 if current == 1:
                     await self._to_leases(r)
-                await r.set(self._k_schema, SCHEMA_VERSION)
-                log.info("store %s: schema migrated to version %d", self.url, SCHEMA_VERSION)
+                if current == 2:
+                    await self._to_claimed_leases(r)
+                await r.set(self._k_schema, SCHEMA)
+                log.info("store %s: schema migrated to version %d", self.url, SCHEMA)
         except _ERRORS as e:
             raise self._error(e, "reading the schema version") from None
 
@@ -328,6 +397,18 @@ class RedisStore:
             if pairs:
                 await r.sadd(unowned, *[f for f, _ in pairs])
                 await r.sadd(self._k_owners, b"")
+            if cursor == 0:
+                return
+
+    async def _to_claimed_leases(self, r: Any) -> None:
+        """Version 3: the lease of a job never claimed ("<owner> 0") goes; its owner's
+        set says who holds it."""
+        cursor = 0
+        while True:
+            cursor, pairs = await r.hscan(self._k_leases, cursor, count=1000)
+            unclaimed = [f for f, lease in pairs.items() if lease.endswith(b" 0")]
+            if unclaimed:
+                await r.hdel(self._k_leases, *unclaimed)
             if cursor == 0:
                 return
 
@@ -459,18 +540,12 @@ class RedisStore:
         paging must never load another live server's jobs."""
         if self.owner is None or not page:
             return page
-        try:
-            leases = await self._c().hmget(
-                self._k_leases, [field_of(j.function, j.unique) for _, j in page]
-            )
-        except _ERRORS as e:
-            raise self._error(e, "query failed") from None
-        me = self.owner.encode()
-        return [
-            row
-            for row, lease in zip(page, leases, strict=True)
-            if lease is not None and lease.rpartition(b" ")[0] == me
-        ]
+        fields = [field_of(j.function, j.unique) for _, j in page]
+        held = await self._script(_MINE, (self._own(self.owner),), fields, "query failed")
+        return [row for row, yes in zip(page, held, strict=True) if yes]
+
+    def _own(self, owner: str) -> bytes:
+        return self.prefix + b"own:" + owner.encode()
 
     async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
         counts: dict[tuple[bytes, int], int] = {}
