@@ -336,6 +336,34 @@ def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
         proc.wait(10)
 
 
+def test_redis_commits_a_group_larger_than_one_argument_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adds travel a few to an argument (Redis refuses one over 512 MB): a group
+    spread over many arguments is stored whole, in order, once."""
+    from gearmill.server.store import _redis
+
+    monkeypatch.setattr(_redis, "_FRAME_BYTES", 1000)
+    proc, port = _redis_server(tmp_path)
+    try:
+
+        async def main() -> list[bytes]:
+            s = open_store(f"redis://127.0.0.1:{port}/0")
+            await s.open()
+            try:
+                jobs = [StoredJob(b"fn", b"%d" % i, b"x" * (i * 37 % 1500)) for i in range(60)]
+                await s.commit(jobs + jobs[:5], [])
+                assert await s.count() == 60
+                return [j.data for _, j in await s.load(0, 100)]
+            finally:
+                await s.close()
+
+        assert run(main()) == [b"x" * (i * 37 % 1500) for i in range(60)]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def _start_mariadb(folder: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={folder}/data"]
     cmd += [f"--port={port}", "--bind-address=127.0.0.1", f"--socket={folder}/sock"]

@@ -20,6 +20,7 @@ appendonly/appendfsync and warns loudly, naming the loss window, unless it is `a
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,7 +40,6 @@ from ._base import (
     field_of,
     log,
     pack_dead,
-    pack_job,
     pack_schedule,
     unpack_dead,
     unpack_job,
@@ -60,7 +60,7 @@ SCHEMA = 3
 # and up). With an owner, a remove deletes only a job it holds with the fence it knows
 # (fenced): fence 0, in its own set with no lease; else leases[field] is "<owner> <fence>".
 # Without one ('' ), a remove deletes whoever holds the job.
-# ARGV: prefix, owner, number of removes, field fence pairs, then field, packed job pairs.
+# ARGV: prefix, owner, number of removes, field fence pairs, then the adds (_frames).
 _BULK = """
 local function bulk(cmd, key, t)
   for s = 1, #t, 4000 do
@@ -120,8 +120,18 @@ if n > 0 then
   if #fenced > 0 then bulk('HDEL', leases, fenced) end
 end
 if first > #ARGV then return 0 end
-local fields = {}
-for j = first, #ARGV, 2 do fields[#fields + 1] = ARGV[j] end
+-- the adds, a few to an argument: per job its field and its packed form, each after
+-- its length (4 bytes)
+local fields, values = {}, {}
+local k = 0
+for a = first, #ARGV do
+  local blob = ARGV[a]
+  local pos, size = 1, #blob
+  while pos <= size do
+    k = k + 1
+    fields[k], values[k], pos = struct.unpack('>I4c0I4c0', blob, pos)
+  end
+end
 local there = gather('HMGET', jobs, fields)
 local seq = tonumber(redis.call('GET', seqkey) or '0')
 local hs, zs, ss, seen = {}, {}, {}, {}
@@ -131,8 +141,8 @@ for k = 1, #fields do
     seen[f] = true
     seq = seq + 1
     hs[#hs + 1] = f
-    hs[#hs + 1] = ARGV[first + 2 * k - 1]
-    zs[#zs + 1] = seq
+    hs[#hs + 1] = values[k]
+    zs[#zs + 1] = string.format('%d', seq)
     zs[#zs + 1] = f
     ss[#ss + 1] = f
   end
@@ -142,7 +152,7 @@ bulk('HSET', jobs, hs)
 bulk('ZADD', order, zs)
 bulk('SADD', mine, ss)
 redis.call('SADD', owners, owner)
-redis.call('SET', seqkey, seq)
+redis.call('SET', seqkey, string.format('%d', seq))
 return seq
 """
 )
@@ -257,6 +267,41 @@ return out
 """
 _SCAN_PAGE = 2000  # jobs a paging scan reads at a time
 _GLOB = re.compile(rb"([\\*?\[\]])")
+
+
+_LEN = struct.Struct("!I")
+_FRAMED = struct.Struct("!IQBqIIII")  # the length of what follows, then pack_job's header
+_FRAME_BYTES = 64 << 20
+
+
+def _frames(add: Sequence[StoredJob]) -> list[bytes]:
+    """The commit script's adds in a few arguments: per job its field (field_of) and its
+    packed form (pack_job, seq 0), each after its length; an argument stays within
+    _FRAME_BYTES (Redis refuses one over 512 MB) unless one job is larger."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    head, size = _FRAMED.pack, _LEN.pack
+    fixed = _FRAMED.size - 4
+    total = 0
+    for job in add:
+        f, u, r, d = job.function, job.unique, job.reducer, job.data
+        field = b"%d:%b%b" % (len(f), f, u)
+        length = fixed + len(f) + len(u) + len(r) + len(d)
+        if total and total + length > _FRAME_BYTES:
+            out.append(b"".join(parts))
+            parts, total = [], 0
+        total += length
+        parts += (
+            size(len(field)),
+            field,
+            head(length, 0, job.priority, job.when, job.attempts, len(f), len(u), len(r)),
+            f,
+            u,
+            r,
+            d,
+        )
+    out.append(b"".join(parts))
+    return out
 
 
 def split_prefix(raw_url: str) -> tuple[str, str]:
@@ -429,8 +474,8 @@ class RedisStore:
         args: list[bytes | int | str] = [self.prefix, self.owner or "", len(remove)]
         for key in remove:
             args += (field_of(*key), fences.get(key, 0))
-        for job in add:
-            args += (field_of(job.function, job.unique), pack_job(0, job))
+        if add:
+            args += _frames(add)
         keys = (self._k_jobs, self._k_order, self._k_seq, self._k_leases, self._k_owners)
         await self._script(_COMMIT_LEASED, keys, args, "commit failed")
         if fences:
