@@ -339,8 +339,8 @@ def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
 def test_redis_commits_a_group_larger_than_one_argument_whole_and_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The adds travel a few to an argument (Redis refuses one over 512 MB): a group
-    spread over many arguments is stored whole, in order, once."""
+    """Adds and removes travel a few to an argument (Redis refuses one over 512 MB): a
+    group spread over many arguments is stored whole, in order, once, and removed."""
     from gearmill.server.store import _redis
 
     monkeypatch.setattr(_redis, "_FRAME_BYTES", 1000)
@@ -354,7 +354,11 @@ def test_redis_commits_a_group_larger_than_one_argument_whole_and_in_order(
                 jobs = [StoredJob(b"fn", b"%d" % i, b"x" * (i * 37 % 1500)) for i in range(60)]
                 await s.commit(jobs + jobs[:5], [])
                 assert await s.count() == 60
-                return [j.data for _, j in await s.load(0, 100)]
+                stored = [j.data for _, j in await s.load(0, 100)]
+                keys = [(b"fn", b"%d" % i) for i in range(200)]  # 140 never stored
+                await s.commit([], keys)
+                assert await s.count() == 0
+                return stored
             finally:
                 await s.close()
 

@@ -60,7 +60,8 @@ SCHEMA = 3
 # and up). With an owner, a remove deletes only a job it holds with the fence it knows
 # (fenced): fence 0, in its own set with no lease; else leases[field] is "<owner> <fence>".
 # Without one ('' ), a remove deletes whoever holds the job.
-# ARGV: prefix, owner, number of removes, field fence pairs, then the adds (_frames).
+# ARGV: prefix, owner, how many arguments of removes, the removes (_frame_removes), then
+# the adds (_frames).
 _BULK = """
 local function bulk(cmd, key, t)
   for s = 1, #t, 4000 do
@@ -82,15 +83,24 @@ _COMMIT_LEASED = (
 local jobs, order, seqkey, leases, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, owner = ARGV[1], ARGV[2]
 local mine = prefix .. 'own:' .. owner
-local n = tonumber(ARGV[3])
-local first = 4 + 2 * n
-if n > 0 then
-  local fields = {}
-  for k = 4, first - 1, 2 do fields[#fields + 1] = ARGV[k] end
+local first = 4 + tonumber(ARGV[3])
+if first > 4 then
+  -- the removes, a few to an argument: per job its field after its length, and the
+  -- fence its remover knows (4 bytes each)
+  local fields, fences = {}, {}
+  local n = 0
+  for a = 4, first - 1 do
+    local blob = ARGV[a]
+    local pos, size = 1, #blob
+    while pos <= size do
+      n = n + 1
+      fields[n], fences[n], pos = struct.unpack('>I4c0I4', blob, pos)
+    end
+  end
   local held = gather('HMGET', leases, fields)
   local gone, own, fenced = {}, {}, {}
   for k = 1, n do
-    local f, fence, l = fields[k], ARGV[3 + 2 * k], held[k]
+    local f, fence, l = fields[k], fences[k], held[k]
     if owner == '' then
       if l then
         redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
@@ -101,12 +111,12 @@ if n > 0 then
         end
       end
       gone[#gone + 1] = f
-    elseif fence == '0' then
+    elseif fence == 0 then
       if not l and redis.call('SISMEMBER', mine, f) == 1 then
         gone[#gone + 1] = f
         own[#own + 1] = f
       end
-    elseif l == owner .. ' ' .. fence then
+    elseif l == owner .. ' ' .. string.format('%d', fence) then
       gone[#gone + 1] = f
       own[#own + 1] = f
       fenced[#fenced + 1] = f
@@ -304,6 +314,25 @@ def _frames(add: Sequence[StoredJob]) -> list[bytes]:
     return out
 
 
+def _frame_removes(remove: Sequence[Key], fences: dict[Key, int]) -> list[bytes]:
+    """The commit script's removes in a few arguments: per job its field after its
+    length, then the fence its remover knows (0: never claimed)."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size, fence = _LEN.pack, fences.get
+    total = 0
+    for key in remove:
+        f, u = key
+        field = b"%d:%b%b" % (len(f), f, u)
+        if total > _FRAME_BYTES:
+            out.append(b"".join(parts))
+            parts, total = [], 0
+        total += len(field) + 8
+        parts += (size(len(field)), field, size(fence(key, 0)))
+    out.append(b"".join(parts))
+    return out
+
+
 def split_prefix(raw_url: str) -> tuple[str, str]:
     """The URL without gearmill's own `prefix` query option, and that prefix."""
     parts = urlsplit(raw_url)
@@ -471,9 +500,8 @@ class RedisStore:
         if not add and not remove:
             return
         fences = self.fences
-        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(remove)]
-        for key in remove:
-            args += (field_of(*key), fences.get(key, 0))
+        removes = _frame_removes(remove, fences) if remove else []
+        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(removes), *removes]
         if add:
             args += _frames(add)
         keys = (self._k_jobs, self._k_order, self._k_seq, self._k_leases, self._k_owners)
