@@ -216,8 +216,8 @@ def main() -> int:
     lone: list[dict[str, Any]] = []
     for rep in range(a.repeat if a.lone else 0):
         for kind in a.stores.split(","):
-            for server in ("gearmill", "gearmand"):
-                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1)
+            for server in servers:
+                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1, baseline=a.baseline)
                 r["repeat"] = rep
                 lone.append(r)
                 say(
@@ -241,6 +241,14 @@ def main() -> int:
                 f"| {kind} | {ours.get('value', 0):.0f} | {theirs.get('value', 0):.0f} "
                 f"| {p99o:.2f} | {p99t:.2f} | {p99o - p99t:+.2f} ms |"
             )
+            if a.baseline:
+                then = got.get("before", {})
+                p99b = then.get("p99_us", 0) / 1000
+                print(
+                    f"| {kind} (before) | {then.get('value', 0):.0f} | "
+                    f"{theirs.get('value', 0):.0f} | {p99b:.2f} | {p99t:.2f} "
+                    f"| {p99b - p99t:+.2f} ms |"
+                )
     print()
     print(
         "| store | conns | gearmill submit/s | gearmand submit/s | ratio | gearmill drain/s "
