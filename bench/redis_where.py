@@ -10,7 +10,8 @@ and redis-server's CPU time per job, Redis's group commits (EVALSHA calls), jobs
 group, microseconds of Redis CPU per commit (INFO commandstats) and its fdatasync calls
 (perf, when it may count system calls). The jobs are not drained: the submissions alone
 are measured. If `always` is far below `no` while CPU per job stays, fsync bounds it; if
-`no` is close to `always`, CPU does.
+`no` is close to `always`, CPU does. --drain: then 4 workers drain the jobs, and the CPU
+per job is of both.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from harness import (
     say,
 )
 
-EXTRA = ["--no-drain"]
 MODES = ("memory", "off", "no", "everysec", "always")
 
 
@@ -73,7 +73,7 @@ def count_fsyncs(pid: int) -> Iterator[dict[str, int]]:
             out["fsyncs"] = sum(counts)
 
 
-def one(mode: str, conns: int, n: int, python: str) -> dict[str, Any]:
+def one(mode: str, conns: int, n: int, python: str, drain: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gmwhere-") as d:
         tmp = Path(d)
         cm: contextlib.AbstractContextManager[str] = (
@@ -95,7 +95,8 @@ def one(mode: str, conns: int, n: int, python: str) -> dict[str, Any]:
                 g0, r0 = srv.cpu(), cpu_seconds(rpid) if rpid else 0.0
                 args = ["bg", "-n", str(n), "-c", str(conns), "-b", "64", "-s", "100"]
                 with count_fsyncs(rpid) if rpid else contextlib.nullcontext({}) as fs:
-                    res = run_loadgen(srv.port, [*args, *EXTRA, "-t", "300"], 300)
+                    extra = ["-w", "4"] if drain else ["--no-drain"]
+                    res = run_loadgen(srv.port, [*args, *extra, "-t", "300"], 300)
                 g1, r1 = srv.cpu(), cpu_seconds(rpid) if rpid else 0.0
                 jobs = int(res.get("accepted", 0)) or 1
                 row: dict[str, Any] = {
@@ -127,13 +128,16 @@ def main() -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--conns", default="1,4")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument(
+        "--drain", action="store_true", help="then 4 workers drain the jobs (CPU per job: both)"
+    )
     a = ap.parse_args()
     ensure_loadgen()
     rows = []
     for _ in range(a.repeat):
         for conns in [int(c) for c in a.conns.split(",")]:
             for mode in a.modes.split(","):
-                row = one(mode, conns, a.n, a.python)
+                row = one(mode, conns, a.n, a.python, a.drain)
                 rows.append(row)
                 say(
                     " ".join(
