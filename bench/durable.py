@@ -50,8 +50,9 @@ TARGETS = {  # jobs/s submitted, drained (the issue's targets on a 2-core machin
 
 
 @contextmanager
-def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
-    """A store URL of its own for one run (removed after)."""
+def fresh_url(kind: str, tmp: Path, fsync: str = "always") -> Iterator[str]:
+    """A store URL of its own for one run (removed after); Redis with AOF ``fsync``
+    (``off``: no AOF at all)."""
     if kind == "redis":
         # a Redis of its own, as tests/stores/storekit.py's PrivateRedis starts one: not
         # imported from there, since bench/ runs without pytest and the tests' conftest
@@ -68,9 +69,9 @@ def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                "no" if fsync == "off" else "yes",
                 "--appendfsync",
-                "always",
+                "always" if fsync == "off" else fsync,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -125,7 +126,14 @@ def gearmand_flags(kind: str, url: str) -> str:
 
 
 def one_run(
-    kind: str, server: str, conns: int, n: int, cap: float, python: str, batch: int = 64
+    kind: str,
+    server: str,
+    conns: int,
+    n: int,
+    cap: float,
+    python: str,
+    batch: int = 64,
+    baseline: str = "",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gmdurable-{kind}-") as d:
         tmp = Path(d)
@@ -136,6 +144,8 @@ def one_run(
         with url_cm as url:
             if server == "gearmill":
                 command = gearmill_command(python, f"--store {url}")
+            elif server == "before":
+                command = gearmill_command(baseline, f"--store {url}")
             else:
                 command = gearmand_command("--threads=1 " + gearmand_flags(kind, url))
             with Server(command, tmp / "server") as srv:
@@ -169,6 +179,13 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=60_000, help="jobs per run (60000)")
     ap.add_argument("--cap", type=float, default=6.0, help="seconds of submitting at most (6)")
     ap.add_argument("--python", default=sys.executable, help="the Python gearmill runs under")
+    ap.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        default="",
+        help="also an earlier build of gearmill (the Python it is installed in), interleaved "
+        "as 'before': prints the ratio of this build to it",
+    )
     ap.add_argument("--out", help="append each run's JSON to this file")
     ap.add_argument(
         "--lone",
@@ -181,12 +198,13 @@ def main() -> int:
     a = ap.parse_args()
     check_gearmand()
     ensure_loadgen()
+    servers = ("gearmill", "before", "gearmand") if a.baseline else ("gearmill", "gearmand")
     rows: list[dict[str, Any]] = []
     for rep in range(a.repeat):
         for kind in a.stores.split(","):
             for conns in (1, 4):
-                for server in ("gearmill", "gearmand"):
-                    r = one_run(kind, server, conns, a.n, a.cap, a.python)
+                for server in servers:
+                    r = one_run(kind, server, conns, a.n, a.cap, a.python, baseline=a.baseline)
                     r["repeat"] = rep
                     rows.append(r)
                     say(
@@ -200,8 +218,8 @@ def main() -> int:
     lone: list[dict[str, Any]] = []
     for rep in range(a.repeat if a.lone else 0):
         for kind in a.stores.split(","):
-            for server in ("gearmill", "gearmand"):
-                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1)
+            for server in servers:
+                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1, baseline=a.baseline)
                 r["repeat"] = rep
                 lone.append(r)
                 say(
@@ -225,6 +243,14 @@ def main() -> int:
                 f"| {kind} | {ours.get('value', 0):.0f} | {theirs.get('value', 0):.0f} "
                 f"| {p99o:.2f} | {p99t:.2f} | {p99o - p99t:+.2f} ms |"
             )
+            if a.baseline:
+                then = got.get("before", {})
+                p99b = then.get("p99_us", 0) / 1000
+                print(
+                    f"| {kind} (before) | {then.get('value', 0):.0f} | "
+                    f"{theirs.get('value', 0):.0f} | {p99b:.2f} | {p99t:.2f} "
+                    f"| {p99b - p99t:+.2f} ms |"
+                )
     print()
     print(
         "| store | conns | gearmill submit/s | gearmand submit/s | ratio | gearmill drain/s "
@@ -253,6 +279,27 @@ def main() -> int:
                 f"| {kind} | {conns} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.1f}x "
                 f"| {od:.0f} | {td:.0f} | {od / max(td, 1):.1f}x | {met} |"
             )
+    if a.baseline:
+        print()
+        print("| store | conns | submit/s | before | ratio | drain/s | before | ratio |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for kind in a.stores.split(","):
+            for conns in (1, 4):
+                got = {
+                    s: [
+                        r for r in rows if (r["store"], r["conns"], r["server"]) == (kind, conns, s)
+                    ]
+                    for s in ("gearmill", "before")
+                }
+                cells = []
+                for key in ("value", "drain_jobs_per_s"):
+                    now, then = (
+                        sorted(float(r.get(key) or 0) for r in got[s])
+                        for s in ("gearmill", "before")
+                    )
+                    x, y = now[len(now) // 2], then[len(then) // 2]
+                    cells.append(f"{x:.0f} | {y:.0f} | {x / max(y, 1):.2f}x")
+                print(f"| {kind} | {conns} | " + " | ".join(cells) + " |")
     for r in rows + lone:
         if not r.get("ok"):
             failed = True

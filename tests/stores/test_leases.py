@@ -281,6 +281,122 @@ def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(common_store: B
     run(claim())
 
 
+def test_jobs_stored_by_redis_schema_2_come_back_with_their_owners_and_fences(
+    tmp_path: Path,
+) -> None:
+    """Redis's version 2 kept a lease "<owner> <fence>" for every job; version 3 keeps
+    one only for a claimed job. Jobs written in the old layout load in order, each is
+    claimed once (a claimed one with its next fence), and their holders' fenced removes
+    still delete them."""
+    from storekit import redis_client
+
+    from gearmill.server.store._base import field_of, pack_job
+
+    own_a, own_b, legacy = jobs(3, "a"), jobs(2, "b"), jobs(2, "legacy")
+    for common in make_backend("redis", tmp_path):
+        p = common.prefix
+        r = redis_client()
+        seq = 0
+        # as version 2 wrote them: a#1's own jobs (fence 0), b#1's claimed (fence 2),
+        # and jobs nobody holds (from version 1)
+        for owner, fence, batch in (("a#1", 0, own_a), ("b#1", 2, own_b), ("", -1, legacy)):
+            for j in batch:
+                seq += 1
+                f = field_of(j.function, j.unique)
+                r.hset(p + "jobs", f, pack_job(0, j))
+                r.zadd(p + "order", {f: seq})
+                r.sadd(p + "own:" + owner, f)
+                if fence >= 0:
+                    r.hset(p + "leases", f, f"{owner} {fence}")
+            r.sadd(p + "owners", owner)
+        r.set(p + "seq", seq)
+        r.set(p + "schema", 2)
+        r.close()
+
+        async def go(b: Backend = common) -> None:
+            a, c = await opened(b), await opened(b)
+            try:
+                everything = own_a + own_b + legacy
+                assert [j for _, j in await a.load(0, 100)] == everything
+                assert await a.last_seq() == len(everything)
+                # a#1 still runs: its fence-0 remove deletes its job
+                a.owner = "a#1"
+                await a.commit([], [(own_a[0].function, own_a[0].unique)])
+                assert await a.count() == len(everything) - 1
+                # b#1 is gone: c claims its jobs once, with the fence after 2, and the
+                # jobs nobody held; not a#1's (it heartbeats)
+                assert await a.join("a#1", 30) is None
+                assert await c.join("c#1", 30) is None
+                c.owner = "c#1"
+                got = [j for _, j in await c.claim("c#1", 100)]
+                assert sorted(j.unique for j in got) == sorted(j.unique for j in own_b + legacy)
+                assert await c.claim("c#1", 100) == []
+                assert {c.fences[(j.function, j.unique)] for j in own_b} == {3}
+                # b#1's late remove is fenced out; the claimer's removes delete
+                b1 = await opened(b)
+                b1.owner = "b#1"
+                b1.fences = {(j.function, j.unique): 2 for j in own_b}
+                await b1.commit([], [(j.function, j.unique) for j in own_b])
+                await b1.close()
+                assert await c.count() == len(everything) - 1
+                await c.commit([], [(j.function, j.unique) for j in got])
+                await a.commit([], [(j.function, j.unique) for j in own_a[1:]])
+                assert await c.count() == 0
+                held = {owner: n for owner, _, n in await c.nodes()}
+                assert held == {"a#1": 0, "c#1": 0}
+                # new jobs are numbered after the old ones
+                await a.commit(jobs(1, "new"), [])
+                assert await a.last_seq() == len(everything) + 1
+            finally:
+                await a.close()
+                await c.close()
+
+        run(go())
+
+
+def test_a_store_without_an_owner_removes_any_servers_job_and_its_count_follows(
+    common_store: Backend,
+) -> None:
+    """Removes from a store with no owner (not a server sharing the store) delete the
+    jobs whoever holds them: stored by a server, claimed by one, or held by nobody."""
+
+    async def go() -> None:
+        a, c, free = (
+            await opened(common_store),
+            await opened(common_store),
+            await opened(common_store),
+        )
+        try:
+            await free.commit(jobs(2, "nobody"), [])
+            assert await a.join("a#1", 0.3) is None
+            a.owner = "a#1"
+            await a.commit(jobs(3, "a") + jobs(2, "gone"), [])
+            await a.leave("a#1")
+            assert await c.join("c#1", 30) is None
+            c.owner = "c#1"
+            assert await c.reap() == ["a#1"]
+            claimed = await c.claim("c#1", 4)  # some of a#1's (and nobody's) jobs
+            assert len(claimed) == 4
+            assert await a.join("a#2", 30) is None
+            a.owner = "a#2"
+            await a.commit(jobs(2, "a2"), [])
+            doomed = [claimed[0][1], *jobs(1, "a2")]
+            await free.commit([], [(j.function, j.unique) for j in doomed])
+            assert await free.count() == 9 - len(doomed)
+            held = {owner: n for owner, _, n in await free.nodes()}
+            assert held == {"a#2": 1, "c#1": 3}
+            left = [j for _, j in await free.load(0, 100)]
+            await free.commit([], [(j.function, j.unique) for j in left])
+            assert await free.count() == 0
+            held = {owner: n for owner, _, n in await free.nodes()}
+            assert held == {"a#2": 0, "c#1": 0}
+        finally:
+            for s in (a, c, free):
+                await s.close()
+
+    run(go())
+
+
 def test_schedules_changed_on_one_server_reach_the_others_sharing_the_store(
     common_store: Backend,
 ) -> None:

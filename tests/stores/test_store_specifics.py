@@ -226,6 +226,37 @@ def test_redis_sequence_numbers_stay_exact_when_large(tmp_path: Path) -> None:
         server.close()
 
 
+def test_redis_commits_a_group_larger_than_one_argument_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adds and removes travel a few to an argument (Redis refuses one over 512 MB): a
+    group spread over many arguments is stored whole, in order, once, and removed."""
+    from gearmill.server.store import _redis
+
+    monkeypatch.setattr(_redis, "_FRAME_BYTES", 1000)
+    server = PrivateRedis(tmp_path)
+    try:
+
+        async def main() -> list[bytes]:
+            s = open_store(server.url)
+            await s.open()
+            try:
+                jobs = [StoredJob(b"fn", b"%d" % i, b"x" * (i * 37 % 1500)) for i in range(60)]
+                await s.commit(jobs + jobs[:5], [])
+                assert await s.count() == 60
+                stored = [j.data for _, j in await s.load(0, 100)]
+                keys = [(b"fn", b"%d" % i) for i in range(200)]  # 140 never stored
+                await s.commit([], keys)
+                assert await s.count() == 0
+                return stored
+            finally:
+                await s.close()
+
+        assert run(main()) == [b"x" * (i * 37 % 1500) for i in range(60)]
+    finally:
+        server.close()
+
+
 def test_mariadb_killed_keeps_every_commit_and_the_store_recovers() -> None:
     """The same outage for a MariaDB of the test's own: SIGKILLed, InnoDB recovers from
     its redo log, and the store object commits again with nothing acknowledged lost."""

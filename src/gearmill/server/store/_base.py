@@ -17,9 +17,9 @@ SCHEMA_VERSION = 2
 PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost 4x, and one is made per job
 class StoredJob:
-    """A background job as a store keeps it.
+    """A background job as a store keeps it (treated as immutable).
 
     The key is (function, unique), as in gearmand's queue tables; the edge gives every
     background job a non-empty unique (gearmand uses a generated one when the client

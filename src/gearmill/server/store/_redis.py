@@ -1,14 +1,16 @@
 """Redis through redis-py (hiredis parser when installed).
 
 Keys, all under one prefix (default `gearmill:`; `?prefix=` in the URL):
-  {p}schema   string   the schema version
-  {p}seq      string   the submission counter (INCRBY once per group)
+  {p}schema   string   the key layout's version (SCHEMA)
+  {p}seq      string   the submission counter (moved once per group)
   {p}jobs     hash     field(function, unique) -> packed job (seq, priority, when, ...)
   {p}order    zset     field -> seq; replay pages through it (never KEYS)
   {p}dead     hash     dead letters (id -> packed job + error), {p}dead:seq their counter
   {p}schedules hash    name -> recurring job
-  {p}leases   hash     field -> "<owner> <fence>" (schema 2: several servers share the prefix)
   {p}own:<owner> set   the fields an owner holds ("" for none); {p}owners the set of owners
+                       (schema 2: several servers share the prefix)
+  {p}leases   hash     field -> "<owner> <fence>" of a claimed job (schema 3: a job its
+                       owner stored itself has none, fence 0)
   {p}nodes    hash     node id -> "<owner> <expiry ms, Redis's clock>": the heartbeats
   {p}ticks    hash     schedule name -> the minute it last fired (once across servers)
 A group is one Lua script (atomic, one round trip). Redis is only as durable as its AOF: open reads
@@ -18,6 +20,7 @@ appendonly/appendfsync and warns loudly, naming the loss window, unless it is `a
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,7 +30,6 @@ from redis import exceptions as rexc
 
 from ._base import (
     PRIORITY_NORMAL,
-    SCHEMA_VERSION,
     DeadLetter,
     Key,
     StoredJob,
@@ -38,7 +40,6 @@ from ._base import (
     field_of,
     log,
     pack_dead,
-    pack_job,
     pack_schedule,
     unpack_dead,
     unpack_job,
@@ -46,45 +47,125 @@ from ._base import (
 )
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
+# The key layout's version (Redis's own: the SQL stores' schema is versioned apart).
+# 2: leases and owners' sets; 3: a lease only for a claimed job (fence 1 and up).
+SCHEMA = 3
 
-# One group in one atomic script: removes first, then adds. HSETNX keeps a stored key's
-# job and place; only a real add takes the next sequence number (the zset score).
-# Adds are leased to ARGV[2] ('' none); with an owner, a
-# remove deletes only while leases[field] is "<owner> <fence>" (fenced).
-# ARGV: prefix, owner, number of removes, field fence pairs, then field, packed job pairs.
-_COMMIT_LEASED = """
+# One group in one atomic script: removes first, then adds. A few commands per group
+# whatever its size (each written command is also a line of Redis's AOF): reads to
+# decide, then one HDEL/ZREM/SREM and one HSET/ZADD/SADD over all the group's fields.
+# An add keeps a stored key's job and place (as HSETNX would); only a real add takes
+# the next sequence number (the zset score). Adds belong to ARGV[2] ('' none): member of
+# own:<owner>, no lease (fence 0). A claimed job has a lease "<owner> <fence>" (fence 1
+# and up). With an owner, a remove deletes only a job it holds with the fence it knows
+# (fenced): fence 0, in its own set with no lease; else leases[field] is "<owner> <fence>".
+# Without one ('' ), a remove deletes whoever holds the job.
+# ARGV: prefix, owner, how many arguments of removes, the removes (_frame_removes), then
+# the adds (_frames).
+_BULK = """
+local function bulk(cmd, key, t)
+  for s = 1, #t, 4000 do
+    redis.call(cmd, key, unpack(t, s, math.min(s + 3999, #t)))
+  end
+end
+local function gather(cmd, key, t)
+  local out = {}
+  for s = 1, #t, 4000 do
+    local part = redis.call(cmd, key, unpack(t, s, math.min(s + 3999, #t)))
+    for k = 1, #part do out[#out + 1] = part[k] end
+  end
+  return out
+end
+"""
+_COMMIT_LEASED = (
+    _BULK
+    + """
 local jobs, order, seqkey, leases, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, owner = ARGV[1], ARGV[2]
-local n = tonumber(ARGV[3])
-local i = 4
-for k = 1, n do
-  local f, fence = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local l = redis.call('HGET', leases, f)
-  if owner == '' or l == owner .. ' ' .. fence then
-    if l then
-      redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
-      redis.call('HDEL', leases, f)
+local mine = prefix .. 'own:' .. owner
+local first = 4 + tonumber(ARGV[3])
+if first > 4 then
+  -- the removes, a few to an argument: per job its field after its length, and the
+  -- fence its remover knows (4 bytes each)
+  local fields, fences = {}, {}
+  local n = 0
+  for a = 4, first - 1 do
+    local blob = ARGV[a]
+    local pos, size = 1, #blob
+    while pos <= size do
+      n = n + 1
+      fields[n], fences[n], pos = struct.unpack('>I4c0I4', blob, pos)
     end
-    redis.call('HDEL', jobs, f)
-    redis.call('ZREM', order, f)
+  end
+  local held = gather('HMGET', leases, fields)
+  local gone, own, fenced = {}, {}, {}
+  for k = 1, n do
+    local f, fence, l = fields[k], fences[k], held[k]
+    if owner == '' then
+      if l then
+        redis.call('SREM', prefix .. 'own:' .. string.match(l, '^(.*) %d+$'), f)
+        fenced[#fenced + 1] = f
+      elseif redis.call('SREM', mine, f) == 0 then
+        for _, o in ipairs(redis.call('SMEMBERS', owners)) do
+          if redis.call('SREM', prefix .. 'own:' .. o, f) == 1 then break end
+        end
+      end
+      gone[#gone + 1] = f
+    elseif fence == 0 then
+      if not l and redis.call('SISMEMBER', mine, f) == 1 then
+        gone[#gone + 1] = f
+        own[#own + 1] = f
+      end
+    elseif l == owner .. ' ' .. string.format('%d', fence) then
+      gone[#gone + 1] = f
+      own[#own + 1] = f
+      fenced[#fenced + 1] = f
+    end
+  end
+  if #gone > 0 then
+    bulk('HDEL', jobs, gone)
+    bulk('ZREM', order, gone)
+  end
+  if #own > 0 then bulk('SREM', mine, own) end
+  if #fenced > 0 then bulk('HDEL', leases, fenced) end
+end
+if first > #ARGV then return 0 end
+-- the adds, a few to an argument: per job its field and its packed form, each after
+-- its length (4 bytes)
+local fields, values = {}, {}
+local k = 0
+for a = first, #ARGV do
+  local blob = ARGV[a]
+  local pos, size = 1, #blob
+  while pos <= size do
+    k = k + 1
+    fields[k], values[k], pos = struct.unpack('>I4c0I4c0', blob, pos)
   end
 end
+local there = gather('HMGET', jobs, fields)
 local seq = tonumber(redis.call('GET', seqkey) or '0')
-local added = false
-for j = i, #ARGV, 2 do
-  if redis.call('HSETNX', jobs, ARGV[j], ARGV[j + 1]) == 1 then
+local hs, zs, ss, seen = {}, {}, {}, {}
+for k = 1, #fields do
+  local f = fields[k]
+  if not there[k] and not seen[f] then
+    seen[f] = true
     seq = seq + 1
-    redis.call('ZADD', order, string.format('%d', seq), ARGV[j])
-    redis.call('HSET', leases, ARGV[j], owner .. ' 0')
-    redis.call('SADD', prefix .. 'own:' .. owner, ARGV[j])
-    added = true
+    hs[#hs + 1] = f
+    hs[#hs + 1] = values[k]
+    zs[#zs + 1] = string.format('%d', seq)
+    zs[#zs + 1] = f
+    ss[#ss + 1] = f
   end
 end
-if added then redis.call('SADD', owners, owner) end
+if #ss == 0 then return seq end
+bulk('HSET', jobs, hs)
+bulk('ZADD', order, zs)
+bulk('SADD', mine, ss)
+redis.call('SADD', owners, owner)
 redis.call('SET', seqkey, string.format('%d', seq))
 return seq
 """
+)
 
 # Heartbeats and claims, on Redis's own clock (milliseconds).
 _NOW = """
@@ -188,8 +269,68 @@ if last >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+# KEYS: an owner's set; ARGV: fields. 1 per field the owner holds, else 0
+_MINE = """
+local out = {}
+for i = 1, #ARGV do out[i] = redis.call('SISMEMBER', KEYS[1], ARGV[i]) end
+return out
+"""
 _SCAN_PAGE = 2000  # jobs a paging scan reads at a time
 _GLOB = re.compile(rb"([\\*?\[\]])")
+
+
+_LEN = struct.Struct("!I")
+_FRAMED = struct.Struct("!IQBqIIII")  # the length of what follows, then pack_job's header
+_FRAME_BYTES = 64 << 20
+
+
+def _frames(add: Sequence[StoredJob]) -> list[bytes]:
+    """The commit script's adds in a few arguments: per job its field (field_of) and its
+    packed form (pack_job, seq 0), each after its length; an argument stays within
+    _FRAME_BYTES (Redis refuses one over 512 MB) unless one job is larger."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    head, size = _FRAMED.pack, _LEN.pack
+    fixed = _FRAMED.size - 4
+    total = 0
+    for job in add:
+        f, u, r, d = job.function, job.unique, job.reducer, job.data
+        field = b"%d:%b%b" % (len(f), f, u)
+        length = fixed + len(f) + len(u) + len(r) + len(d)
+        if total and total + length > _FRAME_BYTES:
+            out.append(b"".join(parts))
+            parts, total = [], 0
+        total += length
+        parts += (
+            size(len(field)),
+            field,
+            head(length, 0, job.priority, job.when, job.attempts, len(f), len(u), len(r)),
+            f,
+            u,
+            r,
+            d,
+        )
+    out.append(b"".join(parts))
+    return out
+
+
+def _frame_removes(remove: Sequence[Key], fences: dict[Key, int]) -> list[bytes]:
+    """The commit script's removes in a few arguments: per job its field after its
+    length, then the fence its remover knows (0: never claimed)."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size, fence = _LEN.pack, fences.get
+    total = 0
+    for key in remove:
+        f, u = key
+        field = b"%d:%b%b" % (len(f), f, u)
+        if total > _FRAME_BYTES:
+            out.append(b"".join(parts))
+            parts, total = [], 0
+        total += len(field) + 8
+        parts += (size(len(field)), field, size(fence(key, 0)))
+    out.append(b"".join(parts))
+    return out
 
 
 def split_prefix(raw_url: str) -> tuple[str, str]:
@@ -305,17 +446,19 @@ class RedisStore:
                 )
             version = await r.get(self._k_schema)
             current = 0 if version is None else int(version)
-            if current > SCHEMA_VERSION:
+            if current > SCHEMA:
                 raise StoreError(
                     f"{self.url}: schema version {current} was written by a newer gearmill "
-                    f"(this one knows {SCHEMA_VERSION}); upgrade gearmill"
+                    f"(this one knows {SCHEMA}); upgrade gearmill"
                 )
-            if current < SCHEMA_VERSION:
-                # Version 1 is the key layout above; later versions convert here, in order.
+            if current < SCHEMA:
+                # Version 1 had no leases; later versions convert here, in order.
                 if current == 1:
                     await self._to_leases(r)
-                await r.set(self._k_schema, SCHEMA_VERSION)
-                log.info("store %s: schema migrated to version %d", self.url, SCHEMA_VERSION)
+                if current == 2:
+                    await self._to_claimed_leases(r)
+                await r.set(self._k_schema, SCHEMA)
+                log.info("store %s: schema migrated to version %d", self.url, SCHEMA)
         except _ERRORS as e:
             raise self._error(e, "reading the schema version") from None
 
@@ -328,6 +471,18 @@ class RedisStore:
             if pairs:
                 await r.sadd(unowned, *[f for f, _ in pairs])
                 await r.sadd(self._k_owners, b"")
+            if cursor == 0:
+                return
+
+    async def _to_claimed_leases(self, r: Any) -> None:
+        """Version 3: the lease of a job never claimed ("<owner> 0") goes; its owner's
+        set says who holds it."""
+        cursor = 0
+        while True:
+            cursor, pairs = await r.hscan(self._k_leases, cursor, count=1000)
+            unclaimed = [f for f, lease in pairs.items() if lease.endswith(b" 0")]
+            if unclaimed:
+                await r.hdel(self._k_leases, *unclaimed)
             if cursor == 0:
                 return
 
@@ -345,11 +500,10 @@ class RedisStore:
         if not add and not remove:
             return
         fences = self.fences
-        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(remove)]
-        for key in remove:
-            args += (field_of(*key), fences.get(key, 0))
-        for job in add:
-            args += (field_of(job.function, job.unique), pack_job(0, job))
+        removes = _frame_removes(remove, fences) if remove else []
+        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(removes), *removes]
+        if add:
+            args += _frames(add)
         keys = (self._k_jobs, self._k_order, self._k_seq, self._k_leases, self._k_owners)
         await self._script(_COMMIT_LEASED, keys, args, "commit failed")
         if fences:
@@ -459,18 +613,12 @@ class RedisStore:
         paging must never load another live server's jobs."""
         if self.owner is None or not page:
             return page
-        try:
-            leases = await self._c().hmget(
-                self._k_leases, [field_of(j.function, j.unique) for _, j in page]
-            )
-        except _ERRORS as e:
-            raise self._error(e, "query failed") from None
-        me = self.owner.encode()
-        return [
-            row
-            for row, lease in zip(page, leases, strict=True)
-            if lease is not None and lease.rpartition(b" ")[0] == me
-        ]
+        fields = [field_of(j.function, j.unique) for _, j in page]
+        held = await self._script(_MINE, (self._own(self.owner),), fields, "query failed")
+        return [row for row, yes in zip(page, held, strict=True) if yes]
+
+    def _own(self, owner: str) -> bytes:
+        return self.prefix + b"own:" + owner.encode()
 
     async def queued_counts(self, after: int, upto: int) -> list[tuple[bytes, int, int]]:
         counts: dict[tuple[bytes, int], int] = {}
