@@ -381,7 +381,9 @@ class Tally:
     """
 
     def __init__(self, clock: Callable[[], float], function_histograms: bool = False) -> None:
-        self.clock = clock
+        # typed as returning an object: compiled, a float result would be unboxed at
+        # once, and boxed anew for ``stamp``
+        self.clock: Callable[[], object] = clock
         self.per_function = function_histograms
         self.fresh = False  # ``now`` was read in this batch
         self.now = 0.0
