@@ -287,7 +287,11 @@ class Broker(Handlers):
         self.counters.submitted += 1
         journal = self.journal
         if journal is not None:
-            journal.accepted(job, None, 0)
+            tally = journal.tally
+            if tally is not None:
+                tally.accepted(job)
+            if journal.consumer is not None:
+                journal.accepted(job, None, 0)
         func.own_queues()[priority].append(job)
         if not func.ready:
             self.make_ready(func)

@@ -501,7 +501,11 @@ class Core:
         self.counters.started += 1
         journal = self.journal
         if journal is not None:
-            journal.started(job, peer)
+            tally = journal.tally
+            if tally is not None:
+                tally.started(job)
+            if journal.consumer is not None:
+                journal.started(job, peer)
         return job
 
     def _grab_job(self, peer: Peer, args: list[bytes]) -> None:
@@ -658,7 +662,11 @@ class Core:
         queued[priority] = queued[priority] + 1
         self.counters.submitted += 1
         if journal is not None:
-            journal.accepted(job, peer, when)
+            tally = journal.tally
+            if tally is not None:
+                tally.accepted(job)
+            if journal.consumer is not None:
+                journal.accepted(job, peer, when)
             if background and journal.hold_created:
                 peer.holds += 1
                 journal.held.append(peer)
@@ -745,7 +753,11 @@ class Core:
             counters.abandoned += 1
         journal = self.journal
         if journal is not None:
-            journal.finished(job, outcome)
+            tally = journal.tally
+            if tally is not None:
+                tally.finished(job, outcome)
+            if journal.consumer is not None:
+                journal.finished(job, outcome)
 
     # ---------------------------------------------------------------- queries
 
