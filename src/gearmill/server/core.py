@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -100,6 +101,10 @@ NO_BUDGET: Final = 1 << 62  # an in-process caller's default: everything at once
 # a worker with more functions than this looks for work among the functions
 # that have jobs (Core.ready) when there are fewer of those
 MANY_ABILITIES: Final = 32
+# a job queue's two per-job calls, unbound: compiled, ``queue.popleft()`` looks the
+# method up by name each time (deque is not one of the compiler's own types)
+_append: Final = deque.append
+_popleft: Final = deque.popleft
 
 # the packets of the benchmarked paths, as native ints for direct calls
 _SUBMIT_JOB_BG: Final = int(PacketType.SUBMIT_JOB_BG)
@@ -483,7 +488,7 @@ class Core:
         if woken_for is not None and woken_for is not func:
             # woken for one function, it took another's job: wake someone else
             self._wake(woken_for)
-        func.queues[job.priority].popleft()
+        _popleft(func.queues[job.priority])
         queued = func.queued
         queued[job.priority] = queued[job.priority] - 1
         func.running += 1
@@ -674,7 +679,7 @@ class Core:
             job.state = SCHEDULED
             self._push_timer(float(when), TIMER_EPOCH, job, None)
         else:
-            func.own_queues()[priority].append(job)
+            _append(func.own_queues()[priority], job)
             if not func.ready:
                 self.make_ready(func)
             # The NOOP to a sleeping worker is queued (and written) before the

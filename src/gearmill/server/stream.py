@@ -27,6 +27,8 @@ from .model import Peer
 
 # uvloop reads at most 256 KiB at a time
 RECV_BUFFER: Final = 256 * 1024
+# called unbound: compiled, a method call looks the name up on every read
+_tobytes: Final = memoryview.tobytes
 
 
 class Transport(Protocol):
@@ -116,7 +118,7 @@ class Stream:
         self.spoke = True
         decoder = self.decoder
         if decoder.payload_target() is None:
-            events = decoder.feed(self.hub.recv_view[:nbytes].tobytes())
+            events = decoder.feed(_tobytes(self.hub.recv_view[:nbytes]))
         else:
             events = decoder.payload_filled(nbytes)
         peer = self.peer
