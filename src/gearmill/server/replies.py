@@ -43,21 +43,21 @@ _PREFIX: Final = tuple(RES + t.to_bytes(4, "big") for t in range(MAX_TYPE + 1))
 def packet2(ptype: int, a: bytes, b: bytes) -> bytes:
     n = len(a) + len(b) + 1
     if n < _SMALL:
-        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b])
+        return b"%b%b%b\x00%b" % (_PREFIX[ptype], _SIZES[n], a, b)
     return b"".join([_pack(RES, ptype, n), a, b"\x00", b])
 
 
 def packet3(ptype: int, a: bytes, b: bytes, c: bytes) -> bytes:
     n = len(a) + len(b) + len(c) + 2
     if n < _SMALL:
-        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c])
+        return b"%b%b%b\x00%b\x00%b" % (_PREFIX[ptype], _SIZES[n], a, b, c)
     return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c])
 
 
 def packet4(ptype: int, a: bytes, b: bytes, c: bytes, d: bytes) -> bytes:
     n = len(a) + len(b) + len(c) + len(d) + 3
     if n < _SMALL:
-        return b"".join([_PREFIX[ptype], _SIZES[n], a, b"\x00", b, b"\x00", c, b"\x00", d])
+        return b"%b%b%b\x00%b\x00%b\x00%b" % (_PREFIX[ptype], _SIZES[n], a, b, c, d)
     return b"".join([_pack(RES, ptype, n), a, b"\x00", b, b"\x00", c, b"\x00", d])
 
 
@@ -82,7 +82,7 @@ def status_res(handle: bytes, known: bool, running: bool, num: int, den: int) ->
         return b"".join([_pack(RES, _STATUS_RES, len(handle) + len(tail)), handle, tail])
     n = len(handle)
     if n <= MAX_HANDLE:
-        return b"".join([_STATUS_HEAD[n], handle, tail])
+        return b"%b%b%b" % (_STATUS_HEAD[n], handle, tail)
     return b"".join([_pack(RES, _STATUS_RES, n + 8), handle, tail])
 
 
