@@ -46,6 +46,7 @@ TARGETS = {  # jobs/s submitted, drained (the issue's targets on a 2-core machin
     "postgresql": (20_000, 10_000),
     "mysql": (15_000, None),
     "redis": (30_000, None),
+    "memory": (None, None),  # no store: what a durable store adds is read against it
 }
 
 
@@ -105,6 +106,8 @@ def fresh_url(kind: str, tmp: Path) -> Iterator[str]:
 def gearmand_flags(kind: str, url: str) -> str:
     from urllib.parse import urlsplit
 
+    if kind == "memory":
+        return ""
     if kind == "sqlite":
         return f"-q libsqlite3 --libsqlite3-db={url[len('sqlite://') :]}"
     u = urlsplit(url)
@@ -123,17 +126,27 @@ def gearmand_flags(kind: str, url: str) -> str:
 
 
 def one_run(
-    kind: str, server: str, conns: int, n: int, cap: float, python: str, batch: int = 64
+    kind: str,
+    server: str,
+    conns: int,
+    n: int,
+    cap: float,
+    python: str,
+    batch: int = 64,
+    baseline: str = "",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gmdurable-{kind}-") as d:
         tmp = Path(d)
-        if kind == "sqlite":
+        if kind == "memory":
+            url_cm = contextmanager(lambda: (yield "memory"))()
+        elif kind == "sqlite":
             url_cm = contextmanager(lambda: (yield f"sqlite://{tmp}/queue.db"))()
         else:
             url_cm = fresh_url(kind, tmp)
         with url_cm as url:
-            if server == "gearmill":
-                command = gearmill_command(python, f"--store {url}")
+            if server in ("gearmill", "baseline"):
+                py = python if server == "gearmill" else baseline
+                command = gearmill_command(py, f"--store {url}")
             else:
                 command = gearmand_command("--threads=1 " + gearmand_flags(kind, url))
             with Server(command, tmp / "server") as srv:
@@ -160,6 +173,14 @@ def one_run(
                 return result
 
 
+def median(runs: list[dict[str, Any]], key: str, **match: Any) -> float:
+    """The median of one figure over the runs that match (store, server, conns, ...)."""
+    vals = sorted(
+        float(r.get(key) or 0) for r in runs if all(r.get(k) == v for k, v in match.items())
+    )
+    return vals[len(vals) // 2] if vals else 0.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stores", default="sqlite,postgresql,mysql,redis")
@@ -169,22 +190,33 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="the Python gearmill runs under")
     ap.add_argument("--out", help="append each run's JSON to this file")
     ap.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run gearmill under this Python (another build, e.g. main's), interleaved "
+        "with the others, and print this build's figures over it",
+    )
+    ap.add_argument(
         "--lone",
         type=int,
         default=0,
         metavar="N",
         help="also N one-at-a-time submissions (1 connection, 1 in flight): latency to "
-        "JOB_CREATED, p50 and p99, beside gearmand's",
+        "JOB_CREATED, p50 and p99, beside gearmand's (with memory among --stores, the "
+        "p99 each store adds to gearmill's in memory)",
+    )
+    ap.add_argument(
+        "--lone-only", action="store_true", help="only the --lone runs (no throughput runs)"
     )
     a = ap.parse_args()
     check_gearmand()
     ensure_loadgen()
+    servers = ("gearmill", "gearmand") + (("baseline",) if a.baseline else ())
     rows: list[dict[str, Any]] = []
-    for rep in range(a.repeat):
+    for rep in range(0 if a.lone_only else a.repeat):
         for kind in a.stores.split(","):
             for conns in (1, 4):
-                for server in ("gearmill", "gearmand"):
-                    r = one_run(kind, server, conns, a.n, a.cap, a.python)
+                for server in servers:
+                    r = one_run(kind, server, conns, a.n, a.cap, a.python, baseline=a.baseline)
                     r["repeat"] = rep
                     rows.append(r)
                     say(
@@ -198,8 +230,8 @@ def main() -> int:
     lone: list[dict[str, Any]] = []
     for rep in range(a.repeat if a.lone else 0):
         for kind in a.stores.split(","):
-            for server in ("gearmill", "gearmand"):
-                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1)
+            for server in servers:
+                r = one_run(kind, server, 1, a.lone, a.cap, a.python, batch=1, baseline=a.baseline)
                 r["repeat"] = rep
                 lone.append(r)
                 say(
@@ -213,16 +245,40 @@ def main() -> int:
                         f.write(json.dumps(r) + "\n")
     if lone:
         print()
-        print("| store | lone submit/s gearmill | gearmand | p99 ms gearmill | gearmand | added |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print(
+            "| store | lone submit/s gearmill | gearmand | ratio | p99 ms gearmill | gearmand "
+            "| p99 added to gearmill's in memory |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+
+        base = median(lone, "p99_us", store="memory", server="gearmill") / 1000
         for kind in a.stores.split(","):
-            got = {r["server"]: r for r in lone if r["store"] == kind}
-            ours, theirs = got.get("gearmill", {}), got.get("gearmand", {})
-            p99o, p99t = ours.get("p99_us", 0) / 1000, theirs.get("p99_us", 0) / 1000
+            ours = median(lone, "value", store=kind, server="gearmill")
+            theirs = median(lone, "value", store=kind, server="gearmand")
+            p99o = median(lone, "p99_us", store=kind, server="gearmill") / 1000
+            p99t = median(lone, "p99_us", store=kind, server="gearmand") / 1000
+            added = f"{p99o - base:+.2f} ms" if "memory" in a.stores.split(",") else "-"
             print(
-                f"| {kind} | {ours.get('value', 0):.0f} | {theirs.get('value', 0):.0f} "
-                f"| {p99o:.2f} | {p99t:.2f} | {p99o - p99t:+.2f} ms |"
+                f"| {kind} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.2f}x "
+                f"| {p99o:.2f} | {p99t:.2f} | {added} |"
             )
+        if a.baseline:
+            print()
+            print(
+                "| store | lone submit/s gearmill | baseline | ratio | p99 ms gearmill | baseline |"
+            )
+            print("| --- | --- | --- | --- | --- | --- |")
+            for kind in a.stores.split(","):
+                ours = median(lone, "value", store=kind, server="gearmill")
+                before = median(lone, "value", store=kind, server="baseline")
+                p99o = median(lone, "p99_us", store=kind, server="gearmill") / 1000
+                p99b = median(lone, "p99_us", store=kind, server="baseline") / 1000
+                print(
+                    f"| {kind} | {ours:.0f} | {before:.0f} | {ours / max(before, 1):.2f}x "
+                    f"| {p99o:.2f} | {p99b:.2f} |"
+                )
+    if a.lone_only:
+        return 1 if any(not r.get("ok") for r in lone) else 0
     print()
     print(
         "| store | conns | gearmill submit/s | gearmand submit/s | ratio | gearmill drain/s "
@@ -234,23 +290,37 @@ def main() -> int:
         for conns in (1, 4):
 
             def med(server: str, key: str, kind: str = kind, conns: int = conns) -> float:
-                vals = sorted(
-                    float(r.get(key) or 0)
-                    for r in rows
-                    if r["store"] == kind and r["conns"] == conns and r["server"] == server
-                )
-                return vals[len(vals) // 2] if vals else 0.0
+                return median(rows, key, store=kind, conns=conns, server=server)
 
             ours, theirs = med("gearmill", "value"), med("gearmand", "value")
             od, td = med("gearmill", "drain_jobs_per_s"), med("gearmand", "drain_jobs_per_s")
             sub_t, drain_t = TARGETS[kind]
-            met = "submit " + ("met" if ours >= sub_t else "NOT met")
+            met = "-" if sub_t is None else "submit " + ("met" if ours >= sub_t else "NOT met")
             if drain_t:
                 met += ", drain " + ("met" if od >= drain_t else "NOT met")
             print(
                 f"| {kind} | {conns} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.1f}x "
                 f"| {od:.0f} | {td:.0f} | {od / max(td, 1):.1f}x | {met} |"
             )
+    if a.baseline:
+        print()
+        print("| store | conns | submit/s gearmill / baseline | drain/s gearmill / baseline |")
+        print("| --- | --- | --- | --- |")
+        for kind in a.stores.split(","):
+            for conns in (1, 4):
+                sub, before_sub = (
+                    median(rows, "value", store=kind, conns=conns, server=server)
+                    for server in ("gearmill", "baseline")
+                )
+                drain, before_drain = (
+                    median(rows, "drain_jobs_per_s", store=kind, conns=conns, server=server)
+                    for server in ("gearmill", "baseline")
+                )
+                print(
+                    f"| {kind} | {conns} | {sub:.0f} / {before_sub:.0f} = "
+                    f"{sub / max(before_sub, 1):.2f}x | {drain:.0f} / {before_drain:.0f} = "
+                    f"{drain / max(before_drain, 1):.2f}x |"
+                )
     for r in rows + lone:
         if not r.get("ok"):
             failed = True

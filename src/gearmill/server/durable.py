@@ -127,6 +127,10 @@ class Durable:
         self.observe: Callable[[float, int], None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # the commit running since (monotonic seconds; 0: none), for the watchdog
+        self._began = 0.0
+        self._timed_out = False  # the watchdog cancelled that commit
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closing = False
         self.replay_peer = Peer(-1, "replay", True, _Discard())
         self.replayed = 0
@@ -136,6 +140,22 @@ class Durable:
     def start(self) -> None:
         fanout.attach(self.broker, self, hold_created=True)  # beside metrics, if any
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._watch()
+
+    def _watch(self) -> None:
+        """Every quarter of COMMIT_TIMEOUT: a commit running longer counts as a store gone
+        (its task is cancelled there, and _run takes that as the commit's failure). One
+        timer for all commits: a timeout armed and cancelled per commit cost a lone job
+        about 5 us of its latency."""
+        began = self._began
+        if began and time.monotonic() - began > COMMIT_TIMEOUT and self._task is not None:
+            # the task is suspended in the commit (_began is set and cleared around it
+            # with no other await between), so that is where the cancellation lands
+            self._timed_out = True
+            self._task.cancel()
+        if not self._closing:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(COMMIT_TIMEOUT / 4, self._watch)
 
     def _key(self, job: Job, new: bool) -> Key:
         name = job.func.name
@@ -248,15 +268,25 @@ class Durable:
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
                 self.spill = {}
                 self.busy = True
-                began = time.monotonic()  # for metrics: one reading per commit, not per job
+                # for the watchdog, and metrics: one reading per commit, not per job
+                began = self._began = time.monotonic()
+                why = None
                 try:
                     joined = await self._coalesce(adds, add_jobs, removes)
-                    await asyncio.wait_for(
-                        self.store.commit(list(adds.values()), list(removes)), COMMIT_TIMEOUT
-                    )
+                    await self.store.commit(list(adds.values()), list(removes))
+                except asyncio.CancelledError:
+                    if not self._timed_out:
+                        raise  # closing
+                    self._timed_out = False
+                    if self._task is not None:
+                        self._task.uncancel()
+                    why = f"no answer in {COMMIT_TIMEOUT:.0f} s"
                 except Exception as e:  # any failure refuses the group
-                    self.busy = False
                     why = str(e) or type(e).__name__
+                finally:
+                    self.busy = False
+                    self._began = 0.0
+                if why is not None:
                     # the removes are still owed; the adds and what came meanwhile are
                     # refused, and the group's adds removed once the store is back: a
                     # commit cut off after the store made it durable must not run a job
@@ -275,8 +305,6 @@ class Durable:
                     if self._closing:
                         return
                     continue
-                finally:
-                    self.busy = False
                 self.commits += 1
                 self.committed_jobs += len(adds)
                 if spill or joined:
@@ -362,7 +390,7 @@ class Durable:
         ]
         if not keys:
             return set()
-        found = await asyncio.wait_for(self.store.find(keys), COMMIT_TIMEOUT)
+        found = await self.store.find(keys)  # watched as the commit is
         for key in found:
             del adds[key]
         return {add_jobs[key] for key in found}
@@ -625,6 +653,9 @@ class Durable:
         """Commit what is owed (removes of finished jobs), await ``last`` (a shared store's
         goodbye), then close the store."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._wake.set()
         task = self._task
         if task is not None:
