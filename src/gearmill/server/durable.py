@@ -57,6 +57,10 @@ _MARK = b"\x1fgm"
 REPLAY_PAGE = 2000
 MEMORY_JOBS = 200_000  # the default budget of background jobs in memory
 COMMIT_TIMEOUT = 10.0  # a store that does not answer counts as gone
+# removes wait for no one: a commit of removes only begins at least this long after the
+# last one (a submission or a held reply starts it at once), so that a drain commits
+# them in a few large groups, not as fast as the store answers (seconds)
+REMOVES_EVERY = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
 
@@ -131,6 +135,8 @@ class Durable:
         self._began = 0.0
         self._timed_out = False  # the watchdog cancelled that commit
         self._watchdog: asyncio.TimerHandle | None = None
+        self._removes_at = 0.0  # when the last commit of removes only began
+        self.gathering = False  # waiting for more removes: only adds or held wake it
         self._closing = False
         self.replay_peer = Peer(-1, "replay", True, _Discard())
         self.replayed = 0
@@ -233,7 +239,7 @@ class Durable:
             self._refuse(refuse, held)
         elif held or self.adds or self.removes:
             self.held += held
-            if not self.busy:
+            if not self.busy and (not self.gathering or held or self.adds):
                 self._wake.set()
 
     def _refuse(self, jobs: list[Job], held: list[Peer]) -> None:
@@ -263,6 +269,8 @@ class Durable:
             self._wake.clear()
             paged = True  # the last page-in moved on (else wait for the next event)
             while self.adds or self.removes or self.held or (paged and self._low()):
+                if self.removes and not (self.adds or self.held or self._closing):
+                    await self._gather()
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
                 spill = self.spill
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
@@ -270,6 +278,8 @@ class Durable:
                 self.busy = True
                 # for the watchdog, and metrics: one reading per commit, not per job
                 began = self._began = time.monotonic()
+                if not adds and not held:
+                    self._removes_at = began
                 why = None
                 try:
                     joined = await self._coalesce(adds, add_jobs, removes)
@@ -319,6 +329,21 @@ class Durable:
                     paged = await self._page_in()
             if self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """Before a commit of removes only: wait until REMOVES_EVERY has passed since the
+        last one, unless a submission or a held reply comes (consume wakes us then)."""
+        wait = self._removes_at + REMOVES_EVERY - time.monotonic()
+        if wait <= 0:
+            return
+        self.gathering = True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), wait)
+        except TimeoutError:
+            pass
+        finally:
+            self.gathering = False
 
     def _went_down(self, why: str) -> None:
         if self.down is None:

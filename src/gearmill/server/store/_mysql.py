@@ -219,23 +219,14 @@ class MySQLStore(SingleServer):
             async with con.cursor() as cur:
                 if remove:
                     await self._delete(cur, "gearmill_jobs", remove)
-                if add:
-                    await cur.executemany(
-                        _INSERT,
-                        [
-                            (
-                                j.function,
-                                j.unique,
-                                j.data,
-                                j.priority,
-                                j.when,
-                                j.reducer,
-                                j.attempts,
-                                now,
-                            )
-                            for j in add
-                        ],
-                    )
+                rows = [
+                    (j.function, j.unique, j.data, j.priority, j.when, j.reducer, j.attempts, now)
+                    for j in add
+                ]
+                if len(rows) == 1:  # a lone job: executemany's rewriting costs it ~9 us
+                    await cur.execute(_INSERT, rows[0])
+                elif rows:
+                    await cur.executemany(_INSERT, rows)
             if not one:
                 await con.commit()
         except _ERRORS as e:
