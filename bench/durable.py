@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/durable.py                       # every store, 1 interleaved run
     .venv/bin/python bench/durable.py --stores sqlite,redis --repeat 3 -n 100000
+    .venv/bin/python bench/durable.py --lone-only --lone 1000 --repeat 3 \
+        --stores memory,postgresql --baseline /path/to/other/build/.venv/bin/python
 
 Per store, both servers get the same fresh database (SQLite file, PostgreSQL or MariaDB
 database, a Redis server of its own with appendonly yes and appendfsync always), and the
@@ -11,7 +13,9 @@ load generator (bench/loadgen/gmload.c, libgearman) submits 100-byte background 
 JOB_CREATED, then 4 workers drain and verify them (drain rate). The runs interleave
 (gearmill, gearmand, gearmill, ...) so a noisy machine hits both alike; quote ratios.
 gearmand is slow here: its submissions are capped at --cap seconds (the rate is over what
-it did).
+it did). --lone adds one-at-a-time submissions (latency to JOB_CREATED); with memory among
+the stores it prints the p99 each store adds; --baseline runs another build interleaved
+and prints this one's figures over it.
 """
 
 from __future__ import annotations

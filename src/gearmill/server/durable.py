@@ -6,7 +6,9 @@ accepted (to add) and finished (to remove) and wakes its writer task, which comm
 them in one transaction and then releases the held JOB_CREATED replies.
 
 Group commit: while a commit runs, whatever arrives waits and goes in the next one;
-a lone job is committed at once (no timer). Foreground jobs are never written.
+a lone job is committed at once (no timer). Removes hold no reply: a group of removes
+only waits until REMOVES_EVERY after the last one (a submission ends the wait), so a
+drain commits them in large groups. Foreground jobs are never written.
 
 When the store fails (unreachable, full, refused), the jobs of the failed group and
 every background submission until it is back get ``ERROR QUEUE_ERROR`` instead of
