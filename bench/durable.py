@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/durable.py                       # every store, 1 interleaved run
     .venv/bin/python bench/durable.py --stores sqlite,redis --repeat 3 -n 100000
+    .venv/bin/python bench/durable.py --lone-only --lone 1000 --repeat 3 \
+        --stores memory,postgresql --baseline /path/to/other/build/.venv/bin/python
 
 Per store, both servers get the same fresh database (SQLite file, PostgreSQL or MariaDB
 database, a Redis server of its own with appendonly yes and appendfsync always), and the
@@ -11,7 +13,9 @@ load generator (bench/loadgen/gmload.c, libgearman) submits 100-byte background 
 JOB_CREATED, then 4 workers drain and verify them (drain rate). The runs interleave
 (gearmill, gearmand, gearmill, ...) so a noisy machine hits both alike; quote ratios.
 gearmand is slow here: its submissions are capped at --cap seconds (the rate is over what
-it did).
+it did). --lone adds one-at-a-time submissions (latency to JOB_CREATED); with memory among
+the stores it prints the p99 each store adds; --baseline runs another build interleaved
+and prints this one's figures over it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ TARGETS = {  # jobs/s submitted, drained (the issue's targets on a 2-core machin
     "postgresql": (20_000, 10_000),
     "mysql": (15_000, None),
     "redis": (30_000, None),
+    "memory": (None, None),  # no store: what a durable store adds is read against it
 }
 
 
@@ -108,6 +113,8 @@ def fresh_url(kind: str, tmp: Path, fsync: str = "always") -> Iterator[str]:
 def gearmand_flags(kind: str, url: str) -> str:
     from urllib.parse import urlsplit
 
+    if kind == "memory":
+        return ""
     if kind == "sqlite":
         return f"-q libsqlite3 --libsqlite3-db={url[len('sqlite://') :]}"
     u = urlsplit(url)
@@ -137,15 +144,16 @@ def one_run(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"gmdurable-{kind}-") as d:
         tmp = Path(d)
-        if kind == "sqlite":
+        if kind == "memory":
+            url_cm = contextmanager(lambda: (yield "memory"))()
+        elif kind == "sqlite":
             url_cm = contextmanager(lambda: (yield f"sqlite://{tmp}/queue.db"))()
         else:
             url_cm = fresh_url(kind, tmp)
         with url_cm as url:
-            if server == "gearmill":
-                command = gearmill_command(python, f"--store {url}")
-            elif server == "before":
-                command = gearmill_command(baseline, f"--store {url}")
+            if server in ("gearmill", "baseline"):
+                py = python if server == "gearmill" else baseline
+                command = gearmill_command(py, f"--store {url}")
             else:
                 command = gearmand_command("--threads=1 " + gearmand_flags(kind, url))
             with Server(command, tmp / "server") as srv:
@@ -172,6 +180,14 @@ def one_run(
                 return result
 
 
+def median(runs: list[dict[str, Any]], key: str, **match: Any) -> float:
+    """The median of one figure over the runs that match (store, server, conns, ...)."""
+    vals = sorted(
+        float(r.get(key) or 0) for r in runs if all(r.get(k) == v for k, v in match.items())
+    )
+    return vals[len(vals) // 2] if vals else 0.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stores", default="sqlite,postgresql,mysql,redis")
@@ -179,28 +195,31 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=60_000, help="jobs per run (60000)")
     ap.add_argument("--cap", type=float, default=6.0, help="seconds of submitting at most (6)")
     ap.add_argument("--python", default=sys.executable, help="the Python gearmill runs under")
+    ap.add_argument("--out", help="append each run's JSON to this file")
     ap.add_argument(
         "--baseline",
         metavar="PYTHON",
-        default="",
-        help="also an earlier build of gearmill (the Python it is installed in), interleaved "
-        "as 'before': prints the ratio of this build to it",
+        help="also run gearmill under this Python (another build, e.g. main's), interleaved "
+        "with the others, and print this build's figures over it",
     )
-    ap.add_argument("--out", help="append each run's JSON to this file")
     ap.add_argument(
         "--lone",
         type=int,
         default=0,
         metavar="N",
         help="also N one-at-a-time submissions (1 connection, 1 in flight): latency to "
-        "JOB_CREATED, p50 and p99, beside gearmand's",
+        "JOB_CREATED, p50 and p99, beside gearmand's (with memory among --stores, the "
+        "p99 each store adds to gearmill's in memory)",
+    )
+    ap.add_argument(
+        "--lone-only", action="store_true", help="only the --lone runs (no throughput runs)"
     )
     a = ap.parse_args()
     check_gearmand()
     ensure_loadgen()
-    servers = ("gearmill", "before", "gearmand") if a.baseline else ("gearmill", "gearmand")
+    servers = ("gearmill", "gearmand") + (("baseline",) if a.baseline else ())
     rows: list[dict[str, Any]] = []
-    for rep in range(a.repeat):
+    for rep in range(0 if a.lone_only else a.repeat):
         for kind in a.stores.split(","):
             for conns in (1, 4):
                 for server in servers:
@@ -233,24 +252,40 @@ def main() -> int:
                         f.write(json.dumps(r) + "\n")
     if lone:
         print()
-        print("| store | lone submit/s gearmill | gearmand | p99 ms gearmill | gearmand | added |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print(
+            "| store | lone submit/s gearmill | gearmand | ratio | p99 ms gearmill | gearmand "
+            "| p99 added to gearmill's in memory |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+
+        base = median(lone, "p99_us", store="memory", server="gearmill") / 1000
         for kind in a.stores.split(","):
-            got = {r["server"]: r for r in lone if r["store"] == kind}
-            ours, theirs = got.get("gearmill", {}), got.get("gearmand", {})
-            p99o, p99t = ours.get("p99_us", 0) / 1000, theirs.get("p99_us", 0) / 1000
+            ours = median(lone, "value", store=kind, server="gearmill")
+            theirs = median(lone, "value", store=kind, server="gearmand")
+            p99o = median(lone, "p99_us", store=kind, server="gearmill") / 1000
+            p99t = median(lone, "p99_us", store=kind, server="gearmand") / 1000
+            added = f"{p99o - base:+.2f} ms" if "memory" in a.stores.split(",") else "-"
             print(
-                f"| {kind} | {ours.get('value', 0):.0f} | {theirs.get('value', 0):.0f} "
-                f"| {p99o:.2f} | {p99t:.2f} | {p99o - p99t:+.2f} ms |"
+                f"| {kind} | {ours:.0f} | {theirs:.0f} | {ours / max(theirs, 1):.2f}x "
+                f"| {p99o:.2f} | {p99t:.2f} | {added} |"
             )
-            if a.baseline:
-                then = got.get("before", {})
-                p99b = then.get("p99_us", 0) / 1000
+        if a.baseline:
+            print()
+            print(
+                "| store | lone submit/s gearmill | baseline | ratio | p99 ms gearmill | baseline |"
+            )
+            print("| --- | --- | --- | --- | --- | --- |")
+            for kind in a.stores.split(","):
+                ours = median(lone, "value", store=kind, server="gearmill")
+                before = median(lone, "value", store=kind, server="baseline")
+                p99o = median(lone, "p99_us", store=kind, server="gearmill") / 1000
+                p99b = median(lone, "p99_us", store=kind, server="baseline") / 1000
                 print(
-                    f"| {kind} (before) | {then.get('value', 0):.0f} | "
-                    f"{theirs.get('value', 0):.0f} | {p99b:.2f} | {p99t:.2f} "
-                    f"| {p99b - p99t:+.2f} ms |"
+                    f"| {kind} | {ours:.0f} | {before:.0f} | {ours / max(before, 1):.2f}x "
+                    f"| {p99o:.2f} | {p99b:.2f} |"
                 )
+    if a.lone_only:
+        return 1 if any(not r.get("ok") for r in lone) else 0
     print()
     print(
         "| store | conns | gearmill submit/s | gearmand submit/s | ratio | gearmill drain/s "
@@ -262,17 +297,12 @@ def main() -> int:
         for conns in (1, 4):
 
             def med(server: str, key: str, kind: str = kind, conns: int = conns) -> float:
-                vals = sorted(
-                    float(r.get(key) or 0)
-                    for r in rows
-                    if r["store"] == kind and r["conns"] == conns and r["server"] == server
-                )
-                return vals[len(vals) // 2] if vals else 0.0
+                return median(rows, key, store=kind, conns=conns, server=server)
 
             ours, theirs = med("gearmill", "value"), med("gearmand", "value")
             od, td = med("gearmill", "drain_jobs_per_s"), med("gearmand", "drain_jobs_per_s")
             sub_t, drain_t = TARGETS[kind]
-            met = "submit " + ("met" if ours >= sub_t else "NOT met")
+            met = "-" if sub_t is None else "submit " + ("met" if ours >= sub_t else "NOT met")
             if drain_t:
                 met += ", drain " + ("met" if od >= drain_t else "NOT met")
             print(
@@ -281,25 +311,23 @@ def main() -> int:
             )
     if a.baseline:
         print()
-        print("| store | conns | submit/s | before | ratio | drain/s | before | ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| store | conns | submit/s gearmill / baseline | drain/s gearmill / baseline |")
+        print("| --- | --- | --- | --- |")
         for kind in a.stores.split(","):
             for conns in (1, 4):
-                got = {
-                    s: [
-                        r for r in rows if (r["store"], r["conns"], r["server"]) == (kind, conns, s)
-                    ]
-                    for s in ("gearmill", "before")
-                }
-                cells = []
-                for key in ("value", "drain_jobs_per_s"):
-                    now, then = (
-                        sorted(float(r.get(key) or 0) for r in got[s])
-                        for s in ("gearmill", "before")
-                    )
-                    x, y = now[len(now) // 2], then[len(then) // 2]
-                    cells.append(f"{x:.0f} | {y:.0f} | {x / max(y, 1):.2f}x")
-                print(f"| {kind} | {conns} | " + " | ".join(cells) + " |")
+                sub, before_sub = (
+                    median(rows, "value", store=kind, conns=conns, server=server)
+                    for server in ("gearmill", "baseline")
+                )
+                drain, before_drain = (
+                    median(rows, "drain_jobs_per_s", store=kind, conns=conns, server=server)
+                    for server in ("gearmill", "baseline")
+                )
+                print(
+                    f"| {kind} | {conns} | {sub:.0f} / {before_sub:.0f} = "
+                    f"{sub / max(before_sub, 1):.2f}x | {drain:.0f} / {before_drain:.0f} = "
+                    f"{drain / max(before_drain, 1):.2f}x |"
+                )
     for r in rows + lone:
         if not r.get("ok"):
             failed = True

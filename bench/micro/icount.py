@@ -8,7 +8,8 @@ For each loadgen mode it runs ``PY -m gearmill.cli.main serve`` under
 (user space, event loop included) per GET_STATUS round trip (ping), per
 queued-then-drained job (drain: 2 clients, 4 workers), per foreground job
 (rt: 8 clients, 4 workers) or per background submission (bg: 2 clients, 256
-pipelined, left queued). Compare two builds by passing each one's Python.
+pipelined, left queued) or per lone one (lone: 1 client, 1 in flight, left
+queued). Compare two builds by passing each one's Python.
 Needs valgrind; the load generator (bench/loadgen) is built when missing.
 """
 
@@ -33,6 +34,9 @@ MODES = {
     "rt": ["rt", "-c", "8", "-w", "4"],
     # background submissions only (256 pipelined per batch), left queued
     "bg": ["bg", "-c", "2", "-b", "256", "--no-drain"],
+    # one-at-a-time background submissions (each waits for its JOB_CREATED), left queued:
+    # with --serve-arg=--store=URL, what a durable store's commit costs a lone job
+    "lone": ["bg", "-c", "1", "-b", "1", "--no-drain"],
 }
 
 

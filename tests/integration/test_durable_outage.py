@@ -6,7 +6,9 @@ recovers by itself once the store is back."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -92,6 +94,38 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
         other.stop()
         redis.close()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
+    tmp_path: Path,
+) -> None:
+    """Redis frozen (SIGSTOP) mid-commit: the waiting submission gets QUEUE_ERROR once the
+    commit times out (10 s), not a hang; thawed, the server accepts again by itself."""
+    redis = PrivateRedis(tmp_path, *AOF)
+    assert redis.proc is not None
+    pid = redis.proc.pid
+    srv = start_gearmill("--store", redis.url)
+    try:
+        assert submit(srv.port, "frozen", "before") == ""
+        os.kill(pid, signal.SIGSTOP)
+        with srv.conn() as c:
+            c.sock.settimeout(30)
+            c.send(PacketType.SUBMIT_JOB_BG, b"frozen", b"u1", b"during")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while submit(srv.port, "frozen", "after") != "":
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.1)
+        # the refused job never runs (its row, if the frozen commit wrote it, is removed)
+        assert status(srv)["frozen"][0] == 2
+        got = drain(srv.port, "frozen", 2, tmp_path / "out")
+        assert sorted(got) == ["after", "before"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        srv.stop()
+        redis.close()
 
 
 def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledged_job(

@@ -6,7 +6,9 @@ accepted (to add) and finished (to remove) and wakes its writer task, which comm
 them in one transaction and then releases the held JOB_CREATED replies.
 
 Group commit: while a commit runs, whatever arrives waits and goes in the next one;
-a lone job is committed at once (no timer). Foreground jobs are never written.
+a lone job is committed at once (no timer). Removes hold no reply: a group of removes
+only waits until REMOVES_EVERY after the last one (a submission ends the wait), so a
+drain commits them in large groups. Foreground jobs are never written.
 
 When the store fails (unreachable, full, refused), the jobs of the failed group and
 every background submission until it is back get ``ERROR QUEUE_ERROR`` instead of
@@ -57,6 +59,10 @@ _MARK = b"\x1fgm"
 REPLAY_PAGE = 2000
 MEMORY_JOBS = 200_000  # the default budget of background jobs in memory
 COMMIT_TIMEOUT = 10.0  # a store that does not answer counts as gone
+# removes wait for no one: a commit of removes only begins at least this long after the
+# last one (a submission or a held reply starts it at once), so that a drain commits
+# them in a few large groups, not as fast as the store answers (seconds)
+REMOVES_EVERY = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 
 
@@ -127,6 +133,12 @@ class Durable:
         self.observe: Callable[[float, int], None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # the commit running since (monotonic seconds; 0: none), for the watchdog
+        self._began = 0.0
+        self._timed_out = False  # the watchdog cancelled that commit
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._removes_at = 0.0  # when the last commit of removes only began
+        self.gathering = False  # waiting for more removes: only adds or held wake it
         self._closing = False
         self.replay_peer = Peer(-1, "replay", True, _Discard())
         self.replayed = 0
@@ -136,6 +148,22 @@ class Durable:
     def start(self) -> None:
         fanout.attach(self.broker, self, hold_created=True)  # beside metrics, if any
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._watch()
+
+    def _watch(self) -> None:
+        """Every quarter of COMMIT_TIMEOUT: a commit running longer counts as a store gone
+        (its task is cancelled there, and _run takes that as the commit's failure). One
+        timer for all commits: a timeout armed and cancelled per commit cost a lone job
+        about 5 us of its latency."""
+        began = self._began
+        if began and time.monotonic() - began > COMMIT_TIMEOUT and self._task is not None:
+            # the task is suspended in the commit (_began is set and cleared around it
+            # with no other await between), so that is where the cancellation lands
+            self._timed_out = True
+            self._task.cancel()
+        if not self._closing:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(COMMIT_TIMEOUT / 4, self._watch)
 
     def _key(self, job: Job, new: bool) -> Key:
         name = job.func.name
@@ -213,7 +241,7 @@ class Durable:
             self._refuse(refuse, held)
         elif held or self.adds or self.removes:
             self.held += held
-            if not self.busy:
+            if not self.busy and (not self.gathering or held or self.adds):
                 self._wake.set()
 
     def _refuse(self, jobs: list[Job], held: list[Peer]) -> None:
@@ -243,20 +271,34 @@ class Durable:
             self._wake.clear()
             paged = True  # the last page-in moved on (else wait for the next event)
             while self.adds or self.removes or self.held or (paged and self._low()):
+                if self.removes and not (self.adds or self.held or self._closing):
+                    await self._gather()
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
                 spill = self.spill
                 self.adds, self.add_jobs, self.removes, self.held = {}, {}, {}, []
                 self.spill = {}
                 self.busy = True
-                began = time.monotonic()  # for metrics: one reading per commit, not per job
+                # for the watchdog, and metrics: one reading per commit, not per job
+                began = self._began = time.monotonic()
+                if not adds and not held:
+                    self._removes_at = began
+                why = None
                 try:
                     joined = await self._coalesce(adds, add_jobs, removes)
-                    await asyncio.wait_for(
-                        self.store.commit(list(adds.values()), list(removes)), COMMIT_TIMEOUT
-                    )
+                    await self.store.commit(list(adds.values()), list(removes))
+                except asyncio.CancelledError:
+                    if not self._timed_out:
+                        raise  # closing
+                    self._timed_out = False
+                    if self._task is not None:
+                        self._task.uncancel()
+                    why = f"no answer in {COMMIT_TIMEOUT:.0f} s"
                 except Exception as e:  # any failure refuses the group
-                    self.busy = False
                     why = str(e) or type(e).__name__
+                finally:
+                    self.busy = False
+                    self._began = 0.0
+                if why is not None:
                     # the removes are still owed; the adds and what came meanwhile are
                     # refused, and the group's adds removed once the store is back: a
                     # commit cut off after the store made it durable must not run a job
@@ -275,8 +317,6 @@ class Durable:
                     if self._closing:
                         return
                     continue
-                finally:
-                    self.busy = False
                 self.commits += 1
                 self.committed_jobs += len(adds)
                 if spill or joined:
@@ -291,6 +331,21 @@ class Durable:
                     paged = await self._page_in()
             if self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """Before a commit of removes only: wait until REMOVES_EVERY has passed since the
+        last one, unless a submission or a held reply comes (consume wakes us then)."""
+        wait = self._removes_at + REMOVES_EVERY - time.monotonic()
+        if wait <= 0:
+            return
+        self.gathering = True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), wait)
+        except TimeoutError:
+            pass
+        finally:
+            self.gathering = False
 
     def _went_down(self, why: str) -> None:
         if self.down is None:
@@ -362,7 +417,7 @@ class Durable:
         ]
         if not keys:
             return set()
-        found = await asyncio.wait_for(self.store.find(keys), COMMIT_TIMEOUT)
+        found = await self.store.find(keys)  # watched as the commit is
         for key in found:
             del adds[key]
         return {add_jobs[key] for key in found}
@@ -625,6 +680,9 @@ class Durable:
         """Commit what is owed (removes of finished jobs), await ``last`` (a shared store's
         goodbye), then close the store."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._wake.set()
         task = self._task
         if task is not None:

@@ -90,6 +90,7 @@ _CLAIM = (
     " RETURNING j.seq, j.function, j.unique_key, j.data, j.priority, j.when_to_run,"
     " j.reducer, j.attempts, j.fence"
 )
+_SETTINGS = {"synchronous_commit": "on", "application_name": "gearmill"}
 _MIGRATION_LOCK = 0x6765_6172  # pg_advisory_xact_lock key: one migrating server at a time
 
 
@@ -110,6 +111,10 @@ class PostgreSQLStore:
         self._dsn = dsn
         self._timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
+        # the writer's own connection (one writer at a time calls commit): a pool's
+        # acquire and release cost a lone job more than its INSERT does (two tasks, a
+        # timer, futures: 68 -> 27 us of CPU per commit, measured)
+        self._writer: Any = None
         self.owner: str | None = None
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
@@ -124,9 +129,9 @@ class PostgreSQLStore:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=1,
-                max_size=3,  # the writer, replay or claims, and the heartbeat
+                max_size=2,  # replay or claims, and the heartbeat (the writer has its own)
                 timeout=self._timeout,
-                server_settings={"synchronous_commit": "on", "application_name": "gearmill"},
+                server_settings=_SETTINGS,
                 reset=_reset,
             )
         except _ERRORS as e:
@@ -138,9 +143,18 @@ class PostgreSQLStore:
             async with self._pool.acquire() as con:
                 await self._check(con)
                 await self._migrate(con)
+            self._writer = await self._connect()
         except BaseException:
             await self.close()
             raise
+
+    async def _connect(self) -> Any:
+        try:
+            return await asyncpg.connect(
+                self._dsn, timeout=self._timeout, server_settings=_SETTINGS
+            )
+        except _ERRORS as e:
+            raise self._error(e, "connecting") from None
 
     async def _check(self, con: Any) -> None:
         sync = await con.fetchval("SHOW synchronous_commit")
@@ -179,6 +193,12 @@ class PostgreSQLStore:
             raise self._error(e, "creating the schema") from None
 
     async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                await writer.close(timeout=self._timeout)
+            except _ERRORS:
+                writer.terminate()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -196,19 +216,34 @@ class PostgreSQLStore:
             check_job(job)
         if not add and not remove:
             return
+        self._p()  # open
+        con = self._writer
         try:
-            async with self._p().acquire() as con:
-                # One statement is a transaction by itself: a round trip less than BEGIN/COMMIT.
-                if add and remove:
-                    async with con.transaction():
-                        await self._commit(con, add, remove)
-                else:
+            if con is None or con.is_closed():
+                self._writer = None
+                con = self._writer = await self._connect()
+            # One statement is a transaction by itself: a round trip less than BEGIN/COMMIT.
+            if add and remove:
+                async with con.transaction():
                     await self._commit(con, add, remove)
+            else:
+                await self._commit(con, add, remove)
         except _ERRORS as e:
+            self._drop_writer()
             raise self._error(e, "commit failed") from None
+        except BaseException:  # cancelled (the writer's timeout) mid-statement
+            self._drop_writer()
+            raise
         if self.fences:
             for key in remove:
                 self.fences.pop(key, None)
+
+    def _drop_writer(self) -> None:
+        """A commit failed or was cut off: its connection may be mid-statement or gone;
+        the next commit connects again (as the pool would)."""
+        con, self._writer = self._writer, None
+        if con is not None:
+            con.terminate()
 
     async def _commit(self, con: Any, add: Sequence[StoredJob], remove: Sequence[Key]) -> None:
         owner = self.owner
