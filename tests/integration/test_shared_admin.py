@@ -29,7 +29,7 @@ JOB_ASSIGN, SUBMIT_JOB_BG = 11, 18
 
 
 @pytest.fixture(params=["postgresql", "redis"], name="common_store")
-def shared_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def common_store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
 
 

@@ -34,6 +34,7 @@ from ._sql import (
     check_table,
     dead_of,
     dead_row,
+    job_row,
     schedule_of,
     schedule_row,
 )
@@ -219,10 +220,7 @@ class MySQLStore(SingleServer):
             async with con.cursor() as cur:
                 if remove:
                     await self._delete(cur, "gearmill_jobs", remove)
-                rows = [
-                    (j.function, j.unique, j.data, j.priority, j.when, j.reducer, j.attempts, now)
-                    for j in add
-                ]
+                rows = [(*job_row(j), now) for j in add]
                 if len(rows) == 1:  # a lone job: executemany's rewriting costs it ~9 us
                     await cur.execute(_INSERT, rows[0])
                 elif rows:

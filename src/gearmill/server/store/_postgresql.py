@@ -32,6 +32,7 @@ from ._sql import (
     check_table,
     dead_of,
     dead_row,
+    job_row,
     schedule_of,
     schedule_row,
 )
@@ -262,18 +263,7 @@ class PostgreSQLStore:
             await con.execute(_DELETE, [k[0] for k in remove], [k[1] for k in remove])
         if len(add) == 1:
             j = add[0]
-            await con.execute(
-                _INSERT_ONE,
-                j.function,
-                j.unique,
-                j.data,
-                j.priority,
-                j.when,
-                j.reducer,
-                j.attempts,
-                int(time.time()),
-                owner,
-            )
+            await con.execute(_INSERT_ONE, *job_row(j), int(time.time()), owner)
         elif add:
             await con.execute(
                 _INSERT,

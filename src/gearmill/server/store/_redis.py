@@ -68,6 +68,19 @@ local function bulk(cmd, key, t)
     redis.call(cmd, key, unpack(t, s, math.min(s + 3999, #t)))
   end
 end
+-- ARGV[from..to] as framed pairs (struct format fmt, two fields a job): two tables
+local function unframe(from, to, fmt)
+  local a, b, n = {}, {}, 0
+  for i = from, to do
+    local blob = ARGV[i]
+    local pos, size = 1, #blob
+    while pos <= size do
+      n = n + 1
+      a[n], b[n], pos = struct.unpack(fmt, blob, pos)
+    end
+  end
+  return a, b, n
+end
 local function gather(cmd, key, t)
   local out = {}
   for s = 1, #t, 4000 do
@@ -87,16 +100,7 @@ local first = 4 + tonumber(ARGV[3])
 if first > 4 then
   -- the removes, a few to an argument: per job its field after its length, and the
   -- fence its remover knows (4 bytes each)
-  local fields, fences = {}, {}
-  local n = 0
-  for a = 4, first - 1 do
-    local blob = ARGV[a]
-    local pos, size = 1, #blob
-    while pos <= size do
-      n = n + 1
-      fields[n], fences[n], pos = struct.unpack('>I4c0I4', blob, pos)
-    end
-  end
+  local fields, fences, n = unframe(4, first - 1, '>I4c0I4')
   local held = gather('HMGET', leases, fields)
   local gone, own, fenced = {}, {}, {}
   for k = 1, n do
@@ -132,16 +136,7 @@ end
 if first > #ARGV then return 0 end
 -- the adds, a few to an argument: per job its field and its packed form, each after
 -- its length (4 bytes)
-local fields, values = {}, {}
-local k = 0
-for a = first, #ARGV do
-  local blob = ARGV[a]
-  local pos, size = 1, #blob
-  while pos <= size do
-    k = k + 1
-    fields[k], values[k], pos = struct.unpack('>I4c0I4c0', blob, pos)
-  end
-end
+local fields, values = unframe(first, #ARGV, '>I4c0I4c0')
 local there = gather('HMGET', jobs, fields)
 local seq = tonumber(redis.call('GET', seqkey) or '0')
 local hs, zs, ss, seen = {}, {}, {}, {}

@@ -190,19 +190,16 @@ DEAD_COLUMNS = (
 )
 
 
+JobRow = tuple[bytes, bytes, bytes, int, int, bytes, int]
+
+
+def job_row(j: StoredJob) -> JobRow:
+    """A job's columns, in the order every table lists them (function ... attempts)."""
+    return (j.function, j.unique, j.data, j.priority, j.when, j.reducer, j.attempts)
+
+
 def dead_row(dead: DeadLetter) -> tuple[bytes, bytes, bytes, int, int, bytes, int, str, int]:
-    j = dead.job
-    return (
-        j.function,
-        j.unique,
-        j.data,
-        j.priority,
-        j.when,
-        j.reducer,
-        j.attempts,
-        dead.error,
-        dead.failed_at,
-    )
+    return (*job_row(dead.job), dead.error, dead.failed_at)
 
 
 def dead_of(r: Any) -> tuple[int, DeadLetter]:

@@ -36,6 +36,7 @@ from ._sql import (
     check_table,
     dead_of,
     dead_row,
+    job_row,
     schedule_of,
     schedule_row,
 )
@@ -228,19 +229,7 @@ class SQLiteStore(SingleServer):
             if add:
                 db.executemany(
                     _INSERT,
-                    (
-                        (
-                            j.function,
-                            j.unique,
-                            j.data,
-                            j.priority,
-                            j.when,
-                            j.reducer,
-                            j.attempts,
-                            now,
-                        )
-                        for j in add
-                    ),
+                    ((*job_row(j), now) for j in add),
                 )
             db.execute("COMMIT")
         except BaseException:
