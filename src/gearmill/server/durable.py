@@ -45,7 +45,7 @@ from .journal import Entry, JobAccepted, JobFinished
 from .model import QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
-from .store import Key, Store, StoredJob, StoreError, hide_password, open_store
+from .store import Key, Lane, Store, StoredJob, StoreError, hide_password, open_store
 
 log = logging.getLogger("gearmill.store")
 # replay counts and a store coming back: logged at every --verbose level (as app.py's)
@@ -140,6 +140,9 @@ class Durable:
         self._removes_at = 0.0  # when the last commit of removes only began
         self.gathering = False  # waiting for more removes: only adds or held wake it
         self._closing = False
+        # the lone job the store's lane is committing (key, stored, job, held peers)
+        self._lone: tuple[Key, StoredJob, Job, list[Peer]] | None = None
+        self._lone_idle: asyncio.Future[None] | None = None  # close() waits on it
         self.replay_peer = Peer(-1, "replay", True, _Discard())
         self.replayed = 0
 
@@ -156,7 +159,11 @@ class Durable:
         timer for all commits: a timeout armed and cancelled per commit cost a lone job
         about 5 us of its latency."""
         began = self._began
-        if began and time.monotonic() - began > COMMIT_TIMEOUT and self._task is not None:
+        lane = self.store.lane
+        if began and time.monotonic() - began > COMMIT_TIMEOUT and self._lone is not None:
+            if lane is not None:
+                lane.abort(f"no answer in {COMMIT_TIMEOUT:.0f} s")
+        elif began and time.monotonic() - began > COMMIT_TIMEOUT and self._task is not None:
             # the task is suspended in the commit (_began is set and cleared around it
             # with no other await between), so that is where the cancellation lands
             self._timed_out = True
@@ -242,7 +249,60 @@ class Durable:
         elif held or self.adds or self.removes:
             self.held += held
             if not self.busy and (not self.gathering or held or self.adds):
-                self._wake.set()
+                self._next()
+
+    def _next(self) -> None:
+        """Start the next commit: a lone new job through the store's lane, where it has
+        one (written now, released from the store's answer), anything else by the
+        writer task."""
+        lane = self.store.lane
+        if (
+            lane is not None
+            and len(self.adds) == 1
+            and not self.removes
+            and not self.spill
+            and not self.broker.stored
+            and not self._closing
+            and lane.ready()
+        ):
+            self._send_lone(lane)
+        else:
+            self._wake.set()
+
+    def _send_lone(self, lane: Lane) -> None:
+        ((key, stored),) = self.adds.items()
+        self._lone = (key, stored, self.add_jobs[key], self.held)
+        self.adds, self.add_jobs, self.held = {}, {}, []
+        self.busy = True
+        self._began = time.monotonic()
+        lane.send(stored, self._lone_done)
+
+    def _lone_done(self, why: str | None) -> None:
+        """The lane's answer: release the held replies (or refuse the job as a failed
+        group is), then start whatever came meanwhile."""
+        lone, self._lone = self._lone, None
+        if lone is None:  # a late call after abort(); the lane promises none
+            return
+        key, stored, job, held = lone
+        began = self._began
+        self.busy = False
+        self._began = 0.0
+        if self._lone_idle is not None and not self._lone_idle.done():
+            self._lone_idle.set_result(None)
+        if why is not None:
+            self._fail(why, {key: stored}, {key: job}, {}, held)
+            self._wake.set()  # the writer task recovers (self.down is set)
+            return
+        self.commits += 1
+        self.committed_jobs += 1
+        if self.observe is not None:
+            self.observe(time.monotonic() - began, 1)
+        release = self.broker.release
+        for peer in held:
+            release(peer)
+        self._flush()
+        if self.adds or self.removes or self.held:
+            self._next()
 
     def _refuse(self, jobs: list[Job], held: list[Peer]) -> None:
         """Answer QUEUE_ERROR instead of the held JOB_CREATEDs of ``jobs`` (and of
@@ -269,8 +329,12 @@ class Durable:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.down is not None and not self._closing:  # the lane's commit failed
+                await self._recover()
             paged = True  # the last page-in moved on (else wait for the next event)
             while self.adds or self.removes or self.held or (paged and self._low()):
+                if self.busy:  # the lane's commit: its answer wakes us again
+                    break
                 if self.removes and not (self.adds or self.held or self._closing):
                     await self._gather()
                 adds, add_jobs, removes, held = self.adds, self.add_jobs, self.removes, self.held
@@ -299,20 +363,7 @@ class Durable:
                     self.busy = False
                     self._began = 0.0
                 if why is not None:
-                    # the removes are still owed; the adds and what came meanwhile are
-                    # refused, and the group's adds removed once the store is back: a
-                    # commit cut off after the store made it durable must not run a job
-                    # its client was told was refused
-                    removes.update(self.removes)
-                    removes.update(dict.fromkeys(adds))
-                    self.removes = removes
-                    self._went_down(why)
-                    jobs = list(add_jobs.values()) + list(self.add_jobs.values())
-                    later = self.held
-                    self.adds, self.add_jobs, self.held = {}, {}, []
-                    self.spill, self.pending_spill = {}, {}
-                    self._refuse(jobs, held + later)
-                    self._flush()
+                    self._fail(why, adds, add_jobs, removes, held)
                     await self._recover()
                     if self._closing:
                         return
@@ -331,6 +382,29 @@ class Durable:
                     paged = await self._page_in()
             if self._closing:
                 return
+
+    def _fail(
+        self,
+        why: str,
+        adds: dict[Key, StoredJob],
+        add_jobs: dict[Key, Job],
+        removes: dict[Key, None],
+        held: list[Peer],
+    ) -> None:
+        """A group's commit failed: the store counts as down until `_recover`."""
+        # the removes are still owed; the adds and what came meanwhile are refused, and
+        # the group's adds removed once the store is back: a commit cut off after the
+        # store made it durable must not run a job its client was told was refused
+        removes.update(self.removes)
+        removes.update(dict.fromkeys(adds))
+        self.removes = removes
+        self._went_down(why)
+        jobs = list(add_jobs.values()) + list(self.add_jobs.values())
+        later = self.held
+        self.adds, self.add_jobs, self.held = {}, {}, []
+        self.spill, self.pending_spill = {}, {}
+        self._refuse(jobs, held + later)
+        self._flush()
 
     async def _gather(self) -> None:
         """Before a commit of removes only: wait until REMOVES_EVERY has passed since the
@@ -680,6 +754,12 @@ class Durable:
         """Commit what is owed (removes of finished jobs), await ``last`` (a shared store's
         goodbye), then close the store."""
         self._closing = True
+        if self._lone is not None:  # the lane's commit in flight: its answer first
+            self._lone_idle = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._lone_idle), timeout)
+            except TimeoutError:
+                pass
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

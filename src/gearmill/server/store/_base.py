@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -74,6 +74,7 @@ class SingleServer:
     url: str
     shared = False
     owner: str | None = None
+    lane: Lane | None = None  # these stores commit through `commit` alone
 
     def _single(self) -> StoreError:
         return StoreError(
@@ -111,6 +112,33 @@ class SingleServer:
         raise self._single()
 
 
+class Lane(Protocol):
+    """A store's own connection for a job committed alone: what a client that submits
+    one job at a time waits for. The commit is written in the loop turn the job arrived
+    in, and its answer calls back from the connection's data_received: no task switch,
+    no future, no driver layers (server/durable.py, `Durable._send_lone`). Groups, and
+    everything else, go through `Store.commit`.
+
+    The store connects it in `open` (a lane that cannot connect leaves `ready` False;
+    `commit` goes on alone), connects it again after a failure from its own `commit`
+    (so a store that came back gets its lane back), and closes it in `close`.
+    """
+
+    def ready(self) -> bool:
+        """Connected, and no commit of its own in flight: `send` may be called now."""
+
+    def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
+        """Write the commit of one new job, exactly as `Store.commit([job], [])` would
+        (nothing changes when its key is stored; leased to the store's `owner`), and
+        return at once. Later, exactly once: ``done(None)`` when the store made it
+        durable, or ``done(why)`` (one line, no password) when the store refused it or
+        the connection broke; then `ready` stays False until the store reconnects."""
+
+    def abort(self, why: str) -> None:
+        """The commit in flight took too long: drop the connection and call
+        ``done(why)`` now (no later call)."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """A durable queue of background jobs.
@@ -126,6 +154,10 @@ class Store(Protocol):
     # set by the server sharing the store (server/cluster.py): added jobs are stored as
     # this owner's, and removes are fenced (see `commit`); None: one server, no leases
     owner: str | None
+
+    @property
+    def lane(self) -> Lane | None:
+        """The fast path for a lone job, where the store has one (see Lane)."""
 
     async def open(self) -> None:
         """Connect, check the durability settings, create or migrate the schema."""

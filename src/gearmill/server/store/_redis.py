@@ -32,6 +32,7 @@ from ._base import (
     PRIORITY_NORMAL,
     DeadLetter,
     Key,
+    Lane,
     StoredJob,
     StoredSchedule,
     StoreError,
@@ -345,6 +346,7 @@ def split_prefix(raw_url: str) -> tuple[str, str]:
 class RedisStore:
     durable = True
     shared = True
+    lane: Lane | None = None
 
     def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
