@@ -227,7 +227,7 @@ class PostgreSQLLane(asyncio.Protocol):
             for k, v in (
                 ("user", user),
                 ("database", database),
-                ("application_name", "gearmill"),
+                ("application_name", "gearmill-lone"),  # tells it apart in pg_stat_activity
                 ("synchronous_commit", "on"),
             )
         )
