@@ -8,9 +8,11 @@ job at a time waits longer than gearmand's. The statement is the store's own
 (`_INSERT_ONE`), prepared once per connection; every value goes in binary.
 
 It connects only as asyncpg would, and never to less: trust, password, md5 and
-SCRAM-SHA-256 authentication; a server that answers the SSL request with yes (or a URL
-asking for what it does not do: other sslmodes, certificates, several hosts) leaves
-the lane off and every commit goes through asyncpg, with one INFO line saying why.
+SCRAM-SHA-256 authentication; TLS when the server offers it under sslmode prefer (the
+default; unverified, as asyncpg and libpq do for prefer). A URL asking for what it
+does not do (sslmode require or stricter, certificates, several hosts, a password kept
+in .pgpass) leaves the lane off and every commit goes through asyncpg, with one INFO
+line saying why.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -53,9 +56,9 @@ class Unsupported(Exception):
     """The URL asks for a connection this lane does not make."""
 
 
-def lane_target(dsn: str) -> tuple[str, int, str, str | None, str]:
-    """(host or socket folder, port, user, password, database) the way asyncpg reads a
-    postgresql:// URL and the PG* environment; Unsupported for anything beyond."""
+def lane_target(dsn: str) -> tuple[str, int, str, str | None, str, str]:
+    """(host or socket folder, port, user, password, database, sslmode) the way asyncpg
+    reads a postgresql:// URL and the PG* environment; Unsupported for anything beyond."""
     u = urlsplit(dsn)
     query = dict(parse_qsl(u.query))
     sslmode = query.pop("sslmode", os.environ.get("PGSSLMODE", ""))
@@ -74,7 +77,7 @@ def lane_target(dsn: str) -> tuple[str, int, str, str | None, str]:
     database = unquote(database) or os.environ.get("PGDATABASE", "") or user
     if not host:
         host = "/run/postgresql" if os.path.isdir("/run/postgresql") else "localhost"
-    return host, int(port_s or 5432), user, password, database
+    return host, int(port_s or 5432), user, password, database, sslmode or "prefer"
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
@@ -253,8 +256,8 @@ class PostgreSQLLane(asyncio.Protocol):
             code = _I32.unpack_from(body)[0]
             if code == 0:
                 break
-            if password is None:
-                raise ConnectionError("the server asks for a password and none is given")
+            if password is None:  # e.g. in a .pgpass file, which asyncpg reads
+                raise Unsupported("the server asks for a password the URL does not give")
             if code == 3:
                 self._transport.write(_message(b"p", _cstr(password)))
             elif code == 5:
@@ -264,7 +267,7 @@ class PostgreSQLLane(asyncio.Protocol):
             elif code == 10 and b"SCRAM-SHA-256\0" in body[4:]:
                 await self._scram(password)
             else:
-                raise ConnectionError(f"authentication method {code} is not supported here")
+                raise Unsupported(f"the server asks for authentication method {code}")
         await self._until_ready()
         parse = _cstr(_NAME) + _cstr(self._insert) + struct.pack("!h", len(_TYPES))
         parse += b"".join(_I32.pack(t) for t in _TYPES)
@@ -320,7 +323,7 @@ async def connect_lane(
     dsn: str, insert: str, unique: str, owner: Callable[[], str | None], timeout: float
 ) -> PostgreSQLLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
-    host, port, user, password, database = lane_target(dsn)
+    host, port, user, password, database, sslmode = lane_target(dsn)
     loop = asyncio.get_running_loop()
     lane = PostgreSQLLane(insert, unique, owner)
 
@@ -330,10 +333,17 @@ async def connect_lane(
         else:
             await loop.create_connection(lambda: lane, host, port)
             assert lane._transport is not None
-            lane._byte = loop.create_future()
-            lane._transport.write(_SSL_REQUEST)
-            if await lane._byte == b"S":
-                raise Unsupported("the server offers TLS")
+            if sslmode == "prefer":  # as asyncpg (and libpq): TLS when the server has it
+                lane._byte = loop.create_future()
+                lane._transport.write(_SSL_REQUEST)
+                if await lane._byte == b"S":
+                    # prefer verifies nothing (asyncpg's context for it does the same)
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    tls = await loop.start_tls(lane._transport, lane, context)
+                    assert tls is not None
+                    lane._transport = tls
         await lane.start(user, password, database)
 
     try:
