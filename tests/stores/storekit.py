@@ -234,9 +234,9 @@ class PrivatePostgres:
             **self._as_postgres(),  # type: ignore[call-overload]
         )
         if tls:
+            req = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
             subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-                + ["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.crt"],
+                [*req, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.crt"],
                 cwd=self.data,
                 check=True,
                 capture_output=True,
