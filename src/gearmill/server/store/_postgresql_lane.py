@@ -50,6 +50,16 @@ _P2 = struct.Struct("!ih")
 _P4 = struct.Struct("!ii")
 _P8 = struct.Struct("!iq")
 _SSLMODES = {"", "disable", "allow", "prefer"}
+# Bind's fixed pieces: portal "", the statement, one format code for all (binary), 9 values
+_BIND_HEAD = b"\0" + _NAME + b"\0\0\x01\0\x01\0\x09"
+_PRIORITIES = [_P2.pack(2, p) for p in (0, 1, 2)]
+_WHEN_NOW = _P8.pack(8, 0)
+_NO_ATTEMPTS = _P4.pack(4, 0)
+# after the owner: results in binary (there are none), then Execute (all rows) and Sync
+_TAIL = b"\0\x01\0\x01" + b"E\0\0\0\x09\0\0\0\0\0" + b"S\0\0\0\x04"
+# Bind's length without the variable parts: itself, the head, the four length words of
+# unique, data, reducer and the result formats, priority, when, attempts, created
+_BIND_FIXED = 4 + len(_BIND_HEAD) + 4 * 4 + 6 + 12 + 8 + 12
 
 
 class Unsupported(Exception):
@@ -114,6 +124,12 @@ class PostgreSQLLane(asyncio.Protocol):
         self._inbox: list[bytes] | None = []
         self._setup: asyncio.Future[None] | None = None
         self._byte: asyncio.Future[bytes] | None = None  # the answer to the SSL request
+        # encoded once (see send)
+        self._functions: dict[bytes, bytes] = {}
+        self._now = 0
+        self._created = b""
+        self._tail_owner: str | None = ""  # never an owner: the first send encodes its own
+        self._tail = b""
         self._ready = False
 
     # ---------------------------------------------------------------- the lane
@@ -125,32 +141,50 @@ class PostgreSQLLane(asyncio.Protocol):
         return self._transport is None
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
-        owner = self._owner()
+        # One Bind (every value binary), Execute, Sync; what repeats from job to job (the
+        # function's field, the second's timestamp, the owner and the tail) is encoded once.
         f, u, d, r = job.function, job.unique, job.data, job.reducer
-        body = b"".join(
-            (
-                b"\0" + _NAME + b"\0\0\x01\0\x01\0\x09",  # portal, statement, 1 format: binary
-                _I32.pack(len(f)),
-                f,
-                _I32.pack(len(u)),
-                u,
-                _I32.pack(len(d)),
-                d,
-                _P2.pack(2, job.priority),
-                _P8.pack(8, job.when),
-                _I32.pack(len(r)),
-                r,
-                _P4.pack(4, job.attempts),
-                _P8.pack(8, int(time.time())),
-                b"\xff\xff\xff\xff" if owner is None else _I32.pack(len(owner)) + owner.encode(),
-                b"\0\x01\0\x01",  # results in binary (there are none)
-            )
-        )
+        field = self._functions.get(f)
+        if field is None:
+            if len(self._functions) >= 1024:
+                self._functions.clear()
+            field = self._functions[f] = _I32.pack(len(f)) + f
+        now = int(time.time())
+        if now != self._now:
+            self._now = now
+            self._created = _P8.pack(8, now)
+        owner = self._owner()
+        if owner != self._tail_owner:
+            self._tail_owner = owner
+            param = b"\xff\xff\xff\xff" if owner is None else _I32.pack(len(owner)) + owner.encode()
+            self._tail = param + _TAIL
+        tail = self._tail
+        when = _P8.pack(8, job.when) if job.when else _WHEN_NOW
+        attempts = _P4.pack(4, job.attempts) if job.attempts else _NO_ATTEMPTS
+        size = _BIND_FIXED + len(field) + len(u) + len(d) + len(r) + len(tail) - len(_TAIL)
         self._done = done
         self._error = None
         assert self._transport is not None
         self._transport.write(
-            b"".join((b"B", _I32.pack(len(body) + 4), body, b"E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"))
+            b"".join(
+                (
+                    b"B",
+                    _I32.pack(size),
+                    _BIND_HEAD,
+                    field,
+                    _I32.pack(len(u)),
+                    u,
+                    _I32.pack(len(d)),
+                    d,
+                    _PRIORITIES[job.priority],
+                    when,
+                    _I32.pack(len(r)) if r else b"\0\0\0\0",
+                    r,
+                    attempts,
+                    self._created,
+                    tail,
+                )
+            )
         )
 
     def abort(self, why: str) -> None:
