@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from ._base import (
     SCHEMA_VERSION,
