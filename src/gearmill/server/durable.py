@@ -8,7 +8,9 @@ them in one transaction and then releases the held JOB_CREATED replies.
 Group commit: while a commit runs, whatever arrives waits and goes in the next one;
 a lone job is committed at once (no timer). Removes hold no reply: a group of removes
 only waits until REMOVES_EVERY after the last one (a submission ends the wait), so a
-drain commits them in large groups. Foreground jobs are never written.
+drain commits them in large groups. Foreground jobs are never written. A lone new
+job with nothing else pending goes through the store's lane where it has one (see
+`Lane`): written in the loop turn it arrived in, released from the lane's answer.
 
 When the store fails (unreachable, full, refused), the jobs of the failed group and
 every background submission until it is back get ``ERROR QUEUE_ERROR`` instead of

@@ -65,6 +65,9 @@ _INSERT_ONE = (
     " attempts, created, lease_owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text)"
     " ON CONFLICT (function, unique_key) DO NOTHING"
 )
+# the lane's (_postgresql_lane.py): a duplicate key fails on _UNIQUE, taken as done
+_INSERT_LANE = _INSERT_ONE.removesuffix(" ON CONFLICT (function, unique_key) DO NOTHING")
+_UNIQUE = "gearmill_jobs_function_unique_key_key"  # UNIQUE (function, unique_key)'s name
 _DELETE_ONE = "DELETE FROM gearmill_jobs WHERE function = $1 AND unique_key = $2"
 _DELETE = (
     "DELETE FROM gearmill_jobs j USING unnest($1::bytea[], $2::bytea[]) AS k(f, u)"
@@ -165,7 +168,7 @@ class PostgreSQLStore:
         """The lone-job connection (_postgresql_lane.py); without it asyncpg commits all."""
         try:
             self._lane = await connect_lane(
-                self._dsn, _INSERT_ONE, lambda: self.owner, self._timeout
+                self._dsn, _INSERT_LANE, _UNIQUE, lambda: self.owner, self._timeout
             )
         except Unsupported as e:
             self._lane_off = True

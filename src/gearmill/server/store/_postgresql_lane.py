@@ -85,14 +85,23 @@ def _cstr(s: str | bytes) -> bytes:
     return (s.encode() if isinstance(s, str) else s) + b"\0"
 
 
+def _fields(body: bytes) -> dict[bytes, str]:
+    return {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+
+
 def _error_text(body: bytes) -> str:
-    fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+    fields = _fields(body)
     return fields.get(b"M", "error") + (f" ({fields[b'C']})" if b"C" in fields else "")
 
 
 class PostgreSQLLane(asyncio.Protocol):
-    def __init__(self, insert: str, owner: Callable[[], str | None]) -> None:
+    """`insert` is a plain INSERT: a key already stored fails it on `unique` (the
+    constraint's name), which the lane takes as done, nothing changed: what the store's
+    ON CONFLICT DO NOTHING does, without the speculative insertion it costs every job."""
+
+    def __init__(self, insert: str, unique: str, owner: Callable[[], str | None]) -> None:
         self._insert = insert
+        self._unique = unique
         self._owner = owner  # the store's owner, read at each send (set after open)
         self._transport: asyncio.Transport | None = None
         self._buf = b""
@@ -190,7 +199,9 @@ class PostgreSQLLane(asyncio.Protocol):
                 fut.set_result(None)
             return
         if kind == b"E":
-            self._error = _error_text(body)
+            fields = _fields(body)
+            if fields.get(b"C") != "23505" or fields.get(b"n") != self._unique:
+                self._error = _error_text(body)
         elif kind == b"Z":
             done, self._done = self._done, None
             if done is not None:
@@ -227,7 +238,7 @@ class PostgreSQLLane(asyncio.Protocol):
             for k, v in (
                 ("user", user),
                 ("database", database),
-                ("application_name", "gearmill"),
+                ("application_name", "gearmill-lone"),  # tells it apart in pg_stat_activity
                 ("synchronous_commit", "on"),
             )
         )
@@ -306,12 +317,12 @@ class PostgreSQLLane(asyncio.Protocol):
 
 
 async def connect_lane(
-    dsn: str, insert: str, owner: Callable[[], str | None], timeout: float
+    dsn: str, insert: str, unique: str, owner: Callable[[], str | None], timeout: float
 ) -> PostgreSQLLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
     host, port, user, password, database = lane_target(dsn)
     loop = asyncio.get_running_loop()
-    lane = PostgreSQLLane(insert, owner)
+    lane = PostgreSQLLane(insert, unique, owner)
 
     async def go() -> None:
         if host.startswith("/"):
