@@ -235,6 +235,9 @@ class RedisLane(asyncio.Protocol):
         if db:
             self._transport.write(_command("SELECT", db))
             await self._next()
+        # named in CLIENT LIST, as the PostgreSQL lane is in pg_stat_activity
+        self._transport.write(_command("CLIENT", "SETNAME", "gearmill-lone"))
+        await self._next()
         self._inbox = None
         self._ready = True
 
