@@ -110,6 +110,8 @@ class RedisLane(asyncio.Protocol):
         self._done: Callable[[str | None], None] | None = None
         self._tail = b""  # the commit in flight after its sha: sent again on NOSCRIPT
         self._n = 0  # and its count of arguments
+        self._head: Sequence[bytes | str | int] = ()
+        self._head_bytes = b""
         self._retried = False
         # while connecting: the replies not yet read, and the reader waiting for one
         self._inbox: list[bytes | int | ReplyError] | None = []
@@ -126,9 +128,13 @@ class RedisLane(asyncio.Protocol):
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
         args = self._args(job)
-        tail = b"%b%b" % (self._keys, b"".join(_bulk(a) for a in args))
-        self._tail = tail
-        self._n = self._count + len(args)
+        # all but the job's own (the last) are the same at each send: encoded once
+        head = args[:-1]
+        if head != self._head:
+            self._head = head
+            self._head_bytes = self._keys + b"".join([_bulk(a) for a in head])
+            self._n = self._count + len(args)
+        self._tail = tail = b"%b%b" % (self._head_bytes, _bulk(args[-1]))
         self._retried = False
         self._done = done
         assert self._transport is not None
