@@ -18,7 +18,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-HOT = [
+HOT = [  # the job path; durable.py for the store's edge a lone durable job crosses
     "src/gearmill/protocol/packets.py",
     "src/gearmill/protocol/codec.py",
     "src/gearmill/server/model.py",
@@ -29,6 +29,8 @@ HOT = [
     "src/gearmill/server/handlers.py",
     "src/gearmill/server/broker.py",
     "src/gearmill/server/stream.py",
+    "src/gearmill/server/sink.py",
+    "src/gearmill/server/durable.py",
 ]
 STAMP = "_compiled.json"
 

@@ -35,7 +35,9 @@ HOT_MODULES = (
     "gearmill.server.handlers",
     "gearmill.server.broker",
     "gearmill.server.stream",
-)
+    "gearmill.server.sink",
+    "gearmill.server.durable",
+)  # setup.py's HOT, as module names (tests/unit/test_accel.py checks they agree)
 _ROOT = Path(__file__).resolve().parent
 
 

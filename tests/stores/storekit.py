@@ -221,9 +221,10 @@ def _folder(prefix: str, owner: str) -> Path:
 class PrivatePostgres:
     """A PostgreSQL server of the test's own on a free loopback port (initdb'd in a
     folder of its own), that the test can SIGKILL (``kill``: every process at once, as a
-    crash would) and ``start`` again on the same port and data. ``close`` removes it."""
+    crash would) and ``start`` again on the same port and data. ``close`` removes it.
+    ``tls``: it offers TLS, with a self-signed certificate made for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         self.folder = _folder("gearmill-pg-", "postgres")
         self.data = self.folder / "data"
         subprocess.run(
@@ -232,6 +233,17 @@ class PrivatePostgres:
             capture_output=True,
             **self._as_postgres(),  # type: ignore[call-overload]
         )
+        if tls:
+            req = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            subprocess.run(
+                [*req, "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.crt"],
+                cwd=self.data,
+                check=True,
+                capture_output=True,
+                **self._as_postgres(),  # type: ignore[call-overload]
+            )
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write("ssl = on\n")
         self.port = free_port()
         self.url = f"postgresql://root@127.0.0.1:{self.port}/postgres"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
-from storekit import Backend, make_backend, redis_client, run
+from storekit import Backend, PrivatePostgres, make_backend, redis_client, run
 from test_contract import load_all
 
 from gearmill.server.store import Lane, Store, StoredJob
@@ -156,3 +157,31 @@ def test_a_url_the_lane_does_not_take_leaves_commits_to_the_driver(
 
     run(main())
     assert any("lone jobs commit through" in r.getMessage() for r in caplog.records)
+
+
+def test_the_postgresql_lane_takes_tls_when_the_server_offers_it() -> None:
+    """sslmode prefer (the default): asyncpg encrypts when the server has TLS, and so
+    must the lane, never a plain connection beside an encrypted one."""
+    pg = PrivatePostgres(tls=True)
+    try:
+        b = Backend("postgresql", pg.url, Path(pg.folder))
+
+        async def main() -> None:
+            store = b.store()
+            await store.open()
+            try:
+                lane = await ready_lane(store)
+                assert await send(lane, StoredJob(b"fn", b"t", b"over tls")) is None
+                assert [j.data for _, j in await load_all(store)] == [b"over tls"]
+                rows = await asyncio.to_thread(
+                    b.sql,
+                    "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+                    " WHERE a.application_name = 'gearmill-lone'",
+                )
+                assert [r[0] for r in rows] == [True]
+            finally:
+                await store.close()
+
+        run(main())
+    finally:
+        pg.close()

@@ -68,3 +68,20 @@ def test_build_without_stamp_is_not_used(tmp_path: Path) -> None:
     _copy_install(tmp_path)
     (tmp_path / "gearmill" / "_compiled.json").unlink()
     assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
+
+
+def test_the_build_and_the_loader_name_the_same_modules() -> None:
+    """setup.py compiles HOT; _accel trusts and, under GEARMILL_PURE, replaces exactly
+    those: a module in one list only would run compiled and stale, or never compiled."""
+    from gearmill._accel import HOT_MODULES
+
+    setup = Path(__file__).resolve().parents[2] / "setup.py"
+    if not setup.exists():
+        return  # an installed copy without its checkout: nothing to compare
+    namespace: dict[str, object] = {}
+    text = setup.read_text()
+    start = text.index("HOT = [")
+    exec(text[start : text.index("]", start) + 1], namespace)  # the list literal only
+    hot: list[str] = namespace["HOT"]  # type: ignore[assignment]
+    built = [".".join(Path(p).with_suffix("").parts[1:]) for p in hot]
+    assert sorted(built) == sorted(HOT_MODULES)

@@ -8,9 +8,11 @@ job at a time waits longer than gearmand's. The statement is the store's own
 (`_INSERT_ONE`), prepared once per connection; every value goes in binary.
 
 It connects only as asyncpg would, and never to less: trust, password, md5 and
-SCRAM-SHA-256 authentication; a server that answers the SSL request with yes (or a URL
-asking for what it does not do: other sslmodes, certificates, several hosts) leaves
-the lane off and every commit goes through asyncpg, with one INFO line saying why.
+SCRAM-SHA-256 authentication; TLS when the server offers it under sslmode prefer (the
+default; unverified, as asyncpg and libpq do for prefer). A URL asking for what it
+does not do (sslmode require or stricter, certificates, several hosts, a password kept
+in .pgpass) leaves the lane off and every commit goes through asyncpg, with one INFO
+line saying why.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -47,15 +50,25 @@ _P2 = struct.Struct("!ih")
 _P4 = struct.Struct("!ii")
 _P8 = struct.Struct("!iq")
 _SSLMODES = {"", "disable", "allow", "prefer"}
+# Bind's fixed pieces: portal "", the statement, one format code for all (binary), 9 values
+_BIND_HEAD = b"\0" + _NAME + b"\0\0\x01\0\x01\0\x09"
+_PRIORITIES = [_P2.pack(2, p) for p in (0, 1, 2)]
+_WHEN_NOW = _P8.pack(8, 0)
+_NO_ATTEMPTS = _P4.pack(4, 0)
+# after the owner: results in binary (there are none), then Execute (all rows) and Sync
+_TAIL = b"\0\x01\0\x01" + b"E\0\0\0\x09\0\0\0\0\0" + b"S\0\0\0\x04"
+# Bind's length without the variable parts: itself, the head, the four length words of
+# unique, data, reducer and the result formats, priority, when, attempts, created
+_BIND_FIXED = 4 + len(_BIND_HEAD) + 4 * 4 + 6 + 12 + 8 + 12
 
 
 class Unsupported(Exception):
     """The URL asks for a connection this lane does not make."""
 
 
-def lane_target(dsn: str) -> tuple[str, int, str, str | None, str]:
-    """(host or socket folder, port, user, password, database) the way asyncpg reads a
-    postgresql:// URL and the PG* environment; Unsupported for anything beyond."""
+def lane_target(dsn: str) -> tuple[str, int, str, str | None, str, str]:
+    """(host or socket folder, port, user, password, database, sslmode) the way asyncpg
+    reads a postgresql:// URL and the PG* environment; Unsupported for anything beyond."""
     u = urlsplit(dsn)
     query = dict(parse_qsl(u.query))
     sslmode = query.pop("sslmode", os.environ.get("PGSSLMODE", ""))
@@ -74,7 +87,7 @@ def lane_target(dsn: str) -> tuple[str, int, str, str | None, str]:
     database = unquote(database) or os.environ.get("PGDATABASE", "") or user
     if not host:
         host = "/run/postgresql" if os.path.isdir("/run/postgresql") else "localhost"
-    return host, int(port_s or 5432), user, password, database
+    return host, int(port_s or 5432), user, password, database, sslmode or "prefer"
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
@@ -111,6 +124,12 @@ class PostgreSQLLane(asyncio.Protocol):
         self._inbox: list[bytes] | None = []
         self._setup: asyncio.Future[None] | None = None
         self._byte: asyncio.Future[bytes] | None = None  # the answer to the SSL request
+        # encoded once (see send)
+        self._functions: dict[bytes, bytes] = {}
+        self._now = 0
+        self._created = b""
+        self._tail_owner: str | None = ""  # never an owner: the first send encodes its own
+        self._tail = b""
         self._ready = False
 
     # ---------------------------------------------------------------- the lane
@@ -122,32 +141,50 @@ class PostgreSQLLane(asyncio.Protocol):
         return self._transport is None
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
-        owner = self._owner()
+        # One Bind (every value binary), Execute, Sync; what repeats from job to job (the
+        # function's field, the second's timestamp, the owner and the tail) is encoded once.
         f, u, d, r = job.function, job.unique, job.data, job.reducer
-        body = b"".join(
-            (
-                b"\0" + _NAME + b"\0\0\x01\0\x01\0\x09",  # portal, statement, 1 format: binary
-                _I32.pack(len(f)),
-                f,
-                _I32.pack(len(u)),
-                u,
-                _I32.pack(len(d)),
-                d,
-                _P2.pack(2, job.priority),
-                _P8.pack(8, job.when),
-                _I32.pack(len(r)),
-                r,
-                _P4.pack(4, job.attempts),
-                _P8.pack(8, int(time.time())),
-                b"\xff\xff\xff\xff" if owner is None else _I32.pack(len(owner)) + owner.encode(),
-                b"\0\x01\0\x01",  # results in binary (there are none)
-            )
-        )
+        field = self._functions.get(f)
+        if field is None:
+            if len(self._functions) >= 1024:
+                self._functions.clear()
+            field = self._functions[f] = _I32.pack(len(f)) + f
+        now = int(time.time())
+        if now != self._now:
+            self._now = now
+            self._created = _P8.pack(8, now)
+        owner = self._owner()
+        if owner != self._tail_owner:
+            self._tail_owner = owner
+            param = b"\xff\xff\xff\xff" if owner is None else _I32.pack(len(owner)) + owner.encode()
+            self._tail = param + _TAIL
+        tail = self._tail
+        when = _P8.pack(8, job.when) if job.when else _WHEN_NOW
+        attempts = _P4.pack(4, job.attempts) if job.attempts else _NO_ATTEMPTS
+        size = _BIND_FIXED + len(field) + len(u) + len(d) + len(r) + len(tail) - len(_TAIL)
         self._done = done
         self._error = None
         assert self._transport is not None
         self._transport.write(
-            b"".join((b"B", _I32.pack(len(body) + 4), body, b"E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"))
+            b"".join(
+                (
+                    b"B",
+                    _I32.pack(size),
+                    _BIND_HEAD,
+                    field,
+                    _I32.pack(len(u)),
+                    u,
+                    _I32.pack(len(d)),
+                    d,
+                    _PRIORITIES[job.priority],
+                    when,
+                    _I32.pack(len(r)) if r else b"\0\0\0\0",
+                    r,
+                    attempts,
+                    self._created,
+                    tail,
+                )
+            )
         )
 
     def abort(self, why: str) -> None:
@@ -253,8 +290,8 @@ class PostgreSQLLane(asyncio.Protocol):
             code = _I32.unpack_from(body)[0]
             if code == 0:
                 break
-            if password is None:
-                raise ConnectionError("the server asks for a password and none is given")
+            if password is None:  # e.g. in a .pgpass file, which asyncpg reads
+                raise Unsupported("the server asks for a password the URL does not give")
             if code == 3:
                 self._transport.write(_message(b"p", _cstr(password)))
             elif code == 5:
@@ -264,7 +301,7 @@ class PostgreSQLLane(asyncio.Protocol):
             elif code == 10 and b"SCRAM-SHA-256\0" in body[4:]:
                 await self._scram(password)
             else:
-                raise ConnectionError(f"authentication method {code} is not supported here")
+                raise Unsupported(f"the server asks for authentication method {code}")
         await self._until_ready()
         parse = _cstr(_NAME) + _cstr(self._insert) + struct.pack("!h", len(_TYPES))
         parse += b"".join(_I32.pack(t) for t in _TYPES)
@@ -320,7 +357,7 @@ async def connect_lane(
     dsn: str, insert: str, unique: str, owner: Callable[[], str | None], timeout: float
 ) -> PostgreSQLLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
-    host, port, user, password, database = lane_target(dsn)
+    host, port, user, password, database, sslmode = lane_target(dsn)
     loop = asyncio.get_running_loop()
     lane = PostgreSQLLane(insert, unique, owner)
 
@@ -330,10 +367,17 @@ async def connect_lane(
         else:
             await loop.create_connection(lambda: lane, host, port)
             assert lane._transport is not None
-            lane._byte = loop.create_future()
-            lane._transport.write(_SSL_REQUEST)
-            if await lane._byte == b"S":
-                raise Unsupported("the server offers TLS")
+            if sslmode == "prefer":  # as asyncpg (and libpq): TLS when the server has it
+                lane._byte = loop.create_future()
+                lane._transport.write(_SSL_REQUEST)
+                if await lane._byte == b"S":
+                    # prefer verifies nothing (asyncpg's context for it does the same)
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    tls = await loop.start_tls(lane._transport, lane, context)
+                    assert tls is not None
+                    lane._transport = tls
         await lane.start(user, password, database)
 
     try:
