@@ -19,8 +19,10 @@ appendonly/appendfsync and warns loudly, naming the loss window, unless it is `a
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -46,6 +48,7 @@ from ._base import (
     unpack_job,
     unpack_schedule,
 )
+from ._redis_lane import RedisLane, Unsupported, connect_lane
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
 # The key layout's version (Redis's own: the SQL stores' schema is versioned apart).
@@ -162,6 +165,23 @@ redis.call('SET', seqkey, string.format('%d', seq))
 return seq
 """
 )
+# One new job and no removes (the lane's, _redis_lane.py): the commit script's keys and
+# arguments, and what it does for them, with less work: HSETNX instead of HMGET then
+# HSET, INCR instead of GET then SET, no tables. A Lua call costs Redis 35-45 us for
+# the commit script, 20-28 us for this one, measured (HMSET, gearmand's write: ~8 us).
+_LONE_ADD = """
+if #ARGV ~= 4 or ARGV[3] ~= '0' then return redis.error_reply('ERR one add, no removes') end
+local jobs, order, seqkey, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+local prefix, owner = ARGV[1], ARGV[2]
+local f, v, pos = struct.unpack('>I4c0I4c0', ARGV[4])
+if pos <= #ARGV[4] then return redis.error_reply('ERR one add, no removes') end
+if redis.call('HSETNX', jobs, f, v) == 0 then return 0 end
+local seq = string.format('%d', redis.call('INCR', seqkey))
+redis.call('ZADD', order, seq, f)
+redis.call('SADD', prefix .. 'own:' .. owner, f)
+redis.call('SADD', owners, owner)
+return 1
+"""
 
 # Heartbeats and claims, on Redis's own clock (milliseconds).
 _NOW = """
@@ -346,7 +366,6 @@ def split_prefix(raw_url: str) -> tuple[str, str]:
 class RedisStore:
     durable = True
     shared = True
-    lane: Lane | None = None
 
     def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
         self.url = url
@@ -366,7 +385,18 @@ class RedisStore:
         self._k_leases, self._k_owners, self._k_nodes = p + b"leases", p + b"owners", p + b"nodes"
         self._k_ticks = p + b"ticks"
         self._shas: dict[str, str] = {}
+        self._commit_keys = (
+            self._k_jobs,
+            self._k_order,
+            self._k_seq,
+            self._k_leases,
+            self._k_owners,
+        )
         self.owner: str | None = None
+        self._lane: RedisLane | None = None
+        self._lane_off = False  # the URL asks for what the lane does not do
+        self._lane_task: asyncio.Task[None] | None = None
+        self._lane_after = 0.0  # monotonic time before which no new lane is tried
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
@@ -400,9 +430,32 @@ class RedisStore:
             await self._check_aof()
             await self._migrate()
             await self._load_script()
+            await self._open_lane()
         except BaseException:
             await self.close()
             raise
+
+    @property
+    def lane(self) -> Lane | None:
+        return self._lane
+
+    async def _open_lane(self) -> None:
+        """The lone-job connection (_redis_lane.py); without it redis-py commits all."""
+        try:
+            self._lane = await connect_lane(
+                self._raw,
+                _LONE_ADD,
+                self._commit_keys,
+                lambda job: self._commit_args((job,), ()),
+                self._timeout,
+            )
+        except Unsupported as e:
+            self._lane_off = True
+            log.info("store %s: lone jobs commit through redis-py: %s", self.url, e)
+        except (OSError, ConnectionError, TimeoutError) as e:
+            log.info("store %s: the lone-job connection failed: %s", self.url, e)
+        finally:
+            self._lane_task = None
 
     async def _check_aof(self) -> None:
         r = self._c()
@@ -488,6 +541,11 @@ class RedisStore:
                 return
 
     async def close(self) -> None:
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            lane.close()
+        if self._lane_task is not None:
+            self._lane_task.cancel()
         await self._drop_writer()
         r, self._r = self._r, None
         if r is not None:
@@ -501,14 +559,8 @@ class RedisStore:
             check_job(job)
         if not add and not remove:
             return
-        fences = self.fences
-        removes = _frame_removes(remove, fences) if remove else []
-        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(removes), *removes]
-        if add:
-            args += _frames(add)
-        keys = (self._k_jobs, self._k_order, self._k_seq, self._k_leases, self._k_owners)
         try:
-            await self._commit(keys, args)
+            await self._commit(self._commit_keys, self._commit_args(add, remove))
         except _ERRORS as e:
             await self._drop_writer()
             # the idle pooled connections most likely broke with it (Redis restarted):
@@ -523,9 +575,31 @@ class RedisStore:
         except BaseException:  # cancelled (the writer's timeout) mid-command
             await self._drop_writer()
             raise
+        fences = self.fences
         if fences:
             for key in remove:
                 fences.pop(key, None)
+        lane = self._lane
+        if (
+            (lane is None or lane.broken())
+            and not self._lane_off
+            and self._lane_task is None
+            and self._r is not None
+            and time.monotonic() >= self._lane_after
+        ):
+            # the store answers again: so will a new lane (tried at most once a second)
+            self._lane_after = time.monotonic() + 1.0
+            self._lane_task = asyncio.get_running_loop().create_task(self._open_lane())
+
+    def _commit_args(
+        self, add: Sequence[StoredJob], remove: Sequence[Key]
+    ) -> list[bytes | int | str]:
+        """The commit script's arguments (after its keys), for `commit` and the lane."""
+        removes = _frame_removes(remove, self.fences) if remove else []
+        args: list[bytes | int | str] = [self.prefix, self.owner or "", len(removes), *removes]
+        if add:
+            args += _frames(add)
+        return args
 
     async def _commit(self, keys: Sequence[bytes], args: Sequence[Any]) -> None:
         con = self._writer
