@@ -37,6 +37,8 @@ HOT_MODULES = (
     "gearmill.server.stream",
     "gearmill.server.sink",
     "gearmill.server.durable",
+    "gearmill.server.store._postgresql_lane",
+    "gearmill.server.store._redis_lane",
 )  # setup.py's HOT, as module names (tests/unit/test_accel.py checks they agree)
 _ROOT = Path(__file__).resolve().parent
 
