@@ -15,8 +15,9 @@ from storekit import Backend, PrivatePostgres, make_backend, redis_client, run
 from test_contract import load_all
 
 from gearmill.server.store import Lane, Store, StoredJob
+from gearmill.server.store._mysql_lane import MySQLLane
 
-LANES = ["postgresql", "redis"]
+LANES = ["postgresql", "mysql", "redis"]
 
 
 @pytest.fixture(params=LANES, name="lanes")
@@ -60,6 +61,10 @@ async def kill_lane(b: Backend, store: Store) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'gearmill-lone' AND datname = current_database()",
         )
+    elif b.kind == "mysql":
+        lane = store.lane
+        assert isinstance(lane, MySQLLane)  # the server's id of its connection
+        await asyncio.to_thread(b.sql, f"KILL {lane.thread_id}")
     elif b.kind == "redis":
         # by its address: the shared Redis holds other tests' lanes, all named alike
         lane = store.lane
@@ -135,7 +140,11 @@ def test_a_broken_lane_is_reported_once_and_reconnected(lanes: Backend) -> None:
     run(main())
 
 
-UNHANDLED = {"postgresql": "target_session_attrs=any", "redis": "socket_keepalive=true"}
+UNHANDLED = {
+    "postgresql": "target_session_attrs=any",
+    "mysql": "connect_timeout=5",
+    "redis": "socket_keepalive=true",
+}
 
 
 def test_a_url_the_lane_does_not_take_leaves_commits_to_the_driver(
