@@ -462,8 +462,14 @@ static void *rt_client(void *arg) {
     sent[seq] = 1;
     size_t size = 0;
     gearman_return_t rc;
+    /* a unique id of our own: without one libgearman makes a time-based UUID whose
+     * per-thread state can give two threads the same id in the same microsecond, and a
+     * server then rightly coalesces the two jobs (one client gets the other's result:
+     * seen once in 22 runs of 20,000 jobs with 8 threads) */
+    char unique[24];
+    snprintf(unique, sizeof unique, "%ld", seq);
     double t = now();
-    void *r = gearman_client_do(c, func, NULL, p, opt.size, &size, &rc);
+    void *r = gearman_client_do(c, func, unique, p, opt.size, &size, &rc);
     double dt = now() - t;
     if (rc != GEARMAN_SUCCESS) {
       fail("client %d: job %ld failed: %s", cl->id, seq, gearman_client_error(c));

@@ -39,6 +39,7 @@ HOT_MODULES = (
     "gearmill.server.durable",
     "gearmill.server.store._postgresql_lane",
     "gearmill.server.store._redis_lane",
+    "gearmill.server.store._mysql_lane",
 )  # setup.py's HOT, as module names (tests/unit/test_accel.py checks they agree)
 _ROOT = Path(__file__).resolve().parent
 
