@@ -413,7 +413,8 @@ class Tally:
 
     def accepted(self, job: Job) -> None:
         job.at = self.now if self.fresh else self.tick()
-        s = self.stats(job.func)
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
         s.bytes_in += len(job.data)
         if job.background:
             s.bg_submitted += 1
@@ -422,7 +423,9 @@ class Tally:
 
     def result(self, job: Job, size: int) -> None:
         """A worker sent ``size`` bytes of result for ``job`` (data, warning, the end)."""
-        self.stats(job.func).bytes_out += size
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
+        s.bytes_out += size
 
     def started(self, job: Job) -> None:
         now = self.now if self.fresh else self.tick()
@@ -433,9 +436,13 @@ class Tally:
                 self.stats(job.func).wait.observe(now - at)
         job.at = now
 
-    def finished(self, job: Job, outcome: int) -> None:
+    def finished(self, job: Job, outcome: int, out: int = 0) -> None:
+        """``job`` ended; ``out``: bytes of result sent with the ending (WORK_COMPLETE)."""
         now = self.now if self.fresh else self.tick()
-        s = self.stats(job.func)
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
+        if out:
+            s.bytes_out += out
         kind = 1 if job.background else 0
         if outcome == COMPLETED:
             if kind:
