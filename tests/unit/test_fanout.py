@@ -143,4 +143,4 @@ def test_finished_jobs_are_remembered_on_a_bounded_ring_newest_first() -> None:
     for n in (extra + 1, MAX_FINISHED + extra):
         done = recorder.finished_job(b"H:t:%d" % n)
         assert done is not None and done.outcome == "completed"
-    assert len(recorder.tally.done_handles) == MAX_FINISHED  # the ring never grows
+    assert len(recorder.tally.done) == MAX_FINISHED  # the ring never grows

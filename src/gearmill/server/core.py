@@ -702,20 +702,17 @@ class Core:
         if job is None:
             self.reply(peer, ERR_RESULT_NOT_FOUND)
             return
-        journal = self.journal
-        if journal is not None:
-            tally = journal.tally  # metrics (--http): bytes out per function
-            if tally is not None:
-                tally.result(job, len(args[1]))
         if job.clients:
             if len(args[1]) < BIG_PIECE:
                 self._forward(job, packet2(_WORK_COMPLETE, args[0], args[1]))
             else:
                 self._forward_pieces(job, encode_pieces(PacketType.WORK_COMPLETE, *args))
-        self._finish(job, COMPLETED)
+        # the result's size goes to metrics with the ending (one call, not two)
+        self._finish(job, COMPLETED, len(args[1]))
 
-    def _finish(self, job: Job, outcome: int) -> None:
-        """A job ended (complete, fail, exception, retry limit, cancel, abandon): forget it."""
+    def _finish(self, job: Job, outcome: int, out: int = 0) -> None:
+        """A job ended (complete, fail, exception, retry limit, cancel, abandon): forget
+        it. ``out``: bytes of result sent with the ending (metrics count them)."""
         func = job.func
         if job.state == RUNNING:
             func.running -= 1
@@ -740,9 +737,9 @@ class Core:
             job.clients = ()
         if job.cancelled:
             outcome = CANCELLED
-        self._count(job, outcome)
+        self._count(job, outcome, out)
 
-    def _count(self, job: Job, outcome: int) -> None:
+    def _count(self, job: Job, outcome: int, out: int = 0) -> None:
         counters = self.counters
         if outcome == COMPLETED:
             counters.completed += 1
@@ -760,7 +757,7 @@ class Core:
         if journal is not None:
             tally = journal.tally
             if tally is not None:
-                tally.finished(job, outcome)
+                tally.finished(job, outcome, out)
             if journal.consumer is not None:
                 journal.finished(job, outcome)
 

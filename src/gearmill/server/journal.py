@@ -26,7 +26,7 @@ journal or not.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Protocol, cast
+from typing import Final, Protocol
 
 from .model import RUNNING, Function, Job, Peer
 
@@ -332,11 +332,10 @@ class Tallied:
         "fg_submitted",
         "rare",
         "run",
-        "tags",
         "wait",
     )
 
-    def __init__(self, name: bytes = b"") -> None:
+    def __init__(self) -> None:
         self.fg_submitted = 0
         self.bg_submitted = 0
         self.fg_completed = 0
@@ -348,16 +347,24 @@ class Tallied:
         self.rare = [0] * 16
         self.wait = Histogram()  # per-function histograms are opt-in
         self.run = Histogram()
-        # (name, outcome * 2 + kind) for each ending: what the finished-jobs ring
-        # keeps of a job, made once per function, not per job
-        # (typed object: compiled, a tuple[...] element would be unboxed on reading
-        # and boxed anew on appending, one new tuple per job)
-        self.tags: list[object] = [(name, code) for code in range(12)]
 
 
 # finished jobs remembered for /api/jobs/<handle>: the newest this many, on a ring
-# (an item store per job: no list growth, copying or trimming on the job path)
+# (field stores per job: no list growth, copying or trimming on the job path)
 MAX_FINISHED: Final = 20_000
+
+
+class Ended:
+    """One slot of the finished-jobs ring, made once and written over: plain
+    fields, so a job's end is four stores and its time is not boxed."""
+
+    __slots__ = ("at", "code", "function", "handle")
+
+    def __init__(self) -> None:
+        self.handle: bytes | None = None  # None: the ring has not come round to it
+        self.function = b""
+        self.code = 0  # outcome * 2 + kind (1: background)
+        self.at = 0.0  # the tally's clock
 
 
 class Tally:
@@ -366,36 +373,28 @@ class Tally:
     The clock is read once per batch, at its first job event (``fresh`` until
     the batch is drained); per job: a few integer additions, the job's ``at``
     (when it was queued or started) and two histogram observations. Finished
-    jobs are remembered on parallel rings (no object per job): handle,
-    function and ending, and when.
+    jobs are remembered on a ring of :class:`Ended` made at the start (no object
+    per job): handle, function and ending, and when.
     """
 
     def __init__(self, clock: Callable[[], float], function_histograms: bool = False) -> None:
-        # typed as returning an object: compiled, a float result would be unboxed at
-        # once, and boxed anew for ``stamp``
-        self.clock: Callable[[], object] = clock
+        self.clock = clock
         self.per_function = function_histograms
         self.fresh = False  # ``now`` was read in this batch
         self.now = 0.0
-        self.stamp: object = 0.0  # ``now``, boxed once for the lists below
         self.functions: dict[bytes, Tallied] = {}
         # the last function counted (batches are mostly one function's)
         self.last_func: Function | None = None
         self.last = Tallied()
         self.wait = Histogram()
         self.run = Histogram()
-        # finished jobs on rings of MAX_FINISHED, the next to overwrite at done_next:
-        # handle, (function, outcome * 2 + kind), when (None: not yet used)
-        self.done_handles: list[object] = [None] * MAX_FINISHED
-        self.done_tags: list[object] = [None] * MAX_FINISHED  # Tallied.tags' tuples
-        self.done_at: list[object] = [None] * MAX_FINISHED
+        # finished jobs, the next to write over at done_next
+        self.done = [Ended() for _ in range(MAX_FINISHED)]
         self.done_next = 0
 
     def tick(self) -> float:
         """Read the clock: the batch's first job event (callers test ``fresh``)."""
-        stamp: object = self.clock()
-        now = cast(float, stamp)  # unboxed once; the clock's own float is kept, not a copy
-        self.stamp = stamp
+        now = self.clock()
         self.now = now
         self.fresh = True
         return now
@@ -406,14 +405,15 @@ class Tally:
         name = func.name
         s = self.functions.get(name)
         if s is None:
-            s = self.functions[name] = Tallied(name)
+            s = self.functions[name] = Tallied()
         self.last_func = func
         self.last = s
         return s
 
     def accepted(self, job: Job) -> None:
         job.at = self.now if self.fresh else self.tick()
-        s = self.stats(job.func)
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
         s.bytes_in += len(job.data)
         if job.background:
             s.bg_submitted += 1
@@ -422,7 +422,9 @@ class Tally:
 
     def result(self, job: Job, size: int) -> None:
         """A worker sent ``size`` bytes of result for ``job`` (data, warning, the end)."""
-        self.stats(job.func).bytes_out += size
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
+        s.bytes_out += size
 
     def started(self, job: Job) -> None:
         now = self.now if self.fresh else self.tick()
@@ -433,9 +435,13 @@ class Tally:
                 self.stats(job.func).wait.observe(now - at)
         job.at = now
 
-    def finished(self, job: Job, outcome: int) -> None:
+    def finished(self, job: Job, outcome: int, out: int = 0) -> None:
+        """``job`` ended; ``out``: bytes of result sent with the ending (WORK_COMPLETE)."""
         now = self.now if self.fresh else self.tick()
-        s = self.stats(job.func)
+        func = job.func
+        s = self.last if func is self.last_func else self.stats(func)
+        if out:
+            s.bytes_out += out
         kind = 1 if job.background else 0
         if outcome == COMPLETED:
             if kind:
@@ -451,9 +457,11 @@ class Tally:
             if self.per_function:
                 s.run.observe(now - at)
         i = self.done_next
-        self.done_handles[i] = job.handle
-        self.done_tags[i] = s.tags[outcome * 2 + kind]
-        self.done_at[i] = self.stamp
+        ended = self.done[i]
+        ended.handle = job.handle
+        ended.function = func.name
+        ended.code = outcome * 2 + kind
+        ended.at = now
         i += 1
         self.done_next = 0 if i == MAX_FINISHED else i
 

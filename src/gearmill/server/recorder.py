@@ -137,21 +137,16 @@ class Recorder:
         """A job that ended within ``keep_finished`` seconds, if it is remembered."""
         t = self.tally
         oldest = self.clock() - self.keep_finished
-        handles = t.done_handles
-        n = len(handles)
+        done = t.done
+        n = len(done)
         for back in range(1, n + 1):  # newest first
-            i = (t.done_next - back) % n
-            if handles[i] is None:
+            ended = done[(t.done_next - back) % n]
+            if ended.handle is None:
                 return None  # the ring has not come round yet: older ones are unused
-            if handles[i] == handle:
-                at = t.done_at[i]
-                assert isinstance(at, float)
-                if at < oldest:
+            if ended.handle == handle:
+                if ended.at < oldest:
                     return None
-                tag = t.done_tags[i]
-                assert isinstance(tag, tuple)
-                function, code = tag
-                return Finished(handle, function, code, at + self.offset)
+                return Finished(handle, ended.function, ended.code, ended.at + self.offset)
         return None
 
     def started_at(self, job: Job) -> float | None:
