@@ -66,6 +66,9 @@ COMMIT_TIMEOUT = 10.0  # a store that does not answer counts as gone
 # them in a few large groups, not as fast as the store answers (seconds)
 REMOVES_EVERY = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+# a lone job's data beyond this goes through the driver, not the lane: its commit takes
+# as long as its bytes do anyway, and the driver's checks of a store's limits apply
+LANE_MAX = 1 << 20
 
 
 def _original_unique(stored: bytes) -> bytes:
@@ -273,11 +276,21 @@ class Durable:
 
     def _send_lone(self, lane: Lane) -> None:
         ((key, stored),) = self.adds.items()
+        if len(stored.data) > LANE_MAX:
+            self._wake.set()
+            return
         self._lone = (key, stored, self.add_jobs[key], self.held)
         self.adds, self.add_jobs, self.held = {}, {}, []
         self.busy = True
         self._began = time.monotonic()
-        lane.send(stored, self._lone_done)
+        try:
+            lane.send(stored, self._lone_done)
+        except Exception as e:  # a bug or a value it cannot encode: the job is refused,
+            # as from a failed commit, and the writer goes on (never left busy)
+            why = f"the lone-job connection failed: {e or type(e).__name__}"
+            lane.abort(why)  # it may hold half a message: the store connects a new one
+            if self._lone is not None:
+                self._lone_done(why)
 
     def _lone_done(self, why: str | None) -> None:
         """The lane's answer: release the held replies (or refuse the job as a failed
