@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -137,6 +139,65 @@ class Lane(Protocol):
     def abort(self, why: str) -> None:
         """The commit in flight took too long: drop the connection and call
         ``done(why)`` now (no later call)."""
+
+
+class Unsupported(Exception):
+    """A store's URL or server asks for a connection its lane does not make (TLS it
+    cannot match, an authentication it lacks): the lane stays off for good."""
+
+
+class KeptLane(Lane, Protocol):
+    def broken(self) -> bool:
+        """Its connection is gone (a new lane is needed)."""
+
+    def close(self) -> None:
+        """Say goodbye and close the connection."""
+
+
+class LaneKeeper:
+    """A store's lane over its life, the same for every store that has one: connected
+    in the store's `open`, connected again after a good `commit` when it broke (the
+    store answers again; at most once a second), closed in `close`. A lane that cannot
+    be made for good (`Unsupported`) leaves every commit to the driver, said once."""
+
+    def __init__(self, url: str, driver: str, connect: Callable[[], Awaitable[KeptLane]]):
+        self._url = url
+        self._driver = driver
+        self._connect = connect
+        self.lane: KeptLane | None = None
+        self._off = False
+        self._task: asyncio.Task[None] | None = None
+        self._after = 0.0  # monotonic time before which no new lane is tried
+
+    async def open(self) -> None:
+        try:
+            self.lane = await self._connect()
+        except Unsupported as e:
+            self._off = True
+            log.info("store %s: lone jobs commit through %s: %s", self._url, self._driver, e)
+        except (OSError, ConnectionError, TimeoutError) as e:
+            log.info("store %s: the lone-job connection failed: %s", self._url, e)
+        finally:
+            self._task = None
+
+    def committed(self) -> None:
+        """The store took a commit: a broken lane is worth another try."""
+        lane = self.lane
+        if (
+            (lane is None or lane.broken())
+            and not self._off
+            and self._task is None
+            and time.monotonic() >= self._after
+        ):
+            self._after = time.monotonic() + 1.0
+            self._task = asyncio.get_running_loop().create_task(self.open())
+
+    def close(self) -> None:
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            lane.close()
+        if self._task is not None:
+            self._task.cancel()
 
 
 @runtime_checkable

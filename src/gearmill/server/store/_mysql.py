@@ -6,7 +6,6 @@ default); open checks it and warns loudly, naming the loss window, when it is no
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,8 @@ from ._base import (
     SCHEMA_VERSION,
     DeadLetter,
     Key,
+    Lane,
+    LaneKeeper,
     SingleServer,
     StoredJob,
     StoredSchedule,
@@ -27,7 +28,7 @@ from ._base import (
     check_schedule,
     log,
 )
-from ._mysql_lane import MySQLLane, Unsupported, connect_lane
+from ._mysql_lane import connect_lane
 from ._sql import (
     DEAD_COLUMNS,
     JOB_COLUMNS,
@@ -90,11 +91,22 @@ class MySQLStore(SingleServer):
         # lone job, a group of adds, a drain's removes) is one round trip instead of two
         # (the statement, then COMMIT); a larger one is wrapped in BEGIN ... COMMIT
         self._writer: Any = None
-        # the lone-job connection (_mysql_lane.py), read by server/durable.py as `lane`
-        self.lane: MySQLLane | None = None
-        self._lane_off = False  # the URL asks for what the lane does not do
-        self._lane_task: asyncio.Task[None] | None = None
-        self._lane_after = 0.0  # monotonic time before which no new lane is tried
+        # the lone-job connection (_mysql_lane.py); without it asyncmy commits all
+        self._keeper = LaneKeeper(
+            self.url,
+            "asyncmy",
+            lambda: connect_lane(
+                self._params,
+                self._query,
+                _INSERT,
+                lambda text: str(self._error(Exception(text), "commit failed")),
+                self._params["connect_timeout"],
+            ),
+        )
+
+    @property
+    def lane(self) -> Lane | None:  # type: ignore[override]
+        return self._keeper.lane
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
         text = str(e) or type(e).__name__
@@ -117,28 +129,10 @@ class MySQLStore(SingleServer):
                 await self._check(con)
                 await self._migrate(con)
             self._writer = await self._connect()
-            await self._open_lane()
+            await self._keeper.open()
         except BaseException:
             await self.close()
             raise
-
-    async def _open_lane(self) -> None:
-        """The lone-job connection; without it asyncmy commits all."""
-        try:
-            self.lane = await connect_lane(
-                self._params,
-                self._query,
-                _INSERT,
-                lambda text: str(self._error(Exception(text), "commit failed")),
-                self._params["connect_timeout"],
-            )
-        except Unsupported as e:
-            self._lane_off = True
-            log.info("store %s: lone jobs commit through asyncmy: %s", self.url, e)
-        except (OSError, ConnectionError, TimeoutError) as e:
-            log.info("store %s: the lone-job connection failed: %s", self.url, e)
-        finally:
-            self._lane_task = None
 
     async def _connect(self) -> Any:
         try:
@@ -210,11 +204,7 @@ class MySQLStore(SingleServer):
             raise self._error(e, "creating the schema") from None
 
     async def close(self) -> None:
-        lane, self.lane = self.lane, None
-        if lane is not None:
-            lane.close()
-        if self._lane_task is not None:
-            self._lane_task.cancel()
+        self._keeper.close()
         self._drop_writer()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -265,16 +255,7 @@ class MySQLStore(SingleServer):
         except BaseException:  # cancelled (the writer's timeout) mid-statement
             self._drop_writer()
             raise
-        lane = self.lane
-        if (
-            (lane is None or lane.broken())
-            and not self._lane_off
-            and self._lane_task is None
-            and time.monotonic() >= self._lane_after
-        ):
-            # the store answers again: so will a new lane (tried at most once a second)
-            self._lane_after = time.monotonic() + 1.0
-            self._lane_task = asyncio.get_running_loop().create_task(self._open_lane())
+        self._keeper.committed()
 
     def _drop_writer(self) -> None:
         """A commit failed or was cut off (its transaction, if any, is rolled back when

@@ -27,9 +27,10 @@ import hashlib
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from ._base import StoredJob
+from ._base import StoredJob, Unsupported
+from ._lane import LaneConnection
 
 # capabilities: LONG_PASSWORD (MySQL's meaning; MariaDB reads it as "no extended
 # capabilities"), LONG_FLAG, CONNECT_WITH_DB, PROTOCOL_41, TRANSACTIONS,
@@ -64,10 +65,6 @@ _U32 = struct.Struct("<I")  # a packet's header below 16 MiB: 3 bytes of length,
 _SHORT = [bytes((n,)) for n in range(251)]  # a length-encoded integer below 251
 _PRIORITY_NOW = [_BQ.pack(p, 0) for p in (0, 1, 2)]  # priority, when_to_run 0
 _H = struct.Struct("<H")
-
-
-class Unsupported(Exception):
-    """The URL or the server asks for a connection this lane does not make."""
 
 
 def _lenenc(n: int) -> bytes:
@@ -139,13 +136,12 @@ def lane_target(params: dict[str, Any], query: dict[str, str]) -> dict[str, Any]
     }
 
 
-class MySQLLane(asyncio.Protocol):
+class MySQLLane(LaneConnection):
     def __init__(self, insert: str, explain: Callable[[str], str]) -> None:
+        super().__init__()
         self._insert = insert.replace("%s", "?")
         self._explain = explain  # an error's text as the store's commit words it
-        self._transport: asyncio.Transport | None = None
         self._buf = b""
-        self._done: Callable[[str | None], None] | None = None
         self._head = b""  # COM_STMT_EXECUTE up to the parameters' values
         self._again = b""  # the same without the types, once the server has them
         # encoded once (see send)
@@ -155,17 +151,9 @@ class MySQLLane(asyncio.Protocol):
         # while connecting: the packets not yet read (sequence number, payload), and
         # the reader waiting for one
         self._inbox: list[tuple[int, bytes]] | None = []
-        self._setup: asyncio.Future[None] | None = None
-        self._ready = False
         self.thread_id = 0  # the server's id of this connection (KILL takes it)
 
     # ---------------------------------------------------------------- the lane
-
-    def ready(self) -> bool:
-        return self._ready and self._done is None
-
-    def broken(self) -> bool:
-        return self._transport is None
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
         # COM_STMT_EXECUTE, every value binary; what repeats from job to job (the
@@ -200,28 +188,7 @@ class MySQLLane(asyncio.Protocol):
             payload = b"".join((head, field, lu, u, ld, d, middle, reducer, last))
             self._transport.write(_packets(payload))
 
-    def abort(self, why: str) -> None:
-        self._fail(why)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _fail(self, why: str) -> None:
-        self._ready = False
-        done, self._done = self._done, None
-        if done is not None:
-            done(why)
-
     # ------------------------------------------------------------ the protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        fut = self._setup
-        if fut is not None and not fut.done():
-            fut.set_exception(ConnectionError("connection lost"))
-        self._fail(f"connection lost: {exc}" if exc else "connection lost")
 
     def data_received(self, data: bytes) -> None:
         # the usual answer: one OK packet (0, affected rows, insert id, status, warnings)

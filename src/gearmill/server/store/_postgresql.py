@@ -7,7 +7,6 @@ Deleted rows are reclaimed by PostgreSQL's autovacuum.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from ._base import (
     DeadLetter,
     Key,
     Lane,
+    LaneKeeper,
     StoredJob,
     StoredSchedule,
     StoreError,
@@ -26,7 +26,7 @@ from ._base import (
     check_schedule,
     log,
 )
-from ._postgresql_lane import PostgreSQLLane, Unsupported, connect_lane
+from ._postgresql_lane import connect_lane
 from ._sql import (
     DEAD_COLUMNS,
     JOB_COLUMNS,
@@ -123,10 +123,14 @@ class PostgreSQLStore:
         # timer, futures: 68 -> 27 us of CPU per commit, measured)
         self._writer: Any = None
         self.owner: str | None = None
-        self._lane: PostgreSQLLane | None = None
-        self._lane_off = False  # the URL asks for what the lane does not do
-        self._lane_task: asyncio.Task[None] | None = None
-        self._lane_after = 0.0  # monotonic time before which no new lane is tried
+        # the lone-job connection (_postgresql_lane.py); without it asyncpg commits all
+        self._keeper = LaneKeeper(
+            self.url,
+            "asyncpg",
+            lambda: connect_lane(
+                self._dsn, _INSERT_LANE, _UNIQUE, lambda: self.owner, self._timeout
+            ),
+        )
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
@@ -155,28 +159,14 @@ class PostgreSQLStore:
                 await self._check(con)
                 await self._migrate(con)
             self._writer = await self._connect()
-            await self._open_lane()
+            await self._keeper.open()
         except BaseException:
             await self.close()
             raise
 
     @property
     def lane(self) -> Lane | None:
-        return self._lane
-
-    async def _open_lane(self) -> None:
-        """The lone-job connection (_postgresql_lane.py); without it asyncpg commits all."""
-        try:
-            self._lane = await connect_lane(
-                self._dsn, _INSERT_LANE, _UNIQUE, lambda: self.owner, self._timeout
-            )
-        except Unsupported as e:
-            self._lane_off = True
-            log.info("store %s: lone jobs commit through asyncpg: %s", self.url, e)
-        except (OSError, ConnectionError, TimeoutError) as e:
-            log.info("store %s: the lone-job connection failed: %s", self.url, e)
-        finally:
-            self._lane_task = None
+        return self._keeper.lane
 
     async def _connect(self) -> Any:
         try:
@@ -223,11 +213,7 @@ class PostgreSQLStore:
             raise self._error(e, "creating the schema") from None
 
     async def close(self) -> None:
-        lane, self._lane = self._lane, None
-        if lane is not None:
-            lane.close()
-        if self._lane_task is not None:
-            self._lane_task.cancel()
+        self._keeper.close()
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -272,16 +258,7 @@ class PostgreSQLStore:
         if self.fences:
             for key in remove:
                 self.fences.pop(key, None)
-        lane = self._lane
-        if (
-            (lane is None or lane.broken())
-            and not self._lane_off
-            and self._lane_task is None
-            and time.monotonic() >= self._lane_after
-        ):
-            # the store answers again: so will a new lane (tried at most once a second)
-            self._lane_after = time.monotonic() + 1.0
-            self._lane_task = asyncio.get_running_loop().create_task(self._open_lane())
+        self._keeper.committed()
 
     def _drop_writer(self) -> None:
         """A commit failed or was cut off: its connection may be mid-statement or gone;

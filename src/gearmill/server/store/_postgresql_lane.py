@@ -28,10 +28,10 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ._base import StoredJob
+from ._base import StoredJob, Unsupported
+from ._lane import LaneConnection
 
 log = logging.getLogger("gearmill.store")
 
@@ -60,10 +60,6 @@ _TAIL = b"\0\x01\0\x01" + b"E\0\0\0\x09\0\0\0\0\0" + b"S\0\0\0\x04"
 # Bind's length without the variable parts: itself, the head, the four length words of
 # unique, data, reducer and the result formats, priority, when, attempts, created
 _BIND_FIXED = 4 + len(_BIND_HEAD) + 4 * 4 + 6 + 12 + 8 + 12
-
-
-class Unsupported(Exception):
-    """The URL asks for a connection this lane does not make."""
 
 
 def lane_target(dsn: str) -> tuple[str, int, str, str | None, str, str]:
@@ -107,22 +103,20 @@ def _error_text(body: bytes) -> str:
     return fields.get(b"M", "error") + (f" ({fields[b'C']})" if b"C" in fields else "")
 
 
-class PostgreSQLLane(asyncio.Protocol):
+class PostgreSQLLane(LaneConnection):
     """`insert` is a plain INSERT: a key already stored fails it on `unique` (the
     constraint's name), which the lane takes as done, nothing changed: what the store's
     ON CONFLICT DO NOTHING does, without the speculative insertion it costs every job."""
 
     def __init__(self, insert: str, unique: str, owner: Callable[[], str | None]) -> None:
+        super().__init__()
         self._insert = insert
         self._unique = unique
         self._owner = owner  # the store's owner, read at each send (set after open)
-        self._transport: asyncio.Transport | None = None
         self._buf = b""
-        self._done: Callable[[str | None], None] | None = None
         self._error: str | None = None
         # while connecting: the messages not yet read, and the reader waiting for one
         self._inbox: list[bytes] | None = []
-        self._setup: asyncio.Future[None] | None = None
         self._byte: asyncio.Future[bytes] | None = None  # the answer to the SSL request
         # encoded once (see send)
         self._functions: dict[bytes, bytes] = {}
@@ -130,15 +124,8 @@ class PostgreSQLLane(asyncio.Protocol):
         self._created = b""
         self._tail_owner: str | None = ""  # never an owner: the first send encodes its own
         self._tail = b""
-        self._ready = False
 
     # ---------------------------------------------------------------- the lane
-
-    def ready(self) -> bool:
-        return self._ready and self._done is None
-
-    def broken(self) -> bool:
-        return self._transport is None
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
         # One Bind (every value binary), Execute, Sync; what repeats from job to job (the
@@ -187,28 +174,13 @@ class PostgreSQLLane(asyncio.Protocol):
             )
         )
 
-    def abort(self, why: str) -> None:
-        self._fail(why)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _fail(self, why: str) -> None:
-        self._ready = False
-        done, self._done = self._done, None
-        if done is not None:
-            done(why)
-
     # ------------------------------------------------------------ the protocol
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        for fut in (self._setup, self._byte):
-            if fut is not None and not fut.done():
-                fut.set_exception(ConnectionError("connection lost"))
-        self._fail(f"connection lost: {exc}" if exc else "connection lost")
+        fut = self._byte
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionError("connection lost"))
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._byte is not None:  # one unframed byte: S or N

@@ -19,10 +19,8 @@ appendonly/appendfsync and warns loudly, naming the loss window, unless it is `a
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,6 +33,7 @@ from ._base import (
     DeadLetter,
     Key,
     Lane,
+    LaneKeeper,
     StoredJob,
     StoredSchedule,
     StoreError,
@@ -48,7 +47,7 @@ from ._base import (
     unpack_job,
     unpack_schedule,
 )
-from ._redis_lane import RedisLane, Unsupported, connect_lane
+from ._redis_lane import connect_lane
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
 # The key layout's version (Redis's own: the SQL stores' schema is versioned apart).
@@ -393,10 +392,18 @@ class RedisStore:
             self._k_owners,
         )
         self.owner: str | None = None
-        self._lane: RedisLane | None = None
-        self._lane_off = False  # the URL asks for what the lane does not do
-        self._lane_task: asyncio.Task[None] | None = None
-        self._lane_after = 0.0  # monotonic time before which no new lane is tried
+        # the lone-job connection (_redis_lane.py); without it redis-py commits all
+        self._keeper = LaneKeeper(
+            self.url,
+            "redis-py",
+            lambda: connect_lane(
+                self._raw,
+                _LONE_ADD,
+                self._commit_keys,
+                lambda job: self._commit_args((job,), ()),
+                self._timeout,
+            ),
+        )
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 
     def _error(self, e: BaseException, doing: str) -> StoreError:
@@ -430,32 +437,14 @@ class RedisStore:
             await self._check_aof()
             await self._migrate()
             await self._load_script()
-            await self._open_lane()
+            await self._keeper.open()
         except BaseException:
             await self.close()
             raise
 
     @property
     def lane(self) -> Lane | None:
-        return self._lane
-
-    async def _open_lane(self) -> None:
-        """The lone-job connection (_redis_lane.py); without it redis-py commits all."""
-        try:
-            self._lane = await connect_lane(
-                self._raw,
-                _LONE_ADD,
-                self._commit_keys,
-                lambda job: self._commit_args((job,), ()),
-                self._timeout,
-            )
-        except Unsupported as e:
-            self._lane_off = True
-            log.info("store %s: lone jobs commit through redis-py: %s", self.url, e)
-        except (OSError, ConnectionError, TimeoutError) as e:
-            log.info("store %s: the lone-job connection failed: %s", self.url, e)
-        finally:
-            self._lane_task = None
+        return self._keeper.lane
 
     async def _check_aof(self) -> None:
         r = self._c()
@@ -541,11 +530,7 @@ class RedisStore:
                 return
 
     async def close(self) -> None:
-        lane, self._lane = self._lane, None
-        if lane is not None:
-            lane.close()
-        if self._lane_task is not None:
-            self._lane_task.cancel()
+        self._keeper.close()
         await self._drop_writer()
         r, self._r = self._r, None
         if r is not None:
@@ -579,17 +564,8 @@ class RedisStore:
         if fences:
             for key in remove:
                 fences.pop(key, None)
-        lane = self._lane
-        if (
-            (lane is None or lane.broken())
-            and not self._lane_off
-            and self._lane_task is None
-            and self._r is not None
-            and time.monotonic() >= self._lane_after
-        ):
-            # the store answers again: so will a new lane (tried at most once a second)
-            self._lane_after = time.monotonic() + 1.0
-            self._lane_task = asyncio.get_running_loop().create_task(self._open_lane())
+        if self._r is not None:  # not closed meanwhile
+            self._keeper.committed()
 
     def _commit_args(
         self, add: Sequence[StoredJob], remove: Sequence[Key]

@@ -22,17 +22,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import cast
 from urllib.parse import unquote, urlsplit
 
-from ._base import StoredJob
+from ._base import StoredJob, Unsupported
+from ._lane import LaneConnection
 
 _CRLF = b"\r\n"
 _DONE = (b":1\r\n", b":0\r\n")
-
-
-class Unsupported(Exception):
-    """The URL asks for a connection this lane does not make."""
 
 
 def lane_target(url: str) -> tuple[str, int, str | None, str | None, int]:
@@ -92,13 +88,14 @@ def _reply(buf: bytes) -> tuple[bytes | int | ReplyError, int] | None:
     raise ConnectionError(f"unexpected reply {buf[:40]!r}")
 
 
-class RedisLane(asyncio.Protocol):
+class RedisLane(LaneConnection):
     def __init__(
         self,
         script: str,
         keys: Sequence[bytes],
         args: Callable[[StoredJob], Sequence[bytes | str | int]],
     ) -> None:
+        super().__init__()
         self._script = script.encode()
         sha = hashlib.sha1(self._script).hexdigest().encode()  # as SCRIPT LOAD answers
         # EVALSHA's head before the key count and the keys: what varies is the job's
@@ -108,9 +105,7 @@ class RedisLane(asyncio.Protocol):
         self._keys = _bulk(len(keys)) + b"".join(_bulk(k) for k in keys)
         self._count = 3 + len(keys)  # verb, sha or script, key count, keys
         self._args = args
-        self._transport: asyncio.Transport | None = None
         self._buf = b""
-        self._done: Callable[[str | None], None] | None = None
         self._tail = b""  # the commit in flight after its sha: sent again on NOSCRIPT
         self._n = 0  # and its count of arguments
         self._head: Sequence[bytes | str | int] = ()
@@ -118,16 +113,8 @@ class RedisLane(asyncio.Protocol):
         self._retried = False
         # while connecting: the replies not yet read, and the reader waiting for one
         self._inbox: list[bytes | int | ReplyError] | None = []
-        self._setup: asyncio.Future[None] | None = None
-        self._ready = False
 
     # ---------------------------------------------------------------- the lane
-
-    def ready(self) -> bool:
-        return self._ready and self._done is None
-
-    def broken(self) -> bool:
-        return self._transport is None
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
         args = self._args(job)
@@ -143,29 +130,10 @@ class RedisLane(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(b"*%d\r\n%b%b" % (self._n, self._evalsha, tail))
 
-    def abort(self, why: str) -> None:
-        self._fail(why)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _fail(self, why: str) -> None:
-        self._ready = False
-        done, self._done = self._done, None
+    def _forget(self) -> None:
         self._tail = b""
-        if done is not None:
-            done(why)
 
     # ------------------------------------------------------------ the protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        fut = self._setup
-        if fut is not None and not fut.done():
-            fut.set_exception(ConnectionError("connection lost"))
-        self._fail(f"connection lost: {exc}" if exc else "connection lost")
 
     def data_received(self, data: bytes) -> None:
         # the script answers 1 (stored) or 0 (the key was there already)
