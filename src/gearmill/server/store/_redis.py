@@ -47,7 +47,7 @@ from ._base import (
     unpack_job,
     unpack_schedule,
 )
-from ._redis_lane import connect_lane
+from ._redis_lane import connect_lane, frame_parts
 
 _ERRORS = (OSError, TimeoutError, rexc.RedisError)
 # The key layout's version (Redis's own: the SQL stores' schema is versioned apart).
@@ -295,36 +295,24 @@ _GLOB = re.compile(rb"([\\*?\[\]])")
 
 
 _LEN = struct.Struct("!I")
-_FRAMED = struct.Struct("!IQBqIIII")  # the length of what follows, then pack_job's header
 _FRAME_BYTES = 64 << 20
 
 
 def _frames(add: Sequence[StoredJob]) -> list[bytes]:
-    """The commit script's adds in a few arguments: per job its field (field_of) and its
-    packed form (pack_job, seq 0), each after its length; an argument stays within
-    _FRAME_BYTES (Redis refuses one over 512 MB) unless one job is larger."""
+    """The commit script's adds in a few arguments: per job its framed pieces
+    (`frame_parts`); an argument stays within _FRAME_BYTES (Redis refuses one over
+    512 MB) unless one job is larger."""
     out: list[bytes] = []
     parts: list[bytes] = []
-    head, size = _FRAMED.pack, _LEN.pack
-    fixed = _FRAMED.size - 4
     total = 0
     for job in add:
-        f, u, r, d = job.function, job.unique, job.reducer, job.data
-        field = b"%d:%b%b" % (len(f), f, u)
-        length = fixed + len(f) + len(u) + len(r) + len(d)
+        pieces = frame_parts(job)
+        length = sum(map(len, pieces))
         if total and total + length > _FRAME_BYTES:
             out.append(b"".join(parts))
             parts, total = [], 0
         total += length
-        parts += (
-            size(len(field)),
-            field,
-            head(length, 0, job.priority, job.when, job.attempts, len(f), len(u), len(r)),
-            f,
-            u,
-            r,
-            d,
-        )
+        parts += pieces
     out.append(b"".join(parts))
     return out
 
@@ -400,7 +388,8 @@ class RedisStore:
                 self._raw,
                 _LONE_ADD,
                 self._commit_keys,
-                lambda job: self._commit_args((job,), ()),
+                self.prefix,
+                lambda: self.owner,
                 self._timeout,
             ),
         )
@@ -570,7 +559,7 @@ class RedisStore:
     def _commit_args(
         self, add: Sequence[StoredJob], remove: Sequence[Key]
     ) -> list[bytes | int | str]:
-        """The commit script's arguments (after its keys), for `commit` and the lane."""
+        """The commit script's arguments (after its keys)."""
         removes = _frame_removes(remove, self.fences) if remove else []
         args: list[bytes | int | str] = [self.prefix, self.owner or "", len(removes), *removes]
         if add:

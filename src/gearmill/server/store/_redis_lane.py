@@ -5,9 +5,9 @@ redis-py costs a lone commit script call about 60 us of CPU here (its command pa
 its parser, a future, two task switches); the same EVALSHA written from bytes and
 answered in data_received costs a fraction of that, which is what decides whether a
 client submitting one job at a time waits longer than gearmand's. The keys and the
-arguments are the commit script's (`RedisStore._commit_args` builds them); the script
-is the store's `_LONE_ADD`, which does for one add what the commit script does, with
-less work for Redis.
+arguments are the commit script's (the job framed by `frame_parts`, as a group's are);
+the script is the store's `_LONE_ADD`, which does for one add what the commit script
+does, with less work for Redis.
 
 It connects only as redis-py would, and never to less: plain TCP, AUTH with the URL's
 user and password, SELECT of its database. rediss://, unix sockets or any option in
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,20 @@ from ._lane import LaneConnection
 
 _CRLF = b"\r\n"
 _DONE = (b":1\r\n", b":0\r\n")
+_LEN = struct.Struct("!I")
+_FRAMED = struct.Struct("!IQBqIIII")  # the length of what follows, then pack_job's header
+_FIXED = _FRAMED.size - 4
+
+
+def frame_parts(job: StoredJob) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+    """One add as the commit scripts read it: its field (field_of) after its length,
+    then its packed form (pack_job with seq 0) after its length. Compiled here, for the
+    lane's lone jobs and the store's groups alike."""
+    f, u, r, d = job.function, job.unique, job.reducer, job.data
+    field = b"%d:%b%b" % (len(f), f, u)
+    length = _FIXED + len(f) + len(u) + len(r) + len(d)
+    head = _FRAMED.pack(length, 0, job.priority, job.when, job.attempts, len(f), len(u), len(r))
+    return _LEN.pack(len(field)), field, head, f, u, r, d
 
 
 def lane_target(url: str) -> tuple[str, int, str | None, str | None, int]:
@@ -93,23 +108,24 @@ class RedisLane(LaneConnection):
         self,
         script: str,
         keys: Sequence[bytes],
-        args: Callable[[StoredJob], Sequence[bytes | str | int]],
+        prefix: bytes,
+        owner: Callable[[], str | None],
     ) -> None:
         super().__init__()
         self._script = script.encode()
         sha = hashlib.sha1(self._script).hexdigest().encode()  # as SCRIPT LOAD answers
-        # EVALSHA's head before the key count and the keys: what varies is the job's
-        # arguments, built by the store (`args`) at each send
+        # EVALSHA's head before the key count and the keys, then the script's arguments:
+        # prefix, owner (it changes when the server joins others), no removes, the job
         self._sha = sha
         self._evalsha = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
         self._keys = _bulk(len(keys)) + b"".join(_bulk(k) for k in keys)
-        self._count = 3 + len(keys)  # verb, sha or script, key count, keys
-        self._args = args
+        self._n = 3 + len(keys) + 4  # verb, sha or script, key count, keys, arguments
+        self._prefix = prefix
+        self._owner = owner
+        self._owner_was: str | None = None
+        self._head_bytes = b""  # the keys, prefix, owner and removes, encoded
         self._buf = b""
         self._tail = b""  # the commit in flight after its sha: sent again on NOSCRIPT
-        self._n = 0  # and its count of arguments
-        self._head: Sequence[bytes | str | int] = ()
-        self._head_bytes = b""
         self._retried = False
         # while connecting: the replies not yet read, and the reader waiting for one
         self._inbox: list[bytes | int | ReplyError] | None = []
@@ -117,14 +133,14 @@ class RedisLane(LaneConnection):
     # ---------------------------------------------------------------- the lane
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
-        args = self._args(job)
-        # all but the job's own (the last) are the same at each send: encoded once
-        head = args[:-1]
-        if head != self._head:
-            self._head = head
-            self._head_bytes = self._keys + b"".join([_bulk(a) for a in head])
-            self._n = self._count + len(args)
-        self._tail = tail = b"%b%b" % (self._head_bytes, _bulk(args[-1]))
+        owner = self._owner() or ""
+        if owner != self._owner_was or not self._head_bytes:  # encoded once per owner
+            self._owner_was = owner
+            self._head_bytes = self._keys + b"".join(
+                [_bulk(self._prefix), _bulk(owner), b"$1\r\n0\r\n"]
+            )
+        frame = b"".join(frame_parts(job))
+        self._tail = tail = b"%b$%d\r\n%b\r\n" % (self._head_bytes, len(frame), frame)
         self._retried = False
         self._done = done
         assert self._transport is not None
@@ -228,13 +244,14 @@ async def connect_lane(
     url: str,
     script: str,
     keys: Sequence[bytes],
-    args: Callable[[StoredJob], Sequence[bytes | str | int]],
+    prefix: bytes,
+    owner: Callable[[], str | None],
     timeout: float,
 ) -> RedisLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
     host, port, user, password, db = lane_target(url)
     loop = asyncio.get_running_loop()
-    lane = RedisLane(script, keys, args)
+    lane = RedisLane(script, keys, prefix, owner)
 
     async def go() -> None:
         await loop.create_connection(lambda: lane, host, port)
