@@ -31,6 +31,7 @@ HOT = [  # the job path; durable.py for the store's edge a lone durable job cros
     "src/gearmill/server/stream.py",
     "src/gearmill/server/sink.py",
     "src/gearmill/server/durable.py",
+    "src/gearmill/server/store/_job.py",
     "src/gearmill/server/store/_lane.py",
     "src/gearmill/server/store/_postgresql_lane.py",
     "src/gearmill/server/store/_redis_lane.py",

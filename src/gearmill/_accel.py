@@ -37,6 +37,7 @@ HOT_MODULES = (
     "gearmill.server.stream",
     "gearmill.server.sink",
     "gearmill.server.durable",
+    "gearmill.server.store._job",
     "gearmill.server.store._lane",
     "gearmill.server.store._postgresql_lane",
     "gearmill.server.store._redis_lane",

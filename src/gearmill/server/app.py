@@ -97,7 +97,7 @@ class Server:
                 store.url,
                 store.gearmand_source,
                 self.broker,
-                self.flush,
+                functools.partial(flush, self.hub),  # no interpreted frame per lone job's release
                 self.config.memory_jobs,
             )
             self.durable.start()

@@ -11,32 +11,15 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from ._job import PRIORITY_HIGH as PRIORITY_HIGH
+from ._job import PRIORITY_LOW as PRIORITY_LOW
+from ._job import PRIORITY_NORMAL as PRIORITY_NORMAL
+from ._job import StoredJob as StoredJob
+
 log = logging.getLogger("gearmill.store")
 
 # The schema version this code writes; stores refuse a newer one (written by a newer gearmill).
 SCHEMA_VERSION = 2
-
-PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 0, 1, 2
-
-
-@dataclass(slots=True)  # not frozen: its __init__ would cost 4x, and one is made per job
-class StoredJob:
-    """A background job as a store keeps it (treated as immutable).
-
-    The key is (function, unique), as in gearmand's queue tables; the edge gives every
-    background job a non-empty unique (gearmand uses a generated one when the client
-    sent none), so that key is unique per job. The store assigns a submission sequence
-    number when the job is first added; `load` returns it beside the job.
-    """
-
-    function: bytes
-    unique: bytes
-    data: bytes
-    priority: int = PRIORITY_NORMAL  # 0 high, 1 normal, 2 low
-    when: int = 0  # epoch seconds for SUBMIT_JOB_EPOCH, 0 = now
-    reducer: bytes = b""
-    attempts: int = 0
-
 
 Key = tuple[bytes, bytes]  # (function, unique)
 
