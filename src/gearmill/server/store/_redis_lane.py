@@ -5,9 +5,9 @@ redis-py costs a lone commit script call about 60 us of CPU here (its command pa
 its parser, a future, two task switches); the same EVALSHA written from bytes and
 answered in data_received costs a fraction of that, which is what decides whether a
 client submitting one job at a time waits longer than gearmand's. The keys and the
-arguments are the commit script's (the job framed by `frame_parts`, as a group's are);
-the script is the store's `_LONE_ADD`, which does for one add what the commit script
-does, with less work for Redis.
+job's field and packed form are those `frame_parts` frames for a group; the script is
+the store's `_LONE_ADD`, which does for one add what the commit script does, with less
+work for Redis.
 
 It connects only as redis-py would, and never to less: plain TCP, AUTH with the URL's
 user and password, SELECT of its database. rediss://, unix sockets or any option in
@@ -114,16 +114,18 @@ class RedisLane(LaneConnection):
         super().__init__()
         self._script = script.encode()
         sha = hashlib.sha1(self._script).hexdigest().encode()  # as SCRIPT LOAD answers
-        # EVALSHA's head before the key count and the keys, then the script's arguments:
-        # prefix, owner (it changes when the server joins others), no removes, the job
+        # EVALSHA's head, then the keys (the last is the owner's set) and the arguments
+        # (field, packed job, owner): all but the job's own change only with the owner
+        # (it changes when the server joins others)
         self._sha = sha
         self._evalsha = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
-        self._keys = _bulk(len(keys)) + b"".join(_bulk(k) for k in keys)
-        self._n = 3 + len(keys) + 4  # verb, sha or script, key count, keys, arguments
+        self._keys = keys
+        self._n = 3 + len(keys) + 1 + 3  # verb, sha or script, key count, keys, arguments
         self._prefix = prefix
         self._owner = owner
         self._owner_was: str | None = None
-        self._head_bytes = b""  # the keys, prefix, owner and removes, encoded
+        self._head_bytes = b""  # the key count and the keys, encoded
+        self._owner_bytes = b""  # the owner, encoded
         self._buf = b""
         self._tail = b""  # the commit in flight after its sha: sent again on NOSCRIPT
         self._retried = False
@@ -136,11 +138,23 @@ class RedisLane(LaneConnection):
         owner = self._owner() or ""
         if owner != self._owner_was or not self._head_bytes:  # encoded once per owner
             self._owner_was = owner
-            self._head_bytes = self._keys + b"".join(
-                [_bulk(self._prefix), _bulk(owner), b"$1\r\n0\r\n"]
-            )
-        frame = b"".join(frame_parts(job))
-        self._tail = tail = b"%b$%d\r\n%b\r\n" % (self._head_bytes, len(frame), frame)
+            keys = [*self._keys, self._prefix + b"own:" + owner.encode()]
+            self._head_bytes = _bulk(len(keys)) + b"".join([_bulk(k) for k in keys])
+            self._owner_bytes = _bulk(owner)
+        # the framed pieces' field and packed job, unframed (the value's length word off)
+        _, field, head, f, u, r, d = frame_parts(job)
+        self._tail = tail = b"%b$%d\r\n%b\r\n$%d\r\n%b%b%b%b%b\r\n%b" % (
+            self._head_bytes,
+            len(field),
+            field,
+            len(head) - 4 + len(f) + len(u) + len(r) + len(d),
+            head[4:],
+            f,
+            u,
+            r,
+            d,
+            self._owner_bytes,
+        )
         self._retried = False
         self._done = done
         assert self._transport is not None
