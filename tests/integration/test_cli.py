@@ -174,6 +174,12 @@ def test_admin_error_reply(gearmill: Running) -> None:
     assert out.stderr.startswith(b"Error: ")
 
 
+def test_admin_error_text_reads_as_words(gearmill: Running) -> None:
+    out = cli("admin", "-p", str(gearmill.port), "--nodes")
+    assert out.returncode == 1
+    assert out.stderr == b"Error: NOT_SHARED the store is not shared: this server runs alone\n"
+
+
 def test_admin_check_exit_codes(gearmill: Running) -> None:
     port = str(gearmill.port)
 
