@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-j",
         "--job-retries",
         metavar="N",
-        help="attempts before a job whose worker keeps dying is dropped (0 = no limit)",
+        help="attempts before a job whose worker keeps dying gives up "
+        "(0 = the retry default, 25 attempts)",
     )
     _opt(
         p,
