@@ -448,6 +448,12 @@ def test_the_cli_speaks_tls(srv: TLSServer, pki: PKI) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert b"reverse" in out.stdout
+    out = subprocess.run(
+        [*cli, "schedule", "-s", srv.tls, *tls_flags("admin"), "list"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stderr) == (0, b"")
 
 
 def test_a_certificate_that_cannot_be_loaded_is_one_line(tmp_path: Path, pki: PKI) -> None:
