@@ -329,6 +329,15 @@ def test_a_tls_worker_sends_its_exception_text_to_a_tls_client(srv: TLSServer, p
             client.run("public.explode", b"x")
 
 
+def test_a_plain_client_on_the_tls_port_is_told_to_use_tls(srv: TLSServer) -> None:
+    address = srv.tls.removeprefix("tls://")
+    with (
+        pytest.raises(GearmanError, match=f"a TLS listener does that: then use {srv.tls}"),
+        gm.Client(address, timeout=5, connect_timeout=5) as client,
+    ):
+        client.echo(b"hello")
+
+
 def test_a_certificate_the_ca_did_not_sign_is_refused(srv: TLSServer, pki: PKI) -> None:
     with (
         pytest.raises(GearmanError, match="refused this client's certificate"),
