@@ -507,6 +507,8 @@ def _http_addr(raw: object, text: bool) -> tuple[str, int]:
     if not isinstance(raw, str) or not raw.strip():
         raise _Bad(fix)
     value = raw.strip()
+    if value.isdigit():  # a port alone would be taken for a host name
+        raise _Bad(f"a port without a host; write HOST:PORT, e.g. 127.0.0.1:{value}")
     host, port = value, "8080"
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
