@@ -855,6 +855,10 @@ def from_toml(path: str) -> Layer:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib lets the decode error through
+        raise ConfigError(
+            f"{path}: not valid TOML: byte {e.start} is not UTF-8; save the file as UTF-8"
+        ) from None
     layer: Layer = {}
     known = [
         *(k for k in _TOML_KEYS if "." not in k),
