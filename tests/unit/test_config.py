@@ -246,6 +246,10 @@ def test_file_shape_errors(tmp_path: Path) -> None:
     assert error("--config", missing) == (
         f"--config {missing}: cannot read it: No such file or directory; give an existing TOML file"
     )
+    assert error(env={"GEARMILL_CONFIG": missing}) == (
+        f"GEARMILL_CONFIG={missing}: cannot read it: No such file or directory;"
+        " give an existing TOML file"
+    )
 
 
 def test_empty_sections_are_accepted(tmp_path: Path) -> None:

@@ -471,8 +471,12 @@ def load(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     extra = vars(ns)
     gearmand = _gearmand_file(extra["config_file"]) if "config_file" in extra else {}
     environ = settings.from_env(env)
-    toml_path = extra.get("config") or env.get("GEARMILL_CONFIG")
-    toml = settings.from_toml(toml_path) if toml_path else {}
+    if extra.get("config"):
+        toml = settings.from_toml(extra["config"])
+    elif env.get("GEARMILL_CONFIG"):
+        toml = settings.from_toml(env["GEARMILL_CONFIG"], "GEARMILL_CONFIG=")
+    else:
+        toml = {}
     return settings.build([flags, gearmand, environ, toml])
 
 

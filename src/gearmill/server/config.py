@@ -844,14 +844,15 @@ def _unknown(path: str, key: str, known: Sequence[str]) -> ConfigError:
     return ConfigError(f"{path}: {key}: unknown setting; {hint}")
 
 
-def from_toml(path: str) -> Layer:
-    """The TOML file's settings (not yet checked, except its syntax and key names)."""
+def from_toml(path: str, given: str = "--config ") -> Layer:
+    """The TOML file's settings (not yet checked, except its syntax and key names);
+    ``given`` names where the path came from, for a file that cannot be read."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(
-            f"--config {path}: cannot read it: {e.strerror or e}; give an existing TOML file"
+            f"{given}{path}: cannot read it: {e.strerror or e}; give an existing TOML file"
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
