@@ -43,11 +43,12 @@ ENV PYTHONUNBUFFERED=1 \
     GEARMILL_PORT=4730 \
     GEARMILL_LOG_FORMAT=json \
     GEARMILL_VERBOSE=WARNING \
-    GEARMILL_GRACEFUL_TIMEOUT=8
+    GEARMILL_GRACEFUL_TIMEOUT=8 \
+    GEARMILL_STATE_DIR=/var/lib/gearmill
 USER gearmill:gearmill
 WORKDIR /var/lib/gearmill
-# The SQLite state folder (--store sqlite:///var/lib/gearmill/queue.db once durable
-# stores are wired into the server); a named volume keeps it across containers.
+# The state folder: background jobs in /var/lib/gearmill/queue.db (SQLite, the default
+# store; GEARMILL_STORE names another); a named volume keeps it across containers.
 VOLUME ["/var/lib/gearmill"]
 # 4730: Gearman (binary and admin protocol); 8080: the HTTP listener (--http)
 EXPOSE 4730 8080

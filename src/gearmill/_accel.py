@@ -1,7 +1,7 @@
 """Choose the compiled (mypyc) or the pure-Python hot path, once, before it is imported.
 
 The compiled extension modules sit beside their sources and Python would
-prefer them. They are used only when ``GEARMILL_PURE`` is unset, every one of
+prefer them. They are used only when ``GEARMILL_PURE`` is unset (or 0), every one of
 them is present, and every source still has the SHA-256 recorded in the build's
 stamp (``_compiled.json``, written by ``setup.py`` after a successful build), so
 a stale build after an edit never runs old code while a wheel, whose files all
@@ -79,8 +79,14 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def _pure_requested() -> bool:
+    # GEARMILL_PURE=0 (false, no, off) keeps the compiled twin, as the server's switches read
+    value = os.environ.get("GEARMILL_PURE", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
+
+
 def _select() -> str:
-    if not os.environ.get("GEARMILL_PURE") and _compiled_is_current():
+    if not _pure_requested() and _compiled_is_current():
         return "compiled"
     if not any(isinstance(f, _PureFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _PureFinder())

@@ -174,6 +174,23 @@ def test_admin_error_reply(gearmill: Running) -> None:
     assert out.stderr.startswith(b"Error: ")
 
 
+def test_a_bad_address_in_the_environment_is_named() -> None:
+    env = {**os.environ, "GEARMAN_SERVERS": "127.0.0.1:4730,bad host:x"}
+    out = subprocess.run(
+        [*CLI, "admin", "--status"], capture_output=True, timeout=30, env=env, check=False
+    )
+    assert (out.returncode, out.stderr) == (
+        2,
+        b"gearmill admin: $GEARMAN_SERVERS: 'bad host:x': port 'x' is not a number\n",
+    )
+
+
+def test_admin_error_text_reads_as_words(gearmill: Running) -> None:
+    out = cli("admin", "-p", str(gearmill.port), "--nodes")
+    assert out.returncode == 1
+    assert out.stderr == b"Error: NOT_SHARED the store is not shared: this server runs alone\n"
+
+
 def test_admin_check_exit_codes(gearmill: Running) -> None:
     port = str(gearmill.port)
 

@@ -64,7 +64,10 @@ def test_port_already_taken_is_one_line() -> None:
     try:
         r = serve("-p", str(srv.port))
         assert r.returncode == 1
-        assert r.stderr.startswith(f"gearmill serve: cannot listen on 127.0.0.1 port {srv.port}")
+        assert r.stderr == (
+            f"gearmill serve: cannot listen on 127.0.0.1 port {srv.port}: Address already in use;"
+            " another server listens there: stop it or choose another port\n"
+        )
     finally:
         srv.stop()
 

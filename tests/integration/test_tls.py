@@ -312,6 +312,32 @@ def test_client_and_worker_over_tls_beside_a_plain_listener(srv: TLSServer, pki:
         assert out.stdout == b"nialp"
 
 
+def test_a_tls_worker_sends_its_exception_text_to_a_tls_client(srv: TLSServer, pki: PKI) -> None:
+    # the worker asks the server whether it is gearmill before choosing WORK_EXCEPTION:
+    # that question must go over TLS too, or it gets no answer and the text is lost
+    def explode(job: gm.WorkerJob) -> bytes:
+        raise ValueError("bad input")
+
+    worker = gm.Worker(srv.tls, tls=pki.context("worker-1"))
+    worker.register("public.explode", explode)
+    with running_worker(worker):
+        wait_for("the TLS worker", lambda: workers_of(srv, "public.explode") == 1)
+        with (
+            gm.Client(srv.tls, tls=pki.context("client-1"), timeout=30) as client,
+            pytest.raises(gm.JobException, match="ValueError: bad input"),
+        ):
+            client.run("public.explode", b"x")
+
+
+def test_a_plain_client_on_the_tls_port_is_told_to_use_tls(srv: TLSServer) -> None:
+    address = srv.tls.removeprefix("tls://")
+    with (
+        pytest.raises(GearmanError, match=f"a TLS listener does that: then use {srv.tls}"),
+        gm.Client(address, timeout=5, connect_timeout=5) as client,
+    ):
+        client.echo(b"hello")
+
+
 def test_a_certificate_the_ca_did_not_sign_is_refused(srv: TLSServer, pki: PKI) -> None:
     with (
         pytest.raises(GearmanError, match="refused this client's certificate"),
@@ -431,6 +457,12 @@ def test_the_cli_speaks_tls(srv: TLSServer, pki: PKI) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert b"reverse" in out.stdout
+    out = subprocess.run(
+        [*cli, "schedule", "-s", srv.tls, *tls_flags("admin"), "list"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stderr) == (0, b"")
 
 
 def test_a_certificate_that_cannot_be_loaded_is_one_line(tmp_path: Path, pki: PKI) -> None:

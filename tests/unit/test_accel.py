@@ -36,6 +36,9 @@ def test_installed_build_is_compiled() -> None:
 
 def test_pure_python_on_request() -> None:
     assert _run({"GEARMILL_PURE": "1"}) == "pure True True"
+    # switched off the way the server's own switches are: not pure, not slower
+    assert _run({"GEARMILL_PURE": "0"}) == "compiled False False"
+    assert _run({"GEARMILL_PURE": "off"}) == "compiled False False"
 
 
 def _copy_install(tmp_path: Path) -> Path:

@@ -237,9 +237,18 @@ def test_file_shape_errors(tmp_path: Path) -> None:
     message = error("--config", path)
     assert message.startswith(f"{path}: not valid TOML: ") and "line 1" in message
     assert message.endswith("; fix the file's syntax")
+    path = str(tmp_path / "latin1.toml")
+    Path(path).write_bytes("job_retries = 3  # réessais\n".encode("latin-1"))
+    assert error("--config", path) == (
+        f"{path}: not valid TOML: byte 20 is not UTF-8; save the file as UTF-8"
+    )
     missing = str(tmp_path / "nope.toml")
     assert error("--config", missing) == (
         f"--config {missing}: cannot read it: No such file or directory; give an existing TOML file"
+    )
+    assert error(env={"GEARMILL_CONFIG": missing}) == (
+        f"GEARMILL_CONFIG={missing}: cannot read it: No such file or directory;"
+        " give an existing TOML file"
     )
 
 

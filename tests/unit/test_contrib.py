@@ -76,6 +76,8 @@ def test_dockerfile_runs_as_a_user_with_settings_gearmill_reads() -> None:
     config = settings.build([settings.from_env(env)])
     assert config.log_format == settings.LogFormat.JSON
     assert [(x.host, x.port) for x in config.listeners] == [("0.0.0.0", 4730)]
+    # the jobs in the volume's top folder, not under the user's ~/.local/state
+    assert config.store.url == "sqlite:///var/lib/gearmill/queue.db"
     # docker stop sends SIGKILL 10 s after the stop signal unless told otherwise
     assert "STOPSIGNAL SIGUSR1" in run and config.graceful_timeout < 10
     user = next(x for x in run if x.startswith("USER "))

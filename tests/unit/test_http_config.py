@@ -43,6 +43,9 @@ def test_http_flag_and_gearmand_aliases() -> None:
     assert error("-r", "gear") == (
         "--protocol gear: the only protocol module is http; use -r http (with --http-port N)"
     )
+    assert error("--http", "9100") == (
+        "--http 9100: a port without a host; write HOST:PORT, e.g. 127.0.0.1:9100"
+    )
     assert error("--http", "localhost:http") == (
         "--http localhost:http: not a port number; use 0 to 65535 (0 picks a free one)"
     )

@@ -27,6 +27,11 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_servers(None) == [("one", 1)]
     monkeypatch.setenv("GEARMAN_SERVERS", "two:2,three")
     assert parse_servers(None) == [("two", 2), ("three", 4730)]  # GEARMAN_SERVERS wins
+    # a bad address names the variable: the code that failed never mentioned it
+    monkeypatch.setenv("GEARMAN_SERVERS", "two:2,bad:x")
+    with pytest.raises(ValueError) as e:
+        parse_servers(None)
+    assert str(e.value) == "$GEARMAN_SERVERS: 'bad:x': port 'x' is not a number"
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,8 @@ def _show(command: str, reply: bytes, raw: bool, pretty: bool) -> int:
         sys.stdout.write(text)
         return 1 if text.startswith("ERR") else 0
     if text.startswith("ERR "):
-        print("Error: " + text[4:].rstrip("\r\n"), file=sys.stderr)
+        # the text is gearmand's, spaces as '+' (AdminClient reads it the same way)
+        print("Error: " + text[4:].rstrip("\r\n").replace("+", " "), file=sys.stderr)
         return 1
     if text.startswith("OK"):
         value = text[3:].rstrip("\r\n") if text.startswith("OK ") else "OK"

@@ -42,12 +42,19 @@ def server_list(args: argparse.Namespace) -> list[str]:
     """Servers from -s, or -h/-p, or the environment; raises ValueError on a bad address."""
     if args.servers:
         spec: str | None = args.servers
+        source = "-s"
     elif args.host or args.port:
         host = args.host or "127.0.0.1"
         spec = f"[{host}]:{args.port or 4730}" if ":" in host else f"{host}:{args.port or 4730}"
+        source = "-h/-p"
     else:
-        spec = os.environ.get("GEARMAN_SERVERS") or os.environ.get("GEARMAN_SERVER")
-    return [format_address(a) for a in parse_servers(spec)]
+        # a bad address must name the variable: nothing on the command line shows it
+        source = "$GEARMAN_SERVERS" if os.environ.get("GEARMAN_SERVERS") else "$GEARMAN_SERVER"
+        spec = os.environ.get(source[1:])
+    try:
+        return [format_address(a) for a in parse_servers(spec)]
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -11,7 +11,7 @@ import sys
 
 from ..client.admin import AdminClient
 from ..errors import GearmanError, ServerError
-from .common import add_server_arguments, server_list
+from .common import add_server_arguments, server_list, tls_context
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,9 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    server = server_list(args)[0]
     try:
-        with AdminClient(server) as admin:
+        server = server_list(args)[0]
+        tls = tls_context(args)
+    except ValueError as e:  # a bad address or certificate file, as the other commands
+        print(f"gearmill schedule: {e}", file=sys.stderr)
+        return 2
+    try:
+        with AdminClient(server, tls=tls) as admin:
             command = args.schedule_command
             if command == "add":
                 admin.add_schedule(args.name, args.function, args.cron, args.data, args.priority)

@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-j",
         "--job-retries",
         metavar="N",
-        help="attempts before a job whose worker keeps dying is dropped (0 = no limit)",
+        help="attempts before a job whose worker keeps dying gives up "
+        "(0 = the retry default, 25 attempts)",
     )
     _opt(
         p,
@@ -470,8 +471,12 @@ def load(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     extra = vars(ns)
     gearmand = _gearmand_file(extra["config_file"]) if "config_file" in extra else {}
     environ = settings.from_env(env)
-    toml_path = extra.get("config") or env.get("GEARMILL_CONFIG")
-    toml = settings.from_toml(toml_path) if toml_path else {}
+    if extra.get("config"):
+        toml = settings.from_toml(extra["config"])
+    elif env.get("GEARMILL_CONFIG"):
+        toml = settings.from_toml(env["GEARMILL_CONFIG"], "GEARMILL_CONFIG=")
+    else:
+        toml = {}
     return settings.build([flags, gearmand, environ, toml])
 
 

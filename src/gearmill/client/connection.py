@@ -130,6 +130,9 @@ class Connection(asyncio.Protocol):
                 " before answering (a TLS server that refused this client's certificate"
                 " does that; see --tls-cert, GEARMILL_CLIENT_CERT or tls=client_context(cert=...))"
             )
+        elif exc is None and not self._seen:
+            # gearmill's TLS listener closes a plain connection without a byte
+            why += f" before answering (a TLS listener does that: then use tls://{self.name})"
         self._fail(ConnectionLost(self.name, why))
 
     # ------------------------------------------------------------------ ours

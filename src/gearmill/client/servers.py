@@ -67,7 +67,11 @@ def parse_server(text: str) -> Address:
 def parse_servers(spec: str | Iterable[str] | None) -> list[Address]:
     """Servers from an argument, else ``GEARMAN_SERVERS``/``GEARMAN_SERVER``, else 127.0.0.1."""
     if spec is None:
-        spec = os.environ.get("GEARMAN_SERVERS") or os.environ.get("GEARMAN_SERVER") or ""
+        name = "GEARMAN_SERVERS" if os.environ.get("GEARMAN_SERVERS") else "GEARMAN_SERVER"
+        try:
+            return parse_servers(os.environ.get(name) or "")
+        except ValueError as e:  # nothing in the caller's code shows where it came from
+            raise ValueError(f"${name}: {e}") from None
     items = spec.split(",") if isinstance(spec, str) else [s for x in spec for s in x.split(",")]
     servers = [parse_server(s) for s in items if s.strip()]
     return servers or [("127.0.0.1", DEFAULT_PORT)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -133,7 +134,14 @@ class Server:
             except OSError as e:
                 for opened in self._servers:
                     opened.close()
-                reason = e.strerror or str(e)
+                # asyncio's text repeats the address ("error while attempting to bind on
+                # address ('127.0.0.1', 4730): address already in use"): the errno's says it
+                if e.errno and not isinstance(e, socket.gaierror):
+                    reason = os.strerror(e.errno)
+                else:
+                    reason = e.strerror or str(e)
+                if e.errno == errno.EADDRINUSE:
+                    reason += "; another server listens there: stop it or choose another port"
                 raise OSError(
                     e.errno,
                     f"cannot listen on {listener.host or '*'} port {listener.port}: {reason}",

@@ -507,6 +507,8 @@ def _http_addr(raw: object, text: bool) -> tuple[str, int]:
     if not isinstance(raw, str) or not raw.strip():
         raise _Bad(fix)
     value = raw.strip()
+    if value.isdigit():  # a port alone would be taken for a host name
+        raise _Bad(f"a port without a host; write HOST:PORT, e.g. 127.0.0.1:{value}")
     host, port = value, "8080"
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
@@ -842,17 +844,22 @@ def _unknown(path: str, key: str, known: Sequence[str]) -> ConfigError:
     return ConfigError(f"{path}: {key}: unknown setting; {hint}")
 
 
-def from_toml(path: str) -> Layer:
-    """The TOML file's settings (not yet checked, except its syntax and key names)."""
+def from_toml(path: str, given: str = "--config ") -> Layer:
+    """The TOML file's settings (not yet checked, except its syntax and key names);
+    ``given`` names where the path came from, for a file that cannot be read."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(
-            f"--config {path}: cannot read it: {e.strerror or e}; give an existing TOML file"
+            f"{given}{path}: cannot read it: {e.strerror or e}; give an existing TOML file"
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}; fix the file's syntax") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib lets the decode error through
+        raise ConfigError(
+            f"{path}: not valid TOML: byte {e.start} is not UTF-8; save the file as UTF-8"
+        ) from None
     layer: Layer = {}
     known = [
         *(k for k in _TOML_KEYS if "." not in k),

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..client.connection import Connection
-from ..client.servers import Address, format_address, parse_servers, with_context
+from ..client.servers import Address, TLSAddress, format_address, parse_servers, with_context
 from ..data import Codec, encode, to_bytes
 from ..errors import ConnectionLost
 from ..protocol.packets import PacketType
@@ -260,8 +260,19 @@ def _describe(error: BaseException) -> str:
 
 async def _is_gearmill(address: Address, timeout: float) -> bool:
     """Whether the server says (admin ``version``) that it is gearmill."""
+    context = None
+    if isinstance(address, TLSAddress):  # a TLS listener answers nothing in plain text
+        from ..client.tls import default_context
+
+        context = address.context or default_context()
+    host, port = address
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if context is not None else None
+            ),
+            timeout,
+        )
     except (OSError, TimeoutError):
         return False
     try:
