@@ -178,6 +178,26 @@ def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> Non
     assert "start PostgreSQL" in lines[0]
 
 
+def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
+    """A --store path that holds something else (a typo, the wrong file) is refused in
+    one line naming the store, and the file is not touched."""
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"not a database, and more than a header's worth of it\n" * 20)
+    before = other.read_bytes()
+    serve = [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0"]
+    r = subprocess.run(
+        [*serve, "--store", f"sqlite://{other}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(other) in lines[0] and "not a database" in lines[0]
+    assert other.read_bytes() == before
+
+
 def test_the_default_store_is_sqlite_in_the_state_folder(tmp_path: Path) -> None:
     env = {**os.environ, "GEARMILL_STATE_DIR": str(tmp_path / "state")}
     del env["GEARMILL_STORE"]

@@ -154,6 +154,15 @@ class SQLiteStore(SingleServer):
                 f"{self.url}: cannot open {self.path}: {e}; check the path and its permissions"
             ) from None
         self._db = db
+        try:
+            self._setup(db)
+        except sqlite3.Error as e:  # not a database, corrupt, read-only, locked ...
+            raise StoreError(
+                f"{self.url}: cannot use {self.path}: {e}; give --store a gearmill "
+                "SQLite file or a new path"
+            ) from None
+
+    def _setup(self, db: sqlite3.Connection) -> None:
         # auto_vacuum only takes effect before the first table exists (a new file).
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -208,6 +217,8 @@ class SQLiteStore(SingleServer):
         if db is not None:
             try:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:  # the WAL stays; the next open replays it
+                log.warning("store %s: checkpoint at close failed: %s", self.url, e)
             finally:
                 db.close()
 
