@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -62,6 +63,19 @@ def connect_reason(error: BaseException, timeout: float | None = None) -> str:
     if code is not None:
         return os.strerror(code).lower()
     return str(error) or type(error).__name__
+
+
+def listen_reason(error: OSError) -> str:
+    """Why a listen failed, in words, with the fix when it is a port in use. asyncio's
+    text repeats the address ("error while attempting to bind on address ('127.0.0.1',
+    4730): address already in use"): the errno's says it."""
+    if error.errno and not isinstance(error, socket.gaierror):
+        reason = os.strerror(error.errno)
+    else:
+        reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        reason += "; another server listens there: stop it or choose another port"
+    return reason
 
 
 def seconds(value: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -70,6 +71,19 @@ def test_port_already_taken_is_one_line() -> None:
         )
     finally:
         srv.stop()
+
+
+def test_http_port_already_taken_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = serve("-p", "0", "--http", f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"gearmill serve: cannot listen for HTTP on 127.0.0.1 port {port}: Address already"
+        " in use; another server listens there: stop it or choose another port\n"
+    )
 
 
 def test_gearmand_port_environment_variable(tmp_path: object) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import logging
 import os
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from .._accel import IMPLEMENTATION
+from ..errors import listen_reason
 from . import admin, admin_policy
 from .broker import Broker, Peer
 from .cluster import Cluster, default_node_id
@@ -134,17 +134,10 @@ class Server:
             except OSError as e:
                 for opened in self._servers:
                     opened.close()
-                # asyncio's text repeats the address ("error while attempting to bind on
-                # address ('127.0.0.1', 4730): address already in use"): the errno's says it
-                if e.errno and not isinstance(e, socket.gaierror):
-                    reason = os.strerror(e.errno)
-                else:
-                    reason = e.strerror or str(e)
-                if e.errno == errno.EADDRINUSE:
-                    reason += "; another server listens there: stop it or choose another port"
                 raise OSError(
                     e.errno,
-                    f"cannot listen on {listener.host or '*'} port {listener.port}: {reason}",
+                    f"cannot listen on {listener.host or '*'} port {listener.port}: "
+                    f"{listen_reason(e)}",
                 ) from e
             self._servers.append(server)
             for sock in server.sockets:

@@ -41,6 +41,7 @@ except ImportError as e:  # pragma: no cover - the [http] extra is missing
         f"the HTTP listener needs {e.name}: pip install 'gearmill[http]' (h11, prometheus_client)"
     ) from None
 
+from ..errors import listen_reason
 from ..protocol.codec import Decoder
 from ..protocol.packets import PacketType
 from .broker import Broker
@@ -198,7 +199,7 @@ class HttpFront:
             raise OSError(
                 e.errno,
                 f"cannot listen for HTTP on {listen.host or '*'} port {listen.port}: "
-                f"{e.strerror or e}",
+                f"{listen_reason(e)}",
             ) from e
         addr = self.listener.sockets[0].getsockname()
         self.address = (addr[0], addr[1])
