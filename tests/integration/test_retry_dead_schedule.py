@@ -43,7 +43,7 @@ def wait_for(check: object, timeout: float = 10.0) -> None:
 @pytest.fixture
 def retrying() -> Iterator[Running]:
     srv = start_gearmill(
-        "--retry-on", "lost,timeout,cant_do,fail,exception", "--retry-max-attempts", "2"
+        "--retry-on", "lost,timeout,cant_do,fail,exception", "--retry-max-attempts", "2", "-v"
     )
     yield srv
     srv.stop()
@@ -68,6 +68,11 @@ def test_dead_letter_life_cycle_through_admin_protocol_and_cli(retrying: Running
         assert c.admin(b"dead status\n") == b"resize\t1\n.\n"
         row = c.admin(b"dead list resize\n").split(b"\t")
         assert row[:5] == [handle, b"resize", b"img-7", b"2", b"exception"]
+        # the log says where it went (gearmand's "Dropped job" would send people looking)
+        log = retrying.tmp / "server.log"
+        moved = f"Moved job to the dead set after max retry count: {handle.decode()} img-7"
+        wait_for(lambda: moved in log.read_text())
+        assert "Dropped job" not in log.read_text()
 
         h = handle.decode()
         out = cli("admin", "-p", port, "--dead-status", "--dead-show", h)

@@ -365,15 +365,21 @@ class Handlers(Core):
             limit = self.config.job_retries
             delay = -1.0 if limit and more.retries >= limit else 0.0
         if delay < 0:
-            log.warning(
-                "Dropped job due to max retry count: %s %s",
-                job.handle.decode(errors="replace"),
-                job.unique.decode(errors="replace"),
-            )
+            if policy is not None and policy.bury(job, why, error):
+                log.warning(
+                    "Moved job to the dead set after max retry count: %s %s "
+                    "(gearmill admin --dead-requeue runs it again)",
+                    job.handle.decode(errors="replace"),
+                    job.unique.decode(errors="replace"),
+                )
+            else:  # gearmand's words
+                log.warning(
+                    "Dropped job due to max retry count: %s %s",
+                    job.handle.decode(errors="replace"),
+                    job.unique.decode(errors="replace"),
+                )
             if job.clients:
                 self._forward(job, encode(PacketType.WORK_FAIL, job.handle))
-            if policy is not None:
-                policy.bury(job, why, error)
             func.queued[job.priority] += 1
             self._finish(job, DROPPED)
             return

@@ -89,9 +89,9 @@ class Policy(Protocol):
         next attempt (0 = at once), or -1 to give up."""
         ...
 
-    def bury(self, job: Job, why: int, error: bytes) -> None:
+    def bury(self, job: Job, why: int, error: bytes) -> bool:
         """The job gives up (or failed for good): keep it in the dead set if the
-        function asks for that."""
+        function asks for that (True when it went there)."""
         ...
 
 

@@ -276,13 +276,15 @@ class RetryPolicy:
             return 0.0  # a waiting client gets its retry at once
         return self.backoff(rule, attempts)
 
-    def bury(self, job: Job, why: int, error: bytes) -> None:
+    def bury(self, job: Job, why: int, error: bytes) -> bool:
+        """Keep a background job that gave up in the dead set, where its rule says so;
+        True when it went there."""
         if not job.background:
-            return
+            return False
         rule = self.rule(job.func.name)
         final_failure = why in (RETRY_FAILED, RETRY_EXCEPTION) and not self.retries(job, why)
         if not (rule.dead_on_fail if final_failure else rule.dead):
-            return
+            return False
         attempts = job.more.retries + (1 if final_failure else 0)
         self.dead.add(
             DeadJob(
@@ -297,6 +299,7 @@ class RetryPolicy:
                 self.clock(),
             )
         )
+        return True
 
 
 # ------------------------------------------------------------------- cron
