@@ -76,6 +76,8 @@ def test_plain_and_tls_listeners_side_by_side(tmp_path: Path) -> None:
 def test_tls_setting_errors(tmp_path: Path) -> None:
     assert "needs a certificate" in error("-L", "tls://127.0.0.1:4731")
     assert "needs a certificate" in error("--ssl")
+    # the value is named once
+    assert error("-L", "udp://127.0.0.1:1").count("udp://127.0.0.1:1") == 1
     assert "unknown scheme 'udp'" in error("-L", "udp://127.0.0.1:1")
     assert "in brackets" in error("-L", "tls://::1:4731", "--tls-cert", "c")
     assert "port number" in error("-L", "tls://127.0.0.1:x", "--tls-cert", "c")

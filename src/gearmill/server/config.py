@@ -372,7 +372,8 @@ def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None, bool | None
     if text:
         hosts = raw.split(",") if isinstance(raw, str) else raw
         assert isinstance(hosts, list | tuple)
-        return tuple(_listen_url(str(h).strip()) for h in hosts)
+        # the error names the value; the item too when there are several
+        return tuple(_listen_url(str(h).strip(), len(hosts) > 1) for h in hosts)
     fix = (
         'write [[listen]] tables: host = "127.0.0.1", an optional port = 4730 '
         "and an optional tls = true"
@@ -394,22 +395,23 @@ def _listen(raw: object, text: bool) -> tuple[tuple[str, int | None, bool | None
     return tuple(out)
 
 
-def _listen_url(text: str) -> tuple[str, int | None, bool | None]:
+def _listen_url(text: str, name_it: bool = False) -> tuple[str, int | None, bool | None]:
     """A -L value: a host (the -p listener), or tcp://host[:port] or tls://host[:port]."""
     scheme, sep, rest = text.partition("://")
+    which = f"{text}: " if name_it else ""
     if not sep:
         return text, None, None
     if scheme.lower() not in ("tcp", "tls"):
         raise _Bad(
-            f"{text}: unknown scheme {scheme!r}; use a host, tcp://host:port or tls://host:port"
+            f"{which}unknown scheme {scheme!r}; use a host, tcp://host:port or tls://host:port"
         )
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0 or (rest[end + 1 :] and not rest[end + 1 :].startswith(":")):
-            raise _Bad(f"{text}: write an IPv6 address as tls://[::1]:4730")
+            raise _Bad(f"{which}write an IPv6 address as tls://[::1]:4730")
         host, port_text = rest[1:end], rest[end + 2 :]
     elif rest.count(":") > 1:
-        raise _Bad(f"{text}: write an IPv6 address in brackets, as tls://[::1]:4730")
+        raise _Bad(f"{which}write an IPv6 address in brackets, as tls://[::1]:4730")
     else:
         host, _, port_text = rest.partition(":")
     port = None if not port_text else _port(port_text, True)
