@@ -71,7 +71,8 @@ class BuildHotPath(build_ext):
 
 
 ext_modules = []
-if not os.environ.get("GEARMILL_NO_COMPILE"):
+# read as GEARMILL_PURE is (gearmill/_accel.py): 0, false, no and off mean compile
+if os.environ.get("GEARMILL_NO_COMPILE", "").strip().lower() in ("", "0", "false", "no", "off"):
     try:
         from mypyc.build import mypycify
     except ImportError:
