@@ -178,6 +178,27 @@ def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> Non
     assert "start PostgreSQL" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("url", "service"),
+    [("redis://127.0.0.1:1/0", "Redis"), ("mysql://gm:pw@127.0.0.1:1/gm", "MariaDB")],
+)
+def test_an_unreachable_store_says_why_in_words(url: str, service: str) -> None:
+    """The drivers' own sentences are not passed on as they come ("Connection refused.;"
+    or "[Errno 111]"): the reason is in words, then the fix."""
+    r = subprocess.run(
+        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "connection refused" in lines[0].lower(), lines[0]
+    assert ".;" not in lines[0] and "[Errno" not in lines[0], lines[0]
+    assert lines[0].endswith(f"start {service}, or fix the URL given to --store")
+
+
 def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
     """A --store path that holds something else (a typo, the wrong file) is refused in
     one line naming the store, and the file is not touched."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from ...errors import connect_reason
 from ._job import PRIORITY_HIGH as PRIORITY_HIGH
 from ._job import PRIORITY_LOW as PRIORITY_LOW
 from ._job import PRIORITY_NORMAL as PRIORITY_NORMAL
@@ -50,6 +52,22 @@ class StoredSchedule:
 
 class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
+
+
+def unreachable(url: str, error: BaseException, service: str) -> StoreError:
+    """The one line for a store that cannot be reached at start: its URL (password
+    hidden), why in words (not "[Errno -2]", not a driver's sentence with its own full
+    stop), and the fix."""
+    if isinstance(error, OSError):
+        why = connect_reason(error)
+    else:
+        args = error.args
+        # MySQL drivers raise (code, "text"): the text
+        text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
+        why = re.sub(r"\[Errno -?\d+\] ", "", text or type(error).__name__).rstrip(". ")
+    return StoreError(
+        f"cannot reach the store {url}: {why}; start {service}, or fix the URL given to --store"
+    )
 
 
 class SingleServer:

@@ -27,6 +27,7 @@ from ._base import (
     check_job,
     check_schedule,
     log,
+    unreachable,
 )
 from ._mysql_lane import connect_lane
 from ._sql import (
@@ -120,10 +121,7 @@ class MySQLStore(SingleServer):
         try:
             self._pool = await asyncmy.create_pool(minsize=1, maxsize=2, **self._params)
         except _ERRORS as e:
-            raise StoreError(
-                f"cannot reach the store {self.url}: {e or type(e).__name__}; "
-                "start MariaDB, or fix the URL given to --store"
-            ) from None
+            raise unreachable(self.url, e, "MariaDB") from None
         try:
             async with self._pool.acquire() as con:
                 await self._check(con)

@@ -25,6 +25,7 @@ from ._base import (
     check_job,
     check_schedule,
     log,
+    unreachable,
 )
 from ._postgresql_lane import connect_lane
 from ._sql import (
@@ -150,10 +151,7 @@ class PostgreSQLStore:
                 reset=_reset,
             )
         except _ERRORS as e:
-            raise StoreError(
-                f"cannot reach the store {self.url}: {e or type(e).__name__}; "
-                "start PostgreSQL, or fix the URL given to --store"
-            ) from None
+            raise unreachable(self.url, e, "PostgreSQL") from None
         try:
             async with self._pool.acquire() as con:
                 await self._check(con)

@@ -46,6 +46,7 @@ from ._base import (
     unpack_dead,
     unpack_job,
     unpack_schedule,
+    unreachable,
 )
 from ._redis_lane import connect_lane, frame_parts
 
@@ -415,10 +416,7 @@ class RedisStore:
             try:
                 await self._r.ping()
             except _ERRORS as e:
-                raise StoreError(
-                    f"cannot reach the store {self.url}: {e or type(e).__name__}; "
-                    "start Redis, or fix the URL given to --store"
-                ) from None
+                raise unreachable(self.url, e, "Redis") from None
             await self._check_aof()
             await self._migrate()
             await self._load_script()
