@@ -129,7 +129,8 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         # at-least-once: only what was running on the killed server may run again (its
         # one worker's job, and one it finished whose delete was not yet committed)
         assert len(twice) <= 2 and all(x.startswith("s0-") for x in twice), twice
-        assert any("taking over" in log_of(s) for s in servers[1:])
+        # a crash is a warning (a clean stop is not: the next test)
+        assert any("stopped renewing its lease" in log_of(s) for s in servers[1:])
 
         # every server killed at once with jobs queued; all three start again
         for w in workers[1:]:
@@ -150,6 +151,31 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         wait_store_empty(common_store)
         counted = runs(out)
         assert [x for x in second if counted[x] != 1] == []
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait(10)
+        for srv in servers:
+            srv.stop()
+
+
+def test_a_cleanly_stopped_servers_jobs_move_without_a_warning(
+    common_store: Backend, tmp_path: Path
+) -> None:
+    """SIGTERM is a clean stop: the survivors take its jobs over, and say so at INFO,
+    not with the warning a crash gets."""
+    out = tmp_path / "done"
+    out.touch()
+    servers = start_three(common_store.url)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        submitted = submit_many(servers[0], "s0", 20)
+        servers[0].stop()  # SIGTERM: its queued jobs stay in the store
+        workers = [worker(srv.port, out) for srv in servers[1:]]
+        wait_all(out, set(submitted))
+        logs = [log_of(s) for s in servers[1:]]
+        assert any("server n0#" in log and "cleanly; taking over its jobs" in log for log in logs)
+        assert not any("stopped renewing" in log for log in logs), logs
     finally:
         for w in workers:
             w.kill()

@@ -76,7 +76,7 @@ def test_a_dead_servers_jobs_go_to_exactly_one_claimer_with_a_new_fence(
             # alive: nothing to claim
             assert await s1.claim("s1#1", 100) == []
             await asyncio.sleep(0.5)
-            assert await s1.reap() == ["dead#1"]
+            assert await s1.reap() == [("dead#1", False)]  # it stopped renewing
             assert await s2.reap() == []  # declared dead once
             got1, got2 = await asyncio.gather(s1.claim("s1#1", 30), s2.claim("s2#1", 30))
             more = await s1.claim("s1#1", 100) + await s2.claim("s2#1", 100)
@@ -117,7 +117,7 @@ def test_a_clean_leave_hands_the_jobs_on_at_once_and_unowned_jobs_are_claimed(
             first = await b.claim("b#1", 100)
             assert sorted(j.unique for _, j in first) == sorted(j.unique for j in jobs(5, "legacy"))
             await a.leave("a#1")
-            assert await b.reap() == ["a#1"]
+            assert await b.reap() == [("a#1", True)]  # it left cleanly
             second = await b.claim("b#1", 100)
             assert sorted(j.unique for _, j in second) == sorted(j.unique for j in jobs(4, "a"))
         finally:
@@ -158,7 +158,7 @@ def test_nodes_lists_each_heartbeat_with_its_expiry_and_its_jobs(common_store: B
             assert all(0 < left <= 30_000 for _, left, _ in rows)
             await a.leave("a#1")
             assert (await b.nodes())[0][1] < 0  # expired, listed until reaped
-            assert await b.reap() == ["a#1"]
+            assert await b.reap() == [("a#1", True)]
             assert [owner for owner, _, _ in await b.nodes()] == ["b#1"]
         finally:
             await a.close()
@@ -374,7 +374,7 @@ def test_a_store_without_an_owner_removes_any_servers_job_and_its_count_follows(
             await a.leave("a#1")
             assert await c.join("c#1", 30) is None
             c.owner = "c#1"
-            assert await c.reap() == ["a#1"]
+            assert await c.reap() == [("a#1", True)]
             claimed = await c.claim("c#1", 4)  # some of a#1's (and nobody's) jobs
             assert len(claimed) == 4
             assert await a.join("a#2", 30) is None

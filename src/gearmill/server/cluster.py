@@ -139,15 +139,26 @@ class Cluster:
                 await self._look()
             if self.on_beat is not None:
                 self.on_beat()
-            if dead:
+            crashed = [owner for owner, left in dead if not left]
+            gone = [owner for owner, left in dead if left]
+            if crashed:
                 lifecycle.warning(
                     "server%s %s stopped renewing %s lease on %s; taking over %s jobs",
-                    "" if len(dead) == 1 else "s",
-                    ", ".join(dead),
-                    "its" if len(dead) == 1 else "their",
+                    "" if len(crashed) == 1 else "s",
+                    ", ".join(crashed),
+                    "its" if len(crashed) == 1 else "their",
                     store.url,
-                    "its" if len(dead) == 1 else "their",
+                    "its" if len(crashed) == 1 else "their",
                     extra={"gearman_level": "WARNING"},
+                )
+            if gone:  # a clean stop (SIGTERM, SIGUSR1): nothing went wrong
+                lifecycle.info(
+                    "server%s %s left %s cleanly; taking over %s jobs",
+                    "" if len(gone) == 1 else "s",
+                    ", ".join(gone),
+                    store.url,
+                    "its" if len(gone) == 1 else "their",
+                    extra={"gearman_level": "INFO"},
                 )
             if dead or beats % SWEEP_EVERY == 0:
                 self._claim.set()

@@ -96,7 +96,7 @@ class SingleServer:
     async def leave(self, owner: str) -> None:
         raise self._single()
 
-    async def reap(self) -> list[str]:
+    async def reap(self) -> list[tuple[str, bool]]:
         raise self._single()
 
     async def claim(self, owner: str, limit: int) -> list[tuple[int, StoredJob]]:
@@ -314,8 +314,9 @@ class Store(Protocol):
     async def leave(self, owner: str) -> None:
         """Drop the heartbeat (a clean stop): the others take the jobs over at once."""
 
-    async def reap(self) -> list[str]:
-        """Declare dead the owners whose heartbeat expired (delete it); who they were."""
+    async def reap(self) -> list[tuple[str, bool]]:
+        """Declare dead the owners whose heartbeat expired (delete it): who they were, and
+        whether each left cleanly (`leave`) rather than stopped renewing."""
 
     async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
         """Compare-and-set a schedule's last run: True for the one server that moves it to

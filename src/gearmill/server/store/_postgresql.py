@@ -466,11 +466,11 @@ class PostgreSQLStore:
         # expired at once: the next survivor's reap declares it gone and claims its jobs
         await self._fetch("UPDATE gearmill_nodes SET expires = 0 WHERE owner = $1", owner)
 
-    async def reap(self) -> list[str]:
+    async def reap(self) -> list[tuple[str, bool]]:
         rows = await self._fetch(
-            f"DELETE FROM gearmill_nodes WHERE expires < {_NOW} RETURNING owner"
+            f"DELETE FROM gearmill_nodes WHERE expires < {_NOW} RETURNING owner, expires = 0"
         )
-        return [str(r[0]) for r in rows]
+        return [(str(r[0]), bool(r[1])) for r in rows]
 
     async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
         # a concurrent claimer waits on the row lock, then sees last_run = minute: no row

@@ -197,6 +197,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now +
 return false
 """
 )
+# KEYS: nodes; ARGV: node, owner. A clean stop: expiry 0, reaped by the next survivor
+_LEAVE = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or string.match(v, '^(.*) %d+$') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' 0')
+return 1
+"""
 # KEYS: nodes; ARGV: node, owner, ttl ms
 _RENEW = (
     _NOW
@@ -234,6 +241,7 @@ for i = 1, #all, 2 do
   if tonumber(e) < now then
     redis.call('HDEL', KEYS[1], all[i])
     dead[#dead + 1] = o
+    dead[#dead + 1] = e == '0' and 1 or 0
   end
 end
 return dead
@@ -620,12 +628,12 @@ class RedisStore:
         return bool(await self._script(_RENEW, (self._k_nodes,), args, "heartbeat failed"))
 
     async def leave(self, owner: str) -> None:
-        # a renewal for nobody's time: expired at once, reaped by the next survivor
-        await self.renew(owner, -1)
+        args = (owner.partition("#")[0], owner)
+        await self._script(_LEAVE, (self._k_nodes,), args, "leaving failed")
 
-    async def reap(self) -> list[str]:
-        dead = await self._script(_REAP, (self._k_nodes,), (), "reaping failed")
-        return [_s(o) for o in dead]
+    async def reap(self) -> list[tuple[str, bool]]:
+        flat = await self._script(_REAP, (self._k_nodes,), (), "reaping failed")
+        return [(_s(flat[i]), flat[i + 1] == 1) for i in range(0, len(flat), 2)]
 
     async def claim_tick(self, name: str, minute: int, next_run: int) -> bool:
         args = (name, minute)
