@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,4 +289,37 @@ def test_gearmand_file_errors(tmp_path: Path) -> None:
     assert error("--config-file", missing) == (
         f"--config-file {missing}: cannot read it: No such file or directory; "
         "give a file of gearmand flags"
+    )
+
+
+def test_a_misspelt_environment_variable_is_named_with_the_setting_it_looks_like() -> None:
+    env = {
+        "GEARMILL_JOB_RETRY": "3",  # a typo of GEARMILL_JOB_RETRIES
+        "GEARMILL_JOB_RETRIES": "2",
+        "GEARMILL_PURE": "0",  # the build's switch, the client tools' and the tests' own
+        "GEARMILL_CLIENT_CA": "ca.pem",
+        "GEARMILL_TEST_REDIS": "redis://127.0.0.1:1",
+        "GEARMILL_WHATEVER": "x",
+        "PATH": "/bin",
+    }
+    assert settings.unknown_env(env) == [
+        "GEARMILL_JOB_RETRY is not a setting, and is ignored; did you mean GEARMILL_JOB_RETRIES?",
+        "GEARMILL_WHATEVER is not a setting, and is ignored",
+    ]
+    # serve says so on stderr as it starts
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", "memory"],
+        env={**os.environ, "GEARMILL_JOB_RETRY": "3"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert first == (
+        "gearmill serve: warning: GEARMILL_JOB_RETRY is not a setting, and is ignored; "
+        "did you mean GEARMILL_JOB_RETRIES?\n"
     )

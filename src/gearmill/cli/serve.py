@@ -581,6 +581,8 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as e:
         print(f"gearmill serve: {e}", file=sys.stderr)
         return 2
+    for line in settings.unknown_env(os.environ):
+        print(f"gearmill serve: warning: {line}", file=sys.stderr)
     return run(config)
 
 

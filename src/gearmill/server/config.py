@@ -832,6 +832,33 @@ def from_env(env: Mapping[str, str]) -> Layer:
     return layer
 
 
+# GEARMILL_ variables that are not server settings: the file, the state folder, the
+# build's switches, the client tools' and the test suite's
+_OTHER_ENV: Final = (
+    "GEARMILL_CONFIG",
+    "GEARMILL_STATE_DIR",
+    "GEARMILL_PURE",
+    "GEARMILL_NO_COMPILE",
+)
+_OTHER_PREFIXES: Final = ("GEARMILL_CLIENT_", "GEARMILL_TEST_")
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """One line per GEARMILL_ variable that names nothing (a misspelt setting would
+    otherwise be ignored without a word), with the nearest setting's name."""
+    keys = [key.upper() for key, s in SETTINGS.items() if s.env]
+    out = []
+    for name in sorted(env):
+        if not name.startswith("GEARMILL_") or name[9:] in keys or name in _OTHER_ENV:
+            continue
+        if name.startswith(_OTHER_PREFIXES):
+            continue
+        near = difflib.get_close_matches(name[9:], keys, n=1)  # the shared prefix aside
+        hint = f"; did you mean GEARMILL_{near[0]}?" if near else ""
+        out.append(f"{name} is not a setting, and is ignored{hint}")
+    return out
+
+
 def _toml_repr(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
