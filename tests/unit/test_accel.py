@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import gearmill
 
 SHOW = (
@@ -85,3 +87,20 @@ def test_the_build_and_the_loader_name_the_same_modules() -> None:
     hot: list[str] = namespace["HOT"]  # type: ignore[assignment]
     built = [".".join(Path(p).with_suffix("").parts[1:]) for p in hot]
     assert sorted(built) == sorted(HOT_MODULES)
+
+
+def test_the_metrics_clock_reads_time_monotonic() -> None:
+    """The compiled build's clock (C) gives time.monotonic's readings, and a reading
+    someone holds keeps its value (the C reuses its float only when nobody does)."""
+    from gearmill._accel import monotonic
+
+    before = time.monotonic()
+    held = monotonic()
+    after = time.monotonic()
+    assert before <= held <= after
+    value = held + 0.0  # a copy, not the same object
+    later = [monotonic() for _ in range(3)]
+    assert held == value
+    assert later == sorted(later) and later[0] >= after
+    with pytest.raises(TypeError):
+        monotonic(1)  # type: ignore[call-arg]
