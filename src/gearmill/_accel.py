@@ -112,6 +112,6 @@ def _monotonic() -> Callable[[], float]:
     return time.monotonic
 
 
-# time.monotonic; in the compiled build its C twin (the same readings, a third of the
+# time.monotonic; in the compiled build its C twin (the same readings, half the
 # instructions per call from compiled code)
 monotonic = _monotonic()
