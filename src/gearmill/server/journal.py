@@ -150,21 +150,25 @@ class Journal:
         """End of a batch: hand the entries so far to the consumer (the edge
         calls this before a flush). The rarer entries (requeues, workers) are
         appended to ``entries`` even without a consumer: the tally reads them."""
-        entries = self.entries
         tally = self.tally
         if tally is not None:
             tally.fresh = False  # the next batch reads the clock again
-            if entries:
-                tally.rare(entries)
-        if self.consumer is None:
-            if entries:
-                entries.clear()
+        if self.entries or self.held:  # (most batches, with metrics alone, have none)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        entries = self.entries
+        tally = self.tally
+        if tally is not None and entries:
+            tally.rare(entries)
+        consumer = self.consumer
+        if consumer is None:
+            entries.clear()
             return
-        if entries or self.held:
-            held = self.held
-            self.entries = []
-            self.held = []
-            self.consumer.consume(entries, held)
+        held = self.held
+        self.entries = []
+        self.held = []
+        consumer.consume(entries, held)
 
 
 # seconds; a job server's waits and runs span milliseconds to minutes
