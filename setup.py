@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HOT = [  # the job path; durable.py for the store's edge a lone durable job crosses
@@ -37,6 +37,8 @@ HOT = [  # the job path; durable.py for the store's edge a lone durable job cros
     "src/gearmill/server/store/_redis_lane.py",
     "src/gearmill/server/store/_mysql_lane.py",
 ]
+# C beside the mypyc modules, built and stamped with them (module name: source)
+NATIVE = {"gearmill._clock": "src/gearmill/_clock.c"}
 STAMP = "_compiled.json"
 
 
@@ -66,6 +68,8 @@ class BuildHotPath(build_ext):
             ).hexdigest()
             for src in HOT
         }
+        for name, src in NATIVE.items():
+            hashes[name] = hashlib.sha256(Path(src).read_bytes()).hexdigest()
         package.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(hashes, indent=1) + "\n")
 
@@ -80,6 +84,7 @@ if os.environ.get("GEARMILL_NO_COMPILE", "").strip().lower() in ("", "0", "false
     else:
         try:
             ext_modules = mypycify(HOT, opt_level="3")
+            ext_modules += [Extension(name, [src]) for name, src in NATIVE.items()]
         except Exception as e:  # mypy errors in the hot modules
             warn(f"mypyc could not translate the hot path ({e})")
 

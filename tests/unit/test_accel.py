@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import gearmill
 
 SHOW = (
@@ -59,6 +61,13 @@ def test_stale_build_is_not_used(tmp_path: Path) -> None:
     assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
 
 
+def test_stale_c_build_is_not_used(tmp_path: Path) -> None:
+    _copy_install(tmp_path)
+    clock = tmp_path / "gearmill" / "_clock.c"
+    clock.write_text(clock.read_text() + "\n/* edited after the build */\n")
+    assert _run({}, pythonpath=str(tmp_path)) == "pure True True"
+
+
 def test_newer_mtimes_alone_keep_the_compiled_build(tmp_path: Path) -> None:
     # unpacking a wheel gives every .py a later mtime than its .so: same content, still compiled
     codec = _copy_install(tmp_path)
@@ -76,7 +85,7 @@ def test_build_without_stamp_is_not_used(tmp_path: Path) -> None:
 def test_the_build_and_the_loader_name_the_same_modules() -> None:
     """setup.py compiles HOT; _accel trusts and, under GEARMILL_PURE, replaces exactly
     those: a module in one list only would run compiled and stale, or never compiled."""
-    from gearmill._accel import HOT_MODULES
+    from gearmill._accel import HOT_MODULES, NATIVE_MODULES
 
     setup = Path(__file__).resolve().parents[2] / "setup.py"
     if not setup.exists():
@@ -88,3 +97,26 @@ def test_the_build_and_the_loader_name_the_same_modules() -> None:
     hot: list[str] = namespace["HOT"]  # type: ignore[assignment]
     built = [".".join(Path(p).with_suffix("").parts[1:]) for p in hot]
     assert sorted(built) == sorted(HOT_MODULES)
+    # and the C modules built beside them, with their sources
+    start = text.index("NATIVE = {")
+    exec(text[start : text.index("}", start) + 1], namespace)
+    native: dict[str, str] = namespace["NATIVE"]  # type: ignore[assignment]
+    assert {name: Path(src).name for name, src in native.items()} == NATIVE_MODULES
+
+
+def test_the_metrics_clock_reads_time_monotonic() -> None:
+    """The compiled build's clock (C) gives time.monotonic's readings, and a reading
+    someone holds keeps its value (the C reuses its float only when nobody does)."""
+    from gearmill._accel import metrics_clock
+
+    monotonic = metrics_clock()
+    before = time.monotonic()
+    held = monotonic()
+    after = time.monotonic()
+    assert before <= held <= after
+    value = held + 0.0  # a copy, not the same object
+    later = [monotonic() for _ in range(3)]
+    assert held == value
+    assert later == sorted(later) and later[0] >= after
+    with pytest.raises(TypeError):
+        monotonic(1)  # type: ignore[call-arg]

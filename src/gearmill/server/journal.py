@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from mypy_extensions import i64
+
 from .model import RUNNING, Function, Job, Peer
 
 # how a job ended
@@ -148,21 +150,25 @@ class Journal:
         """End of a batch: hand the entries so far to the consumer (the edge
         calls this before a flush). The rarer entries (requeues, workers) are
         appended to ``entries`` even without a consumer: the tally reads them."""
-        entries = self.entries
         tally = self.tally
         if tally is not None:
             tally.fresh = False  # the next batch reads the clock again
-            if entries:
-                tally.rare(entries)
-        if self.consumer is None:
-            if entries:
-                entries.clear()
+        if self.entries or self.held:  # (most batches, with metrics alone, have none)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        entries = self.entries
+        tally = self.tally
+        if tally is not None and entries:
+            tally.rare(entries)
+        consumer = self.consumer
+        if consumer is None:
+            entries.clear()
             return
-        if entries or self.held:
-            held = self.held
-            self.entries = []
-            self.held = []
-            self.consumer.consume(entries, held)
+        held = self.held
+        self.entries = []
+        self.held = []
+        consumer.consume(entries, held)
 
 
 # seconds; a job server's waits and runs span milliseconds to minutes
@@ -201,7 +207,7 @@ class Histogram:
     The counts are plain integer fields, found by comparisons written out:
     compiled, an observation is a few double comparisons and one addition,
     where a list of counts would box a new integer object per observation
-    once a count passes 256.
+    once a count passes 256 (``i64``: a machine addition, no tag checks).
     """
 
     __slots__ = (
@@ -224,8 +230,21 @@ class Histogram:
     )
 
     def __init__(self) -> None:
-        self.b0 = self.b1 = self.b2 = self.b3 = self.b4 = self.b5 = self.b6 = self.b7 = 0
-        self.b8 = self.b9 = self.b10 = self.b11 = self.b12 = self.b13 = self.b14 = 0
+        self.b0: i64 = 0
+        self.b1: i64 = 0
+        self.b2: i64 = 0
+        self.b3: i64 = 0
+        self.b4: i64 = 0
+        self.b5: i64 = 0
+        self.b6: i64 = 0
+        self.b7: i64 = 0
+        self.b8: i64 = 0
+        self.b9: i64 = 0
+        self.b10: i64 = 0
+        self.b11: i64 = 0
+        self.b12: i64 = 0
+        self.b13: i64 = 0
+        self.b14: i64 = 0
         self.sum = 0.0
 
     def observe(self, v: float) -> None:
@@ -336,14 +355,14 @@ class Tallied:
     )
 
     def __init__(self) -> None:
-        self.fg_submitted = 0
-        self.bg_submitted = 0
-        self.fg_completed = 0
-        self.bg_completed = 0
+        self.fg_submitted: i64 = 0
+        self.bg_submitted: i64 = 0
+        self.fg_completed: i64 = 0
+        self.bg_completed: i64 = 0
         # job data of new jobs, and results from workers (WORK_DATA, WORK_WARNING,
         # WORK_COMPLETE, WORK_EXCEPTION): payload bytes, not packet headers
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.bytes_in: i64 = 0
+        self.bytes_out: i64 = 0
         self.rare = [0] * 16
         self.wait = Histogram()  # per-function histograms are opt-in
         self.run = Histogram()
@@ -363,7 +382,7 @@ class Ended:
     def __init__(self) -> None:
         self.handle: bytes | None = None  # None: the ring has not come round to it
         self.function = b""
-        self.code = 0  # outcome * 2 + kind (1: background)
+        self.code: i64 = 0  # outcome * 2 + kind (1: background)
         self.at = 0.0  # the tally's clock
 
 
@@ -390,7 +409,7 @@ class Tally:
         self.run = Histogram()
         # finished jobs, the next to write over at done_next
         self.done = [Ended() for _ in range(MAX_FINISHED)]
-        self.done_next = 0
+        self.done_next: i64 = 0
 
     def tick(self) -> float:
         """Read the clock: the batch's first job event (callers test ``fresh``)."""
@@ -463,7 +482,9 @@ class Tally:
         ended.code = outcome * 2 + kind
         ended.at = now
         i += 1
-        self.done_next = 0 if i == MAX_FINISHED else i
+        if i == MAX_FINISHED:  # (compiled: "0 if ... else i" would box i)
+            i = 0
+        self.done_next = i
 
     def rare(self, entries: list[Entry]) -> None:
         """The batch's requeues (retries, timeouts); workers coming and going are

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from .._accel import metrics_clock
 from .broker import Broker
 from .journal import (
     BUCKETS,
@@ -106,7 +107,7 @@ class Recorder:
         function_histograms: bool = False,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.clock = clock or time.monotonic
+        self.clock = clock or metrics_clock()
         # wall time = monotonic + offset, without a second clock call per batch
         self.offset = time.time() - self.clock()
         self.tally = Tally(self.clock, function_histograms)

@@ -1,0 +1,2 @@
+def monotonic() -> float:
+    """time.monotonic's reading (see _clock.c)."""
