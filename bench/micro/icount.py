@@ -54,17 +54,21 @@ def instructions(python: str, loadgen: Path, mode: str, n: int, extra: Sequence[
             [
                 *("valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg"),
                 *(f"--log-file={log}", python, "-m", "gearmill.cli.main", "serve"),
-                *("-p", str(port), "--log-file", "none", "--store", "memory", *extra),
+                *("-p", str(port), "--log-file", f"{tmp}/server.log", "--store", "memory"),
+                *extra,
             ]
         )
         try:
+            # its start line comes once every listener (--http's too) is up: a SIGINT
+            # before that would stop a server half started
             deadline = time.monotonic() + 120
+            started = Path(tmp) / "server.log"
             while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                if started.exists() and "Listening on" in started.read_text():
                     break
-                except OSError:
-                    time.sleep(0.5)
+                if server.poll() is not None:
+                    raise SystemExit(f"icount: the server exited ({server.returncode})")
+                time.sleep(0.5)
             else:
                 raise SystemExit("icount: the server under valgrind did not start in 120 s")
             args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300"]

@@ -86,6 +86,28 @@ def test_http_port_already_taken_is_one_line() -> None:
     )
 
 
+def test_ctrl_c_while_starting_is_one_line_not_a_traceback() -> None:
+    """SIGINT before the server is up (here: its store never answers) stops it with one
+    line, as after it."""
+    with socket.socket() as mute:  # accepts connections, never says a word
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        url = f"postgresql://gm@127.0.0.1:{mute.getsockname()[1]}/gm"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", url],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = mute.accept()  # the store's connect is waiting for an answer
+        try:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            conn.close()
+    assert proc.returncode == 1
+    assert err == "gearmill serve: interrupted while starting (SIGINT)\n"
+
+
 def test_gearmand_port_environment_variable(tmp_path: object) -> None:
     port = free_port()
     proc = subprocess.Popen(

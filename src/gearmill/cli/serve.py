@@ -611,7 +611,11 @@ def run(config: Config) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    return asyncio.run(_serve(config, logs, _Report(logs, notify)))
+    report = _Report(logs, notify)
+    try:
+        return asyncio.run(_serve(config, logs, report))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return report.fail("interrupted while starting (SIGINT)")
 
 
 async def _serve(config: Config, logs: _Log, report: _Report) -> int:
