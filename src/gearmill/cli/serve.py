@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import difflib
 import gc
 import logging
 import os
@@ -66,6 +67,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
+
+
+class _CommandLine(argparse.ArgumentParser):
+    """The command line's parser: a bad flag is one line (what is wrong, the flag it
+    looks like, where the rest is), not the usage's two dozen lines first."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see {self.prog} --help"
+        unknown = message.removeprefix("unrecognized arguments: ")
+        if unknown != message:
+            flags = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            word = unknown.split()[0].split("=", 1)[0]
+            near = difflib.get_close_matches(word, flags, n=1, cutoff=0.8)
+            if near:
+                hint = f"did you mean {near[0]}? ({hint})"
+        self.exit(2, f"{self.prog}: {message}; {hint}\n")
 
 
 def _opt(p: argparse.ArgumentParser, *names: str, **kw: object) -> None:
@@ -575,7 +592,7 @@ def main(argv: Sequence[str]) -> int:
     if problem:
         print(f"gearmill serve: {problem}", file=sys.stderr)
         return 2
-    ns = build_parser().parse_args(argv)
+    ns = build_parser(cls=_CommandLine).parse_args(argv)
     try:
         config = load(ns, os.environ)
     except ConfigError as e:
