@@ -225,7 +225,7 @@ class Durable:
                 self.adds[key] = StoredJob(
                     job.func.name,
                     key[1],
-                    bytes(job.data),
+                    job.data,
                     job.priority,
                     e.when,
                     job.more.reducer,
@@ -275,7 +275,8 @@ class Durable:
             self._wake.set()
 
     def _send_lone(self, lane: Lane) -> None:
-        ((key, stored),) = self.adds.items()
+        key = next(iter(self.adds))  # the one add (cheaper than unpacking items())
+        stored = self.adds[key]
         if len(stored.data) > LANE_MAX:
             self._wake.set()
             return
