@@ -313,9 +313,9 @@ class Durable:
         self.committed_jobs += 1
         if self.observe is not None:
             self.observe(time.monotonic() - began, 1)
-        release = self.broker.release
+        broker = self.broker
         for peer in held:
-            release(peer)
+            broker.release(peer)  # a native call (a bound method would be a generic one)
         self._flush()
         if self.adds or self.removes or self.held:
             self._next()
@@ -390,9 +390,9 @@ class Durable:
                     self._unload(spill, joined)
                 if self.observe is not None:
                     self.observe(time.monotonic() - began, len(adds) + len(removes))
-                release = self.broker.release
+                broker = self.broker
                 for peer in held:
-                    release(peer)
+                    broker.release(peer)
                 self._flush()
                 if self.broker.stored and not self._closing:
                     paged = await self._page_in()
