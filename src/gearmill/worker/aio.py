@@ -330,6 +330,7 @@ class _Link:
     async def run(self) -> None:
         w = self.worker
         delay = 0.5
+        down = False  # a connection failed or was lost: say so when it is back
         while not w.stopping:
             try:
                 conn = await Connection.open(
@@ -337,10 +338,14 @@ class _Link:
                 )
             except ConnectionLost as e:
                 log.warning("%s; retrying in %.1f s", e, delay)
+                down = True
                 await w._sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
             delay = 0.5
+            if down:
+                log.warning("connected to %s again; registering its functions", self.name)
+                down = False
             self.conn = conn
             try:
                 if w.exceptions is None:
@@ -354,6 +359,7 @@ class _Link:
             except ConnectionLost as e:
                 if not w.stopping:
                     log.warning("%s; reconnecting", e)
+                    down = True
             finally:
                 self.conn = None
                 conn.close()
@@ -367,8 +373,10 @@ class _Link:
                 return
             loop = asyncio.get_running_loop()
             self.reply = loop.create_future()
-            conn.send(PacketType.GRAB_JOB_ALL)
             try:
+                # the send fails too when the server went away while a job ran: the
+                # slot must come back, or the reconnected worker never grabs again
+                conn.send(PacketType.GRAB_JOB_ALL)
                 kind, args = await self.reply
             except BaseException:
                 w.slots.release()
