@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import gearmill as gm
-from conftest import Conn, Running, free_port
+from conftest import Conn, Running, free_port, running_worker
 from gearmill.protocol.packets import PacketType
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -274,6 +274,43 @@ def test_server_that_never_answers_the_option_is_named() -> None:
     assert str(caught.value).startswith(
         f"could not connect to {address}: connected, but no answer to OPTION_REQ exceptions"
         " within 0.3 s; "
+    )
+
+
+def test_another_service_on_the_port_is_skipped_and_named(gearmill: Running) -> None:
+    # an SSH-like service greets every connection with a text line
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        other = f"127.0.0.1:{listener.getsockname()[1]}"
+        stop = threading.Event()
+
+        def greet() -> None:
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    peer, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                peer.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                peer.close()
+
+        greeter = threading.Thread(target=greet, daemon=True)
+        greeter.start()
+        worker = gm.Worker(gearmill.address)
+        worker.register("up", lambda job: job.data.upper())
+        try:
+            with running_worker(worker), gm.Client([other, gearmill.address], timeout=30) as c:
+                # every job goes to the job server: none fails on the other service
+                assert [c.run("up", b"%d" % i) for i in range(4)] == [b"0", b"1", b"2", b"3"]
+                with pytest.raises(gm.CannotConnect) as caught:
+                    c.echo(b"x", server=other)
+        finally:
+            stop.set()
+            greeter.join(5)
+    assert str(caught.value) == (
+        f"could not connect to {other}: connected, but unexpected text in binary stream"
+        " (is that a Gearman job server?)"
     )
 
 

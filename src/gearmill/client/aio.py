@@ -36,6 +36,7 @@ from ..errors import (
     JobException,
     JobFailed,
     NoServersAvailable,
+    ProtocolError,
     ServerError,
     connect_reason,
     seconds,
@@ -476,6 +477,11 @@ class AsyncClient:
                 except ConnectionLost as e:
                     conn.close()
                     raise CannotConnect(server.name, f"connected, then {e.detail}") from e
+                except ProtocolError as e:
+                    # another service on that port: skip it like one that refuses
+                    conn.close()
+                    said = str(e).removeprefix(f"{server.name}: ")
+                    raise CannotConnect(server.name, f"connected, but {said}") from e
                 except GearmanTimeout as e:
                     conn.close()
                     raise CannotConnect(

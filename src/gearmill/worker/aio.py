@@ -42,7 +42,7 @@ from typing import Any
 from ..client.connection import Connection
 from ..client.servers import Address, TLSAddress, format_address, parse_servers, with_context
 from ..data import Codec, encode, to_bytes
-from ..errors import ConnectionLost
+from ..errors import CannotConnect, ConnectionLost, ProtocolError, seconds
 from ..protocol.packets import PacketType
 
 log = logging.getLogger("gearmill.worker")
@@ -296,6 +296,9 @@ class _Link:
         self.wake = asyncio.Event()
         self.reply: asyncio.Future[tuple[int, list[bytes]]] | None = None
         self.exceptions = bool(worker.exceptions)
+        self.delay = 0.5  # before the next connection attempt; doubles to 30 s
+        self.down = False  # a connection failed or was lost: say so when it is back
+        self.answered = False  # this connection's server answered a GRAB_JOB_ALL
 
     def on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
         if kind == PacketType.NOOP:
@@ -329,24 +332,17 @@ class _Link:
 
     async def run(self) -> None:
         w = self.worker
-        delay = 0.5
-        down = False  # a connection failed or was lost: say so when it is back
         while not w.stopping:
             try:
                 conn = await Connection.open(
                     self.address, self.on_packet, self.on_lost, w.connect_timeout
                 )
             except ConnectionLost as e:
-                log.warning("%s; retrying in %.1f s", e, delay)
-                down = True
-                await w._sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await self._retry(e)
                 continue
-            delay = 0.5
-            if down:
-                log.warning("connected to %s again; registering its functions", self.name)
-                down = False
             self.conn = conn
+            self.answered = False
+            lost: Exception | None = None
             try:
                 if w.exceptions is None:
                     # gearmill turns WORK_EXCEPTION into a plain WORK_FAIL for clients that
@@ -356,13 +352,49 @@ class _Link:
                     self.exceptions = await _is_gearmill(self.address, w.connect_timeout)
                 await self.register(conn)
                 await self.cycle(conn)
-            except ConnectionLost as e:
-                if not w.stopping:
-                    log.warning("%s; reconnecting", e)
-                    down = True
+            except (ConnectionLost, ProtocolError) as e:
+                lost = e
             finally:
                 self.conn = None
                 conn.close()
+            if lost is None or w.stopping:
+                continue
+            if self.answered:
+                log.warning("%s; reconnecting", lost)
+                self.down = True
+            else:
+                # it never answered like a job server (something else on that port, or
+                # junk): back off as for a refused connection instead of spinning
+                await self._retry(lost)
+
+    async def _retry(self, error: Exception) -> None:
+        log.warning("%s; retrying in %.1f s", error, self.delay)
+        self.down = True
+        await self.worker._sleep(self.delay)
+        self.delay = min(self.delay * 2, 30.0)
+
+    def _first_reply(self) -> None:
+        """The server answered the first GRAB_JOB_ALL: it is a job server, and it is up."""
+        self.answered = True
+        self.delay = 0.5
+        if self.down:
+            log.warning("connected to %s again; functions registered", self.name)
+            self.down = False
+
+    async def _first(
+        self, reply: asyncio.Future[tuple[int, list[bytes]]]
+    ) -> tuple[int, list[bytes]]:
+        t = self.worker.connect_timeout
+        try:
+            got = await asyncio.wait_for(reply, t)
+        except TimeoutError:
+            raise CannotConnect(
+                self.name,
+                f"connected, but no answer to GRAB_JOB_ALL within {seconds(t)} s"
+                " (is that a Gearman job server?)",
+            ) from None
+        self._first_reply()
+        return got
 
     async def cycle(self, conn: Connection) -> None:
         w = self.worker
@@ -377,7 +409,10 @@ class _Link:
                 # the send fails too when the server went away while a job ran: the
                 # slot must come back, or the reconnected worker never grabs again
                 conn.send(PacketType.GRAB_JOB_ALL)
-                kind, args = await self.reply
+                if self.answered:
+                    kind, args = await self.reply
+                else:
+                    kind, args = await self._first(self.reply)
             except BaseException:
                 w.slots.release()
                 raise
