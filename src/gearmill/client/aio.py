@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -251,10 +251,10 @@ class Job:
             wait(), timeout, lambda s: f"no new status for {self._name} within {s} s"
         )
 
-    def __aiter__(self) -> Any:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
 
-    async def _iterate(self) -> Any:
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
         i = 0
         while True:
             while i < len(self.data_chunks):
