@@ -435,3 +435,44 @@ def test_worker_on_a_port_that_is_not_a_job_server(
     gearmill: Running, greeting: bytes, worker_log: pytest.LogCaptureFixture
 ) -> None:
     asyncio.run(_wrong_port(gearmill, greeting, worker_log))
+
+
+# ------------------------------------------------------------------ stopping
+
+
+async def _stop_while_a_job_runs(address: str, concurrency: int) -> list[Any]:
+    started = threading.Event()
+
+    def slow(job: gm.WorkerJob) -> bytes:
+        started.set()
+        time.sleep(0.5)
+        return b"finished " + job.data
+
+    async def aslow(job: gm.WorkerJob) -> bytes:
+        started.set()
+        await asyncio.sleep(0.5)
+        return b"finished " + job.data
+
+    results: list[Any] = []
+    for function in (slow, aslow):
+        started.clear()
+        worker = gm.AsyncWorker(address, concurrency=concurrency)
+        worker.register("slow", function)
+        working = asyncio.ensure_future(worker.work())
+        async with gm.AsyncClient(address, timeout=30) as client:
+            job = await client.submit("slow", b"A")
+            await async_wait_until(started.is_set, "the job to start")
+            worker.stop()
+            results.append(await job.result())
+        await asyncio.wait_for(working, 30)
+    return results
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_stop_finishes_the_running_job_and_sends_its_result(
+    server: Running, concurrency: int
+) -> None:
+    # with a free slot the worker is asleep on the server when told to stop: its
+    # connection must still carry the running job's result
+    results = asyncio.run(_stop_while_a_job_runs(server.address, concurrency))
+    assert results == [b"finished A", b"finished A"]

@@ -352,6 +352,9 @@ class _Link:
                     self.exceptions = await _is_gearmill(self.address, w.connect_timeout)
                 await self.register(conn)
                 await self.cycle(conn)
+                # stopping: the running jobs send their results on this connection, so
+                # it stays open until work() has waited for them (it cancels this then)
+                await asyncio.get_running_loop().create_future()
             except (ConnectionLost, ProtocolError) as e:
                 lost = e
             finally:
@@ -706,7 +709,7 @@ class AsyncWorker:
                 for task in self._tasks:
                     task.cancel()
             # running jobs finish and report (or are cancelled) before the connections close
-            if self._tasks:
+            while self._tasks:  # a job assigned as the worker stopped runs too
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             for link in self._links:
                 if link.reply is not None and not link.reply.done():
