@@ -20,11 +20,25 @@ PROGRAM = textwrap.dedent(
     def follow_blocking(client: gearmill.Client) -> None:
         for chunk in client.submit("report", b"2026"):
             reveal_type(chunk)
+
+    worker = gearmill.AsyncWorker()
+    blocking = gearmill.Worker()
+
+    @worker.function("reverse")
+    async def reverse(job: gearmill.WorkerJob) -> bytes:
+        return job.data[::-1]
+
+    @blocking.function("upper", timeout=5)
+    def upper(job: gearmill.WorkerJob) -> bytes:
+        return job.data.upper()
+
+    reveal_type(reverse)
+    reveal_type(upper)
     """
 )
 
 
-def test_job_chunks_are_bytes_to_a_type_checker(tmp_path: Path) -> None:
+def test_chunks_and_decorated_functions_keep_their_types(tmp_path: Path) -> None:
     program = tmp_path / "user.py"
     program.write_text(PROGRAM)
     out, err, status = api.run(
@@ -34,4 +48,9 @@ def test_job_chunks_are_bytes_to_a_type_checker(tmp_path: Path) -> None:
     revealed = [
         line.split("Revealed type is ")[1] for line in out.splitlines() if "Revealed" in line
     ]
-    assert revealed == ['"bytes"', '"bytes"'], out
+    assert revealed[:2] == ['"bytes"', '"bytes"'], out  # WORK_DATA chunks
+    # a decorated function is still itself (callable in the user's own tests)
+    assert revealed[2:] == [
+        '"def (job: gearmill.worker.aio.WorkerJob) -> typing.Coroutine[Any, Any, bytes]"',
+        '"def (job: gearmill.worker.aio.WorkerJob) -> bytes"',
+    ], out

@@ -37,7 +37,7 @@ import signal
 import ssl
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..client.connection import Connection
 from ..client.servers import Address, TLSAddress, format_address, parse_servers, with_context
@@ -48,6 +48,7 @@ from ..protocol.packets import PacketType
 log = logging.getLogger("gearmill.worker")
 
 JobFunction = Callable[["WorkerJob"], Any]
+F = TypeVar("F", bound=JobFunction)
 
 
 class WorkerJob:
@@ -525,10 +526,10 @@ class AsyncWorker:
                 else:
                     link.conn.send(PacketType.CAN_DO, name.encode())
 
-    def function(
-        self, name: str, *, timeout: float | None = None
-    ) -> Callable[[JobFunction], JobFunction]:
-        def decorate(func: JobFunction) -> JobFunction:
+    def function(self, name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`; the function keeps its own type."""
+
+        def decorate(func: F) -> F:
             self.register(name, func, timeout=timeout)
             return func
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from ..data import Codec
-from .aio import AsyncWorker, JobFunction, WorkerJob
+from .aio import AsyncWorker, F, JobFunction, WorkerJob
 
 
 class Worker:
@@ -54,9 +54,7 @@ class Worker:
     def register(self, name: str, func: JobFunction, *, timeout: float | None = None) -> None:
         self._async.register(name, func, timeout=timeout)
 
-    def function(
-        self, name: str, *, timeout: float | None = None
-    ) -> Callable[[JobFunction], JobFunction]:
+    def function(self, name: str, *, timeout: float | None = None) -> Callable[[F], F]:
         return self._async.function(name, timeout=timeout)
 
     def unregister(self, name: str) -> None:
