@@ -476,3 +476,28 @@ def test_stop_finishes_the_running_job_and_sends_its_result(
     # connection must still carry the running job's result
     results = asyncio.run(_stop_while_a_job_runs(server.address, concurrency))
     assert results == [b"finished A", b"finished A"]
+
+
+def test_stop_before_work_has_started_is_not_lost(gearmill: Running) -> None:
+    async def started_then_stopped() -> None:
+        worker = gm.AsyncWorker(gearmill.address)
+        worker.register("up", lambda job: job.data.upper())
+        working = asyncio.ensure_future(worker.work())
+        worker.stop()  # the task has not run yet
+        await asyncio.wait_for(working, 30)
+        # a stopped worker works again when asked to
+        working = asyncio.ensure_future(worker.work())
+        async with gm.AsyncClient(gearmill.address, timeout=30) as client:
+            assert await client.run("up", b"again") == b"AGAIN"
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+    asyncio.run(started_then_stopped())
+
+    blocking = gm.Worker(gearmill.address)
+    blocking.register("up", lambda job: job.data.upper())
+    thread = threading.Thread(target=blocking.work, daemon=True)
+    blocking.stop()  # e.g. shutting down before the worker's thread got going
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()

@@ -489,7 +489,8 @@ class AsyncWorker:
         self.jobs_done = 0
         self._requeue = False
         self._tasks: dict[asyncio.Task[None], WorkerJob] = {}
-        self._stop_event: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None  # while work() runs
+        self._early_stop = False  # stop() before work(): work() returns at once
         self.slots: asyncio.Semaphore
         self._links: list[_Link] = []
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -688,9 +689,13 @@ class AsyncWorker:
         """Connect to every server and run jobs until :meth:`stop`."""
         if not self.functions:
             raise ValueError("register at least one function before work()")
-        self.stopping = False
-        self._requeue = False
+        # a stop() that came before work() started (e.g. right after create_task) counts
+        early, self._early_stop = self._early_stop, False
+        self.stopping = early
+        self._requeue = self._requeue and early
         self._stop_event = asyncio.Event()
+        if early:
+            self._stop_event.set()
         self.slots = asyncio.Semaphore(self.concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="gearmill-job"
@@ -724,6 +729,7 @@ class AsyncWorker:
             self._children = []
             # a thread abandoned at requeue may still run; do not wait for it here
             self._threads.shutdown(wait=False, cancel_futures=True)
+            self._stop_event = None
 
     def is_stopping(self) -> bool:
         return self.stopping
@@ -740,6 +746,8 @@ class AsyncWorker:
         self._requeue = self._requeue or requeue
         if self._stop_event is not None:
             self._stop_event.set()
+        else:
+            self._early_stop = True
 
     async def run(self) -> None:
         """:meth:`work` with SIGTERM and SIGINT wired to :meth:`stop`."""
