@@ -5,6 +5,7 @@ connection, and a worker's failure reported as what it was."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import pty
@@ -94,6 +95,24 @@ async def _drain(job: gm.Job) -> None:
 
 def test_foreground_job_without_worker_gives_up(server: Running) -> None:
     asyncio.run(_no_worker(server.address))
+
+
+async def _given_up_runs(address: str) -> int:
+    async with gm.AsyncClient(address, timeout=0.01) as client:
+        timed_out = 0
+        for i in range(50):
+            try:
+                await client.run("nobody", b"%d" % i)
+            except gm.Timeout:  # (pytest.raises would keep the last one's frames)
+                timed_out += 1
+        assert timed_out == 50
+        gc.collect()
+        # still connected: a long-lived client must not keep what no one can wait on
+        return sum(isinstance(o, gm.Job) for o in gc.get_objects())
+
+
+def test_given_up_runs_are_not_kept(gearmill: Running) -> None:
+    assert asyncio.run(_given_up_runs(gearmill.address)) == 0
 
 
 def test_blocking_job_iteration_gives_up(gearmill: Running) -> None:

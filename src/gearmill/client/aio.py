@@ -686,6 +686,9 @@ class AsyncClient:
                     " job (no JOB_CREATED)",
                     shown=t,
                 )
+            except asyncio.CancelledError:
+                self._forget(job)  # taken by the server as the caller gave up: no one has it
+                raise
             except ConnectionLost:
                 if attempt == len(self.servers) - 1:
                     raise
@@ -720,7 +723,24 @@ class AsyncClient:
             timeout=timeout,
             codec=codec,
         )
-        return await job.result()
+        try:
+            return await job.result()
+        except (GearmanTimeout, asyncio.CancelledError):
+            # nobody can wait on this job again: a late result has no one to go to,
+            # and a long-lived client would keep every such job
+            self._forget(job)
+            raise
+
+    def _forget(self, job: Job) -> None:
+        handle = job.handle.encode()
+        for conn, waiting in self._conn_jobs.items():
+            if job in waiting:
+                waiting.discard(job)
+                jobs = self._jobs.get((conn, handle), [])
+                if job in jobs:
+                    jobs.remove(job)
+                if not jobs:
+                    self._jobs.pop((conn, handle), None)
 
     async def submit_many(
         self,
