@@ -5,6 +5,7 @@ connection, and a worker's failure reported as what it was."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import pty
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import gearmill as gm
-from conftest import Conn, Running, free_port
+from conftest import Conn, Running, free_port, running_worker
 from gearmill.protocol.packets import PacketType
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -94,6 +95,24 @@ async def _drain(job: gm.Job) -> None:
 
 def test_foreground_job_without_worker_gives_up(server: Running) -> None:
     asyncio.run(_no_worker(server.address))
+
+
+async def _given_up_runs(address: str) -> int:
+    async with gm.AsyncClient(address, timeout=0.01) as client:
+        timed_out = 0
+        for i in range(50):
+            try:
+                await client.run("nobody", b"%d" % i)
+            except gm.Timeout:  # (pytest.raises would keep the last one's frames)
+                timed_out += 1
+        assert timed_out == 50
+        gc.collect()
+        # still connected: a long-lived client must not keep what no one can wait on
+        return sum(isinstance(o, gm.Job) for o in gc.get_objects())
+
+
+def test_given_up_runs_are_not_kept(gearmill: Running) -> None:
+    assert asyncio.run(_given_up_runs(gearmill.address)) == 0
 
 
 def test_blocking_job_iteration_gives_up(gearmill: Running) -> None:
@@ -274,6 +293,43 @@ def test_server_that_never_answers_the_option_is_named() -> None:
     assert str(caught.value).startswith(
         f"could not connect to {address}: connected, but no answer to OPTION_REQ exceptions"
         " within 0.3 s; "
+    )
+
+
+def test_another_service_on_the_port_is_skipped_and_named(gearmill: Running) -> None:
+    # an SSH-like service greets every connection with a text line
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        other = f"127.0.0.1:{listener.getsockname()[1]}"
+        stop = threading.Event()
+
+        def greet() -> None:
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    peer, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                peer.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                peer.close()
+
+        greeter = threading.Thread(target=greet, daemon=True)
+        greeter.start()
+        worker = gm.Worker(gearmill.address)
+        worker.register("up", lambda job: job.data.upper())
+        try:
+            with running_worker(worker), gm.Client([other, gearmill.address], timeout=30) as c:
+                # every job goes to the job server: none fails on the other service
+                assert [c.run("up", b"%d" % i) for i in range(4)] == [b"0", b"1", b"2", b"3"]
+                with pytest.raises(gm.CannotConnect) as caught:
+                    c.echo(b"x", server=other)
+        finally:
+            stop.set()
+            greeter.join(5)
+    assert str(caught.value) == (
+        f"could not connect to {other}: connected, but unexpected text in binary stream"
+        " (is that a Gearman job server?)"
     )
 
 

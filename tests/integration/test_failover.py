@@ -88,6 +88,45 @@ def test_worker_survives_server_restart(server: Running) -> None:
     asyncio.run(_survives_restart(server))
 
 
+async def _restart_during_a_job(server: Running) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hold(job: gm.WorkerJob) -> bytes:
+        started.set()
+        await release.wait()
+        return b"held"
+
+    worker = gm.AsyncWorker(server.address)  # one slot: the running job holds it
+    worker.register("hold", hold)
+    worker.register("slow", _work)
+    working = asyncio.ensure_future(worker.work())
+    try:
+        client = gm.AsyncClient(server.address, timeout=30)
+        job = await client.submit("hold")
+        await asyncio.wait_for(started.wait(), 30)
+        server.proc.send_signal(signal.SIGKILL)
+        with pytest.raises(gm.ConnectionLost):
+            await job.result()
+        await client.close()
+        await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        release.set()  # the job ends with its server gone: its slot must come back
+        async with gm.AsyncClient(server.address, timeout=30) as client:
+            assert await client.run("slow", b"after") == b"retfa"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+
+def test_worker_survives_server_restart_during_a_job(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_restart_during_a_job(server))
+    said = [r.getMessage() for r in caplog.records if r.name == "gearmill.worker"]
+    assert f"connection to {server.address} lost: closed by server; reconnecting" in said
+    assert f"connected to {server.address} again; functions registered" in said
+
+
 def test_blocking_worker_survives_server_restart(gearmill: Running) -> None:
     import threading
 

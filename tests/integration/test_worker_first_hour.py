@@ -395,3 +395,109 @@ def test_failing_command_is_one_log_line_and_reaches_the_client(gearmill: Runnin
     assert err.decode().splitlines() == [
         f"gearmill work: job {failed.value.handle} (oops) failed: CommandFailed: broken"
     ]
+
+
+# ------------------------------------------------------- something else on the port
+
+
+async def _wrong_port(gearmill: Running, greeting: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    async def other_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # an SSH-like service greets first; an HTTP-like one waits for a whole line
+        writer.write(greeting)
+        await reader.read()
+        writer.close()
+
+    other = await asyncio.start_server(other_service, "127.0.0.1", 0)
+    port = other.sockets[0].getsockname()[1]
+    wrong = f"127.0.0.1:{port}"
+    worker = gm.AsyncWorker([wrong, gearmill.address], connect_timeout=0.5)
+    worker.register("up", lambda job: job.data.upper())
+    working = asyncio.ensure_future(worker.work())
+    try:
+        async with gm.AsyncClient(gearmill.address, timeout=30) as client:
+            assert await client.run("up", b"meanwhile") == b"MEANWHILE"
+        # the worker says what is wrong with that address, and keeps retrying with backoff
+        await async_wait_until(
+            lambda: any("retrying in 1.0 s" in line for line in worker_lines(caplog)),
+            "a second retry",
+        )
+    finally:
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+        other.close()
+    said = [line for line in worker_lines(caplog) if wrong in line]
+    assert said[0].endswith("(is that a Gearman job server?); retrying in 0.5 s"), said
+    assert said[1].endswith("(is that a Gearman job server?); retrying in 1.0 s"), said
+
+
+@pytest.mark.parametrize("greeting", [b"SSH-2.0-OpenSSH_9.2\r\n", b""], ids=["greets", "silent"])
+def test_worker_on_a_port_that_is_not_a_job_server(
+    gearmill: Running, greeting: bytes, worker_log: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_wrong_port(gearmill, greeting, worker_log))
+
+
+# ------------------------------------------------------------------ stopping
+
+
+async def _stop_while_a_job_runs(address: str, concurrency: int) -> list[Any]:
+    started = threading.Event()
+
+    def slow(job: gm.WorkerJob) -> bytes:
+        started.set()
+        time.sleep(0.5)
+        return b"finished " + job.data
+
+    async def aslow(job: gm.WorkerJob) -> bytes:
+        started.set()
+        await asyncio.sleep(0.5)
+        return b"finished " + job.data
+
+    results: list[Any] = []
+    for function in (slow, aslow):
+        started.clear()
+        worker = gm.AsyncWorker(address, concurrency=concurrency)
+        worker.register("slow", function)
+        working = asyncio.ensure_future(worker.work())
+        async with gm.AsyncClient(address, timeout=30) as client:
+            job = await client.submit("slow", b"A")
+            await async_wait_until(started.is_set, "the job to start")
+            worker.stop()
+            results.append(await job.result())
+        await asyncio.wait_for(working, 30)
+    return results
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_stop_finishes_the_running_job_and_sends_its_result(
+    server: Running, concurrency: int
+) -> None:
+    # with a free slot the worker is asleep on the server when told to stop: its
+    # connection must still carry the running job's result
+    results = asyncio.run(_stop_while_a_job_runs(server.address, concurrency))
+    assert results == [b"finished A", b"finished A"]
+
+
+def test_stop_before_work_has_started_is_not_lost(gearmill: Running) -> None:
+    async def started_then_stopped() -> None:
+        worker = gm.AsyncWorker(gearmill.address)
+        worker.register("up", lambda job: job.data.upper())
+        working = asyncio.ensure_future(worker.work())
+        worker.stop()  # the task has not run yet
+        await asyncio.wait_for(working, 30)
+        # a stopped worker works again when asked to
+        working = asyncio.ensure_future(worker.work())
+        async with gm.AsyncClient(gearmill.address, timeout=30) as client:
+            assert await client.run("up", b"again") == b"AGAIN"
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+    asyncio.run(started_then_stopped())
+
+    blocking = gm.Worker(gearmill.address)
+    blocking.register("up", lambda job: job.data.upper())
+    thread = threading.Thread(target=blocking.work, daemon=True)
+    blocking.stop()  # e.g. shutting down before the worker's thread got going
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()

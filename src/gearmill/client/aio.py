@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from ..errors import (
     JobException,
     JobFailed,
     NoServersAvailable,
+    ProtocolError,
     ServerError,
     connect_reason,
     seconds,
@@ -250,10 +251,10 @@ class Job:
             wait(), timeout, lambda s: f"no new status for {self._name} within {s} s"
         )
 
-    def __aiter__(self) -> Any:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
 
-    async def _iterate(self) -> Any:
+    async def _iterate(self) -> AsyncGenerator[bytes, None]:
         i = 0
         while True:
             while i < len(self.data_chunks):
@@ -476,6 +477,11 @@ class AsyncClient:
                 except ConnectionLost as e:
                     conn.close()
                     raise CannotConnect(server.name, f"connected, then {e.detail}") from e
+                except ProtocolError as e:
+                    # another service on that port: skip it like one that refuses
+                    conn.close()
+                    said = str(e).removeprefix(f"{server.name}: ")
+                    raise CannotConnect(server.name, f"connected, but {said}") from e
                 except GearmanTimeout as e:
                     conn.close()
                     raise CannotConnect(
@@ -680,6 +686,9 @@ class AsyncClient:
                     " job (no JOB_CREATED)",
                     shown=t,
                 )
+            except asyncio.CancelledError:
+                self._forget(job)  # taken by the server as the caller gave up: no one has it
+                raise
             except ConnectionLost:
                 if attempt == len(self.servers) - 1:
                     raise
@@ -714,7 +723,24 @@ class AsyncClient:
             timeout=timeout,
             codec=codec,
         )
-        return await job.result()
+        try:
+            return await job.result()
+        except (GearmanTimeout, asyncio.CancelledError):
+            # nobody can wait on this job again: a late result has no one to go to,
+            # and a long-lived client would keep every such job
+            self._forget(job)
+            raise
+
+    def _forget(self, job: Job) -> None:
+        handle = job.handle.encode()
+        for conn, waiting in self._conn_jobs.items():
+            if job in waiting:
+                waiting.discard(job)
+                jobs = self._jobs.get((conn, handle), [])
+                if job in jobs:
+                    jobs.remove(job)
+                if not jobs:
+                    self._jobs.pop((conn, handle), None)
 
     async def submit_many(
         self,

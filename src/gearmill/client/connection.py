@@ -117,7 +117,12 @@ class Connection(asyncio.Protocol):
                         on_reply(args)
                     future.set_result(args)
             elif kind == MALFORMED:
-                self._fail(ProtocolError(f"{self.name}: {args[0].decode()}"))
+                # most often another service on the port (HTTP, SSH, a database)
+                self._fail(
+                    ProtocolError(
+                        f"{self.name}: {args[0].decode()} (is that a Gearman job server?)"
+                    )
+                )
                 return
             elif self.on_packet is not None:
                 self.on_packet(self, kind, args)

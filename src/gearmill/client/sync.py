@@ -101,7 +101,7 @@ class SyncJob:
         return self._runner.call(self._job.next_status(timeout))
 
     def __iter__(self) -> Iterator[bytes]:
-        iterator = self._job.__aiter__()
+        iterator = self._job._iterate()
         while True:
             try:
                 yield self._runner.call(iterator.__anext__())

@@ -37,17 +37,18 @@ import signal
 import ssl
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..client.connection import Connection
 from ..client.servers import Address, TLSAddress, format_address, parse_servers, with_context
 from ..data import Codec, encode, to_bytes
-from ..errors import ConnectionLost
+from ..errors import CannotConnect, ConnectionLost, ProtocolError, seconds
 from ..protocol.packets import PacketType
 
 log = logging.getLogger("gearmill.worker")
 
 JobFunction = Callable[["WorkerJob"], Any]
+F = TypeVar("F", bound=JobFunction)
 
 
 class WorkerJob:
@@ -296,6 +297,9 @@ class _Link:
         self.wake = asyncio.Event()
         self.reply: asyncio.Future[tuple[int, list[bytes]]] | None = None
         self.exceptions = bool(worker.exceptions)
+        self.delay = 0.5  # before the next connection attempt; doubles to 30 s
+        self.down = False  # a connection failed or was lost: say so when it is back
+        self.answered = False  # this connection's server answered a GRAB_JOB_ALL
 
     def on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
         if kind == PacketType.NOOP:
@@ -329,19 +333,17 @@ class _Link:
 
     async def run(self) -> None:
         w = self.worker
-        delay = 0.5
         while not w.stopping:
             try:
                 conn = await Connection.open(
                     self.address, self.on_packet, self.on_lost, w.connect_timeout
                 )
             except ConnectionLost as e:
-                log.warning("%s; retrying in %.1f s", e, delay)
-                await w._sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await self._retry(e)
                 continue
-            delay = 0.5
             self.conn = conn
+            self.answered = False
+            lost: Exception | None = None
             try:
                 if w.exceptions is None:
                     # gearmill turns WORK_EXCEPTION into a plain WORK_FAIL for clients that
@@ -351,12 +353,52 @@ class _Link:
                     self.exceptions = await _is_gearmill(self.address, w.connect_timeout)
                 await self.register(conn)
                 await self.cycle(conn)
-            except ConnectionLost as e:
-                if not w.stopping:
-                    log.warning("%s; reconnecting", e)
+                # stopping: the running jobs send their results on this connection, so
+                # it stays open until work() has waited for them (it cancels this then)
+                await asyncio.get_running_loop().create_future()
+            except (ConnectionLost, ProtocolError) as e:
+                lost = e
             finally:
                 self.conn = None
                 conn.close()
+            if lost is None or w.stopping:
+                continue
+            if self.answered:
+                log.warning("%s; reconnecting", lost)
+                self.down = True
+            else:
+                # it never answered like a job server (something else on that port, or
+                # junk): back off as for a refused connection instead of spinning
+                await self._retry(lost)
+
+    async def _retry(self, error: Exception) -> None:
+        log.warning("%s; retrying in %.1f s", error, self.delay)
+        self.down = True
+        await self.worker._sleep(self.delay)
+        self.delay = min(self.delay * 2, 30.0)
+
+    def _first_reply(self) -> None:
+        """The server answered the first GRAB_JOB_ALL: it is a job server, and it is up."""
+        self.answered = True
+        self.delay = 0.5
+        if self.down:
+            log.warning("connected to %s again; functions registered", self.name)
+            self.down = False
+
+    async def _first(
+        self, reply: asyncio.Future[tuple[int, list[bytes]]]
+    ) -> tuple[int, list[bytes]]:
+        t = self.worker.connect_timeout
+        try:
+            got = await asyncio.wait_for(reply, t)
+        except TimeoutError:
+            raise CannotConnect(
+                self.name,
+                f"connected, but no answer to GRAB_JOB_ALL within {seconds(t)} s"
+                " (is that a Gearman job server?)",
+            ) from None
+        self._first_reply()
+        return got
 
     async def cycle(self, conn: Connection) -> None:
         w = self.worker
@@ -367,9 +409,14 @@ class _Link:
                 return
             loop = asyncio.get_running_loop()
             self.reply = loop.create_future()
-            conn.send(PacketType.GRAB_JOB_ALL)
             try:
-                kind, args = await self.reply
+                # the send fails too when the server went away while a job ran: the
+                # slot must come back, or the reconnected worker never grabs again
+                conn.send(PacketType.GRAB_JOB_ALL)
+                if self.answered:
+                    kind, args = await self.reply
+                else:
+                    kind, args = await self._first(self.reply)
             except BaseException:
                 w.slots.release()
                 raise
@@ -442,7 +489,8 @@ class AsyncWorker:
         self.jobs_done = 0
         self._requeue = False
         self._tasks: dict[asyncio.Task[None], WorkerJob] = {}
-        self._stop_event: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None  # while work() runs
+        self._early_stop = False  # stop() before work(): work() returns at once
         self.slots: asyncio.Semaphore
         self._links: list[_Link] = []
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -479,10 +527,10 @@ class AsyncWorker:
                 else:
                     link.conn.send(PacketType.CAN_DO, name.encode())
 
-    def function(
-        self, name: str, *, timeout: float | None = None
-    ) -> Callable[[JobFunction], JobFunction]:
-        def decorate(func: JobFunction) -> JobFunction:
+    def function(self, name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`; the function keeps its own type."""
+
+        def decorate(func: F) -> F:
             self.register(name, func, timeout=timeout)
             return func
 
@@ -641,9 +689,13 @@ class AsyncWorker:
         """Connect to every server and run jobs until :meth:`stop`."""
         if not self.functions:
             raise ValueError("register at least one function before work()")
-        self.stopping = False
-        self._requeue = False
+        # a stop() that came before work() started (e.g. right after create_task) counts
+        early, self._early_stop = self._early_stop, False
+        self.stopping = early
+        self._requeue = self._requeue and early
         self._stop_event = asyncio.Event()
+        if early:
+            self._stop_event.set()
         self.slots = asyncio.Semaphore(self.concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="gearmill-job"
@@ -663,7 +715,7 @@ class AsyncWorker:
                 for task in self._tasks:
                     task.cancel()
             # running jobs finish and report (or are cancelled) before the connections close
-            if self._tasks:
+            while self._tasks:  # a job assigned as the worker stopped runs too
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             for link in self._links:
                 if link.reply is not None and not link.reply.done():
@@ -677,6 +729,7 @@ class AsyncWorker:
             self._children = []
             # a thread abandoned at requeue may still run; do not wait for it here
             self._threads.shutdown(wait=False, cancel_futures=True)
+            self._stop_event = None
 
     def is_stopping(self) -> bool:
         return self.stopping
@@ -693,6 +746,8 @@ class AsyncWorker:
         self._requeue = self._requeue or requeue
         if self._stop_event is not None:
             self._stop_event.set()
+        else:
+            self._early_stop = True
 
     async def run(self) -> None:
         """:meth:`work` with SIGTERM and SIGINT wired to :meth:`stop`."""

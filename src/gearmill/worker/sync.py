@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from ..data import Codec
-from .aio import AsyncWorker, JobFunction, WorkerJob
+from .aio import AsyncWorker, F, JobFunction, WorkerJob
 
 
 class Worker:
@@ -44,8 +44,8 @@ class Worker:
             connect_timeout=connect_timeout,
             tls=tls,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # while work() runs
+        self._pending: bool | None = None  # a stop (its requeue) that came before work()
 
     @property
     def jobs_done(self) -> int:
@@ -54,9 +54,7 @@ class Worker:
     def register(self, name: str, func: JobFunction, *, timeout: float | None = None) -> None:
         self._async.register(name, func, timeout=timeout)
 
-    def function(
-        self, name: str, *, timeout: float | None = None
-    ) -> Callable[[JobFunction], JobFunction]:
+    def function(self, name: str, *, timeout: float | None = None) -> Callable[[F], F]:
         return self._async.function(name, timeout=timeout)
 
     def unregister(self, name: str) -> None:
@@ -69,21 +67,33 @@ class Worker:
         asyncio.run(self._main(handle_signals))
 
     async def _main(self, handle_signals: bool) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
-        if handle_signals:
-            await self._async.run()
-        else:
-            await self._async.work()
+        loop = asyncio.get_running_loop()
+        self._loop = loop  # set before reading _pending: see stop()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # runs once work() has started (it clears an earlier stop)
+            loop.call_soon(lambda: self._async.stop(requeue=pending))
+        try:
+            if handle_signals:
+                await self._async.run()
+            else:
+                await self._async.work()
+        finally:
+            self._loop = None
 
     def stop(self, *, requeue: bool = False) -> None:
-        """See :meth:`AsyncWorker.stop`."""
-        self._ready.wait(10)
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(lambda: self._async.stop(requeue=requeue))
-            except RuntimeError:
-                pass  # the loop already ended
+        """See :meth:`AsyncWorker.stop`. Called before :meth:`work` has started (from
+        another thread, say), it makes work() return at once instead of being lost."""
+        loop = self._loop
+        if loop is None:
+            self._pending = requeue or bool(self._pending)
+            loop = self._loop  # work() may have started meanwhile and missed _pending
+            if loop is None:
+                return
+        try:
+            loop.call_soon_threadsafe(lambda: self._async.stop(requeue=requeue))
+        except RuntimeError:
+            pass  # the loop already ended
 
 
 __all__ = ["Worker", "WorkerJob"]
