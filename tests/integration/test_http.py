@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Conn, Running, free_port, start_gearmand, start_gearmill
+from conftest import (
+    Conn,
+    Running,
+    free_port,
+    gearmill_cmd,
+    start_gearmand,
+    start_gearmill,
+    wait_listening,
+)
 from gearmill.protocol.packets import PacketType as P
 
 _HTTP = re.compile(rb"HTTP on http://127\.0\.0\.1:(\d+)/")
@@ -191,6 +199,27 @@ def test_metrics_count_every_ending_and_gauges_match_gearadmin(web: Web) -> None
         assert metric(m, "gearman_jobs_running", function=name) == running
         assert metric(m, "gearman_jobs_waiting", function=name) == total - running
         assert metric(m, "gearman_workers", function=name) == workers
+
+
+def test_process_metrics_where_proc_stat_is_hidden(tmp_path: Path) -> None:
+    """contrib/gearmill.service sets ProcSubset=pid: /proc shows processes only, no
+    /proc/stat. The process's CPU, memory and open files are still reported (needs
+    root for the mount namespace, as systemd has)."""
+    log = tmp_path / "server.log"
+    hide = 'mount -t proc -o subset=pid proc /proc && test ! -e /proc/stat && exec "$@"'
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh"]
+    cmd += gearmill_cmd(0, "--http", "127.0.0.1:0")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out)
+    srv = Running("gearmill", proc, wait_listening(log, proc), tmp_path, cmd)
+    try:
+        m = Web(srv, log).metrics()
+        assert metric(m, "process_cpu_seconds_total") > 0
+        assert metric(m, "process_resident_memory_bytes") > 1 << 20
+        assert metric(m, "process_open_fds") > 3
+        assert abs(metric(m, "process_start_time_seconds") - time.time()) < 600
+    finally:
+        srv.stop()
 
 
 def test_series_stay_bounded_with_many_functions() -> None:

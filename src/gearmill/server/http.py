@@ -78,6 +78,18 @@ _PRIORITIES: Final = {"high": 0, "low": 2}
 _STATES: Final = {0: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
 
 
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's process metrics, also where /proc/stat is hidden (systemd's
+    ProcSubset=pid, which contrib/gearmill.service sets): without its boot time the
+    original reports no process_* series at all."""
+
+    def _boot_time(self) -> float:
+        try:
+            return float(super()._boot_time())  # type: ignore[no-untyped-call]
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Response:
     __slots__ = ("body", "headers", "status")
 
@@ -171,7 +183,7 @@ class HttpFront:
                 cfg.metrics.function_histograms,
             )
         )
-        ProcessCollector(registry=self.registry)
+        _ProcessCollector(registry=self.registry)
         self.store_stats: StoreStats | None = None
         if durable is not None:
             self.store_stats = StoreStats(durable)
