@@ -205,9 +205,9 @@ class Cluster:
 
     def _lost(self) -> None:
         log.critical(
-            "LEASE LOST: this server's heartbeat on %s (%s) was declared dead, so the other "
-            "servers have taken its jobs over; stopping without running them (a restart "
-            "claims what nobody holds)",
+            "LEASE LOST: this server's heartbeat on %s (%s) is gone: another server declared "
+            "it dead and took its jobs over, or the store lost it (restarted without its "
+            "data); stopping without running them (a restart claims what nobody holds)",
             self.store.url,
             self.owner,
             extra={"gearman_level": "ERROR"},
