@@ -231,7 +231,10 @@ class HttpFront:
             try:
                 await asyncio.wait_for(store.ping(), PROBE_TIMEOUT)
             except Exception as e:  # StoreError, a timeout: either way not ready
-                why = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError):  # a stalled store: its str() is empty
+                    why = f"{store.url}: no answer to a ping within {PROBE_TIMEOUT:g} s"
+                else:
+                    why = str(e) or type(e).__name__
                 if self.unreachable is None:
                     log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
                 self.unreachable = why
