@@ -380,10 +380,15 @@ def test_get_never_submits_and_operator_paths_are_reserved() -> None:
     try:
         for path in ("/favicon.ico", "/reverse", "/metrics", "/healthz"):
             web.call("GET", path)
-        status, _, body = web.call("GET", "/reverse")
+        status, headers, body = web.call("GET", "/reverse")
         assert status == 405 and b"GET never submits" in body
-        assert web.call("POST", "/metrics", b"x")[0] == 405
-        assert web.call("POST", "/healthz", b"x")[0] == 405
+        assert headers["Allow"] == "POST, PUT"  # what a 405 must say
+        status, headers, body = web.call("DELETE", "/reverse")
+        assert (status, headers["Allow"]) == (405, "POST, PUT")
+        assert b"DELETE never submits" in body
+        for path in ("/metrics", "/healthz"):
+            status, headers, _ = web.call("POST", path, b"x")
+            assert (status, headers["Allow"]) == (405, "GET, HEAD")
         assert gearadmin_status(srv.port) == {}
         # a high-priority background job is queued as such
         web.call(

@@ -110,6 +110,13 @@ def _error(status: int, message: str) -> Response:
     return _json(status, {"error": message})
 
 
+def _not_allowed(allow: str, message: str) -> Response:
+    # a 405 names the methods that would work (RFC 9110)
+    response = _error(405, message)
+    response.headers.append(("Allow", allow))
+    return response
+
+
 def _text(name: bytes) -> str:
     return name.decode("utf-8", "replace")
 
@@ -320,13 +327,13 @@ class HttpFront:
         if head not in RESERVED or (head == "" and method in ("POST", "PUT")):
             if method in ("POST", "PUT"):
                 return await self.submit(path, headers, body, addr)
-            return _error(405, "GET never submits a job; use POST or PUT /<function>")
+            return _not_allowed("POST, PUT", f"{method} never submits a job; use POST or PUT")
         if head == "api":
             if parts[1:] == ["nodes"] and method in ("GET", "HEAD"):
                 return _json(200, await self.nodes())
             return self.api(method, parts[1:], params, headers, addr)
         if method not in ("GET", "HEAD"):
-            return _error(405, f"{path} is read-only; use GET")
+            return _not_allowed("GET, HEAD", f"{path} is read-only; use GET")
         if head == "metrics":
             if self.store_stats is not None:
                 await self.store_stats.refresh()
