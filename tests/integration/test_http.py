@@ -375,6 +375,33 @@ def test_gateway_as_gearmand_documents_it(gateway: tuple[Running, Web]) -> None:
         failing.wait(10)
 
 
+def test_gateway_answers_a_work_exception_with_its_text() -> None:
+    """docs/compatibility.md: WORK_EXCEPTION too, with the exception text (a worker that
+    raises, as gearmill's own and many others send WORK_EXCEPTION)."""
+    import threading
+
+    import gearmill as gm
+
+    srv, web = start_web()
+    worker = gm.Worker(srv.address, exceptions=True)
+
+    def broken(job: gm.WorkerJob) -> bytes:
+        raise ValueError("bad input")
+
+    worker.register("broken", broken)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: gearadmin_status(srv.port).get("broken", (0, 0, 0))[2] == 1)
+        status, headers, body = web.call("POST", "/broken", b"x")
+        assert (status, headers["X-Gearman-Command"]) == (200, "WORK_EXCEPTION")
+        assert body == b"ValueError: bad input"
+    finally:
+        worker.stop()
+        thread.join(30)
+        srv.stop()
+
+
 def test_get_never_submits_and_operator_paths_are_reserved() -> None:
     srv, web = start_web()
     try:

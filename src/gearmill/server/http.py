@@ -372,6 +372,9 @@ class HttpFront:
         priority = _PRIORITIES.get(headers.get("x-gearman-priority", "").lower(), 1)
         sink = GatewaySink()
         peer = self.peer(addr, sink, self.identity(headers) or "")
+        # else the broker turns a WORK_EXCEPTION into a bare WORK_FAIL, as for a client
+        # without the option, and the gateway could not answer it with its text
+        peer.exceptions = True
         try:
             self.broker.handle(peer, _SUBMIT[priority, background], [name, unique, body])
             flush(self.hub)
