@@ -74,7 +74,11 @@ def listen_reason(error: OSError) -> str:
     else:
         reason = error.strerror or str(error)
     if error.errno == errno.EADDRINUSE:
-        reason += "; another server listens there: stop it or choose another port"
+        # a port in the ephemeral range can also be a client connection's local end
+        reason += (
+            "; another server listens there (or a connection holds it as its local port):"
+            " stop it or choose another port"
+        )
     return reason
 
 

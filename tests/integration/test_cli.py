@@ -213,3 +213,21 @@ def test_admin_check_exit_codes(gearmill: Running) -> None:
     gearmill.stop()
     code, text = check()
     assert code == 2 and text.startswith("GEARMAN CRITICAL")
+
+
+def test_admin_check_as_nagios_runs_it(gearmill: Running) -> None:
+    """The server flags after `check` (a Nagios command line's order) and a usage error
+    as UNKNOWN in one line: argparse's status 2 would page someone as CRITICAL."""
+    for i in range(2):
+        assert cli("submit", "-p", str(gearmill.port), "-f", "q", "-b", str(i)).returncode == 0
+    out = cli("admin", "check", "-p", str(gearmill.port), "--warn-queue", "2")
+    assert out.returncode == 1, out
+    assert out.stdout.decode().startswith("GEARMAN WARNING - q: 2 queued >= 2")
+    # given on both sides, the one after `check` wins
+    out = cli("admin", "-p", str(free_port()), "check", "-s", gearmill.address)
+    assert out.returncode == 0 and out.stdout.startswith(b"GEARMAN OK"), out
+    for bad in (["--warn-queue", "many"], ["--bogus"]):
+        out = cli("admin", "-p", str(gearmill.port), "check", *bad)
+        assert out.returncode == 3, out
+        assert out.stdout.startswith(b"GEARMAN UNKNOWN - ") and out.stdout.count(b"\n") == 1
+        assert out.stderr == b""

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Conn, Running, free_port, start_gearmand, start_gearmill
+from conftest import (
+    Conn,
+    Running,
+    free_port,
+    gearmill_cmd,
+    start_gearmand,
+    start_gearmill,
+    wait_listening,
+)
 from gearmill.protocol.packets import PacketType as P
 
 _HTTP = re.compile(rb"HTTP on http://127\.0\.0\.1:(\d+)/")
@@ -193,6 +201,27 @@ def test_metrics_count_every_ending_and_gauges_match_gearadmin(web: Web) -> None
         assert metric(m, "gearman_workers", function=name) == workers
 
 
+def test_process_metrics_where_proc_stat_is_hidden(tmp_path: Path) -> None:
+    """contrib/gearmill.service sets ProcSubset=pid: /proc shows processes only, no
+    /proc/stat. The process's CPU, memory and open files are still reported (needs
+    root for the mount namespace, as systemd has)."""
+    log = tmp_path / "server.log"
+    hide = 'mount -t proc -o subset=pid proc /proc && test ! -e /proc/stat && exec "$@"'
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh"]
+    cmd += gearmill_cmd(0, "--http", "127.0.0.1:0")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out)
+    srv = Running("gearmill", proc, wait_listening(log, proc), tmp_path, cmd)
+    try:
+        m = Web(srv, log).metrics()
+        assert metric(m, "process_cpu_seconds_total") > 0
+        assert metric(m, "process_resident_memory_bytes") > 1 << 20
+        assert metric(m, "process_open_fds") > 3
+        assert abs(metric(m, "process_start_time_seconds") - time.time()) < 600
+    finally:
+        srv.stop()
+
+
 def test_series_stay_bounded_with_many_functions() -> None:
     srv, web = start_web("--metrics-top-functions", "3")
     try:
@@ -346,15 +375,47 @@ def test_gateway_as_gearmand_documents_it(gateway: tuple[Running, Web]) -> None:
         failing.wait(10)
 
 
+def test_gateway_answers_a_work_exception_with_its_text() -> None:
+    """docs/compatibility.md: WORK_EXCEPTION too, with the exception text (a worker that
+    raises, as gearmill's own and many others send WORK_EXCEPTION)."""
+    import threading
+
+    import gearmill as gm
+
+    srv, web = start_web()
+    worker = gm.Worker(srv.address, exceptions=True)
+
+    def broken(job: gm.WorkerJob) -> bytes:
+        raise ValueError("bad input")
+
+    worker.register("broken", broken)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: gearadmin_status(srv.port).get("broken", (0, 0, 0))[2] == 1)
+        status, headers, body = web.call("POST", "/broken", b"x")
+        assert (status, headers["X-Gearman-Command"]) == (200, "WORK_EXCEPTION")
+        assert body == b"ValueError: bad input"
+    finally:
+        worker.stop()
+        thread.join(30)
+        srv.stop()
+
+
 def test_get_never_submits_and_operator_paths_are_reserved() -> None:
     srv, web = start_web()
     try:
         for path in ("/favicon.ico", "/reverse", "/metrics", "/healthz"):
             web.call("GET", path)
-        status, _, body = web.call("GET", "/reverse")
+        status, headers, body = web.call("GET", "/reverse")
         assert status == 405 and b"GET never submits" in body
-        assert web.call("POST", "/metrics", b"x")[0] == 405
-        assert web.call("POST", "/healthz", b"x")[0] == 405
+        assert headers["Allow"] == "POST, PUT"  # what a 405 must say
+        status, headers, body = web.call("DELETE", "/reverse")
+        assert (status, headers["Allow"]) == (405, "POST, PUT")
+        assert b"DELETE never submits" in body
+        for path in ("/metrics", "/healthz"):
+            status, headers, _ = web.call("POST", path, b"x")
+            assert (status, headers["Allow"]) == (405, "GET, HEAD")
         assert gearadmin_status(srv.port) == {}
         # a high-priority background job is queued as such
         web.call(

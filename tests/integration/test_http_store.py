@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -107,3 +108,39 @@ def test_an_idle_server_whose_store_went_away_is_not_ready(
             client.expect(P.JOB_CREATED)
     finally:
         srv.stop()
+
+
+def test_a_stalled_store_is_named_with_the_wait(tmp_path: Path) -> None:
+    """A store that accepts connections but does not answer (paused, overloaded) makes
+    /readyz and the log say so in words, not a bare exception name or nothing."""
+    redis = PrivateRedis(tmp_path, *AOF)
+    env = {**os.environ, "GEARMILL_HTTP_PROBE_EVERY": "0.2"}
+    srv, web = start_web("--store", redis.url, "--lease", "3", env=env)
+    assert redis.proc is not None
+    log = srv.tmp / "server.log"
+    try:
+        redis.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 20
+        while (answer := web.call("GET", "/readyz"))[0] != 503:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        assert (
+            answer[2]
+            == f"store unreachable: {redis.url}: no answer to a ping within 2 s\n".encode()
+        )
+        # the heartbeat's own call gives up later (10 s), and says so in words too
+        while b"heartbeat to" not in log.read_bytes():
+            assert time.monotonic() < deadline + 20, log.read_text()
+            time.sleep(0.1)
+        assert (
+            f"heartbeat to {redis.url} failed: no answer within 10 s; retrying" in log.read_text()
+        )
+        redis.proc.send_signal(signal.SIGCONT)
+        while web.call("GET", "/readyz")[0] != 200:
+            assert time.monotonic() < deadline + 20, "not ready again once the store answers"
+            time.sleep(0.1)
+    finally:
+        if redis.proc is not None:
+            redis.proc.send_signal(signal.SIGCONT)
+        srv.stop()
+        redis.close()

@@ -67,7 +67,8 @@ def test_port_already_taken_is_one_line() -> None:
         assert r.returncode == 1
         assert r.stderr == (
             f"gearmill serve: cannot listen on 127.0.0.1 port {srv.port}: Address already in use;"
-            " another server listens there: stop it or choose another port\n"
+            " another server listens there (or a connection holds it as its local port):"
+            " stop it or choose another port\n"
         )
     finally:
         srv.stop()
@@ -82,8 +83,23 @@ def test_http_port_already_taken_is_one_line() -> None:
     assert r.returncode == 1
     assert r.stderr == (
         f"gearmill serve: cannot listen for HTTP on 127.0.0.1 port {port}: Address already"
-        " in use; another server listens there: stop it or choose another port\n"
+        " in use; another server listens there (or a connection holds it as its local port):"
+        " stop it or choose another port\n"
     )
+
+
+def test_a_port_held_by_a_connection_is_not_blamed_on_a_server() -> None:
+    """A client that reconnects to a stopped server's port from the ephemeral range can
+    connect to itself (TCP simultaneous open) and hold the port with nothing listening,
+    as a C gearman -w did here: the error must not send the operator looking for a
+    server."""
+    with socket.socket() as own:
+        own.bind(("127.0.0.1", 0))
+        port = own.getsockname()[1]
+        own.connect(("127.0.0.1", port))  # connected to itself
+        r = serve("-p", str(port))
+    assert r.returncode == 1
+    assert "or a connection holds it as its local port" in r.stderr
 
 
 def test_ctrl_c_while_starting_is_one_line_not_a_traceback() -> None:

@@ -21,7 +21,7 @@ from conftest import Running, start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import Backend, make_backend
+from storekit import Backend, PrivateRedis, make_backend
 from test_durable import GEARMAN, kill, submit
 
 LEASE = "2"  # seconds: short, so the test is quick
@@ -227,6 +227,24 @@ def test_a_paused_server_past_its_lease_loses_its_jobs_to_the_others_and_stops(
         a.proc.send_signal(signal.SIGCONT)
         a.stop()
         b.stop()
+
+
+def test_a_redis_restarted_without_its_data_is_a_lease_lost_that_says_so(tmp_path: Path) -> None:
+    """No other server took anything: the store forgot the heartbeat. The server stops
+    with status 1 (its supervisor restarts it) and its log line does not blame others."""
+    redis = PrivateRedis(tmp_path)
+    try:
+        srv = start_gearmill("--store", redis.url, "--lease", LEASE, "-v", "-v")
+        try:
+            redis.kill()
+            redis.start()  # --save '': empty again
+            assert srv.proc.wait(20) == 1
+            line = next(x for x in log_of(srv).splitlines() if "LEASE LOST" in x)
+            assert "or the store lost it (restarted without its data)" in line
+        finally:
+            srv.stop()
+    finally:
+        redis.kill()
 
 
 def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_pages_in_claimed_ones(

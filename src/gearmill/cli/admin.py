@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..client.admin import AdminClient
 from ..errors import GearmanError, ServerError
@@ -52,6 +53,23 @@ _OWN = (
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 
+class _CheckParser(argparse.ArgumentParser):
+    """``check``'s parser: a usage error is Nagios' UNKNOWN (3) in one line, not
+    argparse's status 2, which Nagios would read as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"GEARMAN UNKNOWN - {message} (see gearmill admin check --help)")
+        sys.exit(UNKNOWN)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:  # else the admin parser reports them, with its usage and status 2
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_server_arguments(p)
     p.add_argument("--status", action="store_true", help="functions: total, running, workers")
@@ -91,14 +109,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--nodes", action="store_true", help="the servers sharing the store, their jobs and leases"
     )
-    sub = p.add_subparsers(dest="admin_command", metavar="check")
+    sub = p.add_subparsers(dest="admin_command", metavar="check", parser_class=_CheckParser)
     c = sub.add_parser(
         "check",
         help="Nagios health check (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
         description="Health check with Nagios exit codes and performance data.",
+        add_help=False,
+        # the server flags may also follow `check` (as a Nagios command line puts them);
+        # unset ones keep what was given before it
+        argument_default=argparse.SUPPRESS,
     )
-    c.add_argument("--warn-queue", type=int, metavar="N", help="WARNING when a queue holds >= N")
-    c.add_argument("--crit-queue", type=int, metavar="N", help="CRITICAL when a queue holds >= N")
+    add_server_arguments(c)
+    c.add_argument(
+        "--warn-queue", type=int, default=None, metavar="N", help="WARNING when a queue holds >= N"
+    )
+    c.add_argument(
+        "--crit-queue", type=int, default=None, metavar="N", help="CRITICAL when a queue holds >= N"
+    )
     c.add_argument(
         "--function",
         action="append",
@@ -109,6 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--require-workers",
         action="store_true",
+        default=False,
         help="CRITICAL when a function with queued jobs has no worker",
     )
     c.add_argument(

@@ -41,6 +41,11 @@ SWEEP_EVERY = 10  # heartbeats between two looks for jobs nobody holds
 CALL_TIMEOUT = 10.0
 
 
+def _why(e: BaseException) -> str:
+    """A failed store call in words: a timeout's str() is empty."""
+    return str(e) or f"no answer within {CALL_TIMEOUT:g} s"
+
+
 def default_node_id(port: int) -> str:
     """Host name and listening port: stable across restarts of the same server."""
     return f"{socket.gethostname() or 'localhost'}:{port}"
@@ -124,7 +129,7 @@ class Cluster:
                 dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if alive else []
             except (StoreError, TimeoutError) as e:
                 if not failing:
-                    log.error("heartbeat to %s failed: %s; retrying", store.url, e)
+                    log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e))
                 failing = True
                 continue
             if failing:
@@ -201,13 +206,13 @@ class Cluster:
             self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
             self.members_at = time.monotonic()
         except (StoreError, TimeoutError) as e:
-            log.warning("listing the servers on %s failed: %s", self.store.url, e)
+            log.warning("listing the servers on %s failed: %s", self.store.url, _why(e))
 
     def _lost(self) -> None:
         log.critical(
-            "LEASE LOST: this server's heartbeat on %s (%s) was declared dead, so the other "
-            "servers have taken its jobs over; stopping without running them (a restart "
-            "claims what nobody holds)",
+            "LEASE LOST: this server's heartbeat on %s (%s) is gone: another server declared "
+            "it dead and took its jobs over, or the store lost it (restarted without its "
+            "data); stopping without running them (a restart claims what nobody holds)",
             self.store.url,
             self.owner,
             extra={"gearman_level": "ERROR"},
@@ -232,7 +237,7 @@ class Cluster:
                     taken += self.durable.queue_stored(page)
                     await asyncio.sleep(0)
             except (StoreError, TimeoutError) as e:
-                log.error("taking over jobs from %s failed: %s; retrying", self.store.url, e)
+                log.error("taking over jobs from %s failed: %s; retrying", self.store.url, _why(e))
                 await asyncio.sleep(self.interval)
                 self._claim.set()
             if taken:
@@ -268,5 +273,7 @@ class Cluster:
             await asyncio.wait_for(self.store.leave(self.owner), CALL_TIMEOUT)
         except (StoreError, TimeoutError) as e:
             log.error(
-                "leaving %s failed: %s; the others take over after the lease", self.store.url, e
+                "leaving %s failed: %s; the others take over after the lease",
+                self.store.url,
+                _why(e),
             )

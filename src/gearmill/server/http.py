@@ -78,6 +78,18 @@ _PRIORITIES: Final = {"high": 0, "low": 2}
 _STATES: Final = {0: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
 
 
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's process metrics, also where /proc/stat is hidden (systemd's
+    ProcSubset=pid, which contrib/gearmill.service sets): without its boot time the
+    original reports no process_* series at all."""
+
+    def _boot_time(self) -> float:
+        try:
+            return float(super()._boot_time())  # type: ignore[no-untyped-call]
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Response:
     __slots__ = ("body", "headers", "status")
 
@@ -96,6 +108,13 @@ def _json(status: int, value: object) -> Response:
 
 def _error(status: int, message: str) -> Response:
     return _json(status, {"error": message})
+
+
+def _not_allowed(allow: str, message: str) -> Response:
+    # a 405 names the methods that would work (RFC 9110)
+    response = _error(405, message)
+    response.headers.append(("Allow", allow))
+    return response
 
 
 def _text(name: bytes) -> str:
@@ -171,7 +190,7 @@ class HttpFront:
                 cfg.metrics.function_histograms,
             )
         )
-        ProcessCollector(registry=self.registry)
+        _ProcessCollector(registry=self.registry)
         self.store_stats: StoreStats | None = None
         if durable is not None:
             self.store_stats = StoreStats(durable)
@@ -219,7 +238,10 @@ class HttpFront:
             try:
                 await asyncio.wait_for(store.ping(), PROBE_TIMEOUT)
             except Exception as e:  # StoreError, a timeout: either way not ready
-                why = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError):  # a stalled store: its str() is empty
+                    why = f"{store.url}: no answer to a ping within {PROBE_TIMEOUT:g} s"
+                else:
+                    why = str(e) or type(e).__name__
                 if self.unreachable is None:
                     log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
                 self.unreachable = why
@@ -305,13 +327,13 @@ class HttpFront:
         if head not in RESERVED or (head == "" and method in ("POST", "PUT")):
             if method in ("POST", "PUT"):
                 return await self.submit(path, headers, body, addr)
-            return _error(405, "GET never submits a job; use POST or PUT /<function>")
+            return _not_allowed("POST, PUT", f"{method} never submits a job; use POST or PUT")
         if head == "api":
             if parts[1:] == ["nodes"] and method in ("GET", "HEAD"):
                 return _json(200, await self.nodes())
             return self.api(method, parts[1:], params, headers, addr)
         if method not in ("GET", "HEAD"):
-            return _error(405, f"{path} is read-only; use GET")
+            return _not_allowed("GET, HEAD", f"{path} is read-only; use GET")
         if head == "metrics":
             if self.store_stats is not None:
                 await self.store_stats.refresh()
@@ -350,6 +372,9 @@ class HttpFront:
         priority = _PRIORITIES.get(headers.get("x-gearman-priority", "").lower(), 1)
         sink = GatewaySink()
         peer = self.peer(addr, sink, self.identity(headers) or "")
+        # else the broker turns a WORK_EXCEPTION into a bare WORK_FAIL, as for a client
+        # without the option, and the gateway could not answer it with its text
+        peer.exceptions = True
         try:
             self.broker.handle(peer, _SUBMIT[priority, background], [name, unique, body])
             flush(self.hub)

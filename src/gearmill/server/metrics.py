@@ -121,7 +121,8 @@ class Collector:
         )
         retried = CounterMetricFamily(
             "gearmill_jobs_retried",
-            "Running jobs put back in their queue (worker lost or timed out).",
+            "Jobs put back in their queue for another attempt (worker lost, timed out, "
+            "CANT_DO; WORK_FAIL/WORK_EXCEPTION where retry_on has them).",
             labels=["function", "kind"],
         )
         ended = {
@@ -135,8 +136,13 @@ class Collector:
                 (1, "failed", "Jobs failed (WORK_FAIL)."),
                 (2, "exceptions", "Jobs ended by WORK_EXCEPTION."),
                 (3, "cancelled", "Jobs cancelled by an operator."),
-                (4, "dead_lettered", "Jobs dropped after running out of retries."),
-                (5, "abandoned", "Foreground jobs whose clients all left before they ran."),
+                (
+                    4,
+                    "dead_lettered",
+                    "Jobs out of retries: background ones go to the dead set (unless "
+                    "dead = false), foreground clients get WORK_FAIL.",
+                ),
+                (5, "abandoned", "Foreground jobs whose clients all left before the result."),
             )
         }
         for key, s in grouped.items():
