@@ -3,7 +3,7 @@
 background submissions with the jobs in memory, and on Redis without an AOF and with
 `appendfsync no`, `everysec` and `always`.
 
-    flock /work/wt/bench.lock .venv/bin/python bench/redis_where.py [-n 60000] [--repeat 1]
+    .venv/bin/python bench/redis_where.py [-n 60000] [--repeat 1]
 
 Per run: submit rate (1 connection with 64 in flight, and 4 connections), gearmill's
 and redis-server's CPU time per job, Redis's group commits (EVALSHA calls), jobs per
