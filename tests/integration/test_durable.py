@@ -136,37 +136,10 @@ def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
         srv.stop()
 
 
-def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first(
-    tmp_path: Path,
-) -> None:
-    url = f"sqlite://{tmp_path}/queue.db"
-    first = start_gearmill("--store", url)
-    try:
-        r = subprocess.run(
-            [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", url],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert r.returncode != 0
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"pid {first.proc.pid}" in lines[0]
-    finally:
-        first.stop()
-
-
-def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> None:
+def refused_line(store: str) -> str:
+    """`gearmill serve --store STORE` fails at start: its one line of stderr."""
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gearmill.cli.main",
-            "serve",
-            "-p",
-            "0",
-            "--store",
-            "postgresql://gm:s3cret@127.0.0.1:1/gm",
-        ],
+        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", store],
         capture_output=True,
         text=True,
         timeout=30,
@@ -174,8 +147,24 @@ def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> Non
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, lines
-    assert "postgresql://gm:***@127.0.0.1:1/gm" in lines[0] and "s3cret" not in r.stderr
-    assert "start PostgreSQL" in lines[0]
+    return lines[0]
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite://{tmp_path}/queue.db"
+    first = start_gearmill("--store", url)
+    try:
+        assert f"pid {first.proc.pid}" in refused_line(url)
+    finally:
+        first.stop()
+
+
+def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> None:
+    line = refused_line("postgresql://gm:s3cret@127.0.0.1:1/gm")
+    assert "postgresql://gm:***@127.0.0.1:1/gm" in line and "s3cret" not in line
+    assert "start PostgreSQL" in line
 
 
 @pytest.mark.parametrize(
@@ -185,18 +174,10 @@ def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> Non
 def test_an_unreachable_store_says_why_in_words(url: str, service: str) -> None:
     """The drivers' own sentences are not passed on as they come ("Connection refused.;"
     or "[Errno 111]"): the reason is in words, then the fix."""
-    r = subprocess.run(
-        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "connection refused" in lines[0].lower(), lines[0]
-    assert ".;" not in lines[0] and "[Errno" not in lines[0], lines[0]
-    assert lines[0].endswith(f"start {service}, or fix the URL given to --store")
+    line = refused_line(url)
+    assert "connection refused" in line.lower(), line
+    assert ".;" not in line and "[Errno" not in line, line
+    assert line.endswith(f"start {service}, or fix the URL given to --store")
 
 
 def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
@@ -205,17 +186,8 @@ def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: 
     other = tmp_path / "notes.txt"
     other.write_bytes(b"not a database, and more than a header's worth of it\n" * 20)
     before = other.read_bytes()
-    serve = [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0"]
-    r = subprocess.run(
-        [*serve, "--store", f"sqlite://{other}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert str(other) in lines[0] and "not a database" in lines[0]
+    line = refused_line(f"sqlite://{other}")
+    assert str(other) in line and "not a database" in line
     assert other.read_bytes() == before
 
 

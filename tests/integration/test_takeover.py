@@ -91,6 +91,14 @@ def submit_many(srv: Running, tag: str, n: int) -> list[str]:
     return names
 
 
+def stop_all(workers: list[subprocess.Popen[bytes]], servers: list[Running]) -> None:
+    for w in workers:
+        w.kill()
+        w.wait(10)
+    for srv in servers:
+        srv.stop()
+
+
 def log_of(srv: Running) -> str:
     return (srv.tmp / "server.log").read_text()
 
@@ -152,11 +160,7 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         counted = runs(out)
         assert [x for x in second if counted[x] != 1] == []
     finally:
-        for w in workers:
-            w.kill()
-            w.wait(10)
-        for srv in servers:
-            srv.stop()
+        stop_all(workers, servers)
 
 
 def test_a_cleanly_stopped_servers_jobs_move_without_a_warning(
@@ -177,11 +181,7 @@ def test_a_cleanly_stopped_servers_jobs_move_without_a_warning(
         assert any("server n0#" in log and "cleanly; taking over its jobs" in log for log in logs)
         assert not any("stopped renewing" in log for log in logs), logs
     finally:
-        for w in workers:
-            w.kill()
-            w.wait(10)
-        for srv in servers:
-            srv.stop()
+        stop_all(workers, servers)
 
 
 def test_a_second_live_server_with_the_same_node_id_is_refused(common_store: Backend) -> None:
