@@ -19,7 +19,7 @@ from typing import cast
 from ..errors import CannotConnect, ConnectionLost, ProtocolError, ServerError, connect_reason
 from ..protocol.codec import MALFORMED, Decoder
 from ..protocol.packets import HEADER, REQ, PacketType
-from .servers import Address, TLSAddress, format_address
+from .servers import Address, TLSAddress, format_address, tls_arguments
 
 _REPLIES = frozenset(
     {
@@ -68,11 +68,7 @@ class Connection(asyncio.Protocol):
     ) -> Connection:
         loop = asyncio.get_running_loop()
         host, port = address
-        context = None
-        if isinstance(address, TLSAddress):
-            from .tls import default_context
-
-            context = address.context or default_context()
+        context, hostname = tls_arguments(address)
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(
@@ -80,7 +76,7 @@ class Connection(asyncio.Protocol):
                     host,
                     port,
                     ssl=context,
-                    server_hostname=host if context is not None else None,
+                    server_hostname=hostname,
                 ),
                 timeout,
             )

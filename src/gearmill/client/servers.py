@@ -24,6 +24,15 @@ class TLSAddress(tuple[str, int]):
         return self
 
 
+def tls_arguments(address: Address) -> tuple[ssl.SSLContext | None, str | None]:
+    """``ssl`` and ``server_hostname`` for opening a connection to ``address``."""
+    if not isinstance(address, TLSAddress):
+        return None, None
+    from .tls import default_context  # reads the client's environment once, when needed
+
+    return address.context or default_context(), address[0]
+
+
 def with_context(addresses: list[Address], context: ssl.SSLContext | None) -> list[Address]:
     """The TLS addresses among ``addresses`` given ``context`` (None leaves them as they are)."""
     if context is None:

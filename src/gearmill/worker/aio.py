@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from ..client.connection import Connection
-from ..client.servers import Address, TLSAddress, format_address, parse_servers, with_context
+from ..client.servers import Address, format_address, parse_servers, tls_arguments, with_context
 from ..data import Codec, encode, to_bytes
 from ..errors import CannotConnect, ConnectionLost, ProtocolError, seconds
 from ..protocol.packets import PacketType
@@ -261,17 +261,11 @@ def _describe(error: BaseException) -> str:
 
 async def _is_gearmill(address: Address, timeout: float) -> bool:
     """Whether the server says (admin ``version``) that it is gearmill."""
-    context = None
-    if isinstance(address, TLSAddress):  # a TLS listener answers nothing in plain text
-        from ..client.tls import default_context
-
-        context = address.context or default_context()
     host, port = address
+    context, hostname = tls_arguments(address)  # a TLS listener answers no plain text
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=context, server_hostname=host if context is not None else None
-            ),
+            asyncio.open_connection(host, port, ssl=context, server_hostname=hostname),
             timeout,
         )
     except (OSError, TimeoutError):
