@@ -127,6 +127,65 @@ def test_worker_survives_server_restart_during_a_job(
     assert f"connected to {server.address} again; functions registered" in said
 
 
+async def _registered(server: Running, function: str) -> bool:
+    """Whether a worker on ``server`` says (admin ``workers``) it can do ``function``."""
+
+    def ask() -> bool:
+        with server.conn() as c:
+            lines = c.admin(b"workers\n").decode().splitlines()
+        return any(function in line.split(" : ", 1)[-1].split() for line in lines if " : " in line)
+
+    return await asyncio.get_running_loop().run_in_executor(None, ask)
+
+
+async def _reconnect_while_a_job_runs(server: Running, caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hold(job: gm.WorkerJob) -> bytes:
+        started.set()
+        await release.wait()
+        return b"held"
+
+    worker = gm.AsyncWorker(server.address)  # one slot: the running job holds it
+    worker.register("hold", hold)
+    worker.register("slow", _work)
+    working = asyncio.ensure_future(worker.work())
+    try:
+        async with gm.AsyncClient(server.address, timeout=30) as client:
+            await client.submit("hold", background=True)
+            await asyncio.wait_for(started.wait(), 30)
+        server.proc.send_signal(signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(None, server.restart)
+        # the job still runs: the worker must come back to the new server anyway,
+        # not only once the job ends
+        for _ in range(300):
+            if await _registered(server, "slow"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the worker did not register again while its job ran")
+        said = [r.getMessage() for r in caplog.records if r.name == "gearmill.worker"]
+        assert f"connection to {server.address} lost: closed by server; reconnecting" in said
+        assert f"connected to {server.address} again; functions registered" in said
+        assert not working.done()
+        release.set()
+        async with gm.AsyncClient(server.address, timeout=30) as client:
+            assert await client.run("slow", b"after") == b"retfa"
+    finally:
+        release.set()
+        worker.stop()
+        await asyncio.wait_for(working, 30)
+
+
+def test_worker_busy_on_a_long_job_reconnects_at_once(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """concurrency=1, its one job running: the worker notices the lost server, says so
+    and registers with the restarted one while the job still runs, not once it ends."""
+    asyncio.run(_reconnect_while_a_job_runs(server, caplog))
+
+
 def test_blocking_worker_survives_server_restart(gearmill: Running) -> None:
     import threading
 

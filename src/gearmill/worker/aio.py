@@ -36,7 +36,7 @@ import pickle
 import signal
 import ssl
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from ..client.connection import Connection
@@ -49,6 +49,7 @@ log = logging.getLogger("gearmill.worker")
 
 JobFunction = Callable[["WorkerJob"], Any]
 F = TypeVar("F", bound=JobFunction)
+T = TypeVar("T")
 
 
 class WorkerJob:
@@ -289,6 +290,7 @@ class _Link:
         self.name = format_address(address)
         self.conn: Connection | None = None
         self.wake = asyncio.Event()
+        self.lost = asyncio.Event()  # this connection is gone (set by on_lost)
         self.reply: asyncio.Future[tuple[int, list[bytes]]] | None = None
         self.exceptions = bool(worker.exceptions)
         self.delay = 0.5  # before the next connection attempt; doubles to 30 s
@@ -313,6 +315,7 @@ class _Link:
         if self.reply is not None and not self.reply.done():
             self.reply.set_exception(error)
         self.wake.set()
+        self.lost.set()
 
     async def register(self, conn: Connection) -> None:
         w = self.worker
@@ -328,6 +331,7 @@ class _Link:
     async def run(self) -> None:
         w = self.worker
         while not w.stopping:
+            self.lost.clear()
             try:
                 conn = await Connection.open(
                     self.address, self.on_packet, self.on_lost, w.connect_timeout
@@ -379,9 +383,7 @@ class _Link:
             log.warning("connected to %s again; functions registered", self.name)
             self.down = False
 
-    async def _first(
-        self, reply: asyncio.Future[tuple[int, list[bytes]]]
-    ) -> tuple[int, list[bytes]]:
+    async def _first(self, reply: Awaitable[T]) -> T:
         t = self.worker.connect_timeout
         try:
             got = await asyncio.wait_for(reply, t)
@@ -394,10 +396,35 @@ class _Link:
         self._first_reply()
         return got
 
+    async def _slot(self, conn: Connection) -> None:
+        """A free job slot; or, while every slot is busy, the connection's loss (raised).
+
+        A worker whose slots all hold long jobs still notices its server going away:
+        it says so, reconnects and registers its functions again at once, instead of
+        when a job ends.
+        """
+        slots = self.worker.slots
+        if not slots.locked():
+            await slots.acquire()  # at once, no task: the path of every job
+            return
+        if not self.answered:
+            # no GRAB_JOB_ALL before a slot frees up: an echo shows a job server is there
+            await self._first(conn.request(PacketType.ECHO_REQ, PacketType.ECHO_RES, b"up"))
+        acquire = asyncio.ensure_future(slots.acquire())
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait([acquire, lost], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            acquire.cancel()  # a slot it took before the cancel takes effect goes back
+        if not acquire.done() or acquire.cancelled():
+            assert conn.closed is not None
+            raise conn.closed
+
     async def cycle(self, conn: Connection) -> None:
         w = self.worker
         while not w.stopping:
-            await w.slots.acquire()
+            await self._slot(conn)
             if w.is_stopping():
                 w.slots.release()
                 return
