@@ -115,18 +115,24 @@ def test_sigterm_with_nothing_queued_warns_of_nothing() -> None:
     assert lines[1].startswith(" NOTICE ") and lines[1].endswith("Shutdown complete (SIGTERM)")
 
 
-def test_sigusr1_warns_once() -> None:
+def test_sigusr1_is_a_notice_and_warns_once_of_what_is_lost() -> None:
+    """SIGUSR1 is an operator's normal stop (systemctl stop sends it): a NOTICE line at
+    every level, as the start and stop lines; only the lost job is a warning."""
     srv = start_gearmill("--verbose", "WARNING")
     with srv.conn() as c:
         c.send(SUBMIT_JOB_BG, b"nobody", b"", b"x")
         c.expect(JOB_CREATED)
         srv.proc.send_signal(signal.SIGUSR1)
         assert wait_exit(srv) == 0
-    warnings = [x for x in log_lines(srv) if x.startswith("WARNING")]
-    assert [w.split(" [  main ] ")[1] for w in warnings] == [
-        "SIGUSR1: graceful shutdown: no new connections or jobs",
-        "SIGUSR1: 1 job lost at exit: 1 background (1 queued); jobs are kept in memory only "
-        "and do not survive a restart",
+    said = [(x.split()[0], x.split(" [  main ] ")[1]) for x in log_lines(srv)[1:]]
+    assert said == [
+        ("NOTICE", "SIGUSR1: graceful shutdown: no new connections or jobs"),
+        (
+            "WARNING",
+            "SIGUSR1: 1 job lost at exit: 1 background (1 queued); jobs are kept in memory "
+            "only and do not survive a restart",
+        ),
+        ("NOTICE", "Shutdown complete (SIGUSR1)"),
     ]
 
 

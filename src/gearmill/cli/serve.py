@@ -695,4 +695,7 @@ def _reopen(logs: _Log) -> None:
             e.strerror or e,
         )
         return
-    logging.getLogger("gearmill.server").warning("SIGHUP, reopening log file")
+    # log rotation's normal signal: gearmand's NOTICE line (shown from --verbose NOTICE on)
+    logging.getLogger("gearmill.server").info(
+        "SIGHUP, reopening log file", extra={"gearman_level": "NOTICE"}
+    )

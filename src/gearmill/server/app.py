@@ -273,8 +273,12 @@ class Server:
 
     def _begin_graceful(self) -> None:
         if self.broker.stop_accepting():
-            lifecycle.warning(
-                "%s: graceful shutdown: no new connections or jobs", self._why or "admin"
+            # an operator's normal stop (systemctl stop sends SIGUSR1): NOTICE, as the
+            # start and stop lines, at every --verbose level
+            lifecycle.info(
+                "%s: graceful shutdown: no new connections or jobs",
+                self._why or "admin",
+                extra=_NOTICE,
             )
             for server in self._servers:
                 server.close()
