@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import gearmill
 from conftest import Conn, Running, gearmill_cmd, start_gearmill
 
 SUBMIT_JOB_BG, JOB_CREATED = 18, 8
@@ -252,7 +253,13 @@ def test_graceful_timeout_stops_as_sigterm_and_says_what_is_lost(tmp_path: Path)
 
 
 def test_json_logs_from_the_environment_parse_line_by_line() -> None:
-    srv = start_gearmill("--verbose", "NOTICE", env=dict(os.environ, GEARMILL_LOG_FORMAT="json"))
+    srv = start_gearmill(
+        "--verbose",
+        "NOTICE",
+        "--http",
+        "127.0.0.1:0",
+        env=dict(os.environ, GEARMILL_LOG_FORMAT="json"),
+    )
     srv.proc.send_signal(signal.SIGHUP)
     log = srv.tmp / "server.log"
     wait_until("the SIGHUP line", lambda: "SIGHUP" in log.read_text())
@@ -261,14 +268,29 @@ def test_json_logs_from_the_environment_parse_line_by_line() -> None:
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(x["level"], x["logger"]) for x in lines] == [
         ("NOTICE", "gearmill.lifecycle"),
+        ("NOTICE", "gearmill.lifecycle"),
         ("NOTICE", "gearmill.server"),
         ("NOTICE", "gearmill.lifecycle"),
     ]
-    assert lines[0]["message"].startswith(f"Listening on 127.0.0.1:{srv.port} (gearmill ")
-    assert lines[1]["message"] == "SIGHUP, reopening log file"
-    assert lines[2]["message"] == "Shutdown complete (SIGTERM)"
-    for line in lines:
+    start = lines[0]
+    assert start["message"].startswith(f"Listening on 127.0.0.1:{srv.port} (gearmill ")
+    # what the start line says, as fields a log shipper can index without parsing it
+    assert {k: start[k] for k in ("listen", "ports", "store", "version", "hot_path", "pid")} == {
+        "listen": [f"127.0.0.1:{srv.port}"],
+        "ports": [srv.port],
+        "store": "memory",
+        "version": gearmill.__version__,
+        "hot_path": gearmill.IMPLEMENTATION,
+        "pid": srv.proc.pid,
+    }
+    http = lines[1]
+    assert http["message"] == f"HTTP on {http['http']} (dashboard, /metrics, API, gateway)"
+    assert http["http"].startswith("http://127.0.0.1:")
+    assert lines[2]["message"] == "SIGHUP, reopening log file"
+    assert lines[3]["message"] == "Shutdown complete (SIGTERM)"
+    for line in lines[2:]:
         assert set(line) == {"time", "level", "logger", "message"}
+    for line in lines:
         assert line["time"].endswith("Z")
         when = datetime.datetime.fromisoformat(line["time"])
         assert abs((datetime.datetime.now(datetime.UTC) - when).total_seconds()) < 120

@@ -197,22 +197,31 @@ class Server:
         """The start line, once the server is ready (listening, pid file written)."""
         where = self._where()
         url = self.config.store.url
-        store = "jobs in memory" if url == "memory" else "jobs in " + hide_password(url)
+        shown = "memory" if url == "memory" else hide_password(url)
+        # the same facts as fields, for --log-format json (the plain line ignores them)
+        fields = {
+            "listen": where.split(", "),
+            "ports": sorted({p for _, p in self.addresses}),
+            "store": shown,
+            "version": __version__,
+            "hot_path": IMPLEMENTATION,
+            "pid": os.getpid(),
+        }
         lifecycle.info(
-            "Listening on %s (gearmill %s, %s hot path, %s)",
+            "Listening on %s (gearmill %s, %s hot path, jobs in %s)",
             where,
             __version__,
             IMPLEMENTATION,
-            store,
-            extra=_NOTICE,
+            shown,
+            extra=_NOTICE | fields,
         )
         if self.http is not None and self.http.address is not None:
             host, port = self.http.address
+            http = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
             lifecycle.info(
-                "HTTP on http://%s:%d/ (dashboard, /metrics, API, gateway)",
-                f"[{host}]" if ":" in host else host,
-                port,
-                extra=_NOTICE,
+                "HTTP on %s (dashboard, /metrics, API, gateway)",
+                http,
+                extra=_NOTICE | {"http": http},
             )
         self._announced = True
         self.notify.ready(self.status_line())
