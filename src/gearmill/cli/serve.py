@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="address to listen on (repeatable; default 127.0.0.1; 0.0.0.0 or :: for all); "
         "tls://HOST:PORT or tcp://HOST:PORT add a listener of that kind on its own port",
     )
-    _opt(p, "-p", "--port", help="TCP port (default 4730; 0 picks a free one)")
+    _opt(p, "-p", "--port", help="TCP port (default 4730; 0 picks one free on every -L address)")
     _opt(p, "-b", "--backlog", metavar="N", help="listen backlog (default 32)")
     _opt(
         p,

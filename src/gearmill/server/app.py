@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -39,6 +40,14 @@ log = logging.getLogger("gearmill.server")
 # start, stop and jobs lost at exit: logged at every --verbose level
 lifecycle = logging.getLogger("gearmill.lifecycle")
 _NOTICE = {"gearman_level": "NOTICE"}
+_PORT_PICKS = 20  # tries at one port free on every address, for -p 0
+
+
+class _PickAgain(Exception):
+    """The port picked for -p 0 does not suit every address: try ``port`` (0: any)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
 
 
 class Server:
@@ -51,7 +60,7 @@ class Server:
         self.policies = Policies(self.broker, config.retry)
         self._why = ""
         self._announced = False  # the stop line answers the start line
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._refusals: Refusals | None = None  # the log of refused TLS handshakes
         self._stopped: asyncio.Event | None = None
@@ -105,8 +114,8 @@ class Server:
             # the dead set and the schedules live in the same store
             self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
             await self.keeper.open()
-        for listener in self.config.listeners:
-            kind = kinds[listener.tls]
+        protocols: dict[bool, Callable[[], asyncio.BaseProtocol]] = {}
+        for is_tls, kind in kinds.items():
             protocol: Callable[[], asyncio.BaseProtocol]
             protocol = app = functools.partial(
                 kind,
@@ -116,30 +125,15 @@ class Server:
                 self.config.limits.max_owed,
                 self.guard,
             )
-            if listener.tls:
+            if is_tls:
                 # the socket is plain TCP: Handshake runs TLS, so that a refused one is logged
                 from .tls import Handshake
 
                 assert tls is not None
                 protocol = functools.partial(Handshake, app, *tls, self._handshakes)
-            try:
-                server = await self._loop.create_server(
-                    protocol,
-                    host=listener.host or None,
-                    port=listener.port,
-                    backlog=self.config.backlog,
-                    reuse_address=True,
-                    start_serving=False,  # a shared store's node id is taken first
-                )
-            except OSError as e:
-                for opened in self._servers:
-                    opened.close()
-                raise OSError(
-                    e.errno,
-                    f"cannot listen on {listener.host or '*'} port {listener.port}: "
-                    f"{listen_reason(e)}",
-                ) from e
-            self._servers.append(server)
+            protocols[is_tls] = protocol
+        await self._listen(protocols)
+        for listener, server in zip(self.config.listeners, self._servers, strict=True):
             for sock in server.sockets:
                 addr = sock.getsockname()
                 self.addresses.append((addr[0], addr[1]))
@@ -174,6 +168,60 @@ class Server:
                 for opened in self._servers:
                     opened.close()
                 raise
+
+    async def _listen(self, protocols: dict[bool, Callable[[], asyncio.BaseProtocol]]) -> None:
+        """Open every listener (not yet serving). Those given port 0 share one port per
+        kind (plain, TLS) that the system picks, as a user of -p 0 with several -L
+        expects: one port to give clients, whichever address they reach. A port free
+        on the first address but taken on another is given up for a new one."""
+        loop = asyncio.get_running_loop()
+        picked: dict[bool, int] = {}  # the port of each kind's port-0 listeners, once known
+        for _ in range(_PORT_PICKS):
+            try:
+                for listener in self.config.listeners:
+                    port = listener.port or picked.get(listener.tls, 0)
+                    try:
+                        server = await loop.create_server(
+                            protocols[listener.tls],
+                            host=listener.host or None,
+                            port=port,
+                            backlog=self.config.backlog,
+                            reuse_address=True,
+                            start_serving=False,  # a shared store's node id is taken first
+                        )
+                    except OSError as e:
+                        if e.errno == errno.EADDRINUSE and port and not listener.port:
+                            raise _PickAgain(0) from e  # picked here, taken there: another
+                        raise OSError(
+                            e.errno,
+                            f"cannot listen on {listener.host or '*'} port {port}: "
+                            f"{listen_reason(e)}",
+                        ) from e
+                    self._servers.append(server)
+                    if not listener.port:
+                        got = [sock.getsockname()[1] for sock in server.sockets]
+                        picked.setdefault(listener.tls, got[0])
+                        if any(p != picked[listener.tls] for p in got):
+                            # a host of several addresses (localhost: 127.0.0.1 and ::1)
+                            # got a port each: bind all of them on the first one's
+                            raise _PickAgain(got[0])
+                return
+            except _PickAgain as again:
+                picked = {k: again.port for k in picked} if again.port else {}
+                self._close_listeners()
+            except BaseException:
+                self._close_listeners()
+                raise
+        raise OSError(
+            errno.EADDRINUSE,
+            f"cannot find a port free on every listen address (-p 0) in {_PORT_PICKS} tries; "
+            "give a port with -p",
+        )
+
+    def _close_listeners(self) -> None:
+        for opened in self._servers:
+            opened.close()
+        self._servers = []
 
     async def _join(self, durable: Durable) -> None:
         store = self.config.store
