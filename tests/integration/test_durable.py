@@ -208,6 +208,28 @@ def test_the_default_store_is_sqlite_in_the_state_folder(tmp_path: Path) -> None
         srv.stop()
 
 
+def test_a_store_folder_created_at_start_is_named_once(tmp_path: Path) -> None:
+    """A --store path whose folders do not exist: they are created (mode 0700, job data
+    goes there) and one line at the default level names them, since a new folder means
+    a new, empty queue (after a typo in the path, that is where the jobs went); a
+    restart on the same path says nothing more."""
+    made = [tmp_path / "new", tmp_path / "new" / "deeper"]
+    url = f"sqlite://{made[1]}/queue.db"
+    srv = start_gearmill("--store", url)
+    try:
+        first = (srv.tmp / "server.log").read_text().splitlines()
+        assert first[0].endswith(
+            f"Created folders {made[0]}, {made[1]} (mode 0700) for the store {url}"
+        ), first
+        assert first[0].startswith(" NOTICE ") and "Listening on" in first[1]
+        assert [oct(f.stat().st_mode & 0o777) for f in made] == ["0o700", "0o700"]
+        srv.restart()
+        text = (srv.tmp / "server.log").read_text()
+        assert text.count("Created folder") == 1 and text.count("Listening on") == 2
+    finally:
+        srv.stop()
+
+
 def test_sqlite_commits_reach_the_disk_once_per_group(tmp_path: Path) -> None:
     """One submission at a time is a group of one: each is synced before its JOB_CREATED
     (strace counts the server's fdatasync/fsync calls)."""

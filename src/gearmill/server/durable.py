@@ -806,18 +806,8 @@ async def open_durable(
     writer (not yet attached). Raises StoreError with one line: the URL (password
     hidden), why, and the fix."""
     shown = hide_password(url)
-    try:
-        store = open_store(url)
-        if url.lower().startswith("sqlite:"):
-            from .store._sqlite import path_of
-
-            os.makedirs(os.path.dirname(path_of(url)) or ".", mode=0o700, exist_ok=True)
-        await store.open()
-    except OSError as e:
-        raise StoreError(
-            f"cannot create the folder of the store {shown}: {e.strerror or e}; "
-            "give a writable path to --store (or --state-dir)"
-        ) from None
+    store = open_store(url)
+    await store.open()  # an SQLite store creates its folder, and says so
     # a StoreError of open() already names the URL (password hidden) and the fix
     try:
         await store.import_gearmand(source)  # it logs how many jobs came

@@ -7,7 +7,9 @@ dies) keeps a second server off the same file; it holds the first one's pid.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -42,6 +44,8 @@ from ._sql import (
 )
 
 T = TypeVar("T")
+# lines an operator sees at every --verbose level (the server's start and stop)
+lifecycle = logging.getLogger("gearmill.lifecycle")
 
 # Disk use stays bounded: the WAL is cut back to this after each checkpoint, and free
 # pages left by deleted jobs are given back once they are this many and a quarter of the file.
@@ -68,6 +72,21 @@ def path_of(url: str) -> str:
             f"{url}: no file named; give one, e.g. sqlite:///var/lib/gearmill/queue.db"
         )
     return rest
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents, each mode 0700 (job data goes in
+    them); returns those created, outermost first."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():  # a file where the folder should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    missing.reverse()
+    for f in missing:
+        f.mkdir(mode=0o700, exist_ok=True)
+    return missing
 
 
 class SQLiteStore(SingleServer):
@@ -132,12 +151,23 @@ class SQLiteStore(SingleServer):
             return
         folder = Path(self.path).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            created = _make_folder(folder)
         except OSError as e:
             raise StoreError(
-                f"{self.url}: cannot create folder {folder}: {e.strerror}; "
+                f"{self.url}: cannot create folder {e.filename or folder}: {e.strerror}; "
                 "give a --store file in a folder this user can write"
             ) from None
+        if created:
+            # a new folder means a new, empty queue: on a first start, as expected; after a
+            # typo in the path, the operator sees here why the jobs are not there
+            names = [str(f) for f in created]
+            lifecycle.info(
+                "Created %s %s (mode 0700) for the store %s",
+                "folder" if len(names) == 1 else "folders",
+                ", ".join(names),
+                self.url,
+                extra={"gearman_level": "NOTICE", "folders": names},
+            )
         self._take_lock()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gearmill-sqlite")
         try:
