@@ -13,6 +13,10 @@ ADDRESS_HINT = (
     "is a job server running there? (`gearmill serve` starts one; the address comes from"
     " the servers argument, else $GEARMAN_SERVERS, else 127.0.0.1:4730)"
 )
+# Said when every address answered, but none as a job server: a wrong port, not a stopped server.
+WRONG_PORT_HINT = (
+    "give a job server's address (the servers argument, else $GEARMAN_SERVERS, else 127.0.0.1:4730)"
+)
 
 
 class GearmanError(Exception):
@@ -20,7 +24,12 @@ class GearmanError(Exception):
 
 
 class ProtocolError(GearmanError):
-    """The peer sent something that is not valid Gearman."""
+    """The peer sent something that is not valid Gearman; ``sent`` says what, when the
+    bytes were not Gearman at all (another service on the port)."""
+
+    def __init__(self, message: str, sent: str = "") -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class ConnectionLost(GearmanError):
@@ -39,6 +48,15 @@ class CannotConnect(ConnectionLost):
         super().__init__(server)
         self.reason = reason
         self.args = (f"could not connect to {server}: {reason}",)
+
+
+class NotAJobServer(CannotConnect):
+    """Something listens at the address, but it does not speak Gearman (a web server,
+    SSH, a database: a wrong port)."""
+
+    def __init__(self, server: str, sent: str) -> None:
+        super().__init__(server, f"not a Gearman job server (it sent {sent})")
+        self.args = (f"{server} is {self.reason}",)
 
 
 def connect_reason(error: BaseException, timeout: float | None = None) -> str:
@@ -90,15 +108,19 @@ def seconds(value: float) -> str:
 class NoServersAvailable(GearmanError):
     """No configured job server accepted a connection; ``errors`` says why, per server."""
 
-    def __init__(self, servers: list[str], errors: list[str] | None = None) -> None:
+    def __init__(
+        self, servers: list[str], errors: list[str] | None = None, *, wrong_port: bool = False
+    ) -> None:
         self.servers = servers
         self.errors = errors or []
+        # every server answered, but none speaks Gearman: the hint is not "start one"
+        self.wrong_port = wrong_port
         if len(self.errors) == 1:
             what = self.errors[0]
         else:
             what = f"any of {', '.join(servers)} (" + "; ".join(self.errors) + ")"
         self.reason = f"could not connect to {what}"
-        super().__init__(f"{self.reason}; {ADDRESS_HINT}")
+        super().__init__(f"{self.reason}; {WRONG_PORT_HINT if wrong_port else ADDRESS_HINT}")
 
 
 class Timeout(GearmanError, TimeoutError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import gearmill as gm
-from conftest import Running, free_port
+from conftest import Running, free_port, start_gearmill
 from gearmill.protocol.packets import PacketType
 
 CLI = [sys.executable, "-m", "gearmill.cli.main"]
@@ -100,6 +101,31 @@ def test_submit_no_server(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert f"127.0.0.1:{port}".encode() in out.stderr
     assert out.stderr.count(b"\n") == 1  # one line, no traceback
+
+
+def test_submit_to_a_port_where_another_service_answers_is_one_line() -> None:
+    """The port of gearmill's own HTTP listener given by mistake: one line saying that is
+    not a job server and how to give one, not 'could not connect ... connected' with the
+    question asked twice."""
+    srv = start_gearmill("--http", "127.0.0.1:0")
+    try:
+        log = srv.tmp / "server.log"
+        for _ in range(500):
+            if found := re.search(r"HTTP on http://127\.0\.0\.1:(\d+)/", log.read_text()):
+                break
+            time.sleep(0.02)
+        assert found, log.read_text()
+        port = found.group(1)
+        for args in (["-f", "rev", "x"], ["-b", "-f", "rev", "x"]):
+            out = cli("submit", "-p", port, *args)
+            assert (out.returncode, out.stderr.decode()) == (
+                1,
+                f"gearmill submit: could not connect to 127.0.0.1:{port}: not a Gearman job "
+                "server (it sent unexpected text in binary stream); give a job server's "
+                "address with -s HOST:PORT or -h/-p, or set $GEARMAN_SERVERS\n",
+            )
+    finally:
+        srv.stop()
 
 
 def test_submit_background_priorities_unique_and_lines(gearmill: Running) -> None:

@@ -322,14 +322,13 @@ def test_another_service_on_the_port_is_skipped_and_named(gearmill: Running) -> 
             with running_worker(worker), gm.Client([other, gearmill.address], timeout=30) as c:
                 # every job goes to the job server: none fails on the other service
                 assert [c.run("up", b"%d" % i) for i in range(4)] == [b"0", b"1", b"2", b"3"]
-                with pytest.raises(gm.CannotConnect) as caught:
+                with pytest.raises(gm.NotAJobServer) as caught:
                     c.echo(b"x", server=other)
         finally:
             stop.set()
             greeter.join(5)
     assert str(caught.value) == (
-        f"could not connect to {other}: connected, but unexpected text in binary stream"
-        " (is that a Gearman job server?)"
+        f"{other} is not a Gearman job server (it sent unexpected text in binary stream)"
     )
 
 

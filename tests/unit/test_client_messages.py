@@ -41,6 +41,17 @@ def test_no_servers_message_names_each_server_and_hints() -> None:
     assert two.reason == (
         "could not connect to any of a:1, b:2 (a:1: connection refused; b:2: unknown host)"
     )
+    # every address answered, but not in Gearman: not asked whether a server runs there
+    wrong = gm.NotAJobServer("h:80", "unexpected text in binary stream")
+    assert (
+        str(wrong) == "h:80 is not a Gearman job server (it sent unexpected text in binary stream)"
+    )
+    three = gm.NoServersAvailable(["h:80"], [f"h:80: {wrong.reason}"], wrong_port=True)
+    assert str(three) == (
+        "could not connect to h:80: not a Gearman job server (it sent unexpected text in binary"
+        " stream); give a job server's address (the servers argument, else $GEARMAN_SERVERS,"
+        " else 127.0.0.1:4730)"
+    )
 
 
 def test_job_errors_say_what_the_worker_reported() -> None:

@@ -113,11 +113,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_submit(args, servers))
     except NoServersAvailable as e:
-        print(
-            f"gearmill submit: {e.reason}; is a job server running there? (`gearmill serve`"
-            " starts one; give its address with -s HOST:PORT or -h/-p, or set $GEARMAN_SERVERS)",
-            file=sys.stderr,
-        )
+        where = "with -s HOST:PORT or -h/-p, or set $GEARMAN_SERVERS"
+        if e.wrong_port:  # something answered there, but not a job server
+            hint = f"give a job server's address {where}"
+        else:
+            hint = (
+                "is a job server running there? (`gearmill serve` starts one;"
+                f" give its address {where})"
+            )
+        print(f"gearmill submit: {e.reason}; {hint}", file=sys.stderr)
         return 1
     except GearmanError as e:
         print(f"gearmill submit: {e}", file=sys.stderr)

@@ -36,6 +36,7 @@ from ..errors import (
     JobException,
     JobFailed,
     NoServersAvailable,
+    NotAJobServer,
     ProtocolError,
     ServerError,
     connect_reason,
@@ -480,6 +481,8 @@ class AsyncClient:
                 except ProtocolError as e:
                     # another service on that port: skip it like one that refuses
                     conn.close()
+                    if e.sent:
+                        raise NotAJobServer(server.name, e.sent) from e
                     said = str(e).removeprefix(f"{server.name}: ")
                     raise CannotConnect(server.name, f"connected, but {said}") from e
                 except GearmanTimeout as e:
@@ -516,14 +519,17 @@ class AsyncClient:
         # servers in backoff are tried last, not never: better late than failing
         order.sort(key=lambda s: s.down_until > now)
         errors = []
+        wrong = 0  # servers that answered, but not in Gearman
         for server in order:
             try:
                 return server, await self._connect(server)
             except CannotConnect as e:
                 errors.append(f"{server.name}: {e.reason}")
+                wrong += isinstance(e, NotAJobServer)
             except ConnectionLost as e:
                 errors.append(f"{server.name}: {e.detail or e}")
-        raise NoServersAvailable([s.name for s in self.servers], errors)
+        names = [s.name for s in self.servers]
+        raise NoServersAvailable(names, errors, wrong_port=0 < wrong == len(errors))
 
     def _on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
         if kind in _JOB_PACKETS:

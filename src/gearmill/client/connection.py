@@ -114,10 +114,9 @@ class Connection(asyncio.Protocol):
                     future.set_result(args)
             elif kind == MALFORMED:
                 # most often another service on the port (HTTP, SSH, a database)
+                sent = args[0].decode()
                 self._fail(
-                    ProtocolError(
-                        f"{self.name}: {args[0].decode()} (is that a Gearman job server?)"
-                    )
+                    ProtocolError(f"{self.name}: {sent} (is that a Gearman job server?)", sent)
                 )
                 return
             elif self.on_packet is not None:
