@@ -14,7 +14,7 @@ import gearmill
 from conftest import Conn, Running, start_gearmill
 
 CAN_DO, PRE_SLEEP, NOOP, SUBMIT_JOB, JOB_CREATED, GRAB_JOB = 1, 4, 6, 7, 8, 9
-SUBMIT_JOB_BG, JOB_ASSIGN, SUBMIT_JOB_EPOCH = 18, 11, 36
+SUBMIT_JOB_BG, JOB_ASSIGN, SUBMIT_JOB_EPOCH, SET_CLIENT_ID = 18, 11, 36, 22
 
 SERVE = [sys.executable, "-m", "gearmill.cli.main", "serve"]
 
@@ -74,6 +74,47 @@ def test_help_is_plain_text_and_a_bad_flag_is_one_line() -> None:
         "gearmill serve: unrecognized arguments: --job-retry 3; did you mean --job-retries? "
         "(see gearmill serve --help)\n",
     )
+
+
+def test_debug_level_says_who_connects_registers_and_what_the_store_commits(
+    tmp_path: Path,
+) -> None:
+    """--verbose DEBUG: a line per connection opened and closed (with the peer's address),
+    per worker's registration, per job a lost worker gave back, per store commit."""
+    srv = start_gearmill("--verbose", "DEBUG", "--store", f"sqlite://{tmp_path}/queue.db")
+    try:
+        with srv.conn() as c:
+            c.send(SUBMIT_JOB_BG, b"resize", b"", b"x")
+            handle = c.expect(JOB_CREATED).decode()
+        w = srv.conn()
+        port = w.sock.getsockname()[1]
+        w.send(SET_CLIENT_ID, b"thumbs-1")
+        w.send(CAN_DO, b"resize")
+        w.send(CAN_DO, b"crop")
+        w.send(GRAB_JOB)
+        w.expect(JOB_ASSIGN)
+        w.close()  # dies with the job
+        with srv.conn() as c:  # answered once the server has seen the worker go
+            assert c.admin(b"status\n").startswith(b"resize\t1\t0\t0\n")
+    finally:
+        srv.stop()
+    said = [x.split(" [  main ] ", 1) for x in log_lines(srv)]
+    debug = [text for level, text in said if level.strip().startswith("DEBUG")]
+    opened = [x for x in debug if x.endswith(f"opened from 127.0.0.1:{port}")]
+    assert len(opened) == 1, debug
+    fd = opened[0].split()[1]
+    who = f"connection {fd} (127.0.0.1, id thumbs-1)"
+    for line in (
+        f"{who} can do: resize, crop",
+        f"job {handle} (resize) back in its queue (lost) from {who}",
+        f"{who} closed",
+        f"{who} no longer does: crop, resize",
+    ):
+        assert line in debug, (line, debug)
+    url = f"sqlite://{tmp_path}/queue.db"
+    assert any(
+        x.startswith(f"store {url}: committed a group of 1 new and 0 finished jobs") for x in debug
+    ), debug
 
 
 # --------------------------------------------------------------------- stop

@@ -114,6 +114,11 @@ class Server:
             # the dead set and the schedules live in the same store
             self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
             await self.keeper.open()
+        if log.isEnabledFor(logging.DEBUG):  # at other levels nothing is attached
+            from . import fanout
+            from .debuglog import DebugLog
+
+            fanout.attach(self.broker, DebugLog())
         protocols: dict[bool, Callable[[], asyncio.BaseProtocol]] = {}
         for is_tls, kind in kinds.items():
             protocol: Callable[[], asyncio.BaseProtocol]

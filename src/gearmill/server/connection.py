@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable
 from typing import cast
 
 from ..protocol.codec import Decoder
+from .debuglog import who
 from .guard import Guard
 from .model import Peer
 from .stream import Hub, Stream
+
+log = logging.getLogger("gearmill.server")
 
 
 def is_loopback(host: str) -> bool:
@@ -19,6 +23,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return host == "" or host.startswith("/")  # unix sockets are local
+
+
+def _address(host: str, port: object) -> str:
+    if port == "":
+        return host or "a unix socket"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class GearmanProtocol(asyncio.BufferedProtocol):
@@ -87,6 +97,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         self.identify(peer, transport)
         self.stream.attach(peer, cast(asyncio.Transport, transport))
         self.hub.broker.connect(peer)
+        if log.isEnabledFor(logging.DEBUG):  # once per connection, never per packet
+            port = peername[1] if isinstance(peername, tuple) else ""
+            log.debug("connection %d opened from %s", fd, _address(host, port))
 
     # The transport calls these when the bytes owed to the peer cross the marks; methods
     # rather than bound methods kept per connection (as the two read calls above are,
@@ -111,6 +124,9 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             cast(asyncio.Transport, transport).abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        peer = self.stream.peer
+        if peer is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s closed%s", who(peer), f": {exc}" if exc else "")
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None

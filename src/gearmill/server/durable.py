@@ -134,6 +134,8 @@ class Durable:
         self.busy = False
         self.commits = 0  # groups committed (and jobs in them), for tests and stats
         self.committed_jobs = 0
+        # --verbose DEBUG, read once: a line per commit then, a bool test per commit else
+        self.debug = log.isEnabledFor(logging.DEBUG)
         # metrics (--http): told each commit's seconds and size (adds + removes)
         self.observe: Callable[[float, int], None] | None = None
         self._wake = asyncio.Event()
@@ -313,6 +315,12 @@ class Durable:
         self.committed_jobs += 1
         if self.observe is not None:
             self.observe(time.monotonic() - began, 1)
+        if self.debug:
+            log.debug(
+                "store %s: committed 1 job through the lane in %.1f ms",
+                self.store.url,
+                (time.monotonic() - began) * 1000,
+            )
         broker = self.broker
         for peer in held:
             broker.release(peer)  # a native call (a bound method would be a generic one)
@@ -390,6 +398,16 @@ class Durable:
                     self._unload(spill, joined)
                 if self.observe is not None:
                     self.observe(time.monotonic() - began, len(adds) + len(removes))
+                if self.debug:
+                    log.debug(
+                        "store %s: committed a group of %d new and %d finished jobs "
+                        "(held replies: %d) in %.1f ms",
+                        self.store.url,
+                        len(adds),
+                        len(removes),
+                        len(held),
+                        (time.monotonic() - began) * 1000,
+                    )
                 broker = self.broker
                 for peer in held:
                     broker.release(peer)

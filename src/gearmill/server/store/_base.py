@@ -173,6 +173,7 @@ class LaneKeeper:
     async def open(self) -> None:
         try:
             self.lane = await self._connect()
+            log.debug("store %s: the lone-job connection is open", self._url)
         except Unsupported as e:
             self._off = True
             log.info("store %s: lone jobs commit through %s: %s", self._url, self._driver, e)
