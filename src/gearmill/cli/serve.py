@@ -195,7 +195,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a graceful stop (SIGUSR1, 'shutdown graceful') waits for running jobs "
         "before stopping as SIGTERM does (default 30; 0 = no limit)",
     )
-    _opt(p, "--exceptions", action="store_true", help="enable the exceptions option for all")
+    _opt(
+        p,
+        "--exceptions",
+        action="store_true",
+        help="every connection starts with the exceptions option on (workers' WORK_EXCEPTION "
+        "reaches every client)",
+    )
     _opt(p, "--keepalive", action="store_true", help="tune TCP keepalive on connections")
     _opt(p, "--keepalive-idle", metavar="S", help="TCP_KEEPIDLE with --keepalive")
     _opt(p, "--keepalive-interval", metavar="S", help="TCP_KEEPINTVL with --keepalive")
@@ -324,7 +330,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--http",
         metavar="HOST:PORT",
         help="serve /metrics, the dashboard, a JSON API and gearmand's HTTP gateway here "
-        "(off by default; not on loopback only with --http-token)",
+        "(off by default; an address other than loopback needs --http-token)",
     )
     _opt(
         p,
