@@ -122,19 +122,31 @@ class Cluster:
         store = self.store
         beats = 0
         failing = False
+        # after an outage of the store no server could renew its lease, so an expired
+        # heartbeat says nothing until the others have had time to renew theirs (a
+        # call that hung through the outage gives up after CALL_TIMEOUT, then a beat)
+        settle = max(self.lease, CALL_TIMEOUT + self.interval)
+        reap_from = 0.0
         while not self._stopping:
             await asyncio.sleep(self.interval)
             try:
                 alive = await asyncio.wait_for(store.renew(self.owner, self.lease), CALL_TIMEOUT)
-                dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if alive else []
+                if failing:
+                    failing = False
+                    reap_from = time.monotonic() + settle
+                    log.warning(
+                        "heartbeat to %s is back; servers that do not renew their lease "
+                        "within %.3g s are taken over",
+                        store.url,
+                        settle,
+                    )
+                reap = alive and time.monotonic() >= reap_from
+                dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if reap else []
             except (StoreError, TimeoutError) as e:
                 if not failing:
                     log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e))
                 failing = True
                 continue
-            if failing:
-                log.warning("heartbeat to %s is back", store.url)
-                failing = False
             if not alive:
                 self._lost()
                 return
