@@ -188,6 +188,7 @@ class HttpFront:
                 self.recorder,
                 cfg.metrics.top_functions,
                 cfg.metrics.function_histograms,
+                None if policies is None else policies.dead,
             )
         )
         _ProcessCollector(registry=self.registry)
