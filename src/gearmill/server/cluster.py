@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from .durable import Durable
-from .store import StoreError
+from .store import StoreError, about
 
 log = logging.getLogger("gearmill.cluster")
 lifecycle = logging.getLogger("gearmill.lifecycle")
@@ -41,9 +41,9 @@ SWEEP_EVERY = 10  # heartbeats between two looks for jobs nobody holds
 CALL_TIMEOUT = 10.0
 
 
-def _why(e: BaseException) -> str:
+def _why(e: BaseException, url: str) -> str:
     """A failed store call in words: a timeout's str() is empty."""
-    return str(e) or f"no answer within {CALL_TIMEOUT:g} s"
+    return about(url, e) if str(e) else f"no answer within {CALL_TIMEOUT:g} s"
 
 
 def default_node_id(port: int) -> str:
@@ -144,7 +144,7 @@ class Cluster:
                 dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if reap else []
             except (StoreError, TimeoutError) as e:
                 if not failing:
-                    log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e))
+                    log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e, store.url))
                 failing = True
                 continue
             if not alive:
@@ -218,7 +218,9 @@ class Cluster:
             self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
             self.members_at = time.monotonic()
         except (StoreError, TimeoutError) as e:
-            log.warning("listing the servers on %s failed: %s", self.store.url, _why(e))
+            log.warning(
+                "listing the servers on %s failed: %s", self.store.url, _why(e, self.store.url)
+            )
 
     def _lost(self) -> None:
         log.critical(
@@ -249,7 +251,8 @@ class Cluster:
                     taken += self.durable.queue_stored(page)
                     await asyncio.sleep(0)
             except (StoreError, TimeoutError) as e:
-                log.error("taking over jobs from %s failed: %s; retrying", self.store.url, _why(e))
+                url = self.store.url
+                log.error("taking over jobs from %s failed: %s; retrying", url, _why(e, url))
                 await asyncio.sleep(self.interval)
                 self._claim.set()
             if taken:
@@ -287,5 +290,5 @@ class Cluster:
             log.error(
                 "leaving %s failed: %s; the others take over after the lease",
                 self.store.url,
-                _why(e),
+                _why(e, self.store.url),
             )

@@ -343,6 +343,16 @@ class Store(Protocol):
 _SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")
 
 
+def about(url: str, error: object) -> str:
+    """A store error's words for a log line that names the store already: without the
+    URL the store's errors start with, nor a driver's full stop before the "; ..." that
+    follows (not "store URL failed: URL: commit failed: ... refused.; ...")."""
+    text = str(error) or type(error).__name__
+    if text.startswith(url + ": "):
+        text = text[len(url) + 2 :]
+    return text.rstrip(". ")
+
+
 def hide_password(url: str) -> str:
     """The URL with its password (in the user part or the query) replaced by ***."""
     try:
