@@ -206,6 +206,26 @@ def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(common_store: 
         b.stop()
 
 
+def test_the_first_nodes_after_a_quiet_while_shows_the_live_servers_as_live(
+    common_store: Backend,
+) -> None:
+    """Nobody asked a for the list since it joined (before b did), and its next full read
+    is ten heartbeats away: its first answer still lists b, and neither heartbeat as
+    expired (a list read at the join said a had expired and b was not there)."""
+    lease = "6"  # heartbeats every 2 s, a full read every 20 s
+    a = start_gearmill("--store", common_store.url, "--node-id", "a", "--lease", lease)
+    b = start_gearmill("--store", common_store.url, "--node-id", "b", "--lease", lease)
+    try:
+        time.sleep(2 * float(lease) - 2)  # past a's lease, well before its tenth beat
+        with AdminClient(a.address) as admin:
+            listed = admin.nodes()
+        assert [(n.node, n.me) for n in listed] == [("a", True), ("b", False)]
+        assert [n.node for n in listed if n.expires_in is None] == []
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_nodes_on_a_store_that_is_not_shared_says_so_in_one_line(tmp_path: Path) -> None:
     srv = start_gearmill("--store", f"sqlite://{tmp_path / 'jobs.db'}")
     try:

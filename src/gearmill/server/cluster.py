@@ -151,9 +151,10 @@ class Cluster:
                 self._lost()
                 return
             beats += 1
+            # the leases every beat (a few rows), so that the first ``nodes`` after a
+            # quiet while shows none expired that renews; the job counts while watched
             watched = time.monotonic() - self._asked_at < self.interval * SWEEP_EVERY
-            if dead or watched or beats % SWEEP_EVERY == 0:
-                await self._look()
+            await self._look(bool(dead) or watched or beats % SWEEP_EVERY == 0)
             if self.on_beat is not None:
                 self.on_beat()
             crashed = [owner for owner, left in dead if not left]
@@ -212,10 +213,19 @@ class Cluster:
             out.append((node, token, left_ms / 1000 - age, held, owner == self.owner))
         return out
 
-    async def _look(self) -> None:
-        """Read who shares the store (a failure keeps the last list: it is only shown)."""
+    async def _look(self, count: bool = True) -> None:
+        """Read who shares the store, with the jobs each holds or (not ``count``) the
+        counts of the last read (a failure keeps the last list: it is only shown)."""
+        store = self.store
         try:
-            self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
+            rows = await asyncio.wait_for(store.nodes(count), CALL_TIMEOUT)
+            if not count:
+                held = {owner: n for owner, _, n in self.members}
+                if all(owner in held for owner, _, _ in rows):
+                    rows = [(owner, left, held[owner]) for owner, left, _ in rows]
+                else:  # a server joined: count its jobs too
+                    rows = await asyncio.wait_for(store.nodes(), CALL_TIMEOUT)
+            self.members = rows
             self.members_at = time.monotonic()
         except (StoreError, TimeoutError) as e:
             log.warning(

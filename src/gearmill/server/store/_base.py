@@ -111,7 +111,7 @@ class SingleServer:
     async def take_dead(self, ids: Sequence[int]) -> list[int]:
         raise self._single()
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
         raise self._single()
 
 
@@ -335,9 +335,10 @@ class Store(Protocol):
         """Remove these dead letters; the ids this call removed (not those another server
         removed first), so a letter requeued by two servers at once runs once."""
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
         """The servers sharing the store, by node id: (owner, milliseconds until the
-        heartbeat expires, negative once expired; the stored jobs it holds)."""
+        heartbeat expires, negative once expired; the stored jobs it holds, or -1 when
+        not ``count``: counting is not free, the heartbeats are a few rows)."""
 
 
 _SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")
