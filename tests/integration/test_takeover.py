@@ -137,8 +137,10 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         # at-least-once: only what was running on the killed server may run again (its
         # one worker's job, and one it finished whose delete was not yet committed)
         assert len(twice) <= 2 and all(x.startswith("s0-") for x in twice), twice
-        # a crash is a warning (a clean stop is not: the next test)
+        # a crash is a warning (a clean stop is not: the next test), and the jobs taken
+        # are said to be the dead server's
         assert any("stopped renewing its lease" in log_of(s) for s in servers[1:])
+        assert any("stored jobs of n0#" in log_of(s) for s in servers[1:])
 
         # every server killed at once with jobs queued; all three start again
         for w in workers[1:]:

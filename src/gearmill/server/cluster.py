@@ -85,6 +85,8 @@ class Cluster:
         # list is read every heartbeat only while an operator asks for it, else every sweep
         self._asked_at = -1e9
         self._looking: asyncio.Task[None] | None = None
+        # servers declared dead since the last claim (its log line names them)
+        self._gone: list[str] = []
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -179,6 +181,7 @@ class Cluster:
                     extra={"gearman_level": "INFO"},
                 )
             if dead or beats % SWEEP_EVERY == 0:
+                self._gone += [owner for owner, _ in dead]
                 self._claim.set()
             if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
                 self.on_sweep()
@@ -249,6 +252,7 @@ class Cluster:
         while not self._stopping:
             await self._claim.wait()
             self._claim.clear()
+            gone, self._gone = self._gone, []  # whose jobs this claim takes, if any
             started = time.monotonic()
             taken = 0
             try:
@@ -264,13 +268,15 @@ class Cluster:
                 url = self.store.url
                 log.error("taking over jobs from %s failed: %s; retrying", url, _why(e, url))
                 await asyncio.sleep(self.interval)
+                self._gone = gone + self._gone  # the retry takes them
                 self._claim.set()
             if taken:
                 self.taken += taken
                 lifecycle.info(
-                    "took %d stored job%s nobody held on %s in %.2f s",
+                    "took %d stored job%s %s on %s in %.2f s",
                     taken,
                     "" if taken == 1 else "s",
+                    f"of {', '.join(gone)} (or nobody's)" if gone else "nobody held",
                     self.store.url,
                     time.monotonic() - started,
                     extra={"gearman_level": "NOTICE"},
