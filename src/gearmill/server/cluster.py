@@ -82,7 +82,7 @@ class Cluster:
         self.members: list[tuple[str, int, int]] = []
         self.members_at = 0.0
         # counting each server's jobs is not free (PostgreSQL counts index entries): the
-        # list is read every heartbeat only while an operator asks for it, else every sweep
+        # counts are read every heartbeat only while an operator asks, else every sweep
         self._asked_at = -1e9
         self._looking: asyncio.Task[None] | None = None
         # servers declared dead since the last claim (its log line names them)
