@@ -78,6 +78,10 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
             assert time.monotonic() < deadline, "the server did not recover"
             time.sleep(0.1)
         assert status(srv)["out"][0] == 2
+        # the outage's log lines name the store once each, in words, before "; the fix"
+        named = [x for x in (srv.tmp / "server.log").read_text().splitlines() if redis.url in x]
+        assert any("failed" in x for x in named), named
+        assert [x for x in named if x.count(redis.url) != 1 or ".;" in x] == []
         # and what it had committed before the outage is still stored: kill, restart
         srv.proc.kill()
         srv.proc.wait(10)

@@ -70,7 +70,11 @@ def test_dead_letter_life_cycle_through_admin_protocol_and_cli(retrying: Running
         assert row[:5] == [handle, b"resize", b"img-7", b"2", b"exception"]
         # the log says where it went (gearmand's "Dropped job" would send people looking)
         log = retrying.tmp / "server.log"
-        moved = f"Moved job to the dead set after max retry count: {handle.decode()} img-7"
+        moved = (
+            f"Moved job to the dead set after max retry count: {handle.decode()} img-7 "
+            "(function resize, last attempt: exception; "
+            f"gearmill admin --dead-requeue {handle.decode()} runs it again)"
+        )
         wait_for(lambda: moved in log.read_text())
         assert "Dropped job" not in log.read_text()
 

@@ -143,6 +143,38 @@ def test_a_purge_on_one_server_empties_the_others_dead_set(common_store: Backend
         b.stop()
 
 
+def test_every_servers_metrics_count_the_shared_dead_set(common_store: Backend) -> None:
+    """/metrics of a server that never saw the function counts the jobs that died on
+    another (what an operator alerts on), and drops them once purged elsewhere."""
+    dying = ("--retry-on", "fail", "--retry-max-attempts", "1", "--http", "127.0.0.1:0")
+    a = start(common_store.url, "a", *dying)
+    b = start(common_store.url, "b", *dying)
+    try:
+        web_a = Web(a, a.tmp / "server.log")
+        web_b = Web(b, b.tmp / "server.log")
+
+        def dead_gauge(web: Web) -> float | None:
+            return web.metrics().get(("gearmill_dead_jobs", (("function", "thumbs"),)))
+
+        with b.conn() as c, b.conn() as w:
+            for i in range(2):
+                c.send(SUBMIT_JOB_BG, b"thumbs", b"m%d" % i, b"x")
+                c.expect(JOB_CREATED)
+            w.send(CAN_DO, b"thumbs")
+            for _ in range(2):
+                w.send(GRAB_JOB)
+                w.send(WORK_FAIL, w.expect(JOB_ASSIGN).split(b"\x00")[0])
+        wait_for(lambda: dead_gauge(web_b) == 2, "b's metrics count its dead jobs")
+        wait_for(lambda: dead_gauge(web_a) == 2, "a's metrics count b's dead jobs")
+        purged = cli("admin", "-p", str(a.port), "--dead-purge", "all")
+        assert purged.stdout == "2\n", purged.stderr
+        wait_for(lambda: dead_gauge(web_b) in (0, None), "b's metrics after a's purge")
+        assert dead_gauge(web_a) in (0, None)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def nodes(srv: Running) -> dict[str, tuple[int, bool]]:
     with AdminClient(srv.address) as admin:
         return {n.node: (n.jobs, n.me) for n in admin.nodes()}
@@ -169,6 +201,26 @@ def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(common_store: 
         kill(b)
         # after b's lease a declares it dead, takes its jobs and lists only itself
         wait_for(lambda: nodes(a) == {"a": (3, True)}, "b gone from a's list")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_first_nodes_after_a_quiet_while_shows_the_live_servers_as_live(
+    common_store: Backend,
+) -> None:
+    """Nobody asked a for the list since it joined (before b did), and its next full read
+    is ten heartbeats away: its first answer still lists b, and neither heartbeat as
+    expired (a list read at the join said a had expired and b was not there)."""
+    lease = "6"  # heartbeats every 2 s, a full read every 20 s
+    a = start_gearmill("--store", common_store.url, "--node-id", "a", "--lease", lease)
+    b = start_gearmill("--store", common_store.url, "--node-id", "b", "--lease", lease)
+    try:
+        time.sleep(2 * float(lease) - 2)  # past a's lease, well before its tenth beat
+        with AdminClient(a.address) as admin:
+            listed = admin.nodes()
+        assert [(n.node, n.me) for n in listed] == [("a", True), ("b", False)]
+        assert [n.node for n in listed if n.expires_in is None] == []
     finally:
         a.stop()
         b.stop()

@@ -21,7 +21,7 @@ from conftest import Running, start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import Backend, PrivateRedis, make_backend
+from storekit import Backend, PrivatePostgres, PrivateRedis, make_backend
 from test_durable import GEARMAN, kill, submit
 
 LEASE = "2"  # seconds: short, so the test is quick
@@ -137,8 +137,10 @@ def test_survivors_take_over_a_killed_servers_jobs_and_a_restart_runs_nothing_tw
         # at-least-once: only what was running on the killed server may run again (its
         # one worker's job, and one it finished whose delete was not yet committed)
         assert len(twice) <= 2 and all(x.startswith("s0-") for x in twice), twice
-        # a crash is a warning (a clean stop is not: the next test)
+        # a crash is a warning (a clean stop is not: the next test), and the jobs taken
+        # are said to be the dead server's
         assert any("stopped renewing its lease" in log_of(s) for s in servers[1:])
+        assert any("stored jobs of n0#" in log_of(s) for s in servers[1:])
 
         # every server killed at once with jobs queued; all three start again
         for w in workers[1:]:
@@ -245,6 +247,54 @@ def test_a_redis_restarted_without_its_data_is_a_lease_lost_that_says_so(tmp_pat
             srv.stop()
     finally:
         redis.kill()
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def own_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[PrivatePostgres | PrivateRedis]:
+    """A store of the test's own, to stop and start again with its data."""
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    store = PrivatePostgres() if request.param == "postgresql" else PrivateRedis(tmp_path, *aof)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_an_outage_of_the_store_longer_than_the_lease_takes_no_server_down(
+    own_store: PrivatePostgres | PrivateRedis, tmp_path: Path
+) -> None:
+    """While the store is down nobody can renew a lease; once it is back, the first
+    server to renew must not declare the others dead for leases that ran out during the
+    outage (which stopped all of them but one with LEASE LOST). Every server goes on,
+    and each job runs once, on the server that accepted it."""
+    out = tmp_path / "done"
+    out.touch()
+    servers = [
+        start_gearmill("--store", own_store.url, "--node-id", n, "--lease", LEASE, "-v", "-v")
+        for n in ("a", "b")
+    ]
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        names = [*submit_many(servers[0], "a", 20), *submit_many(servers[1], "b", 20)]
+        own_store.kill()
+        time.sleep(3 * float(LEASE))  # every heartbeat in the store runs out meanwhile
+        own_store.start()
+        deadline = time.monotonic() + 60
+        while not all("is back" in log_of(s) for s in servers):
+            assert time.monotonic() < deadline, [log_of(s) for s in servers]
+            time.sleep(0.1)
+        # the survivors' wait (the store's call timeout and a heartbeat), and two beats
+        time.sleep(10 + 3 * float(LEASE))
+        assert [s.proc.poll() for s in servers] == [None, None]
+        assert not any("LEASE LOST" in log_of(s) for s in servers)
+        assert not any("stopped renewing" in log_of(s) for s in servers)
+        workers = [worker(s.port, out) for s in servers]
+        wait_all(out, set(names))
+        assert [x for x, n in runs(out).items() if n != 1] == []
+    finally:
+        stop_all(workers, servers)
 
 
 def test_paging_on_a_shared_store_loads_only_its_own_jobs_and_pages_in_claimed_ones(

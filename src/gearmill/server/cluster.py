@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from .durable import Durable
-from .store import StoreError
+from .store import StoreError, about
 
 log = logging.getLogger("gearmill.cluster")
 lifecycle = logging.getLogger("gearmill.lifecycle")
@@ -41,9 +41,9 @@ SWEEP_EVERY = 10  # heartbeats between two looks for jobs nobody holds
 CALL_TIMEOUT = 10.0
 
 
-def _why(e: BaseException) -> str:
+def _why(e: BaseException, url: str) -> str:
     """A failed store call in words: a timeout's str() is empty."""
-    return str(e) or f"no answer within {CALL_TIMEOUT:g} s"
+    return about(url, e) if str(e) else f"no answer within {CALL_TIMEOUT:g} s"
 
 
 def default_node_id(port: int) -> str:
@@ -82,9 +82,11 @@ class Cluster:
         self.members: list[tuple[str, int, int]] = []
         self.members_at = 0.0
         # counting each server's jobs is not free (PostgreSQL counts index entries): the
-        # list is read every heartbeat only while an operator asks for it, else every sweep
+        # counts are read every heartbeat only while an operator asks, else every sweep
         self._asked_at = -1e9
         self._looking: asyncio.Task[None] | None = None
+        # servers declared dead since the last claim (its log line names them)
+        self._gone: list[str] = []
 
     async def join(self, restarted: bool = False) -> None:
         """Take this node id (before any job is accepted). Raises StoreError with one
@@ -122,26 +124,39 @@ class Cluster:
         store = self.store
         beats = 0
         failing = False
+        # after an outage of the store no server could renew its lease, so an expired
+        # heartbeat says nothing until the others have had time to renew theirs (a
+        # call that hung through the outage gives up after CALL_TIMEOUT, then a beat)
+        settle = max(self.lease, CALL_TIMEOUT + self.interval)
+        reap_from = 0.0
         while not self._stopping:
             await asyncio.sleep(self.interval)
             try:
                 alive = await asyncio.wait_for(store.renew(self.owner, self.lease), CALL_TIMEOUT)
-                dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if alive else []
+                if failing:
+                    failing = False
+                    reap_from = time.monotonic() + settle
+                    log.warning(
+                        "heartbeat to %s is back; servers that do not renew their lease "
+                        "within %.3g s are taken over",
+                        store.url,
+                        settle,
+                    )
+                reap = alive and time.monotonic() >= reap_from
+                dead = await asyncio.wait_for(store.reap(), CALL_TIMEOUT) if reap else []
             except (StoreError, TimeoutError) as e:
                 if not failing:
-                    log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e))
+                    log.error("heartbeat to %s failed: %s; retrying", store.url, _why(e, store.url))
                 failing = True
                 continue
-            if failing:
-                log.warning("heartbeat to %s is back", store.url)
-                failing = False
             if not alive:
                 self._lost()
                 return
             beats += 1
+            # the leases every beat (a few rows), so that the first ``nodes`` after a
+            # quiet while shows none expired that renews; the job counts while watched
             watched = time.monotonic() - self._asked_at < self.interval * SWEEP_EVERY
-            if dead or watched or beats % SWEEP_EVERY == 0:
-                await self._look()
+            await self._look(bool(dead) or watched or beats % SWEEP_EVERY == 0)
             if self.on_beat is not None:
                 self.on_beat()
             crashed = [owner for owner, left in dead if not left]
@@ -166,6 +181,7 @@ class Cluster:
                     extra={"gearman_level": "INFO"},
                 )
             if dead or beats % SWEEP_EVERY == 0:
+                self._gone += [owner for owner, _ in dead]
                 self._claim.set()
             if beats % SWEEP_EVERY == 0 and self.on_sweep is not None:
                 self.on_sweep()
@@ -200,13 +216,24 @@ class Cluster:
             out.append((node, token, left_ms / 1000 - age, held, owner == self.owner))
         return out
 
-    async def _look(self) -> None:
-        """Read who shares the store (a failure keeps the last list: it is only shown)."""
+    async def _look(self, count: bool = True) -> None:
+        """Read who shares the store, with the jobs each holds or (not ``count``) the
+        counts of the last read (a failure keeps the last list: it is only shown)."""
+        store = self.store
         try:
-            self.members = await asyncio.wait_for(self.store.nodes(), CALL_TIMEOUT)
+            rows = await asyncio.wait_for(store.nodes(count), CALL_TIMEOUT)
+            if not count:
+                held = {owner: n for owner, _, n in self.members}
+                if all(owner in held for owner, _, _ in rows):
+                    rows = [(owner, left, held[owner]) for owner, left, _ in rows]
+                else:  # a server joined: count its jobs too
+                    rows = await asyncio.wait_for(store.nodes(), CALL_TIMEOUT)
+            self.members = rows
             self.members_at = time.monotonic()
         except (StoreError, TimeoutError) as e:
-            log.warning("listing the servers on %s failed: %s", self.store.url, _why(e))
+            log.warning(
+                "listing the servers on %s failed: %s", self.store.url, _why(e, self.store.url)
+            )
 
     def _lost(self) -> None:
         log.critical(
@@ -225,6 +252,7 @@ class Cluster:
         while not self._stopping:
             await self._claim.wait()
             self._claim.clear()
+            gone, self._gone = self._gone, []  # whose jobs this claim takes, if any
             started = time.monotonic()
             taken = 0
             try:
@@ -237,15 +265,18 @@ class Cluster:
                     taken += self.durable.queue_stored(page)
                     await asyncio.sleep(0)
             except (StoreError, TimeoutError) as e:
-                log.error("taking over jobs from %s failed: %s; retrying", self.store.url, _why(e))
+                url = self.store.url
+                log.error("taking over jobs from %s failed: %s; retrying", url, _why(e, url))
                 await asyncio.sleep(self.interval)
+                self._gone = gone + self._gone  # the retry takes them
                 self._claim.set()
             if taken:
                 self.taken += taken
                 lifecycle.info(
-                    "took %d stored job%s nobody held on %s in %.2f s",
+                    "took %d stored job%s %s on %s in %.2f s",
                     taken,
                     "" if taken == 1 else "s",
+                    f"of {', '.join(gone)} (or nobody's)" if gone else "nobody held",
                     self.store.url,
                     time.monotonic() - started,
                     extra={"gearman_level": "NOTICE"},
@@ -275,5 +306,5 @@ class Cluster:
             log.error(
                 "leaving %s failed: %s; the others take over after the lease",
                 self.store.url,
-                _why(e),
+                _why(e, self.store.url),
             )

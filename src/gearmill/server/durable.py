@@ -47,7 +47,7 @@ from .journal import Entry, JobAccepted, JobFinished
 from .model import QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
-from .store import Key, Lane, Store, StoredJob, StoreError, hide_password, open_store
+from .store import Key, Lane, Store, StoredJob, StoreError, about, hide_password, open_store
 
 log = logging.getLogger("gearmill.store")
 # replay counts and a store coming back: logged at every --verbose level (as app.py's)
@@ -460,7 +460,7 @@ class Durable:
             log.error(
                 "store %s failed: %s; background jobs get QUEUE_ERROR until it is back",
                 self.store.url,
-                why,
+                about(self.store.url, why),
                 extra={"gearman_level": "ERROR"},
             )
         self.down = why
@@ -588,7 +588,8 @@ class Durable:
                         COMMIT_TIMEOUT,
                     )
                 except (StoreError, TimeoutError) as e:
-                    log.error("store %s: loading queued jobs failed: %s", self.store.url, e)
+                    url = self.store.url
+                    log.error("store %s: loading queued jobs failed: %s", url, about(url, e))
                     return False  # the next commit tries again
                 loaded = self._queue_rows(rows, fp)
                 room -= loaded
@@ -709,7 +710,7 @@ class Durable:
                         self._flush()  # the journal's consumer counts them resident
                         await asyncio.sleep(0)
         except StoreError as e:
-            log.error("store %s: replay stopped: %s", self.store.url, e)
+            log.error("store %s: replay stopped: %s", self.store.url, about(self.store.url, e))
             return self.replayed
         finally:
             self.replay_peer.out.clear()
@@ -810,7 +811,7 @@ class Durable:
         try:
             await self.store.close()
         except StoreError as e:
-            log.error("store %s: %s", self.store.url, e)
+            log.error("store %s: %s", self.store.url, about(self.store.url, e))
 
 
 async def open_durable(

@@ -20,6 +20,7 @@ from .journal import (
     EXCEPTION,
     FAILED,
     LOST,
+    REASONS,
     RELEASED,
     RETRY_EXCEPTION,
     RETRY_FAILED,
@@ -366,11 +367,15 @@ class Handlers(Core):
             delay = -1.0 if limit and more.retries >= limit else 0.0
         if delay < 0:
             if policy is not None and policy.bury(job, why, error):
+                handle = job.handle.decode(errors="replace")
                 log.warning(
-                    "Moved job to the dead set after max retry count: %s %s "
-                    "(gearmill admin --dead-requeue runs it again)",
-                    job.handle.decode(errors="replace"),
+                    "Moved job to the dead set after max retry count: %s %s (function %s, "
+                    "last attempt: %s; gearmill admin --dead-requeue %s runs it again)",
+                    handle,
                     job.unique.decode(errors="replace"),
+                    func.name.decode(errors="replace"),
+                    REASONS[why],
+                    handle,
                 )
             else:  # gearmand's words
                 log.warning(

@@ -53,6 +53,7 @@ from .metrics import Collector, StoreStats
 from .model import RUNNING, SCHEDULED, Job, Peer
 from .policy import Policies
 from .recorder import Recorder
+from .store import about
 from .stream import Hub, flush
 
 log = logging.getLogger("gearmill.http")
@@ -188,6 +189,7 @@ class HttpFront:
                 self.recorder,
                 cfg.metrics.top_functions,
                 cfg.metrics.function_histograms,
+                None if policies is None else policies.dead,
             )
         )
         _ProcessCollector(registry=self.registry)
@@ -243,7 +245,11 @@ class HttpFront:
                 else:
                     why = str(e) or type(e).__name__
                 if self.unreachable is None:
-                    log.error("store %s does not answer: %s; /readyz answers 503", store.url, why)
+                    log.error(
+                        "store %s does not answer: %s; /readyz answers 503",
+                        store.url,
+                        about(store.url, why),
+                    )
                 self.unreachable = why
                 self._reachable(False)
                 continue

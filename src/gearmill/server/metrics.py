@@ -22,6 +22,7 @@ from typing import Final
 from .. import __version__
 from .broker import Broker
 from .durable import Durable
+from .policy import DeadSet
 from .recorder import FunctionStats, Histogram, Recorder
 
 OTHER: Final = "_other"
@@ -50,12 +51,18 @@ class Collector:
     """A prometheus_client collector: the families above, built at each scrape."""
 
     def __init__(
-        self, broker: Broker, recorder: Recorder, top: int, function_histograms: bool
+        self,
+        broker: Broker,
+        recorder: Recorder,
+        top: int,
+        function_histograms: bool,
+        dead: DeadSet | None = None,
     ) -> None:
         self.broker = broker
         self.recorder = recorder
         self.top = top
         self.function_histograms = function_histograms
+        self.dead = dead
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import (
@@ -105,6 +112,24 @@ class Collector:
         for key, row in gauges.items():
             waiting.add_metric([key], row[0] - row[1])
         yield waiting
+        if self.dead is not None:
+            # what waits for an operator; on a shared store every server sees the whole set
+            dead = GaugeMetricFamily(
+                "gearmill_dead_jobs",
+                "Jobs in the dead set (gearmill admin --dead-list), per function.",
+                labels=["function"],
+            )
+            counts = self.dead.counts()
+            # a function seen only in the dead set (it died on another server) is named
+            # as long as the bound allows
+            named = top | counts.keys() if len(top | counts.keys()) <= self.top else top
+            in_dead: dict[str, int] = {}
+            for name, n in counts.items():
+                key = label(name) if name in named else OTHER
+                in_dead[key] = in_dead.get(key, 0) + n
+            for key, n in in_dead.items():
+                dead.add_metric([key], n)
+            yield dead
 
         # totals by function (bounded) from the journal
         grouped: dict[str, FunctionStats] = {}

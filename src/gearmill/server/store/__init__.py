@@ -26,6 +26,7 @@ from ._base import (
     StoredJob,
     StoredSchedule,
     StoreError,
+    about,
     hide_password,
 )
 from ._memory import MemoryStore
@@ -43,6 +44,7 @@ __all__ = [
     "StoreError",
     "StoredJob",
     "StoredSchedule",
+    "about",
     "hide_password",
     "open_store",
 ]

@@ -111,7 +111,7 @@ class SingleServer:
     async def take_dead(self, ids: Sequence[int]) -> list[int]:
         raise self._single()
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
         raise self._single()
 
 
@@ -336,12 +336,23 @@ class Store(Protocol):
         """Remove these dead letters; the ids this call removed (not those another server
         removed first), so a letter requeued by two servers at once runs once."""
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
         """The servers sharing the store, by node id: (owner, milliseconds until the
-        heartbeat expires, negative once expired; the stored jobs it holds)."""
+        heartbeat expires, negative once expired; the stored jobs it holds, or -1 when
+        not ``count``: counting is not free, the heartbeats are a few rows)."""
 
 
 _SECRET_PARAMS = ("password", "pass", "passwd", "sslpassword")
+
+
+def about(url: str, error: object) -> str:
+    """A store error's words for a log line that names the store already: without the
+    URL the store's errors start with, nor a driver's full stop before the "; ..." that
+    follows (not "store URL failed: URL: commit failed: ... refused.; ...")."""
+    text = str(error) or type(error).__name__
+    if text.startswith(url + ": "):
+        text = text[len(url) + 2 :]
+    return text.rstrip(". ")
 
 
 def hide_password(url: str) -> str:

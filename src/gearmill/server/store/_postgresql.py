@@ -497,10 +497,11 @@ class PostgreSQLStore:
         )
         return [int(r[0]) for r in rows]
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
+        held = "(SELECT count(*) FROM gearmill_jobs j WHERE j.lease_owner = n.owner)"
         rows = await self._fetch(
-            f"SELECT n.owner, n.expires - {_NOW}, (SELECT count(*) FROM gearmill_jobs j"
-            " WHERE j.lease_owner = n.owner) FROM gearmill_nodes n ORDER BY n.node"
+            f"SELECT n.owner, n.expires - {_NOW}, {held if count else -1}"
+            " FROM gearmill_nodes n ORDER BY n.node"
         )
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 

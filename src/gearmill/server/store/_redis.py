@@ -214,7 +214,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now +
 return 1
 """
 )
-# KEYS: nodes; ARGV: prefix. Node, owner, ms left, jobs held, per heartbeat
+# KEYS: nodes; ARGV: prefix, '1' to count jobs. Node, owner, ms left, jobs held (or -1)
 _NODES = (
     _NOW
     + """
@@ -225,7 +225,7 @@ for i = 1, #all, 2 do
   out[#out + 1] = all[i]
   out[#out + 1] = o
   out[#out + 1] = tonumber(e) - now
-  out[#out + 1] = redis.call('SCARD', ARGV[1] .. 'own:' .. o)
+  out[#out + 1] = ARGV[2] == '1' and redis.call('SCARD', ARGV[1] .. 'own:' .. o) or -1
 end
 return out
 """
@@ -639,8 +639,9 @@ class RedisStore:
         args = (name, minute)
         return bool(await self._script(_TICK, (self._k_ticks,), args, "claiming a tick failed"))
 
-    async def nodes(self) -> list[tuple[str, int, int]]:
-        flat = await self._script(_NODES, (self._k_nodes,), (self.prefix,), "query failed")
+    async def nodes(self, count: bool = True) -> list[tuple[str, int, int]]:
+        args = (self.prefix, "1" if count else "0")
+        flat = await self._script(_NODES, (self._k_nodes,), args, "query failed")
         rows = sorted(
             (_s(flat[i]), _s(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
             for i in range(0, len(flat), 4)
