@@ -3,7 +3,9 @@ server is SIGKILLed, restarted on the same store, and the jobs are drained by ge
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,9 +18,10 @@ import pytest
 
 from conftest import Running, start_gearmand, start_gearmill
 from gearmill.protocol.packets import PacketType
+from gearmill.server.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
+from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend
 
 GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
 
@@ -268,6 +271,71 @@ def test_jobs_a_c_gearmand_left_in_its_sqlite_queue_are_imported_at_start(
         assert sorted(drain(srv.port, "moved", 2, tmp_path / "out")) == ["one", "two"]
     finally:
         srv.stop()
+
+
+# Interleaved priorities, several of each, with and without uniques (flag, unique, data).
+SWITCHED = [
+    ("", "u-n1", "n1"),
+    ("-L", "u-l1", "l1"),
+    ("-I", "u-h1", "h1"),
+    ("", "", "n2"),
+    ("-I", "", "h2"),
+    ("-L", "u-l2", "l2"),
+    ("", "u-n3", "n3"),
+    ("-I", "u-h3", "h3"),
+    ("-L", "", "l3"),
+]
+
+
+def test_switching_from_gearmand_with_its_flags_runs_its_jobs_once_in_order(
+    store: Backend, tmp_path: Path
+) -> None:
+    """An operator stops gearmand and starts gearmill with the same -q flags: every
+    queued job runs once, high before normal before low, each priority in submission
+    order (gearmand's Redis keys keep none: there only the priorities are kept), the
+    import is said at the default log level, and a restart runs nothing again."""
+    flags, source = gearmand_queue_flags(store)
+    old = start_gearmand(*flags)
+    try:
+        for flag, unique, data in SWITCHED:
+            args = [*([flag] if flag else []), *(["-u", unique] if unique else []), data]
+            assert submit(old.port, "switched", *args) == ""
+    finally:
+        old.stop()
+    srv = start_gearmill(*flags)
+    try:
+        deadline = time.monotonic() + 20  # replay (or a shared store's claim) runs after listen
+        while status(srv).get("switched", [0])[0] < len(SWITCHED) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["switched"][0] == len(SWITCHED)
+        got = drain(srv.port, "switched", len(SWITCHED), tmp_path / "out")
+        want = [d for p in ("-I", "", "-L") for f, _, d in SWITCHED if f == p]
+        if store.kind == "redis":
+            assert [sorted(got[:3]), sorted(got[3:6]), sorted(got[6:])] == [
+                sorted(want[:3]),
+                sorted(want[3:6]),
+                sorted(want[6:]),
+            ]
+        else:
+            assert got == want
+    finally:
+        srv.stop()
+    log = (srv.tmp / "server.log").read_text()
+    assert f"imported {len(SWITCHED)} jobs gearmand left in its queue" in log, log
+    # Nothing for a restart (of either server) to run again: gearmand's rows were moved,
+    # not copied, and the finished jobs left gearmill's table at the stop.
+    url = re.search(r"jobs in (\S+)\)", log)
+    assert url is not None, log
+
+    async def left() -> tuple[int, int]:
+        s = open_store(url[1])
+        await s.open()
+        try:
+            return await s.count(), await s.import_gearmand(source)
+        finally:
+            await s.close()
+
+    assert asyncio.run(left()) == (0, 0)
 
 
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:

@@ -820,8 +820,18 @@ async def open_durable(
         ) from None
     # a StoreError of open() already names the URL (password hidden) and the fix
     try:
-        await store.import_gearmand(source)  # it logs how many jobs came
+        moved = await store.import_gearmand(source)
     except StoreError as e:
         await store.close()
         raise StoreError(f"store {shown}: importing gearmand's queue failed: {e}") from None
+    if moved:
+        # once per switch from gearmand: the operator should see it at every level
+        lifecycle.info(
+            "imported %d job%s gearmand left in its queue on %s; gone from gearmand's"
+            " table or keys, so they run once, here",
+            moved,
+            "" if moved == 1 else "s",
+            shown,
+            extra={"gearman_level": "NOTICE"},
+        )
     return Durable(store, broker, flush, budget)
