@@ -4,6 +4,7 @@ server is SIGKILLed, restarted on the same store, and the jobs are drained by ge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -336,6 +337,27 @@ def test_switching_from_gearmand_with_its_flags_runs_its_jobs_once_in_order(
             await s.close()
 
     assert asyncio.run(left()) == (0, 0)
+
+
+def test_two_gearmands_redis_prefixes_stay_two_queues(tmp_path: Path) -> None:
+    """Two gearmands on one Redis with two --redis-prefix values had two queues; started
+    with the same flags, the two gearmills do not become one shared queue (each is alone
+    in `nodes`, each runs only its own jobs)."""
+    import gearmill as gm
+
+    servers: list[Running] = []
+    with contextlib.ExitStack() as stack:
+        for i in range(2):
+            b = stack.enter_context(contextlib.contextmanager(make_backend)("redis", tmp_path))
+            flags, _ = gearmand_queue_flags(b)
+            srv = start_gearmill(*flags)
+            stack.callback(srv.stop)
+            servers.append(srv)
+            assert submit(srv.port, f"only-{i}", "x") == ""
+        for i, srv in enumerate(servers):
+            with gm.AdminClient(srv.address) as admin:
+                assert [n.me for n in admin.nodes()] == [True]
+            assert [f for f, c in status(srv).items() if c[0]] == [f"only-{i}"]
 
 
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:

@@ -1141,7 +1141,11 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
     secret = values.get("redis_password")
     auth = ":" + _q(secret) + "@" if secret else ""
     prefix = values.get("redis_prefix")
-    return StoreConfig(f"redis://{auth}{host}:{port}/0", str(prefix) if prefix else None)
+    if not prefix:
+        return StoreConfig(f"redis://{auth}{host}:{port}/0")
+    # gearmand's prefix names one queue: two gearmands with two prefixes on one Redis
+    # stay two queues here too (gearmand's keys are `P-...`, gearmill's `P:...`).
+    return StoreConfig(f"redis://{auth}{host}:{port}/0?prefix={_q(f'{prefix}:')}", str(prefix))
 
 
 def _is_loopback(host: str) -> bool:
