@@ -140,13 +140,16 @@ def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
         srv.stop()
 
 
-def refused_line(store: str) -> str:
-    """`gearmill serve --store STORE` fails at start: its one line of stderr."""
+def refused_line(store: str | None, *args: str, env: dict[str, str] | None = None) -> str:
+    """`gearmill serve --store STORE ARGS` fails at start: its one line of stderr.
+    ``env`` is added to the environment; an empty value removes that variable."""
     r = subprocess.run(
-        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", store],
+        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", *args]
+        + (["--store", store] if store is not None else []),
         capture_output=True,
         text=True,
         timeout=30,
+        env={k: v for k, v in {**os.environ, **env}.items() if v} if env else None,
     )
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
@@ -182,6 +185,61 @@ def test_an_unreachable_store_says_why_in_words(url: str, service: str) -> None:
     assert "connection refused" in line.lower(), line
     assert ".;" not in line and "[Errno" not in line, line
     assert line.endswith(f"start {service}, or fix the URL given to --store")
+
+
+GEARMAND_MYSQL = (
+    *("-q", "MySQL", "--mysql-host=127.0.0.1", "--mysql-port=1"),
+    *("--mysql-user=gm", "--mysql-password=s3cret", "--mysql-db=gm"),
+)
+
+
+@pytest.mark.parametrize("source", ["env", "toml", "gearmand-flags"])
+def test_a_store_named_elsewhere_is_refused_naming_where_and_hiding_the_password(
+    source: str, tmp_path: Path
+) -> None:
+    """An operator who put the store in GEARMILL_STORE, a --config file or gearmand's
+    -q flags is told to fix that, not a --store flag never given; no password shown."""
+    url = "mysql://gm:s3cret@127.0.0.1:1/gm"
+    toml = tmp_path / "gearmill.toml"
+    toml.write_text(f'[store]\nurl = "{url}"\n')
+    args, env, fix = {
+        "env": ((), {"GEARMILL_STORE": url}, "fix the URL given to GEARMILL_STORE"),
+        "toml": (
+            ("--config", str(toml)),
+            {"GEARMILL_STORE": ""},
+            f"fix the URL given to {toml}: store.url",
+        ),
+        "gearmand-flags": (
+            GEARMAND_MYSQL,
+            None,
+            "fix --queue-type and its --mysql-* flags",
+        ),
+    }[source]
+    line = refused_line(None, *args, env=env)
+    assert "s3cret" not in line and "mysql://gm:***@127.0.0.1:1/gm" in line, line
+    assert line.endswith(f"start MariaDB, or {fix}"), line
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("pgsql://gm:s3cret@127.0.0.1/gm", "use memory, sqlite:///path/queue.db"),
+        ("mysql://gm:s3cret@127.0.0.1:99999/gm", "Port out of range"),
+        ("redis://:s3cret@127.0.0.1:6379/0?prefix=x:&colour=blue", "'colour'"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "env", "toml"])
+def test_a_bad_store_url_is_one_line_without_the_password(
+    url: str, why: str, source: str, tmp_path: Path
+) -> None:
+    toml = tmp_path / "gearmill.toml"
+    toml.write_text(f'[store]\nurl = "{url}"\n')
+    line = {
+        "flag": lambda: refused_line(url),
+        "env": lambda: refused_line(None, env={"GEARMILL_STORE": url}),
+        "toml": lambda: refused_line(None, "--config", str(toml), env={"GEARMILL_STORE": ""}),
+    }[source]()
+    assert "s3cret" not in line and why in line, line
 
 
 def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ class Server:
                 self.broker,
                 functools.partial(flush, self.hub),  # no interpreted frame per lone job's release
                 self.config.memory_jobs,
+                store.origin,
             )
             self.durable.start()
             # the dead set and the schedules live in the same store

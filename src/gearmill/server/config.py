@@ -20,10 +20,12 @@ import enum
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 from .. import __version__
 from ..protocol.codec import MAX_PAYLOAD
@@ -40,6 +42,7 @@ from .policy import (
     check_cron,
     parse_endings,
 )
+from .store._base import FIX_URL
 
 GEARMAND_VERSION: Final = "1.1.20"
 
@@ -116,6 +119,8 @@ class StoreConfig:
     # several servers on one shared store (server/cluster.py): None = host:port
     node_id: str | None = None
     lease: float = DEFAULT_LEASE  # seconds without a heartbeat before the others take over
+    # where the operator named the store, for "fix ..." in a start-up error
+    origin: str = FIX_URL
 
 
 STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "redis", "rediss")
@@ -335,6 +340,10 @@ def _store(raw: object, text: bool) -> str:
         raise _Bad(_STORE_FIX)
     if scheme == "sqlite" and not value[len("sqlite://") :].startswith("/"):
         raise _Bad("an SQLite store needs an absolute path: sqlite:///path/queue.db")
+    try:
+        _ = urlsplit(value).port  # raises for a port out of range, a bad [IPv6]
+    except ValueError as e:
+        raise _Bad(f"{e}; e.g. postgresql://user:password@host:5432/db") from None
     return value
 
 
@@ -947,7 +956,7 @@ def build(layers: Sequence[Layer]) -> Config:
             try:
                 value = setting.convert(given.value, given.text)
             except _Bad as e:
-                raise ConfigError(f"{given.where}: {e}") from None
+                raise ConfigError(f"{_shown(given.where)}: {e}") from None
             if key not in values:
                 values[key] = value
                 rank[key] = i
@@ -1065,20 +1074,51 @@ def _store_config(
         for layer in layers:
             if "queue_type" in layer and "store" in layer:
                 raise ConfigError(
-                    f"{layer['store'].where} and {layer['queue_type'].where}: "
+                    f"{_shown(layer['store'].where)} and {layer['queue_type'].where}: "
                     "two stores named; keep one of them"
                 )
         if rank["queue_type"] < rank["store"]:
             store = None  # -q on the command line wins over GEARMILL_STORE or the file
     if store is None and queue_type is not None:
-        return gearmand_store(str(queue_type), values)
+        kind = QUEUE_TYPES[str(queue_type)]
+        named = _origin(layers[rank["queue_type"]]["queue_type"])
+        flags = _QUEUE_FLAGS.get(kind)
+        origin = f"{named} and its {flags} flags" if flags else named
+        return replace(gearmand_store(str(queue_type), values), origin=origin)
     if store is None:
         state = values.get("state_dir")
         if isinstance(state, str):
             return StoreConfig("sqlite://" + os.path.join(os.path.abspath(state), "queue.db"))
         return StoreConfig(default_store_url())
     assert isinstance(store, str)
-    return StoreConfig(store)
+    return StoreConfig(store, origin=f"the URL given to {_origin(layers[rank['store']]['store'])}")
+
+
+# the flags of gearmand's -q that say where its queue is, for messages
+_QUEUE_FLAGS: Final = {
+    "sqlite": "--libsqlite3-*",
+    "postgresql": "--libpq-*",
+    "mysql": "--mysql-*",
+    "redis": "--redis-*",
+}
+
+
+def _origin(given: Given) -> str:
+    """Where a setting was given, without its value: `--store`, `GEARMILL_STORE`,
+    `/etc/gearmill.toml: store.url`, `gearmand.conf: --store`."""
+    value = str(given.value)
+    cut = given.where.find(value) if value else -1
+    return given.where[:cut].rstrip(" ='\"") if cut > 0 else given.where
+
+
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def _shown(where: str) -> str:
+    """A source's label with the password of any URL in it hidden (a store's)."""
+    from .store import hide_password
+
+    return _URL_IN_TEXT.sub(lambda m: hide_password(m[0]), where)
 
 
 def _q(value: object) -> str:

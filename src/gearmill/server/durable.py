@@ -48,6 +48,7 @@ from .model import QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
 from .store import Key, Lane, Store, StoredJob, StoreError, hide_password, open_store
+from .store._base import FIX_URL
 
 log = logging.getLogger("gearmill.store")
 # replay counts and a store coming back: logged at every --verbose level (as app.py's)
@@ -801,6 +802,7 @@ async def open_durable(
     broker: Broker,
     flush: Callable[[], None],
     budget: int = MEMORY_JOBS,
+    origin: str = FIX_URL,
 ) -> Durable:
     """Open the store a URL names, import what a gearmand left there, and return the
     writer (not yet attached). Raises StoreError with one line: the URL (password
@@ -816,8 +818,16 @@ async def open_durable(
     except OSError as e:
         raise StoreError(
             f"cannot create the folder of the store {shown}: {e.strerror or e}; "
-            "give a writable path to --store (or --state-dir)"
+            + (
+                "give a writable path to --store (or --state-dir)"
+                if origin == FIX_URL
+                else f"give a writable path: fix {origin}"
+            )
         ) from None
+    except StoreError as e:
+        raise StoreError(str(e).replace(FIX_URL, origin)) from None
+    except (TypeError, ValueError) as e:  # a driver refusing an option in the URL's query
+        raise StoreError(f"store {shown}: {e}; fix {origin}") from None
     # a StoreError of open() already names the URL (password hidden) and the fix
     try:
         moved = await store.import_gearmand(source)
