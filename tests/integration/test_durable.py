@@ -418,6 +418,37 @@ def test_two_gearmands_redis_prefixes_stay_two_queues(tmp_path: Path) -> None:
             assert [f for f, c in status(srv).items() if c[0]] == [f"only-{i}"]
 
 
+def test_gearmands_database_flags_without_a_host_connect_by_unix_socket(tmp_path: Path) -> None:
+    """gearmand's `--libpq-conninfo` without host= and `--mysql-host` left at localhost
+    reach the database over its unix socket (libpq's and libmysqlclient's rule), where
+    pg_hba.conf and MariaDB may authenticate otherwise than over TCP (peer, unix_socket):
+    gearmill, given the same flags, connects the same way."""
+    from urllib.parse import urlsplit
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(contextlib.contextmanager(make_backend)("postgresql", tmp_path))
+        my = stack.enter_context(contextlib.contextmanager(make_backend)("mysql", tmp_path))
+        user = urlsplit(pg.url).username
+        pg_flags = ("-q", "Postgres", f"--libpq-conninfo=dbname={pg.db} user={user}")
+        my_flags = ("-q", "MySQL", f"--mysql-user={urlsplit(my.url).username}")
+        my_flags += (f"--mysql-db={my.db}",)
+        for start in (start_gearmand, start_gearmill):
+            for flags in (pg_flags, my_flags):
+                srv = start(*flags)
+                stack.callback(srv.stop)
+        # every connection but the query's own: gearmand's one and gearmill's
+        over_tcp = pg.sql(
+            "SELECT application_name, client_addr FROM pg_stat_activity"
+            f" WHERE datname = '{pg.db}' AND pid <> pg_backend_pid()"
+        )
+        assert len(over_tcp) >= 2 and all(addr is None for _, addr in over_tcp), over_tcp
+        hosts = my.sql(
+            "SELECT host FROM information_schema.processlist"
+            f" WHERE db = '{my.db}' AND id <> CONNECTION_ID()"
+        )
+        assert len(hosts) >= 2 and all(h == ("localhost",) for h in hosts), hosts
+
+
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:
     """Jobs in memory cost nothing extra: the broker has no journal to fill."""
     import asyncio

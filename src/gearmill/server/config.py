@@ -1157,7 +1157,11 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
             user = params.pop("user", "")
             password = params.pop("password", "")
             auth = _q(user) + (":" + _q(password) if password else "") + ("@" if user else "")
-            host = params.pop("host", "localhost")
+            # No host (or a socket folder) means the unix socket for libpq, as for the
+            # driver here: not TCP to localhost, which pg_hba.conf may treat otherwise.
+            host = params.pop("host", "")
+            if host.startswith("/"):
+                params["host"], host = host, ""
             port = params.pop("port", "")
             db = params.pop("dbname", "")
             query = "&".join(f"{k}={_q(v)}" for k, v in params.items())
@@ -1173,9 +1177,13 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
         port = str(values.get("mysql_port") or "3306")
         db = str(values.get("mysql_db") or "Gearmand")
         table = values.get("mysql_table")
-        return StoreConfig(
-            f"mysql://{auth}{host}:{port}/{_q(db)}", str(table) if table else "gearman_queue"
-        )
+        url = f"mysql://{auth}{host}:{port}/{_q(db)}"
+        # gearmand's client library takes "localhost" (its default) as the unix socket,
+        # where MariaDB may authenticate otherwise (unix_socket for root on Debian)
+        socket = _mysql_socket() if host == "localhost" else None
+        if socket:
+            url += f"?unix_socket={_q(socket)}"
+        return StoreConfig(url, str(table) if table else "gearman_queue")
     host = str(values.get("redis_server") or "127.0.0.1")
     port = str(values.get("redis_port") or "6379")
     secret = values.get("redis_password")
@@ -1186,6 +1194,14 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
     # gearmand's prefix names one queue: two gearmands with two prefixes on one Redis
     # stay two queues here too (gearmand's keys are `P-...`, gearmill's `P:...`).
     return StoreConfig(f"redis://{auth}{host}:{port}/0?prefix={_q(f'{prefix}:')}", str(prefix))
+
+
+# where MariaDB's and MySQL's client libraries look for the server's socket
+MYSQL_SOCKETS: Final = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+
+
+def _mysql_socket() -> str | None:
+    return next((p for p in MYSQL_SOCKETS if os.path.exists(p)), None)
 
 
 def _is_loopback(host: str) -> bool:
