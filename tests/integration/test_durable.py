@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Running, start_gearmand, start_gearmill
+from conftest import Running, gearmill_cmd, start_gearmand, start_gearmill
 from gearmill.protocol.packets import PacketType
 from gearmill.server.store import open_store
 
@@ -447,6 +447,33 @@ def test_gearmands_database_flags_without_a_host_connect_by_unix_socket(tmp_path
             f" WHERE db = '{my.db}' AND id <> CONNECTION_ID()"
         )
         assert len(hosts) >= 2 and all(h == ("localhost",) for h in hosts), hosts
+
+
+def test_a_gearmand_still_running_on_the_port_keeps_its_jobs(tmp_path: Path) -> None:
+    """The operator starts gearmill before stopping gearmand: gearmill cannot have the
+    port and stops with one line, and gearmand's queue is left alone (imported, those
+    jobs would run twice: gearmand still holds them, and gearmill would at its start)."""
+    import sqlite3
+
+    db = tmp_path / "gearmand.db"
+    flags = ("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    old = start_gearmand(*flags)
+    try:
+        assert submit(old.port, "kept", "-u", "k1", "one") == ""
+        r = subprocess.run(
+            [*gearmill_cmd(old.port, *flags)], capture_output=True, text=True, timeout=30
+        )
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Address already in use" in lines[0], lines
+        con = sqlite3.connect(db)
+        try:
+            assert con.execute("SELECT unique_key FROM gearman_queue").fetchall() == [("k1",)]
+        finally:
+            con.close()
+        assert status(old)["kept"][0] == 1
+    finally:
+        old.stop()
 
 
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:
