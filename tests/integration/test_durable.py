@@ -476,6 +476,25 @@ def test_a_gearmand_still_running_on_the_port_keeps_its_jobs(tmp_path: Path) -> 
         old.stop()
 
 
+def test_a_libpq_conninfo_with_quoted_values_works_as_for_gearmand(tmp_path: Path) -> None:
+    """libpq's conninfo allows blanks around '=' and quoted values with blanks (a
+    password 'two words'); the string that worked for gearmand works unchanged."""
+    from urllib.parse import urlsplit
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(contextlib.contextmanager(make_backend)("postgresql", tmp_path))
+        user = urlsplit(pg.url).username
+        conninfo = f"host = 127.0.0.1 dbname = '{pg.db}' user={user} password='two \\'words'"
+        flags = ("-q", "Postgres", f"--libpq-conninfo={conninfo}")
+        old = start_gearmand(*flags)
+        old.stop()  # it connected and made its table
+        assert pg.sql("SELECT count(*) FROM queue") == [(0,)]
+        srv = start_gearmill(*flags)
+        stack.callback(srv.stop)
+        assert submit(srv.port, "quoted", "-u", "q1", "x") == ""
+        assert pg.sql("SELECT unique_key FROM gearmill_jobs") == [(b"q1",)]
+
+
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:
     """Jobs in memory cost nothing extra: the broker has no journal to fill."""
     import asyncio

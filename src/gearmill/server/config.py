@@ -1127,6 +1127,49 @@ def _q(value: object) -> str:
     return quote(str(value), safe="")
 
 
+def parse_conninfo(text: str) -> dict[str, str]:
+    """libpq's `key=value ...` as gearmand hands it to PQconnectdb: blanks around '='
+    allowed, a value bare or in single quotes ('my pass'), a backslash taking the next
+    character as it is. Raises ValueError naming the word that is not key=value."""
+    out: dict[str, str] = {}
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i >= n or text[i] != "=":
+            raise ValueError(f"{(key or text[start:]).split()[0]!r} is not key=value")
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        quoted = i < n and text[i] == "'"
+        i += quoted
+        value: list[str] = []
+        while True:
+            if i >= n:
+                if quoted:
+                    raise ValueError(f"{key}: the quote is not closed")
+                break
+            c = text[i]
+            if c == "\\" and i + 1 < n:
+                value.append(text[i + 1])
+                i += 2
+                continue
+            if (quoted and c == "'") or (not quoted and c.isspace()):
+                i += quoted
+                break
+            value.append(c)
+            i += 1
+        out[key.lower()] = "".join(value)
+
+
 def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig:
     """The store URL gearmand's -q and --libsqlite3-*/--libpq-*/--mysql-*/--redis-* name."""
     kind = QUEUE_TYPES[queue_type]
@@ -1145,18 +1188,17 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
         if conninfo.startswith(("postgresql://", "postgres://")):
             url = conninfo
         else:
-            params: dict[str, str] = {}
-            for word in conninfo.split():
-                name, sep, value = word.partition("=")
-                if not sep:
-                    raise ConfigError(
-                        f"--libpq-conninfo: {word!r} is not key=value; "
-                        "write 'host=... port=... dbname=... user=... password=...'"
-                    )
-                params[name.lower()] = value.strip("'")
+            try:
+                params = parse_conninfo(conninfo)
+            except ValueError as e:
+                raise ConfigError(
+                    f"--libpq-conninfo: {e}; "
+                    "write 'host=... port=... dbname=... user=... password=...'"
+                ) from None
             user = params.pop("user", "")
             password = params.pop("password", "")
-            auth = _q(user) + (":" + _q(password) if password else "") + ("@" if user else "")
+            auth = _q(user) + (":" + _q(password) if password else "")
+            auth += "@" if auth else ""
             # No host (or a socket folder) means the unix socket for libpq, as for the
             # driver here: not TCP to localhost, which pg_hba.conf may treat otherwise.
             host = params.pop("host", "")
