@@ -128,6 +128,36 @@ def test_submit_to_a_port_where_another_service_answers_is_one_line() -> None:
         srv.stop()
 
 
+def test_admin_to_the_http_port_is_one_line_naming_the_job_server_port() -> None:
+    """gearadmin's text to gearmill's own HTTP listener: at once, one line saying that is
+    not a job server and to give the job server's port, not 'connection lost: timed out'
+    after five seconds."""
+    srv = start_gearmill("--http", "127.0.0.1:0")
+    try:
+        log = srv.tmp / "server.log"
+        for _ in range(500):
+            if found := re.search(r"HTTP on http://127\.0\.0\.1:(\d+)/", log.read_text()):
+                break
+            time.sleep(0.02)
+        assert found, log.read_text()
+        port = found.group(1)
+        said = (
+            f"127.0.0.1:{port} is not a Gearman job server (it sent 'HTTP/1.1 400 Bad Request');"
+            " give the job server's port with -p PORT (or its address with -s HOST:PORT)"
+        )
+        for option in ("--status", "--server-version", "--dead-list"):
+            out = cli("admin", "-p", port, option)
+            assert (out.returncode, out.stdout, out.stderr.decode()) == (
+                1,
+                b"",
+                f"gearmill admin: {said}\n",
+            )
+        out = cli("admin", "check", "-p", port)
+        assert (out.returncode, out.stdout.decode()) == (2, f"GEARMAN CRITICAL - {said}\n")
+    finally:
+        srv.stop()
+
+
 def test_submit_background_priorities_unique_and_lines(gearmill: Running) -> None:
     port = str(gearmill.port)
     out = cli("submit", "-p", port, "-f", "hi", "-b", "-I", "-v", "a")

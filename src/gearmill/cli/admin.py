@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..client.admin import AdminClient
-from ..errors import GearmanError, ServerError
+from ..errors import GearmanError, NotAJobServer, ServerError
 from .common import add_server_arguments, server_list, tls_context
 
 # gearadmin runs several options in this fixed order on one connection
@@ -51,6 +51,7 @@ _OWN = (
 )
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+WRONG_PORT = "give the job server's port with -p PORT (or its address with -s HOST:PORT)"
 
 
 class _CheckParser(argparse.ArgumentParser):
@@ -217,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
                         value = " ".join(value)
                     line = f"{cmd} {value}" if isinstance(value, str) and value else cmd
                     failed |= _show(cmd, admin.command(line), args.raw, pretty)
+        except NotAJobServer as e:  # e.g. the --http port: say which port to give instead
+            print(f"gearmill admin: {e}; {WRONG_PORT}", file=sys.stderr)
+            return 1
         except GearmanError as e:
             print(f"gearmill admin: {e}", file=sys.stderr)
             return 1
@@ -227,6 +231,9 @@ def _check(args: argparse.Namespace, server: str) -> int:
     try:
         with AdminClient(server, tls=args.tls) as admin:
             functions = admin.status()
+    except NotAJobServer as e:
+        print(f"GEARMAN CRITICAL - {e}; {WRONG_PORT}")
+        return CRITICAL
     except (GearmanError, ServerError, ValueError) as e:
         print(f"GEARMAN CRITICAL - {server}: {e}")
         return CRITICAL
