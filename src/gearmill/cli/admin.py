@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from ..client.admin import AdminClient
 from ..errors import GearmanError, NotAJobServer, ServerError
-from .common import add_server_arguments, server_list, tls_context
+from .common import WRONG_PORT_HINT, add_server_arguments, server_list, tls_context
 
 # gearadmin runs several options in this fixed order on one connection
 _ORDER = (
@@ -51,7 +51,6 @@ _OWN = (
 )
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-WRONG_PORT = "give the job server's port with -p PORT (or its address with -s HOST:PORT)"
 
 
 class _CheckParser(argparse.ArgumentParser):
@@ -219,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                     line = f"{cmd} {value}" if isinstance(value, str) and value else cmd
                     failed |= _show(cmd, admin.command(line), args.raw, pretty)
         except NotAJobServer as e:  # e.g. the --http port: say which port to give instead
-            print(f"gearmill admin: {e}; {WRONG_PORT}", file=sys.stderr)
+            print(f"gearmill admin: {e}; {WRONG_PORT_HINT}", file=sys.stderr)
             return 1
         except GearmanError as e:
             print(f"gearmill admin: {e}", file=sys.stderr)
@@ -232,7 +231,7 @@ def _check(args: argparse.Namespace, server: str) -> int:
         with AdminClient(server, tls=args.tls) as admin:
             functions = admin.status()
     except NotAJobServer as e:
-        print(f"GEARMAN CRITICAL - {e}; {WRONG_PORT}")
+        print(f"GEARMAN CRITICAL - {e}; {WRONG_PORT_HINT}")
         return CRITICAL
     except (GearmanError, ServerError, ValueError) as e:
         print(f"GEARMAN CRITICAL - {server}: {e}")
