@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pty
-import re
 import select
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_http import Web
 
 import gearmill as gm
 from conftest import Running, free_port, start_gearmill, wait_until
@@ -105,13 +105,8 @@ def test_submit_no_server(tmp_path: Path) -> None:
 
 
 def http_port(srv: Running) -> str:
-    """The port of a server's --http listener, from its log."""
-    log = srv.tmp / "server.log"
-    for _ in range(500):
-        if found := re.search(r"HTTP on http://127\.0\.0\.1:(\d+)/", log.read_text()):
-            return found.group(1)
-        time.sleep(0.02)
-    raise AssertionError(f"no 'HTTP on' line in {log}: {log.read_text()}")
+    """The port of a server's --http listener."""
+    return Web(srv, srv.tmp / "server.log").base.rsplit(":", 1)[1]
 
 
 def test_submit_to_a_port_where_another_service_answers_is_one_line() -> None:

@@ -14,35 +14,18 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import gearmill as gm
-from conftest import Running, running_worker
+from conftest import Running, async_wait_until, running_worker, wait_until
 from gearmill.data import JSON
 from gearmill.worker import aio as worker_aio
 from gearmill.worker import sync as worker_sync
 
 CLI = [sys.executable, "-m", "gearmill.cli.main"]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-async def async_wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -269,7 +252,7 @@ def test_timed_out_thread_is_abandoned_and_its_result_dropped(
     w.register("slow", slow, timeout=1)
     with running_worker(w), gm.Client(gearmill.address, timeout=30) as client:
         job = client.submit("slow", b"")
-        wait_until(lambda: bool(timeout_lines(worker_log)), "the timeout warning")
+        wait_until(lambda: bool(timeout_lines(worker_log)), "the timeout warning", timeout=20)
         release.set()
         # the late result would be sent before the next grab on the same connection, so
         # the server's refusal would be logged before the second try's result is back
@@ -357,7 +340,7 @@ def test_interrupted_work_gives_the_job_to_another_worker(
     try:
         with gm.Client(server.address, timeout=60) as client:
             job = client.submit("job", b"payload")
-            wait_until(marker.exists, "the first worker's command to start")
+            wait_until(marker.exists, "the first worker's command to start", timeout=20)
             first.send_signal(sig)
             _, err = first.communicate(timeout=20)
             assert b"given back to the server" in err
@@ -421,6 +404,7 @@ async def _wrong_port(gearmill: Running, greeting: bytes, caplog: pytest.LogCapt
         await async_wait_until(
             lambda: any("after 4 attempts" in line for line in worker_lines(caplog)),
             "the fourth attempt",
+            timeout=20,
         )
     finally:
         worker.stop()
@@ -475,7 +459,7 @@ async def _stop_while_a_job_runs(address: str, concurrency: int) -> list[Any]:
         working = asyncio.ensure_future(worker.work())
         async with gm.AsyncClient(address, timeout=30) as client:
             job = await client.submit("slow", b"A")
-            await async_wait_until(started.is_set, "the job to start")
+            await async_wait_until(started.is_set, "the job to start", timeout=20)
             worker.stop()
             results.append(await job.result())
         await asyncio.wait_for(working, 30)
