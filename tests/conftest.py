@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -13,12 +14,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 import gearmill as gm
+
+T = TypeVar("T")
 
 REQ = b"\x00REQ"
 RES = b"\x00RES"
@@ -53,6 +57,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 10.0, every: float = 0.02
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; after
+    ``timeout`` seconds, an AssertionError that names ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(every)
+    return value
+
+
+async def async_wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 10.0, every: float = 0.02
+) -> T:
+    """:func:`wait_until` inside an event loop, which keeps running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(every)
+    return value
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

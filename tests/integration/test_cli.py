@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import pty
-import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_http import Web
 
 import gearmill as gm
-from conftest import Running, free_port, start_gearmill
+from conftest import Running, free_port, start_gearmill, wait_until
 from gearmill.protocol.packets import PacketType
 
 CLI = [sys.executable, "-m", "gearmill.cli.main"]
@@ -103,19 +104,18 @@ def test_submit_no_server(tmp_path: Path) -> None:
     assert out.stderr.count(b"\n") == 1  # one line, no traceback
 
 
+def http_port(srv: Running) -> str:
+    """The port of a server's --http listener."""
+    return Web(srv, srv.tmp / "server.log").base.rsplit(":", 1)[1]
+
+
 def test_submit_to_a_port_where_another_service_answers_is_one_line() -> None:
     """The port of gearmill's own HTTP listener given by mistake: one line saying that is
     not a job server and how to give one, not 'could not connect ... connected' with the
     question asked twice."""
     srv = start_gearmill("--http", "127.0.0.1:0")
     try:
-        log = srv.tmp / "server.log"
-        for _ in range(500):
-            if found := re.search(r"HTTP on http://127\.0\.0\.1:(\d+)/", log.read_text()):
-                break
-            time.sleep(0.02)
-        assert found, log.read_text()
-        port = found.group(1)
+        port = http_port(srv)
         for args in (["-f", "rev", "x"], ["-b", "-f", "rev", "x"]):
             out = cli("submit", "-p", port, *args)
             assert (out.returncode, out.stderr.decode()) == (
@@ -126,6 +126,56 @@ def test_submit_to_a_port_where_another_service_answers_is_one_line() -> None:
             )
     finally:
         srv.stop()
+
+
+def test_admin_to_the_http_port_is_one_line_naming_the_job_server_port() -> None:
+    """gearadmin's text to gearmill's own HTTP listener: at once, one line saying that is
+    not a job server and to give the job server's port, not 'connection lost: timed out'
+    after five seconds."""
+    srv = start_gearmill("--http", "127.0.0.1:0")
+    try:
+        port = http_port(srv)
+        said = (
+            f"127.0.0.1:{port} is not a Gearman job server (it sent 'HTTP/1.1 400 Bad Request');"
+            " give the job server's port with -p PORT (or its address with -s HOST:PORT)"
+        )
+        for option in ("--status", "--server-version", "--dead-list"):
+            out = cli("admin", "-p", port, option)
+            assert (out.returncode, out.stdout, out.stderr.decode()) == (
+                1,
+                b"",
+                f"gearmill admin: {said}\n",
+            )
+        out = cli("admin", "check", "-p", port)
+        assert (out.returncode, out.stdout.decode()) == (2, f"GEARMAN CRITICAL - {said}\n")
+    finally:
+        srv.stop()
+
+
+def test_work_on_the_http_port_says_so_once_and_keeps_retrying(tmp_path: Path) -> None:
+    """A worker daemon given the --http port retries (servers come and go), but its first
+    line says that is not a job server and which flag to fix, and the next retries are
+    not a line each."""
+    srv = start_gearmill("--http", "127.0.0.1:0")
+    err = tmp_path / "stderr"
+    try:
+        port = http_port(srv)
+        with err.open("wb") as out:
+            proc = subprocess.Popen([*CLI, "work", "-p", port, "-f", "x"], stderr=out)
+        try:
+            wait_until(lambda: "4 attempts" in err.read_text(), "the fourth attempt's summary")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    finally:
+        srv.stop()
+    assert err.read_text().splitlines() == [
+        f"gearmill work: 127.0.0.1:{port} is not a Gearman job server (it sent unexpected text"
+        " in binary stream); give the job server's port with -p PORT (or its address with -s"
+        " HOST:PORT); retrying in 0.5 s",
+        f"gearmill work: 127.0.0.1:{port}: still the same after 4 attempts; retrying in 4.0 s"
+        " (said again after 16)",
+    ]
 
 
 def test_submit_background_priorities_unique_and_lines(gearmill: Running) -> None:

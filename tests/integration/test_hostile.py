@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import REQ, Conn, Running, start_gearmill
+from conftest import REQ, Conn, Running, start_gearmill, wait_until
 
 CAN_DO = 1
 PRE_SLEEP = 4
@@ -52,15 +52,6 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def wait_for(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def status_row(admin: Conn, name: bytes) -> list[bytes] | None:
     for line in admin.admin(b"status\n").splitlines():
         cols = line.split(b"\t")
@@ -92,9 +83,8 @@ def test_abandoned_foreground_jobs_give_their_memory_back(srv: Running) -> None:
                 client.raw(batch)
                 for _ in range(1500):
                     client.expect(JOB_CREATED)
-            wait_for(
+            wait_until(
                 lambda: (status_row(admin, b"nobody") or [b"", b"1"])[1] == b"0",
-                10,
                 "the abandoned jobs leave status",
             )
             sizes.append(rss(pid))
@@ -345,7 +335,7 @@ def test_a_function_costs_a_few_hundred_bytes_and_stays_listed(srv: Running) -> 
         names = [b"r%d-function-%05d" % (round, i) for i in range(20000)]
         register(srv, names).close()
         with srv.conn() as admin:
-            wait_for(lambda: b"function" not in admin.admin(b"workers\n"), 10, "the worker left")
+            wait_until(lambda: b"function" not in admin.admin(b"workers\n"), "the worker left")
         sizes.append(rss(pid))
     per_function = (sizes[-1] - sizes[1]) / 40000
     # 2.9 KB before (three empty deques each)
@@ -487,10 +477,10 @@ def test_results_for_a_client_that_does_not_read_wait_in_the_queue(srv: Running)
     client = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
     client.sendall(b"".join(packet(SUBMIT_JOB, b"slowres", b"", b"%d" % i) for i in range(count)))
     with srv.conn() as admin:
-        wait_for(
+        wait_until(
             lambda: (status_row(admin, b"slowres") or [b"", b"0"])[1] == b"%d" % count,
-            30,
             "the jobs are queued",
+            timeout=30,
         )
     before = rss(pid)
     worker = srv.conn()

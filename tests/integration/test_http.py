@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from conftest import (
     start_gearmand,
     start_gearmill,
     wait_listening,
+    wait_until,
 )
 from gearmill.protocol.packets import PacketType as P
 
@@ -35,10 +36,7 @@ class Web:
 
     def __init__(self, srv: Running, log: Path) -> None:
         self.srv = srv
-        deadline = time.monotonic() + 10
-        while not (found := _HTTP.search(log.read_bytes())):
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
+        found = wait_until(lambda: _HTTP.search(log.read_bytes()), f"'HTTP on' in {log}")
         self.base = f"http://127.0.0.1:{int(found.group(1))}"
 
     def call(
@@ -99,14 +97,6 @@ def gearadmin_status(port: int) -> dict[str, tuple[int, int, int]]:
     return rows
 
 
-def wait_for(what: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-    return value
-
-
 def metric(m: dict, name: str, **labels: str) -> float:
     return m[name, tuple(sorted(labels.items()))]
 
@@ -165,7 +155,7 @@ def test_metrics_count_every_ending_and_gauges_match_gearadmin(web: Web) -> None
             gone = metric(m, "gearmill_jobs_abandoned_total", function="idle", kind="foreground")
             return m if done == 1 and gone == 1 else None
 
-        m = wait_for(settled)
+        m = wait_until(settled, "the dead-lettered and abandoned jobs in /metrics")
         assert isinstance(m, dict)
         status = gearadmin_status(port)
 
@@ -314,7 +304,7 @@ def gateway(request: pytest.FixtureRequest) -> Iterator[tuple[Running, Web]]:
         w = Web.__new__(Web)
         w.srv = srv
         w.base = f"http://127.0.0.1:{http_port}"
-        wait_for(lambda: _answers(w.base), 10)
+        wait_until(lambda: _answers(w.base), "the HTTP listener to answer")
     yield srv, w
     srv.stop()
 
@@ -337,7 +327,9 @@ def c_worker(port: int, function: str, *command: str) -> subprocess.Popen[bytes]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: gearadmin_status(port).get(function, (0, 0, 0))[2] == 1)
+    wait_until(
+        lambda: gearadmin_status(port).get(function, (0, 0, 0))[2] == 1, f"a worker for {function}"
+    )
     return proc
 
 
@@ -392,7 +384,10 @@ def test_gateway_answers_a_work_exception_with_its_text() -> None:
     thread = threading.Thread(target=worker.work, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: gearadmin_status(srv.port).get("broken", (0, 0, 0))[2] == 1)
+        wait_until(
+            lambda: gearadmin_status(srv.port).get("broken", (0, 0, 0))[2] == 1,
+            "a worker for broken",
+        )
         status, headers, body = web.call("POST", "/broken", b"x")
         assert (status, headers["X-Gearman-Command"]) == (200, "WORK_EXCEPTION")
         assert body == b"ValueError: bad input"
@@ -433,7 +428,10 @@ def test_a_client_leaving_abandons_its_foreground_job() -> None:
     try:
         with pytest.raises(OSError):
             web.call("POST", "/nobody", b"x", timeout=0.5)
-        wait_for(lambda: gearadmin_status(srv.port).get("nobody") == (0, 0, 0))
+        wait_until(
+            lambda: gearadmin_status(srv.port).get("nobody") == (0, 0, 0),
+            "the abandoned job to leave the status",
+        )
         m = web.metrics()
         assert metric(m, "gearmill_jobs_abandoned_total", function="nobody", kind="foreground") == 1
     finally:
@@ -529,12 +527,13 @@ def test_dashboard_and_its_api_show_what_gearadmin_shows(web: Web) -> None:
         handle = worker.expect(P.JOB_ASSIGN).split(b"\0")[0]
         worker.send(P.WORK_STATUS, handle, b"3", b"10")
         status_rows = gearadmin_status(port)
-        functions = wait_for(
+        functions = wait_until(
             lambda: [
                 f
                 for f in web.json("/api/functions")
                 if f["name"] == "resize"  # type: ignore[union-attr]
-            ]
+            ],
+            "resize in /api/functions",
         )
         assert isinstance(functions, list)
         f = functions[0]
@@ -551,11 +550,14 @@ def test_dashboard_and_its_api_show_what_gearadmin_shows(web: Web) -> None:
             jobs = page["jobs"]
             return jobs[0] if jobs and jobs[0]["progress"] == [3, 10] else None
 
-        job = wait_for(running)
+        job = wait_until(running, "the running job with progress 3/10 in /api/jobs")
         assert isinstance(job, dict) and job["handle"] == handle.decode()
         # the progress moves without anything else happening
         worker.send(P.WORK_STATUS, handle, b"7", b"10")
-        wait_for(lambda: web.json(f"/api/jobs/{handle.decode()}")["progress"] == [7, 10])  # type: ignore[index]
+        wait_until(
+            lambda: web.json(f"/api/jobs/{handle.decode()}")["progress"] == [7, 10],  # type: ignore[index]
+            "progress 7/10 in /api/jobs/HANDLE",
+        )
         page1 = web.json("/api/jobs?offset=0&limit=25")
         page2 = web.json("/api/jobs?offset=25&limit=25")
         assert isinstance(page1, dict) and isinstance(page2, dict)
@@ -563,8 +565,9 @@ def test_dashboard_and_its_api_show_what_gearadmin_shows(web: Web) -> None:
         handles = [j["handle"] for j in page1["jobs"] + page2["jobs"]]
         assert len(set(handles)) == 30
         worker.send(P.WORK_COMPLETE, handle, b"ok")
-        done = wait_for(
-            lambda: web.json(f"/api/jobs/{handle.decode()}")["state"] == "finished"  # type: ignore[index]
+        done = wait_until(
+            lambda: web.json(f"/api/jobs/{handle.decode()}")["state"] == "finished",  # type: ignore[index]
+            "the job finished in /api/jobs/HANDLE",
         )
         assert done
         summary = web.json("/api/summary")
@@ -584,7 +587,7 @@ def test_health_and_readiness_during_a_graceful_stop() -> None:
             worker.send(P.GRAB_JOB)
             handle = worker.expect(P.JOB_ASSIGN).split(b"\0")[0]
             srv.proc.send_signal(signal.SIGUSR1)  # graceful: waits for the running job
-            wait_for(lambda: web.call("GET", "/readyz")[0] == 503)
+            wait_until(lambda: web.call("GET", "/readyz")[0] == 503, "/readyz to answer 503")
             assert web.call("GET", "/healthz")[0] == 200
             worker.send(P.WORK_COMPLETE, handle, b"")
             srv.proc.wait(10)

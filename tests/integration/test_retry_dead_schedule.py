@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Running, start_gearmill
+from conftest import Running, start_gearmill, wait_until
 from gearmill.client.admin import AdminClient
 from gearmill.errors import ServerError
 
@@ -29,15 +29,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=20,
     )
-
-
-def wait_for(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
@@ -75,7 +66,7 @@ def test_dead_letter_life_cycle_through_admin_protocol_and_cli(retrying: Running
             "(function resize, last attempt: exception; "
             f"gearmill admin --dead-requeue {handle.decode()} runs it again)"
         )
-        wait_for(lambda: moved in log.read_text())
+        wait_until(lambda: moved in log.read_text(), f"{moved!r} in the server log")
         assert "Dropped job" not in log.read_text()
 
         h = handle.decode()
@@ -106,7 +97,7 @@ def test_dead_letter_life_cycle_through_admin_protocol_and_cli(retrying: Running
             w.send(GRAB_JOB)
             assert w.expect(JOB_ASSIGN).startswith(second)
     with AdminClient(retrying.address) as admin:
-        wait_for(lambda: admin.dead_status() == {"resize": 1})
+        wait_until(lambda: admin.dead_status() == {"resize": 1}, "a dead resize job")
         assert [d.reason for d in admin.dead_jobs()] == ["lost"]
     out = cli("admin", "-p", port, "--dead-purge", "function", "resize")
     assert (out.returncode, out.stdout) == (0, "1\n")
@@ -160,11 +151,11 @@ def test_real_gearman_worker_whose_command_fails_is_retried_then_dead(
     )
     try:
         with AdminClient(srv.address) as admin:
-            wait_for(lambda: any(f.workers for f in admin.status()))
+            wait_until(lambda: any(f.workers for f in admin.status()), "a worker")
             subprocess.run(
                 [gearman, "-p", str(srv.port), "-b", "-f", "flaky", "job-1"], check=True, timeout=10
             )
-            wait_for(lambda: admin.dead_status() == {"flaky": 1})
+            wait_until(lambda: admin.dead_status() == {"flaky": 1}, "a dead flaky job")
             (dead,) = admin.dead_jobs()
             assert (dead.attempts, dead.reason) == (3, "fail")
             assert admin.dead_job(dead.handle).data == b"job-1"
@@ -273,12 +264,14 @@ def test_dead_set_and_schedules_survive_a_restart_on_a_durable_store(tmp_path: P
             assert w.expect(JOB_ASSIGN) == handle + b"\x00resize\x00payload\x009"
             w.send(WORK_EXCEPTION, handle, b"ValueError: bad image")
             assert c.admin(b"schedule add nightly report 30 2 * * * all\n").startswith(b"OK")
-            wait_for(lambda: c.admin(b"dead status\n") == b"resize\t1\n.\n")
+            wait_until(lambda: c.admin(b"dead status\n") == b"resize\t1\n.\n", "a dead resize job")
         # both are written in the background: crash once the file has them
         db = sqlite3.connect(f"file:{tmp_path}/queue.db?mode=ro", uri=True)
         count = "SELECT (SELECT count(*) FROM gearmill_dead_letters),"
         count += " (SELECT count(*) FROM gearmill_schedules)"
-        wait_for(lambda: db.execute(count).fetchone() == (1, 1))
+        wait_until(
+            lambda: db.execute(count).fetchone() == (1, 1), "the dead job and its rule in the file"
+        )
         db.close()
         srv.proc.kill()
         srv.proc.wait(10)

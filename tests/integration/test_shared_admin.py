@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Running, start_gearmill
+from conftest import Running, start_gearmill, wait_until
 from gearmill.client.admin import AdminClient
 from gearmill.errors import ServerError
 
@@ -40,15 +39,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=20,
     )
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not reached in {timeout:g} s")
 
 
 def start(url: str, node: str, *args: str) -> Running:
@@ -80,9 +70,9 @@ def test_a_job_dead_on_one_server_is_requeued_through_another_and_runs_once(
             w.send(GRAB_JOB)
             assert w.expect(JOB_ASSIGN) == handle + b"\x00takeover\x00payload-1"
             w.send(WORK_FAIL, handle)
-            wait_for(lambda: len(dead_handles(a)) == 1, "the job in a's dead set")
+            wait_until(lambda: len(dead_handles(a)) == 1, "the job in a's dead set", timeout=30)
         # b did not see it die: it reads the store's dead set on its heartbeat
-        wait_for(lambda: len(dead_handles(b)) == 1, "a's dead job listed by b")
+        wait_until(lambda: len(dead_handles(b)) == 1, "a's dead job listed by b", timeout=30)
         with AdminClient(b.address) as admin:
             (dead,) = admin.dead_jobs()
             assert (dead.function, dead.unique, dead.reason) == ("takeover", "img-1", "fail")
@@ -96,13 +86,16 @@ def test_a_job_dead_on_one_server_is_requeued_through_another_and_runs_once(
             again = c.admin(b"dead requeue all\n")
         assert again in (b"OK 0\n", b"OK 1\n")
         if again == b"OK 1\n":
-            wait_for(
+            wait_until(
                 lambda: "requeued or purged on another server" in log_of(a),
                 "a's requeue refused by the store",
+                timeout=30,
             )
-        wait_for(lambda: runs(out) == {"payload-1": 1}, "the requeued job ran")
+        wait_until(lambda: runs(out) == {"payload-1": 1}, "the requeued job ran", timeout=30)
         for srv in (a, b):
-            wait_for(lambda s=srv: dead_handles(s) == [], f"{srv.address}'s dead set empty")  # type: ignore[misc]
+            wait_until(
+                lambda s=srv: dead_handles(s) == [], f"{srv.address}'s dead set empty", timeout=30
+            )  # type: ignore[misc]
             with srv.conn() as c:
                 assert c.admin(b"show jobs\n") == b".\n"
         assert runs(out) == {"payload-1": 1}
@@ -128,12 +121,12 @@ def test_a_purge_on_one_server_empties_the_others_dead_set(common_store: Backend
                 w.send(GRAB_JOB)
                 handle = w.expect(JOB_ASSIGN).split(b"\x00")[0]
                 w.send(WORK_FAIL, handle)
-        wait_for(lambda: len(dead_handles(a)) == 3, "b's dead jobs listed by a")
+        wait_until(lambda: len(dead_handles(a)) == 3, "b's dead jobs listed by a", timeout=30)
         with AdminClient(a.address) as admin:
             assert admin.dead_status() == {"thumbs": 3}
         purged = cli("admin", "-p", str(a.port), "--dead-purge", "function", "thumbs")
         assert purged.stdout == "3\n", purged.stderr
-        wait_for(lambda: dead_handles(b) == [], "b's dead set empty after a's purge")
+        wait_until(lambda: dead_handles(b) == [], "b's dead set empty after a's purge", timeout=30)
         # and b does not write them back: a restart of a loads nothing
         a.stop()
         a = start(common_store.url, "a", *dying)
@@ -187,8 +180,12 @@ def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(common_store: 
         names = "".join(f"job-{i}\n" for i in range(3))
         assert submit(b.port, "nobody", "-N", stdin=names) == ""  # no worker: b holds them
         # each server's list is as of its last heartbeat
-        wait_for(lambda: nodes(a) == {"a": (0, True), "b": (3, False)}, "a's view of both")
-        wait_for(lambda: nodes(b) == {"a": (0, False), "b": (3, True)}, "b's view of both")
+        wait_until(
+            lambda: nodes(a) == {"a": (0, True), "b": (3, False)}, "a's view of both", timeout=30
+        )
+        wait_until(
+            lambda: nodes(b) == {"a": (0, False), "b": (3, True)}, "b's view of both", timeout=30
+        )
         with a.conn() as c:
             rows = [r.split(b"\t") for r in c.admin(b"nodes\n").splitlines()[:-1]]
         assert [r[0] for r in rows] == [b"a", b"b"]
@@ -200,7 +197,7 @@ def test_nodes_lists_the_servers_sharing_the_store_until_one_dies(common_store: 
         assert lines[1].split("\t")[3:] == ["3", "self"]
         kill(b)
         # after b's lease a declares it dead, takes its jobs and lists only itself
-        wait_for(lambda: nodes(a) == {"a": (3, True)}, "b gone from a's list")
+        wait_until(lambda: nodes(a) == {"a": (3, True)}, "b gone from a's list", timeout=30)
     finally:
         a.stop()
         b.stop()
@@ -259,7 +256,9 @@ def test_the_http_api_lists_the_servers_sharing_the_store_as_nodes_does(
     try:
         names = "".join(f"job-{i}\n" for i in range(3))
         assert submit(b.port, "nobody", "-N", stdin=names) == ""  # no worker: b holds them
-        wait_for(lambda: api() == {"a": (0, True), "b": (3, False)}, "both on a's /api/nodes")
+        wait_until(
+            lambda: api() == {"a": (0, True), "b": (3, False)}, "both on a's /api/nodes", timeout=30
+        )
         assert api() == nodes(a)  # what the admin command says
         got = web.json("/api/nodes")
         assert isinstance(got, dict)
@@ -267,7 +266,7 @@ def test_the_http_api_lists_the_servers_sharing_the_store_as_nodes_does(
             assert n["owner"].startswith(n["node"] + "#")
             assert 0 < n["heartbeat_left"] <= float(LEASE) and n["expired"] is False
         kill(b)
-        wait_for(lambda: api() == {"a": (3, True)}, "b gone from a's /api/nodes")
+        wait_until(lambda: api() == {"a": (3, True)}, "b gone from a's /api/nodes", timeout=30)
     finally:
         a.stop()
         b.stop()

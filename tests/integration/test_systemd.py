@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import gearmill
-from conftest import Conn, Running, gearmill_cmd, start_gearmill
+from conftest import Conn, Running, gearmill_cmd, start_gearmill, wait_until
 
 SUBMIT_JOB_BG, JOB_CREATED = 18, 8
 CLI = [sys.executable, "-m", "gearmill.cli.main"]
@@ -71,14 +71,6 @@ def notify_dir() -> Iterator[Path]:
 def spawn(*args: str, env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
     with open(tmp / "server.log", "ab") as log:
         return subprocess.Popen(gearmill_cmd(0, *args), stdout=log, stderr=log, env=env)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def status_row(port: int, function: str) -> list[str]:
@@ -158,7 +150,7 @@ def test_a_notify_socket_nobody_listens_on_is_one_error_line(notify_dir: Path) -
         with srv.conn() as c:
             assert c.admin(b"version\n").startswith(b"OK ")
         log = srv.tmp / "server.log"
-        wait_until("the error line", lambda: "NOTIFY_SOCKET" in log.read_text())
+        wait_until(lambda: "NOTIFY_SOCKET" in log.read_text(), "the error line")
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(10) == 0
         errors = [x for x in log.read_text().splitlines() if x.startswith("  ERROR")]
@@ -193,7 +185,7 @@ def running_job(srv: Running, release: Path) -> subprocess.Popen[bytes]:
     with srv.conn() as c:
         c.send(SUBMIT_JOB_BG, b"hold", b"", b"x")
         c.expect(JOB_CREATED)
-    wait_until("the worker runs the job", lambda: status_row(srv.port, "hold")[1:3] == ["1", "1"])
+    wait_until(lambda: status_row(srv.port, "hold")[1:3] == ["1", "1"], "the worker runs the job")
     return worker
 
 
@@ -214,7 +206,7 @@ def test_graceful_stop_waits_for_the_running_job(tmp_path: Path) -> None:
     try:
         srv.proc.send_signal(signal.SIGUSR1)
         log = srv.tmp / "server.log"
-        wait_until("the graceful line", lambda: "graceful shutdown" in log.read_text())
+        wait_until(lambda: "graceful shutdown" in log.read_text(), "the graceful line")
         assert srv.proc.poll() is None  # still waiting for the job
         release.touch()
         assert srv.proc.wait(10) == 0
@@ -262,7 +254,7 @@ def test_json_logs_from_the_environment_parse_line_by_line() -> None:
     )
     srv.proc.send_signal(signal.SIGHUP)
     log = srv.tmp / "server.log"
-    wait_until("the SIGHUP line", lambda: "SIGHUP" in log.read_text())
+    wait_until(lambda: "SIGHUP" in log.read_text(), "the SIGHUP line")
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(10) == 0
     lines = [json.loads(x) for x in log.read_text().splitlines()]

@@ -16,7 +16,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import gearmill as gm
-from conftest import REQ, RES, Running, running_worker, start_gearmill
+from conftest import REQ, RES, Running, running_worker, start_gearmill, wait_until
 from gearmill.client.tls import client_context
 from gearmill.errors import GearmanError
 
@@ -274,14 +273,6 @@ class TLSConn:
         self.sock.close()
 
 
-def wait_for(what: str, check: object, timeout: float = 10.0) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def reverse(job: gm.WorkerJob) -> bytes:
     return job.data[::-1]
 
@@ -298,7 +289,7 @@ def test_client_and_worker_over_tls_beside_a_plain_listener(srv: TLSServer, pki:
     worker = gm.Worker(srv.tls, tls=pki.context("worker-1"))
     worker.register("reverse", reverse)
     with running_worker(worker):
-        wait_for("the TLS worker", lambda: workers_of(srv, "reverse") == 1)
+        wait_until(lambda: workers_of(srv, "reverse") == 1, "the TLS worker")
         with gm.Client(srv.tls, tls=pki.context("client-1"), timeout=30) as client:
             assert client.run("reverse", b"over tls") == b"slt revo"
         # the C gearman tool on the plain listener reaches the same worker
@@ -321,7 +312,7 @@ def test_a_tls_worker_sends_its_exception_text_to_a_tls_client(srv: TLSServer, p
     worker = gm.Worker(srv.tls, tls=pki.context("worker-1"))
     worker.register("public.explode", explode)
     with running_worker(worker):
-        wait_for("the TLS worker", lambda: workers_of(srv, "public.explode") == 1)
+        wait_until(lambda: workers_of(srv, "public.explode") == 1, "the TLS worker")
         with (
             gm.Client(srv.tls, tls=pki.context("client-1"), timeout=30) as client,
             pytest.raises(gm.JobException, match="ValueError: bad input"),
@@ -375,12 +366,12 @@ def test_a_refused_submission_gets_an_error_and_the_connection_goes_on(
     with gm.Client(srv.tls, tls=pki.context("client-1"), timeout=10) as client:
         with pytest.raises(gm.ServerError, match="ermission denied"):
             client.submit("payroll", b"x", background=True)
-    wait_for(
-        "the refusal in the log",
+    wait_until(
         lambda: (
             "access list: refused submit to 'payroll' from 127.0.0.1 "
             f"(CN=client-1,O={ORG})" in srv.log_text()
         ),
+        "the refusal in the log",
     )
 
 
@@ -402,7 +393,7 @@ def test_a_refused_can_do_registers_nothing(srv: TLSServer, pki: PKI) -> None:
         conn.send(1, b"payroll")
         kind, payload = conn.recv()
         assert kind == ERROR  # for payroll; public.report has no reply
-        wait_for("the allowed CAN_DO", lambda: workers_of(srv, "public.report") == 1)
+        wait_until(lambda: workers_of(srv, "public.report") == 1, "the allowed CAN_DO")
         assert workers_of(srv, "payroll") == 0
     finally:
         conn.close()
@@ -438,7 +429,7 @@ def test_the_cli_speaks_tls(srv: TLSServer, pki: PKI) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for("gearmill work over TLS", lambda: workers_of(srv, "reverse") == 1)
+        wait_until(lambda: workers_of(srv, "reverse") == 1, "gearmill work over TLS")
         out = subprocess.run(
             [*cli, "submit", "-s", srv.tls, *tls_flags("client-1"), "-f", "reverse"],
             input=b"abc\n",
@@ -550,7 +541,7 @@ def test_refused_handshakes_are_logged_with_the_peer_and_why_at_most_10_a_minute
             return [x for x in log.read_text().splitlines() if "refused a TLS handshake" in x]
 
         # the TLS layer closes the connection just before the server logs why
-        wait_for("3 lines in the log", lambda: len(refusals()) >= 3)
+        wait_until(lambda: len(refusals()) >= 3, "3 lines in the log")
         lines = refusals()
         assert len(lines) == 3, lines
         assert lines[0].endswith(
@@ -621,10 +612,10 @@ def test_a_token_is_checked_as_the_certificate_of_its_identity(srv: TLSServer, p
     assert _http(srv, "POST", path, ADMIN_TOKEN)[0] == 200
     # an unknown token is no identity at all
     assert _http(srv, "POST", "/reverse", "not-a-token-0123456789")[0] == 401
-    wait_for(
-        "the HTTP refusal in the log, naming the identity",
+    wait_until(
         lambda: (
             "access list: refused submit to 'payroll' from 127.0.0.1 "
             f"(CN=client-1,O={ORG})" in srv.log_text()
         ),
+        "the HTTP refusal in the log, naming the identity",
     )

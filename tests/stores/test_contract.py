@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -281,14 +282,26 @@ def _schema(b: Backend) -> tuple[int, set[str]]:
     return int(version), tables
 
 
+def schema_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the store said about its schema (then forgotten, for the next look)."""
+    said = [r.getMessage() for r in caplog.records if r.name == "gearmill.store"]
+    caplog.clear()
+    return [line for line in said if "schema" in line]
+
+
 def test_migrations_from_an_empty_database_and_a_newer_schema_is_refused(
-    durable: Backend,
+    durable: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gearmill.store")
     with_store(durable, lambda s: s.count())
     version, tables = _schema(durable)
     # Redis versions its key layout apart from the SQL stores' tables
     current = REDIS_SCHEMA if durable.kind == "redis" else SCHEMA_VERSION
     assert version == current
+    # a new store says it is new, in one line: no "migrated" for data that was never there
+    assert schema_lines(caplog) == [
+        f"store {durable.store().url}: created a new queue, schema version {current}"
+    ]
     if durable.kind != "redis":
         assert {"gearmill_jobs", "gearmill_dead_letters", "gearmill_schedules"} <= tables
         columns = {
@@ -297,9 +310,10 @@ def test_migrations_from_an_empty_database_and_a_newer_schema_is_refused(
             "mysql": "SELECT lease_owner, lease_expires, fence, attempts FROM gearmill_jobs",
         }[durable.kind]
         assert durable.sql(columns) == []
-    # Opening again migrates nothing and keeps the data.
+    # Opening again migrates nothing (and says nothing about it) and keeps the data.
     with_store(durable, lambda s: s.commit([job(1)], []))
     assert with_store(durable, lambda s: s.count()) == 1
+    assert schema_lines(caplog) == []
     # A database written by a newer gearmill is refused, not damaged.
     if durable.kind == "redis":
         r = __import__("storekit").redis_client(durable.url.split("?")[0])

@@ -4,6 +4,7 @@ remove; and the single-server stores saying they are not shared."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,9 +240,12 @@ def test_a_schedule_fires_once_per_tick_across_servers_sharing_the_store(
     run(go())
 
 
-def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(common_store: Backend) -> None:
-    """A store written before leases (schema 1) is migrated at open; its jobs belong to
-    nobody, so the first server to claim takes them, once."""
+def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(
+    common_store: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store written before leases (schema 1) is migrated at open, and says so; its
+    jobs belong to nobody, so the first server to claim takes them, once."""
+    caplog.set_level(logging.INFO, logger="gearmill.store")
 
     async def write_v1() -> None:
         s = await opened(common_store)
@@ -268,7 +272,12 @@ def test_jobs_stored_by_schema_1_are_claimed_after_the_migration(common_store: B
         r.close()
 
     async def claim() -> None:
+        caplog.clear()
         a, b = await opened(common_store), await opened(common_store)
+        said = [r.getMessage() for r in caplog.records if "schema" in r.getMessage()]
+        # an upgrade of existing data is a migration (the first open does it)
+        latest = 3 if common_store.kind == "redis" else 2
+        assert said == [f"store {a.url}: schema migrated to version {latest}"]
         try:
             assert await a.join("a#1", 30) is None
             assert await b.join("b#1", 30) is None

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..client.admin import AdminClient
-from ..errors import GearmanError, ServerError
-from .common import add_server_arguments, server_list, tls_context
+from ..errors import GearmanError, NotAJobServer, ServerError
+from .common import WRONG_PORT_HINT, add_server_arguments, server_list, tls_context
 
 # gearadmin runs several options in this fixed order on one connection
 _ORDER = (
@@ -217,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
                         value = " ".join(value)
                     line = f"{cmd} {value}" if isinstance(value, str) and value else cmd
                     failed |= _show(cmd, admin.command(line), args.raw, pretty)
+        except NotAJobServer as e:  # e.g. the --http port: say which port to give instead
+            print(f"gearmill admin: {e}; {WRONG_PORT_HINT}", file=sys.stderr)
+            return 1
         except GearmanError as e:
             print(f"gearmill admin: {e}", file=sys.stderr)
             return 1
@@ -227,6 +230,9 @@ def _check(args: argparse.Namespace, server: str) -> int:
     try:
         with AdminClient(server, tls=args.tls) as admin:
             functions = admin.status()
+    except NotAJobServer as e:
+        print(f"GEARMAN CRITICAL - {e}; {WRONG_PORT_HINT}")
+        return CRITICAL
     except (GearmanError, ServerError, ValueError) as e:
         print(f"GEARMAN CRITICAL - {server}: {e}")
         return CRITICAL

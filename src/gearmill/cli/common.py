@@ -8,6 +8,9 @@ import ssl
 
 from ..client.servers import format_address, parse_servers
 
+# how to fix an address where something other than a job server answers (its HTTP port)
+WRONG_PORT_HINT = "give the job server's port with -p PORT (or its address with -s HOST:PORT)"
+
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-h", "--host", help="job server host (default 127.0.0.1)")

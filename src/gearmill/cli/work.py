@@ -11,7 +11,7 @@ import signal
 import sys
 
 from ..worker.aio import AsyncWorker, WorkerJob
-from .common import add_server_arguments, server_list, tls_context
+from .common import WRONG_PORT_HINT, add_server_arguments, server_list, tls_context
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         exceptions=True if args.exceptions else None,
         tls=tls,
     )
+    worker.wrong_port_hint = WRONG_PORT_HINT
     done = 0
 
     async def handle(job: WorkerJob) -> bytes:

@@ -8,7 +8,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from ..errors import CannotConnect, ConnectionLost, ServerError, connect_reason
+from ..errors import CannotConnect, ConnectionLost, NotAJobServer, ServerError, connect_reason
 from .servers import Address, TLSAddress, format_address, parse_server
 
 # commands whose reply is a list ending in ".\n"
@@ -159,11 +159,18 @@ class AdminClient:
                     break
                 chunk = sock.recv(65536)
                 if not chunk:
+                    if self._buf:  # it answered, then hung up mid-reply: not a job server
+                        raise NotAJobServer(self.name, _first_line(self._buf))
                     raise ConnectionLost(self.name, "closed by server")
                 self._buf += chunk
+                if self._buf.startswith(b"HTTP/"):  # a web server's port given by mistake
+                    raise NotAJobServer(self.name, _first_line(self._buf))
         except OSError as e:
             self.close()
             raise ConnectionLost(self.name, str(e)) from e
+        except NotAJobServer:
+            self.close()
+            raise
         reply, self._buf = self._buf[:end], self._buf[end:]
         return reply
 
@@ -299,6 +306,12 @@ class AdminClient:
 
     def remove_schedule(self, name: str) -> None:
         self._value(f"schedule remove {name}")
+
+
+def _first_line(reply: bytes) -> str:
+    """What another service said, short enough for a one-line message."""
+    line = reply.split(b"\n", 1)[0].rstrip(b"\r").decode(errors="replace")
+    return repr(line if len(line) <= 60 else line[:57] + "...")
 
 
 def _unescape(text: str) -> str:

@@ -24,6 +24,7 @@ import base64
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -76,6 +77,8 @@ _STATIC: Final = {
     "style.css": "text/css; charset=utf-8",
 }
 _PRIORITIES: Final = {"high": 0, "low": 2}
+# an HTTP/1.x request line; anything else in a connection's first line is another protocol
+_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ ]+ HTTP/[0-9]\.[0-9]\r?")
 _STATES: Final = {0: "queued", RUNNING: "running", SCHEDULED: "scheduled"}
 
 
@@ -706,6 +709,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.task: asyncio.Task[None] | None = None
+        self.head: bytes | None = b""  # the first line until it is whole (then None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -724,8 +728,32 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.head is not None and self._not_http(data):
+            return
         self.conn.receive_data(data)
         self._next()
+
+    def _not_http(self, data: bytes) -> bool:
+        """True, after answering 400, when the first line is not an HTTP request line:
+        gearadmin or a Gearman client sent here by mistake waits for no blank line
+        (h11 would wait for one), so it gets an answer at once that names the right port."""
+        assert self.head is not None
+        self.head += data
+        line, newline, _ = self.head.lstrip(b"\r\n").partition(b"\n")
+        if not newline:
+            if len(self.head) > 8192:
+                self.head = None  # h11 refuses a line that long itself
+            return False
+        self.head = None
+        if _REQUEST_LINE.fullmatch(line):
+            return False
+        ports = ", ".join(str(p) for p in sorted({p for _, p in self.front.addresses}))
+        self._fail(
+            400,
+            "not an HTTP request; Gearman clients, workers and gearadmin use the job"
+            f" server's port ({ports}), not the HTTP one",
+        )
+        return True
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")

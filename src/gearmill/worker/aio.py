@@ -42,7 +42,14 @@ from typing import Any, TypeVar
 from ..client.connection import Connection
 from ..client.servers import Address, format_address, parse_servers, tls_arguments, with_context
 from ..data import Codec, encode, to_bytes
-from ..errors import CannotConnect, ConnectionLost, ProtocolError, seconds
+from ..errors import (
+    WRONG_PORT_HINT,
+    CannotConnect,
+    ConnectionLost,
+    NotAJobServer,
+    ProtocolError,
+    seconds,
+)
 from ..protocol.packets import PacketType
 
 log = logging.getLogger("gearmill.worker")
@@ -295,6 +302,8 @@ class _Link:
         self.exceptions = bool(worker.exceptions)
         self.delay = 0.5  # before the next connection attempt; doubles to 30 s
         self.down = False  # a connection failed or was lost: say so when it is back
+        self.failing = ""  # how the last attempts failed (said once, not at each retry)
+        self.failures = 0  # attempts in a row that failed that way
         self.answered = False  # this connection's server answered a GRAB_JOB_ALL
 
     def on_packet(self, conn: Connection, kind: int, args: list[bytes]) -> None:
@@ -356,6 +365,8 @@ class _Link:
                 await asyncio.get_running_loop().create_future()
             except (ConnectionLost, ProtocolError) as e:
                 lost = e
+                if isinstance(e, ProtocolError) and e.sent and not self.answered:
+                    lost = NotAJobServer(self.name, e.sent)  # a wrong port, said as such
             finally:
                 self.conn = None
                 conn.close()
@@ -370,7 +381,26 @@ class _Link:
                 await self._retry(lost)
 
     async def _retry(self, error: Exception) -> None:
-        log.warning("%s; retrying in %.1f s", error, self.delay)
+        # A daemon retries for ever (servers come and go), so a failure is said once, then
+        # summed up after 4, 16, 64, ... attempts in a row: at most a few lines a day.
+        said = str(error)
+        if said != self.failing:
+            self.failing, self.failures = said, 1
+            if isinstance(error, NotAJobServer):
+                said += f"; {self.worker.wrong_port_hint}"
+            log.warning("%s; retrying in %.1f s", said, self.delay)
+        else:
+            self.failures += 1
+            n = self.failures
+            if n & (n - 1) == 0 and n.bit_length() % 2:  # a power of 4
+                log.warning(
+                    "%s: still the same after %d attempts; retrying in %.1f s"
+                    " (said again after %d)",
+                    self.name,
+                    n,
+                    self.delay,
+                    4 * n,
+                )
         self.down = True
         await self.worker._sleep(self.delay)
         self.delay = min(self.delay * 2, 30.0)
@@ -379,6 +409,7 @@ class _Link:
         """The server answered the first GRAB_JOB_ALL: it is a job server, and it is up."""
         self.answered = True
         self.delay = 0.5
+        self.failing, self.failures = "", 0
         if self.down:
             log.warning("connected to %s again; functions registered", self.name)
             self.down = False
@@ -505,6 +536,9 @@ class AsyncWorker:
         self.codec = codec
         self.exceptions = exceptions
         self.connect_timeout = connect_timeout
+        # how to fix an address where something other than a job server answers (logged
+        # with that failure; a command line names its own flags here)
+        self.wrong_port_hint = WRONG_PORT_HINT
         self.functions: dict[str, tuple[JobFunction, float | None]] = {}
         self.stopping = False
         self.jobs_done = 0

@@ -184,8 +184,15 @@ class MySQLStore(SingleServer):
                             for sql in statements:
                                 await cur.execute(sql)
                             await cur.execute("UPDATE gearmill_schema SET version = %s", (v,))
-                            log.info("store %s: schema migrated to version %d", self.url, v)
+                            if version:  # a new store is created, not migrated
+                                log.info("store %s: schema migrated to version %d", self.url, v)
                     await con.commit()
+                    if not version:
+                        log.info(
+                            "store %s: created a new queue, schema version %d",
+                            self.url,
+                            SCHEMA_VERSION,
+                        )
                     await cur.execute(
                         "SELECT table_name, engine FROM information_schema.tables"
                         " WHERE table_schema = DATABASE() AND table_name LIKE 'gearmill%%'"

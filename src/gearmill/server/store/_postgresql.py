@@ -206,7 +206,12 @@ class PostgreSQLStore:
                         for sql in statements:
                             await con.execute(sql)
                         await con.execute("UPDATE gearmill_schema SET version = $1", v)
-                        log.info("store %s: schema migrated to version %d", self.url, v)
+                        if version:  # a new store is created, not migrated
+                            log.info("store %s: schema migrated to version %d", self.url, v)
+            if not version:
+                log.info(
+                    "store %s: created a new queue, schema version %d", self.url, SCHEMA_VERSION
+                )
         except asyncpg.PostgresError as e:
             raise self._error(e, "creating the schema") from None
 

@@ -493,7 +493,10 @@ class RedisStore:
                 if current == 2:
                     await self._to_claimed_leases(r)
                 await r.set(self._k_schema, SCHEMA)
-                log.info("store %s: schema migrated to version %d", self.url, SCHEMA)
+                if current:
+                    log.info("store %s: schema migrated to version %d", self.url, SCHEMA)
+                else:
+                    log.info("store %s: created a new queue, schema version %d", self.url, SCHEMA)
         except _ERRORS as e:
             raise self._error(e, "reading the schema version") from None
 

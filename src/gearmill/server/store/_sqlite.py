@@ -226,8 +226,13 @@ class SQLiteStore(SingleServer):
                     for sql in statements:
                         db.execute(sql)
                     db.execute("UPDATE gearmill_schema SET version = ?", (v,))
-                    log.info("store %s: schema migrated to version %d", self.url, v)
+                    if version:  # a new store is created, not migrated
+                        log.info("store %s: schema migrated to version %d", self.url, v)
             db.execute("COMMIT")
+            if not version:
+                log.info(
+                    "store %s: created a new queue, schema version %d", self.url, SCHEMA_VERSION
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
