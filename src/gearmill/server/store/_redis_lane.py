@@ -23,11 +23,11 @@ import asyncio
 import hashlib
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from ._base import StoredJob, Unsupported
-from ._lane import LaneConnection
+from ._lane import LaneConnection, Owned
 
 _CRLF = b"\r\n"
 # pack_job's header (seq 0 in a lone add: the script's INCR gives the order)
@@ -86,12 +86,6 @@ def _bulk(arg: bytes | str | int) -> bytes:
 
 def _command(*args: bytes | str | int) -> bytes:
     return b"*%d\r\n%b" % (len(args), b"".join(_bulk(a) for a in args))
-
-
-class Owned(Protocol):
-    """The store whose owner a lone job is stored under (None: no owner)."""
-
-    owner: str | None
 
 
 class ReplyError(Exception):
