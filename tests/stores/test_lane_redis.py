@@ -22,6 +22,21 @@ JOBS = [
     StoredJob(b"fn", b"u2", b"two", 2),
     StoredJob(b"fn", b"", b""),
 ]
+# each differs from the one before in one value of the packed header (the lane packs a
+# header again only when one changes), or in how many digits its function's length has
+SHAPES = [
+    StoredJob(b"fn", b"u1", b"d"),
+    StoredJob(b"fn", b"u2", b"d", 0),
+    StoredJob(b"fn", b"u3", b"d", 0, 1_900_000_000),
+    StoredJob(b"fn", b"u4", b"d", 0, 1_900_000_000, b"", 2),
+    StoredJob(b"fn", b"u5", b"d", 0, 1_900_000_000, b"r", 2),
+    StoredJob(b"fn", b"u66", b"d", 0, 1_900_000_000, b"r", 2),
+    StoredJob(b"fn2", b"u7", b"d", 0, 1_900_000_000, b"r", 2),
+    StoredJob(b"f" * 9, b"u8", b"d"),
+    StoredJob(b"f" * 10, b"u8", b"d"),
+    StoredJob(b"f" * 100, b"u8", b"d"),
+    StoredJob(b"fn", b"u9", b"d"),
+]
 
 
 def dump(r: Any, prefix: str) -> dict[bytes, Any]:
@@ -40,7 +55,14 @@ def dump(r: Any, prefix: str) -> dict[bytes, Any]:
     return out
 
 
-def test_lone_jobs_leave_the_keys_commit_leaves_for_an_owner(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("jobs", "stored"),
+    [([*JOBS, JOBS[0]], 3), (SHAPES, len(SHAPES))],  # JOBS[0] again: an add of a stored key
+    ids=["jobs", "shapes"],
+)
+def test_lone_jobs_leave_the_keys_commit_leaves_for_an_owner(
+    tmp_path: Path, jobs: list[StoredJob], stored: int
+) -> None:
     """Two prefixes, one filled by `commit` and one by the lane, with the same owner
     (servers sharing the store): the same keys, values and order."""
     r = redis_client()
@@ -53,7 +75,7 @@ def test_lone_jobs_leave_the_keys_commit_leaves_for_an_owner(tmp_path: Path) -> 
         await by_lane.open()
         try:
             by_commit.owner = by_lane.owner = "node#1"
-            for job in [*JOBS, JOBS[0]]:  # the last: an add of a stored key
+            for job in jobs:
                 await by_commit.commit([job], [])
                 assert await send(await ready_lane(by_lane), job) is None
             assert await load_all(by_lane) == await load_all(by_commit)
@@ -64,7 +86,7 @@ def test_lone_jobs_leave_the_keys_commit_leaves_for_an_owner(tmp_path: Path) -> 
     try:
         run(main())
         assert dump(r, "lanetest-b:") == dump(r, "lanetest-a:")
-        assert len(dump(r, "lanetest-a:")[b"jobs"]) == 3
+        assert len(dump(r, "lanetest-a:")[b"jobs"]) == stored
     finally:
         for p in ("lanetest-a:*", "lanetest-b:*"):
             keys = list(r.scan_iter(match=p))

@@ -40,6 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from . import fanout
 from .broker import Broker
@@ -69,7 +70,7 @@ REMOVES_EVERY = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 # a lone job's data beyond this goes through the driver, not the lane: its commit takes
 # as long as its bytes do anyway, and the driver's checks of a store's limits apply
-LANE_MAX = 1 << 20
+LANE_MAX: Final = 1 << 20
 
 
 def _original_unique(stored: bytes) -> bytes:
@@ -91,6 +92,8 @@ class _Discard(BufferSink):
 
 
 FP = tuple[bytes, int]  # (function, priority)
+_NO_KEY: Final[Key] = (b"", b"")  # consume's one add, while it has none
+_NO_STORED: Final = StoredJob(b"", b"", b"")
 
 
 class Durable:
@@ -151,6 +154,14 @@ class Durable:
         # the lone job the store's lane is committing (key, stored, job, held peers)
         self._lone: tuple[Key, StoredJob, Job, list[Peer]] | None = None
         self._lone_idle: asyncio.Future[None] | None = None  # close() waits on it
+        self._lone_sent = 0  # lone commits sent, and the one the watchdog saw in flight
+        self._lone_watched = 0
+        self._lone_ticks = 0  # at how many ticks in a row
+        # the store's lane while it is ready (a lane that was ready and is not is never
+        # ready again: the store makes a new one), so that a lone job does not ask the
+        # store for it
+        self._lane: Lane | None = None
+        self._on_lone_done = self._lone_done  # bound once, not per job
         self.replay_peer = Peer(-1, "replay", True, _Discard())
         self.replayed = 0
 
@@ -167,10 +178,17 @@ class Durable:
         timer for all commits: a timeout armed and cancelled per commit cost a lone job
         about 5 us of its latency."""
         began = self._began
-        lane = self.store.lane
-        if began and time.monotonic() - began > COMMIT_TIMEOUT and self._lone is not None:
-            if lane is not None:
-                lane.abort(f"no answer in {COMMIT_TIMEOUT:.0f} s")
+        if self._lone is not None:
+            # the lone commit in flight, counted in ticks (no clock read per lone job):
+            # seen at the fifth tick, it has run for four of them at least
+            if self._lone_watched == self._lone_sent:
+                self._lone_ticks += 1
+                lane = self.store.lane
+                if self._lone_ticks > 4 and lane is not None:
+                    lane.abort(f"no answer in {COMMIT_TIMEOUT:.0f} s")
+            else:
+                self._lone_watched = self._lone_sent
+                self._lone_ticks = 1
         elif began and time.monotonic() - began > COMMIT_TIMEOUT and self._task is not None:
             # the task is suspended in the commit (_began is set and cleared around it
             # with no other await between), so that is where the cancellation lands
@@ -204,6 +222,12 @@ class Durable:
         replay_peer = self.replay_peer
         down = self.down is not None
         refuse: list[Job] = []
+        adds = self.adds
+        # the batch's one add while it may go through the lane alone: kept out of the
+        # group's dicts until another entry needs them (it goes in first, in order)
+        one = _NO_STORED
+        one_key: Key = _NO_KEY
+        one_job: Job | None = None
         for e in entries:
             if type(e) is JobAccepted:
                 job = e.job
@@ -225,7 +249,7 @@ class Durable:
                     ):
                         self.spill[key] = job
                         self.pending_spill[fp] = self.pending_spill.get(fp, 0) + 1
-                self.adds[key] = StoredJob(
+                stored = StoredJob(
                     job.func.name,
                     key[1],
                     job.data,
@@ -233,11 +257,23 @@ class Durable:
                     e.when,
                     job.more.reducer,
                 )
+                if one_job is None and not adds:
+                    one, one_key, one_job = stored, key, job
+                    continue
+                if one_job is not None:
+                    adds[one_key] = one
+                    self.add_jobs[one_key] = one_job
+                    one_job = None
+                adds[key] = stored
                 self.add_jobs[key] = job
             elif type(e) is JobFinished:
                 job = e.job
                 if not job.background:
                     continue
+                if one_job is not None:
+                    adds[one_key] = one
+                    self.add_jobs[one_key] = one_job
+                    one_job = None
                 self.resident -= 1
                 if job.handle in self.rejected:
                     self.rejected.discard(job.handle)
@@ -254,41 +290,67 @@ class Durable:
             held = [p for p in held if p is not replay_peer]
         if down:
             self._refuse(refuse, held)
-        elif held or self.adds or self.removes:
+            return
+        if one_job is not None:
+            if (
+                not self.busy
+                and not self.removes
+                and not self.spill
+                and not self.broker.stored
+                and len(one.data) <= LANE_MAX
+            ):
+                lane = self._ready_lane()
+                if lane is not None:
+                    if self.held:
+                        held = self.held + held
+                        self.held = []
+                    self._send_lone(lane, one_key, one, one_job, held)
+                    return
+            adds[one_key] = one
+            self.add_jobs[one_key] = one_job
+        if held or self.adds or self.removes:
             self.held += held
             if not self.busy and (not self.gathering or held or self.adds):
                 self._next()
+
+    def _ready_lane(self) -> Lane | None:
+        """The store's lane when a lone job may go through it now."""
+        lane = self._lane
+        if lane is None or not lane.ready():
+            lane = self._lane = self.store.lane
+            if lane is None or not lane.ready():
+                self._lane = None
+                return None
+        return None if self._closing else lane
 
     def _next(self) -> None:
         """Start the next commit: a lone new job through the store's lane, where it has
         one (written now, released from the store's answer), anything else by the
         writer task."""
-        lane = self.store.lane
-        if (
-            lane is not None
-            and len(self.adds) == 1
-            and not self.removes
-            and not self.spill
-            and not self.broker.stored
-            and not self._closing
-            and lane.ready()
-        ):
-            self._send_lone(lane)
-        else:
-            self._wake.set()
+        if len(self.adds) == 1 and not self.removes and not self.spill and not self.broker.stored:
+            lane = self._ready_lane()
+            if lane is not None:
+                key, stored = self.adds.popitem()
+                if len(stored.data) <= LANE_MAX:
+                    job = self.add_jobs.pop(key)
+                    held, self.held = self.held, []
+                    self._send_lone(lane, key, stored, job, held)
+                    return
+                self.adds[key] = stored
+        self._wake.set()
 
-    def _send_lone(self, lane: Lane) -> None:
-        key = next(iter(self.adds))  # the one add (cheaper than unpacking items())
-        stored = self.adds[key]
-        if len(stored.data) > LANE_MAX:
-            self._wake.set()
-            return
-        self._lone = (key, stored, self.add_jobs[key], self.held)
-        self.adds, self.add_jobs, self.held = {}, {}, []
+    def _send_lone(
+        self, lane: Lane, key: Key, stored: StoredJob, job: Job, held: list[Peer]
+    ) -> None:
+        """Write one new job's commit on the lane (none pending besides): its held
+        replies go from the lane's answer."""
+        self._lone = (key, stored, job, held)
+        self._lone_sent += 1
         self.busy = True
-        self._began = time.monotonic()
+        if self.observe is not None:  # metrics only: no clock read per lone job without
+            self._began = time.monotonic()
         try:
-            lane.send(stored, self._lone_done)
+            lane.send(stored, self._on_lone_done)
         except Exception as e:  # a bug or a value it cannot encode: the job is refused,
             # as from a failed commit, and the writer goes on (never left busy)
             why = f"the lone-job connection failed: {e or type(e).__name__}"
@@ -314,7 +376,7 @@ class Durable:
             return
         self.commits += 1
         self.committed_jobs += 1
-        if self.observe is not None:
+        if self.observe is not None and began:
             self.observe(time.monotonic() - began, 1)
         if self.debug:
             log.debug(

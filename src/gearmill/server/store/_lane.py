@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
+
+
+class Owned(Protocol):
+    """The store a lane's jobs are stored for: its owner (None: none; set after open)
+    is read at each send, as an attribute (a callable would be an interpreted call)."""
+
+    owner: str | None
 
 
 class LaneConnection(asyncio.Protocol):

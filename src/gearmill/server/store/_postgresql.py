@@ -128,9 +128,7 @@ class PostgreSQLStore:
         self._keeper = LaneKeeper(
             self.url,
             "asyncpg",
-            lambda: connect_lane(
-                self._dsn, _INSERT_LANE, _UNIQUE, lambda: self.owner, self._timeout
-            ),
+            lambda: connect_lane(self._dsn, _INSERT_LANE, _UNIQUE, self, self._timeout),
         )
         self.fences: dict[Key, int] = {}  # claimed jobs' fencing numbers (0: not here)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._base import StoredJob, Unsupported
-from ._lane import LaneConnection
+from ._lane import LaneConnection, Owned
 
 log = logging.getLogger("gearmill.store")
 
@@ -108,11 +108,11 @@ class PostgreSQLLane(LaneConnection):
     constraint's name), which the lane takes as done, nothing changed: what the store's
     ON CONFLICT DO NOTHING does, without the speculative insertion it costs every job."""
 
-    def __init__(self, insert: str, unique: str, owner: Callable[[], str | None]) -> None:
+    def __init__(self, insert: str, unique: str, store: Owned) -> None:
         super().__init__()
         self._insert = insert
         self._unique = unique
-        self._owner = owner  # the store's owner, read at each send (set after open)
+        self._store = store
         self._buf = b""
         self._error: str | None = None
         # while connecting: the messages not yet read, and the reader waiting for one
@@ -140,7 +140,7 @@ class PostgreSQLLane(LaneConnection):
         if now != self._now:
             self._now = now
             self._created = _P8.pack(8, now)
-        owner = self._owner()
+        owner = self._store.owner
         if owner != self._tail_owner:
             self._tail_owner = owner
             param = b"\xff\xff\xff\xff" if owner is None else _I32.pack(len(owner)) + owner.encode()
@@ -326,12 +326,12 @@ class PostgreSQLLane(LaneConnection):
 
 
 async def connect_lane(
-    dsn: str, insert: str, unique: str, owner: Callable[[], str | None], timeout: float
+    dsn: str, insert: str, unique: str, store: Owned, timeout: float
 ) -> PostgreSQLLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
     host, port, user, password, database, sslmode = lane_target(dsn)
     loop = asyncio.get_running_loop()
-    lane = PostgreSQLLane(insert, unique, owner)
+    lane = PostgreSQLLane(insert, unique, store)
 
     async def go() -> None:
         if host.startswith("/"):

@@ -395,7 +395,7 @@ class RedisStore:
                 _LONE_ADD,
                 (self._k_jobs, self._k_order, self._k_seq, self._k_owners),
                 self.prefix,
-                lambda: self.owner,
+                self,
                 self._timeout,
             ),
         )

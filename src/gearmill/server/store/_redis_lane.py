@@ -23,13 +23,17 @@ import asyncio
 import hashlib
 import struct
 from collections.abc import Callable, Sequence
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from ._base import StoredJob, Unsupported
-from ._lane import LaneConnection
+from ._lane import LaneConnection, Owned
 
 _CRLF = b"\r\n"
-_DONE = (b":1\r\n", b":0\r\n")
+# pack_job's header (seq 0 in a lone add: the script's INCR gives the order)
+_HEAD: Final = struct.Struct("!QBqIIII")
+_HEAD_SIZE: Final = _HEAD.size
+_DONE: Final = (b":1\r\n", b":0\r\n")
 _LEN = struct.Struct("!I")
 _FRAMED = struct.Struct("!IQBqIIII")  # the length of what follows, then pack_job's header
 _FIXED = _FRAMED.size - 4
@@ -44,6 +48,15 @@ def frame_parts(job: StoredJob) -> tuple[bytes, bytes, bytes, bytes, bytes, byte
     length = _FIXED + len(f) + len(u) + len(r) + len(d)
     head = _FRAMED.pack(length, 0, job.priority, job.when, job.attempts, len(f), len(u), len(r))
     return _LEN.pack(len(field)), field, head, f, u, r, d
+
+
+def _digits(n: int) -> int:
+    """How many decimal digits ``n`` (0 or more) is written with."""
+    k = 1
+    while n >= 10:
+        n //= 10
+        k += 1
+    return k
 
 
 def lane_target(url: str) -> tuple[str, int, str | None, str | None, int]:
@@ -109,7 +122,7 @@ class RedisLane(LaneConnection):
         script: str,
         keys: Sequence[bytes],
         prefix: bytes,
-        owner: Callable[[], str | None],
+        store: Owned,
     ) -> None:
         super().__init__()
         self._script = script.encode()
@@ -118,16 +131,19 @@ class RedisLane(LaneConnection):
         # (field, packed job, owner): all but the job's own change only with the owner
         # (it changes when the server joins others)
         self._sha = sha
-        self._evalsha = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
-        self._keys = keys
         self._n = 3 + len(keys) + 1 + 3  # verb, sha or script, key count, keys, arguments
+        self._evalsha = b"*%d\r\n$7\r\nEVALSHA\r\n%b" % (self._n, _bulk(sha))
+        self._keys = keys
         self._prefix = prefix
-        self._owner = owner
+        self._store = store  # its owner is read per job (an attribute, not a call)
         self._owner_was: str | None = None
-        self._head_bytes = b""  # the key count and the keys, encoded
+        self._lead = b""  # EVALSHA's head, the key count and the keys, encoded
         self._owner_bytes = b""  # the owner, encoded
         self._buf = b""
-        self._tail = b""  # the commit in flight after its sha: sent again on NOSCRIPT
+        self._sent = b""  # the commit in flight: sent again with EVAL on NOSCRIPT
+        # the last job's packed header, and the values it was packed from
+        self._head = b""
+        self._lf = self._lu = self._lr = self._priority = self._when = self._attempts = -1
         self._retried = False
         # while connecting: the replies not yet read, and the reader waiting for one
         self._inbox: list[bytes | int | ReplyError] | None = []
@@ -135,20 +151,37 @@ class RedisLane(LaneConnection):
     # ---------------------------------------------------------------- the lane
 
     def send(self, job: StoredJob, done: Callable[[str | None], None]) -> None:
-        owner = self._owner() or ""
-        if owner != self._owner_was or not self._head_bytes:  # encoded once per owner
+        owner = self._store.owner or ""
+        if owner != self._owner_was or not self._lead:  # encoded once per owner
             self._owner_was = owner
             keys = [*self._keys, self._prefix + b"own:" + owner.encode()]
-            self._head_bytes = _bulk(len(keys)) + b"".join([_bulk(k) for k in keys])
+            self._lead = self._evalsha + _bulk(len(keys)) + b"".join([_bulk(k) for k in keys])
             self._owner_bytes = _bulk(owner)
-        # the framed pieces' field and packed job, unframed (the value's length word off)
-        _, field, head, f, u, r, d = frame_parts(job)
-        self._tail = tail = b"%b$%d\r\n%b\r\n$%d\r\n%b%b%b%b%b\r\n%b" % (
-            self._head_bytes,
-            len(field),
-            field,
-            len(head) - 4 + len(f) + len(u) + len(r) + len(d),
-            head[4:],
+        # the arguments as frame_parts frames them for a group, without the length
+        # words, in one build (a lone job's framing was most of the lane's cost)
+        f, u, r, d = job.function, job.unique, job.reducer, job.data
+        lf, lu, lr = len(f), len(u), len(r)
+        priority, when, attempts = job.priority, job.when, job.attempts
+        head = self._head
+        if (
+            lf != self._lf
+            or lu != self._lu
+            or lr != self._lr
+            or priority != self._priority
+            or when != self._when
+            or attempts != self._attempts
+        ):  # a client submitting one job at a time mostly sends jobs of one shape
+            head = self._head = _HEAD.pack(0, priority, when, attempts, lf, lu, lr)
+            self._lf, self._lu, self._lr = lf, lu, lr
+            self._priority, self._when, self._attempts = priority, when, attempts
+        self._sent = sent = b"%b$%d\r\n%d:%b%b\r\n$%d\r\n%b%b%b%b%b\r\n%b" % (
+            self._lead,
+            _digits(lf) + 1 + lf + lu,
+            lf,
+            f,
+            u,
+            _HEAD_SIZE + lf + lu + lr + len(d),
+            head,
             f,
             u,
             r,
@@ -158,10 +191,10 @@ class RedisLane(LaneConnection):
         self._retried = False
         self._done = done
         assert self._transport is not None
-        self._transport.write(b"*%d\r\n%b%b" % (self._n, self._evalsha, tail))
+        self._transport.write(sent)
 
     def _forget(self) -> None:
-        self._tail = b""
+        self._sent = b""
 
     # ------------------------------------------------------------ the protocol
 
@@ -169,7 +202,7 @@ class RedisLane(LaneConnection):
         # the script answers 1 (stored) or 0 (the key was there already)
         if self._done is not None and not self._buf and data in _DONE:
             done, self._done = self._done, None
-            self._tail = b""
+            self._sent = b""
             done(None)
             return
         buf = self._buf + data
@@ -201,14 +234,14 @@ class RedisLane(LaneConnection):
                 # the script cache lost it: the same arguments with its text (cached again)
                 self._retried = True
                 head = b"*%d\r\n$4\r\nEVAL\r\n%b" % (self._n, _bulk(self._script))
-                self._transport.write(head + self._tail)
+                self._transport.write(head + self._sent[len(self._evalsha) :])
                 return
             done, self._done = self._done, None
-            self._tail = b""
+            self._sent = b""
             done(f"commit failed: {value}")
             return
         done, self._done = self._done, None
-        self._tail = b""
+        self._sent = b""
         done(None)
 
     # ------------------------------------------------------------ connecting
@@ -259,13 +292,13 @@ async def connect_lane(
     script: str,
     keys: Sequence[bytes],
     prefix: bytes,
-    owner: Callable[[], str | None],
+    store: Owned,
     timeout: float,
 ) -> RedisLane:
     """A ready lane, or an exception saying why not (Unsupported, OSError, ...)."""
     host, port, user, password, db = lane_target(url)
     loop = asyncio.get_running_loop()
-    lane = RedisLane(script, keys, prefix, owner)
+    lane = RedisLane(script, keys, prefix, store)
 
     async def go() -> None:
         await loop.create_connection(lambda: lane, host, port)
