@@ -19,7 +19,7 @@ from . import admin, admin_policy
 from .broker import Broker, Peer
 from .cluster import Cluster, default_node_id
 from .config import Config
-from .connection import GearmanProtocol
+from .connection import GearmanProtocol, read_in_place
 from .durable import Durable, open_durable
 from .guard import Guard
 from .model import RUNNING, SCHEDULED
@@ -61,6 +61,7 @@ class Server:
         self.addresses: list[tuple[str, int]] = []
         self.tls_addresses: list[tuple[str, int]] = []  # those of addresses that speak TLS
         self.hub = Hub(self.broker, self._admin_line, self._after_flush)
+        self.hub.in_place = read_in_place
         if config.access is not None or any(x.tls for x in config.listeners):
             # an access list, or TLS's default one (state-changing admin: loopback only)
             from .access import AccessConfig, AccessList
