@@ -9,7 +9,9 @@ For each loadgen mode it runs ``PY -m gearmill.cli.main serve`` under
 queued-then-drained job (drain: 2 clients, 4 workers), per foreground job
 (rt: 8 clients, 4 workers) or per background submission (bg: 2 clients, 256
 pipelined, left queued) or per lone one (lone: 1 client, 1 in flight, left
-queued). Compare two builds by passing each one's Python.
+queued), or per admin ``status`` command (admin: 1 connection, one line at a
+time, 4 functions known; sent from here, the load generator has no admin mode).
+Compare two builds by passing each one's Python.
 Needs valgrind; the load generator (bench/loadgen) is built when missing.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,31 @@ MODES = {
     # with --serve-arg=--store=URL, what a durable store's commit costs a lone job
     "lone": ["bg", "-c", "1", "-b", "1", "--no-drain"],
 }
+# sent by admin_status() below, not by the load generator
+ADMIN = "admin"
+ADMIN_FUNCTIONS = 4
+
+
+def admin_status(port: int, n: int) -> None:
+    """``n`` admin ``status`` round trips on one connection, after registering a few
+    functions (one with a queued job) so that the reply has lines to render."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for i in range(ADMIN_FUNCTIONS):
+            name = b"icount.f%d" % i
+            s.sendall(b"\0REQ" + struct.pack(">II", 1, len(name)) + name)  # CAN_DO
+        body = b"icount.f0\0\0x"
+        s.sendall(b"\0REQ" + struct.pack(">II", 18, len(body)) + body)  # SUBMIT_JOB_BG
+        reply = b""
+        while len(reply) < 12:
+            reply += s.recv(4096)  # JOB_CREATED: everything above is in
+        for _ in range(n):
+            s.sendall(b"status\n")
+            reply = b""
+            while not reply.endswith(b"\n.\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise SystemExit("icount: the server closed the admin connection")
+                reply += chunk
 
 
 def _free_port() -> int:
@@ -71,9 +99,12 @@ def instructions(python: str, loadgen: Path, mode: str, n: int, extra: Sequence[
                 time.sleep(0.5)
             else:
                 raise SystemExit("icount: the server under valgrind did not start in 120 s")
-            args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300"]
-            run = [*args, *MODES[mode][:1], "-n", str(n), *MODES[mode][1:]]
-            subprocess.run(run, check=True, stdout=subprocess.DEVNULL)
+            if mode == ADMIN:
+                admin_status(port, n)
+            else:
+                args = [str(loadgen), "--host", "127.0.0.1", "--port", str(port), "-t", "300"]
+                run = [*args, *MODES[mode][:1], "-n", str(n), *MODES[mode][1:]]
+                subprocess.run(run, check=True, stdout=subprocess.DEVNULL)
         finally:
             server.send_signal(2)
             server.wait(60)
@@ -85,7 +116,7 @@ def instructions(python: str, loadgen: Path, mode: str, n: int, extra: Sequence[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("modes", nargs="*", default=list(MODES), choices=list(MODES))
+    ap.add_argument("modes", nargs="*", default=list(MODES), choices=[*MODES, ADMIN])
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--loadgen", type=Path, default=None, help="default: bench/loadgen's")

@@ -292,6 +292,11 @@ def test_client_and_worker_over_tls_beside_a_plain_listener(srv: TLSServer, pki:
         wait_until(lambda: workers_of(srv, "reverse") == 1, "the TLS worker")
         with gm.Client(srv.tls, tls=pki.context("client-1"), timeout=30) as client:
             assert client.run("reverse", b"over tls") == b"slt revo"
+            # a job above the server's in-place size (1 MiB) both ways over TLS: its data
+            # is read through a buffered protocol put in for it, then ordinary reads go on
+            big = os.urandom(3 << 20)
+            assert client.run("reverse", big) == big[::-1]
+            assert client.run("reverse", b"after") == b"retfa"
         # the C gearman tool on the plain listener reaches the same worker
         out = subprocess.run(
             ["gearman", "-h", "127.0.0.1", "-p", str(srv.running.port), "-f", "reverse"],

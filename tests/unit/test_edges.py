@@ -4,6 +4,7 @@ writing to a BufferSink, and the one access check every kind of peer passes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from gearmill.protocol.packets import PacketType as T
 from gearmill.protocol.packets import encode_req
 from gearmill.server import admin
 from gearmill.server.broker import Broker, BrokerConfig, Peer
-from gearmill.server.connection import GearmanProtocol
+from gearmill.server.connection import GearmanProtocol, read_in_place
 from gearmill.server.model import PeerAccess
 from gearmill.server.sink import BufferSink
 from gearmill.server.stream import Hub
@@ -26,6 +27,15 @@ class FakeTransport:
         self.written: list[bytes] = []
         self.closed = False
         self.aborted = False
+        self.protocol: Any = None
+        self.switched: list[str] = []  # the protocols set after the first, by class name
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.switched.append(type(protocol).__name__)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peername if name == "peername" else default
@@ -57,6 +67,7 @@ class Server:
         self.broker = Broker(BrokerConfig(handle_prefix=b"H:t", **kw), time.time)
         self.after_calls = 0
         self.hub = Hub(self.broker, self._admin, self._after)
+        self.hub.in_place = read_in_place
 
     def _admin(self, peer: Peer, line: bytes) -> bytes | None:
         return admin.run(self.broker, peer, line)
@@ -67,17 +78,26 @@ class Server:
     def connect(self, host: str = "127.0.0.1") -> tuple[GearmanProtocol, FakeTransport]:
         proto = GearmanProtocol(self.hub, max_packet=1 << 30)
         transport = FakeTransport(host)
+        transport.protocol = proto
         proto.connection_made(transport)  # type: ignore[arg-type]
         return proto, transport
 
 
 def send(proto: GearmanProtocol, data: bytes, chunk: int = 1 << 30) -> None:
-    """Deliver ``data`` as the event loop would: into get_buffer, then buffer_updated."""
+    """Deliver ``data`` as the event loop would, to the transport's protocol of the
+    moment: data_received, or (a buffered protocol) into get_buffer, then buffer_updated."""
+    transport = proto.stream.transport
+    assert isinstance(transport, FakeTransport)
     while data:
-        buf = memoryview(proto.get_buffer(-1))
-        n = min(len(buf), len(data), chunk)
-        buf[:n] = data[:n]
-        proto.buffer_updated(n)
+        current = transport.protocol
+        if isinstance(current, asyncio.BufferedProtocol):
+            buf = memoryview(current.get_buffer(-1))
+            n = min(len(buf), len(data), chunk)
+            buf[:n] = data[:n]
+            current.buffer_updated(n)
+        else:
+            n = min(len(data), chunk)
+            current.data_received(data[:n])
         data = data[n:]
 
 
@@ -139,9 +159,14 @@ def test_large_job_is_read_in_place_and_forwarded_in_pieces() -> None:
     send(wp, encode_req(T.CAN_DO, b"big"))
     payload = bytes(range(256)) * (BIG // 256 + 3)
     send(cp, encode_req(T.SUBMIT_JOB, b"big", b"", payload), chunk=256 << 10)
+    # its data went to a buffered protocol (reads into the packet's bytes), then
+    # ordinary reads came back
+    assert ct.switched == ["InPlace", "GearmanProtocol"]
     send(wp, encode_req(T.GRAB_JOB))
     assert wt.take() == [(T.JOB_ASSIGN, [b"H:t:1", b"big", payload])]
     assert len(wt.written) == 0 and ct.take() == [(T.JOB_CREATED, [b"H:t:1"])]
+    send(cp, encode_req(T.ECHO_REQ, b"after"))
+    assert ct.take() == [(T.ECHO_RES, [b"after"])] and wt.switched == []
 
 
 def test_shutdown_aborts_every_connection() -> None:

@@ -26,6 +26,11 @@ def run(broker: Broker, peer: Peer, line: bytes) -> bytes | None:
 
 
 def _status(broker: Broker, peer: Peer, tokens: list[bytes]) -> bytes:
+    return status(broker)
+
+
+def status(broker: Broker) -> bytes:
+    """The reply to ``status``: one line per function, then the end line."""
     lines = [
         b"%s\t%d\t%d\t%d\n" % (name, high + normal + low + running, running, workers)
         for name, high, normal, low, running, workers in broker.function_rows()

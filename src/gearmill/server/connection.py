@@ -31,13 +31,12 @@ def _address(host: str, port: object) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class GearmanProtocol(asyncio.BufferedProtocol):
-    # get_buffer and buffer_updated are instance attributes: the Stream's
-    # (compiled) bound methods, which the event loop then calls directly
+class GearmanProtocol(asyncio.Protocol):
+    # data_received is an instance attribute: the Stream's (compiled) bound
+    # method, which the event loop then calls directly
     __slots__ = (
         "addr",
-        "buffer_updated",
-        "get_buffer",
+        "data_received",
         "guard",
         "hub",
         "idle",
@@ -62,8 +61,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         # bytes owed to the peer above which it is read no more (0: asyncio's default)
         self.max_owed = max_owed
         self.stream = stream = Stream(hub, Decoder(server=True, max_payload=max_packet))
-        self.get_buffer = stream.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = stream.buffer_updated  # type: ignore[method-assign]
+        self.data_received = stream.data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -102,7 +100,7 @@ class GearmanProtocol(asyncio.BufferedProtocol):
             log.debug("connection %d opened from %s", fd, _address(host, port))
 
     # The transport calls these when the bytes owed to the peer cross the marks; methods
-    # rather than bound methods kept per connection (as the two read calls above are,
+    # rather than bound methods kept per connection (as data_received above is,
     # being called for every read): two fewer objects, 130 B, per idle connection.
     def pause_writing(self) -> None:
         self.stream.pause_writing()
@@ -139,3 +137,40 @@ class GearmanProtocol(asyncio.BufferedProtocol):
         # gearmand treats a half-close as a disconnect; so do we, after
         # answering what was already received.
         return False
+
+
+class InPlace(asyncio.BufferedProtocol):
+    """The transport's protocol while a large packet's data arrives: reads go straight
+    into the packet's final ``bytes``; the rest is the connection's own protocol's."""
+
+    __slots__ = ("buffer_updated", "get_buffer", "main")
+
+    def __init__(self, main: GearmanProtocol) -> None:
+        self.main = main
+        self.get_buffer = main.stream.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = main.stream.buffer_updated  # type: ignore[method-assign]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.main.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.main.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.main.resume_writing()
+
+    def eof_received(self) -> bool:
+        return self.main.eof_received()
+
+
+def read_in_place(stream: Stream, on: bool) -> None:
+    """``Hub.in_place`` for asyncio transports (plain and TLS alike: both switch
+    between a protocol's two ways of reading on ``set_protocol``)."""
+    transport = cast(asyncio.Transport | None, stream.transport)
+    if transport is None:
+        return
+    current = transport.get_protocol()
+    if on and isinstance(current, GearmanProtocol):
+        transport.set_protocol(InPlace(current))
+    elif not on and isinstance(current, InPlace):
+        transport.set_protocol(current.main)

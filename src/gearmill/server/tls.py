@@ -234,7 +234,7 @@ class Handshake(asyncio.Protocol):
         tls.set_protocol(app)
         app.connection_made(tls)
         for data in early.data:
-            _feed(app, data)
+            app.data_received(data)
         if early.eof and not app.eof_received():
             tls.close()
 
