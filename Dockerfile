@@ -13,8 +13,10 @@
 
 ARG PYTHON_VERSION=3.11
 
-# ---- build: the wheel with its compiled (mypyc) hot path, and its dependencies' wheels
-# (the [http] extra's too: h11 and prometheus_client, for --http on the exposed 8080)
+# ---- build: the wheel with its compiled (mypyc) hot path, and its dependencies' wheels:
+# [all], i.e. every store's driver (asyncpg, asyncmy, redis: GEARMILL_STORE=postgresql://...
+# or gearmand's -q Postgres/MySQL/redis flags work in the image) and [http]'s h11 and
+# prometheus_client, for --http on the exposed 8080
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -23,7 +25,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 # setup.py falls back to pure Python when compiling fails; here that is an error
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[http]' \
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[all]' \
  && python -c "import glob, sys, zipfile; \
 names = zipfile.ZipFile(glob.glob('/wheels/gearmill-*.whl')[0]).namelist(); \
 sys.exit(0 if 'gearmill/_compiled.json' in names else 'the wheel has no compiled hot path')"
@@ -35,7 +37,7 @@ RUN groupadd --system --gid 10001 gearmill \
       --no-create-home --shell /usr/sbin/nologin gearmill \
  && install -d -o gearmill -g gearmill -m 0700 /var/lib/gearmill
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels 'gearmill[http]' \
+    pip install --no-cache-dir --no-index --find-links /wheels 'gearmill[all]' \
  && python -c "import gearmill, sys; sys.exit(gearmill.IMPLEMENTATION != 'compiled')"
 # In a container: listen on every interface, JSON log lines on stderr (docker logs),
 # the start and stop lines and warnings.

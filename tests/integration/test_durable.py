@@ -3,7 +3,10 @@ server is SIGKILLed, restarted on the same store, and the jobs are drained by ge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Running, start_gearmand, start_gearmill
+from conftest import Running, gearmill_cmd, start_gearmand, start_gearmill
 from gearmill.protocol.packets import PacketType
+from gearmill.server.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
+from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend
 
 GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
 
@@ -136,13 +140,16 @@ def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
         srv.stop()
 
 
-def refused_line(store: str) -> str:
-    """`gearmill serve --store STORE` fails at start: its one line of stderr."""
+def refused_line(store: str | None, *args: str, env: dict[str, str] | None = None) -> str:
+    """`gearmill serve --store STORE ARGS` fails at start: its one line of stderr.
+    ``env`` is added to the environment; an empty value removes that variable."""
     r = subprocess.run(
-        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", "--store", store],
+        [sys.executable, "-m", "gearmill.cli.main", "serve", "-p", "0", *args]
+        + (["--store", store] if store is not None else []),
         capture_output=True,
         text=True,
         timeout=30,
+        env={k: v for k, v in {**os.environ, **env}.items() if v} if env else None,
     )
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
@@ -178,6 +185,61 @@ def test_an_unreachable_store_says_why_in_words(url: str, service: str) -> None:
     assert "connection refused" in line.lower(), line
     assert ".;" not in line and "[Errno" not in line, line
     assert line.endswith(f"start {service}, or fix the URL given to --store")
+
+
+GEARMAND_MYSQL = (
+    *("-q", "MySQL", "--mysql-host=127.0.0.1", "--mysql-port=1"),
+    *("--mysql-user=gm", "--mysql-password=s3cret", "--mysql-db=gm"),
+)
+
+
+@pytest.mark.parametrize("source", ["env", "toml", "gearmand-flags"])
+def test_a_store_named_elsewhere_is_refused_naming_where_and_hiding_the_password(
+    source: str, tmp_path: Path
+) -> None:
+    """An operator who put the store in GEARMILL_STORE, a --config file or gearmand's
+    -q flags is told to fix that, not a --store flag never given; no password shown."""
+    url = "mysql://gm:s3cret@127.0.0.1:1/gm"
+    toml = tmp_path / "gearmill.toml"
+    toml.write_text(f'[store]\nurl = "{url}"\n')
+    args, env, fix = {
+        "env": ((), {"GEARMILL_STORE": url}, "fix the URL given to GEARMILL_STORE"),
+        "toml": (
+            ("--config", str(toml)),
+            {"GEARMILL_STORE": ""},
+            f"fix the URL given to {toml}: store.url",
+        ),
+        "gearmand-flags": (
+            GEARMAND_MYSQL,
+            None,
+            "fix --queue-type and its --mysql-* flags",
+        ),
+    }[source]
+    line = refused_line(None, *args, env=env)
+    assert "s3cret" not in line and "mysql://gm:***@127.0.0.1:1/gm" in line, line
+    assert line.endswith(f"start MariaDB, or {fix}"), line
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("pgsql://gm:s3cret@127.0.0.1/gm", "use memory, sqlite:///path/queue.db"),
+        ("mysql://gm:s3cret@127.0.0.1:99999/gm", "Port out of range"),
+        ("redis://:s3cret@127.0.0.1:6379/0?prefix=x:&colour=blue", "'colour'"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "env", "toml"])
+def test_a_bad_store_url_is_one_line_without_the_password(
+    url: str, why: str, source: str, tmp_path: Path
+) -> None:
+    toml = tmp_path / "gearmill.toml"
+    toml.write_text(f'[store]\nurl = "{url}"\n')
+    line = {
+        "flag": lambda: refused_line(url),
+        "env": lambda: refused_line(None, env={"GEARMILL_STORE": url}),
+        "toml": lambda: refused_line(None, "--config", str(toml), env={"GEARMILL_STORE": ""}),
+    }[source]()
+    assert "s3cret" not in line and why in line, line
 
 
 def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
@@ -290,6 +352,169 @@ def test_jobs_a_c_gearmand_left_in_its_sqlite_queue_are_imported_at_start(
         assert sorted(drain(srv.port, "moved", 2, tmp_path / "out")) == ["one", "two"]
     finally:
         srv.stop()
+
+
+# Interleaved priorities, several of each, with and without uniques (flag, unique, data).
+SWITCHED = [
+    ("", "u-n1", "n1"),
+    ("-L", "u-l1", "l1"),
+    ("-I", "u-h1", "h1"),
+    ("", "", "n2"),
+    ("-I", "", "h2"),
+    ("-L", "u-l2", "l2"),
+    ("", "u-n3", "n3"),
+    ("-I", "u-h3", "h3"),
+    ("-L", "", "l3"),
+]
+
+
+def test_switching_from_gearmand_with_its_flags_runs_its_jobs_once_in_order(
+    store: Backend, tmp_path: Path
+) -> None:
+    """An operator stops gearmand and starts gearmill with the same -q flags: every
+    queued job runs once, high before normal before low, each priority in submission
+    order (gearmand's Redis keys keep none: there only the priorities are kept), the
+    import is said at the default log level, and a restart runs nothing again."""
+    flags, source = gearmand_queue_flags(store)
+    old = start_gearmand(*flags)
+    try:
+        for flag, unique, data in SWITCHED:
+            args = [*([flag] if flag else []), *(["-u", unique] if unique else []), data]
+            assert submit(old.port, "switched", *args) == ""
+    finally:
+        old.stop()
+    srv = start_gearmill(*flags)
+    try:
+        deadline = time.monotonic() + 20  # replay (or a shared store's claim) runs after listen
+        while status(srv).get("switched", [0])[0] < len(SWITCHED) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(srv)["switched"][0] == len(SWITCHED)
+        got = drain(srv.port, "switched", len(SWITCHED), tmp_path / "out")
+        want = [d for p in ("-I", "", "-L") for f, _, d in SWITCHED if f == p]
+        if store.kind == "redis":
+            assert [sorted(got[:3]), sorted(got[3:6]), sorted(got[6:])] == [
+                sorted(want[:3]),
+                sorted(want[3:6]),
+                sorted(want[6:]),
+            ]
+        else:
+            assert got == want
+    finally:
+        srv.stop()
+    log = (srv.tmp / "server.log").read_text()
+    assert f"imported {len(SWITCHED)} jobs gearmand left in its queue" in log, log
+    # Nothing for a restart (of either server) to run again: gearmand's rows were moved,
+    # not copied, and the finished jobs left gearmill's table at the stop.
+    url = re.search(r"jobs in (\S+)\)", log)
+    assert url is not None, log
+
+    async def left() -> tuple[int, int]:
+        s = open_store(url[1])
+        await s.open()
+        try:
+            return await s.count(), await s.import_gearmand(source)
+        finally:
+            await s.close()
+
+    assert asyncio.run(left()) == (0, 0)
+
+
+def test_two_gearmands_redis_prefixes_stay_two_queues(tmp_path: Path) -> None:
+    """Two gearmands on one Redis with two --redis-prefix values had two queues; started
+    with the same flags, the two gearmills do not become one shared queue (each is alone
+    in `nodes`, each runs only its own jobs)."""
+    import gearmill as gm
+
+    servers: list[Running] = []
+    with contextlib.ExitStack() as stack:
+        for i in range(2):
+            b = stack.enter_context(contextlib.contextmanager(make_backend)("redis", tmp_path))
+            flags, _ = gearmand_queue_flags(b)
+            srv = start_gearmill(*flags)
+            stack.callback(srv.stop)
+            servers.append(srv)
+            assert submit(srv.port, f"only-{i}", "x") == ""
+        for i, srv in enumerate(servers):
+            with gm.AdminClient(srv.address) as admin:
+                assert [n.me for n in admin.nodes()] == [True]
+            assert [f for f, c in status(srv).items() if c[0]] == [f"only-{i}"]
+
+
+def test_gearmands_database_flags_without_a_host_connect_by_unix_socket(tmp_path: Path) -> None:
+    """gearmand's `--libpq-conninfo` without host= and `--mysql-host` left at localhost
+    reach the database over its unix socket (libpq's and libmysqlclient's rule), where
+    pg_hba.conf and MariaDB may authenticate otherwise than over TCP (peer, unix_socket):
+    gearmill, given the same flags, connects the same way."""
+    from urllib.parse import urlsplit
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(contextlib.contextmanager(make_backend)("postgresql", tmp_path))
+        my = stack.enter_context(contextlib.contextmanager(make_backend)("mysql", tmp_path))
+        user = urlsplit(pg.url).username
+        pg_flags = ("-q", "Postgres", f"--libpq-conninfo=dbname={pg.db} user={user}")
+        my_flags = ("-q", "MySQL", f"--mysql-user={urlsplit(my.url).username}")
+        my_flags += (f"--mysql-db={my.db}",)
+        for start in (start_gearmand, start_gearmill):
+            for flags in (pg_flags, my_flags):
+                srv = start(*flags)
+                stack.callback(srv.stop)
+        # every connection but the query's own: gearmand's one and gearmill's
+        over_tcp = pg.sql(
+            "SELECT application_name, client_addr FROM pg_stat_activity"
+            f" WHERE datname = '{pg.db}' AND pid <> pg_backend_pid()"
+        )
+        assert len(over_tcp) >= 2 and all(addr is None for _, addr in over_tcp), over_tcp
+        hosts = my.sql(
+            "SELECT host FROM information_schema.processlist"
+            f" WHERE db = '{my.db}' AND id <> CONNECTION_ID()"
+        )
+        assert len(hosts) >= 2 and all(h == ("localhost",) for h in hosts), hosts
+
+
+def test_a_gearmand_still_running_on_the_port_keeps_its_jobs(tmp_path: Path) -> None:
+    """The operator starts gearmill before stopping gearmand: gearmill cannot have the
+    port and stops with one line, and gearmand's queue is left alone (imported, those
+    jobs would run twice: gearmand still holds them, and gearmill would at its start)."""
+    import sqlite3
+
+    db = tmp_path / "gearmand.db"
+    flags = ("-q", "libsqlite3", f"--libsqlite3-db={db}")
+    old = start_gearmand(*flags)
+    try:
+        assert submit(old.port, "kept", "-u", "k1", "one") == ""
+        r = subprocess.run(
+            [*gearmill_cmd(old.port, *flags)], capture_output=True, text=True, timeout=30
+        )
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Address already in use" in lines[0], lines
+        con = sqlite3.connect(db)
+        try:
+            assert con.execute("SELECT unique_key FROM gearman_queue").fetchall() == [("k1",)]
+        finally:
+            con.close()
+        assert status(old)["kept"][0] == 1
+    finally:
+        old.stop()
+
+
+def test_a_libpq_conninfo_with_quoted_values_works_as_for_gearmand(tmp_path: Path) -> None:
+    """libpq's conninfo allows blanks around '=' and quoted values with blanks (a
+    password 'two words'); the string that worked for gearmand works unchanged."""
+    from urllib.parse import urlsplit
+
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(contextlib.contextmanager(make_backend)("postgresql", tmp_path))
+        user = urlsplit(pg.url).username
+        conninfo = f"host = 127.0.0.1 dbname = '{pg.db}' user={user} password='two \\'words'"
+        flags = ("-q", "Postgres", f"--libpq-conninfo={conninfo}")
+        old = start_gearmand(*flags)
+        old.stop()  # it connected and made its table
+        assert pg.sql("SELECT count(*) FROM queue") == [(0,)]
+        srv = start_gearmill(*flags)
+        stack.callback(srv.stop)
+        assert submit(srv.port, "quoted", "-u", "q1", "x") == ""
+        assert pg.sql("SELECT unique_key FROM gearmill_jobs") == [(b"q1",)]
 
 
 def test_with_store_memory_no_journal_is_attached(tmp_path: Path) -> None:

@@ -271,6 +271,36 @@ def test_gearmand_config_file_takes_effect(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_gearmands_default_config_file_is_pointed_out(tmp_path: Path) -> None:
+    """gearmand reads /etc/gearmand.conf without being asked; an operator who kept
+    gearmand's -q flags there and starts gearmill "the same way" is told the file is
+    not read, rather than finding gearmand's queued jobs never ran. (The file's path is
+    moved into tmp_path: this machine's /etc is not the test's to write.)"""
+    conf = tmp_path / "gearmand.conf"
+    conf.write_text(f"-q libsqlite3\n--libsqlite3-db={tmp_path}/gearmand.db\n")
+    code = (
+        "import sys; from gearmill.cli import serve, main;"
+        " serve.GEARMAND_CONFIG = sys.argv[1]; sys.exit(main.main(sys.argv[2:]))"
+    )
+
+    def first_line(*args: str) -> str:
+        cmd = [sys.executable, "-c", code, str(conf), "serve", "-p", "0", *args]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            return proc.stderr.readline()  # the start line comes at every level
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+
+    line = first_line("--store", "memory")
+    assert line == (
+        f"gearmill serve: warning: {conf} exists, and gearmand reads it by default;"
+        f" gearmill does only with --config-file {conf}\n"
+    )
+    assert "Listening on" in first_line("--config-file", str(conf))
+
+
 def test_bad_value_in_each_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "gearmill.toml"
     config.write_text("backlog = -1\n")

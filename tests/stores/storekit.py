@@ -192,6 +192,37 @@ def network_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     yield from make_backend(request.param, tmp_path)
 
 
+def gearmand_queue_flags(b: Backend) -> tuple[tuple[str, ...], str | None]:
+    """gearmand's -q flags for a persistent queue in b's database (or under a prefix of
+    b's), which gearmill accepts as they are; and the import source they name (Redis:
+    the key prefix; None: gearmand's default table)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(b.url)
+    if b.kind == "sqlite":
+        return ("-q", "libsqlite3", f"--libsqlite3-db={b.tmp}/gearmand.db"), None
+    if b.kind == "postgresql":
+        conninfo = f"host={u.hostname} port={u.port or 5432} dbname={b.db} user={u.username}"
+        return ("-q", "Postgres", f"--libpq-conninfo={conninfo}"), None
+    if b.kind == "mysql":
+        return (
+            "-q",
+            "MySQL",
+            f"--mysql-host={u.hostname}",
+            f"--mysql-port={u.port or 3306}",
+            f"--mysql-user={u.username}",
+            f"--mysql-db={b.db}",
+        ), None
+    prefix = "_" + b.prefix.rstrip(":")  # removed with b's keys
+    return (
+        "-q",
+        "redis",
+        f"--redis-server={u.hostname}",
+        f"--redis-port={u.port or 6379}",
+        f"--redis-prefix={prefix}",
+    ), prefix
+
+
 # ------------------------------------------------------- servers of a test's own
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from storekit import Backend, durable_fixture, run  # noqa: F401
+from storekit import Backend, durable_fixture, gearmand_queue_flags, run  # noqa: F401
 
 from conftest import Running, start_gearmand
 from gearmill.server.store import Store, StoredJob, open_store
@@ -24,31 +23,8 @@ PRIORITY = {"-I": 0, "": 1, "-L": 2}
 
 def gearmand_for(b: Backend) -> tuple[Running, str | None]:
     """A gearmand whose persistent queue lives in b's database; the import source to use."""
-    if b.kind == "sqlite":
-        return start_gearmand("-q", "libsqlite3", f"--libsqlite3-db={b.tmp}/gearmand.db"), None
-    if b.kind == "postgresql":
-        u = urlsplit(b.url)
-        conninfo = f"host={u.hostname} port={u.port or 5432} dbname={b.db} user={u.username}"
-        return start_gearmand("-q", "Postgres", f"--libpq-conninfo={conninfo}"), None
-    if b.kind == "mysql":
-        u = urlsplit(b.url)
-        return start_gearmand(
-            "-q",
-            "MySQL",
-            f"--mysql-host={u.hostname}",
-            f"--mysql-port={u.port or 3306}",
-            f"--mysql-user={u.username}",
-            f"--mysql-db={b.db}",
-        ), None
-    prefix = "_" + b.prefix.rstrip(":")
-    u = urlsplit(b.url)
-    return start_gearmand(
-        "-q",
-        "redis",
-        f"--redis-server={u.hostname}",
-        f"--redis-port={u.port or 6379}",
-        f"--redis-prefix={prefix}",
-    ), prefix
+    flags, source = gearmand_queue_flags(b)
+    return start_gearmand(*flags), source
 
 
 def submit(srv: Running) -> None:

@@ -87,3 +87,23 @@ def test_dockerfile_runs_as_a_user_with_settings_gearmill_reads() -> None:
     health = next(x for x in run if x.startswith("HEALTHCHECK "))
     assert health.split(" CMD ", 1)[1] == "gearmill admin check || exit 1"
     assert run[-1] == 'ENTRYPOINT ["gearmill", "serve"]'
+
+
+def test_the_image_has_every_stores_driver() -> None:
+    """gearmand's -q Postgres/MySQL/redis flags (or GEARMILL_STORE=postgresql://...) work
+    in the container: the image installs the driver of every store, and the build stage
+    has built their wheels (the run stage installs with --no-index)."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    lines = dockerfile()
+    final = max(i for i, x in enumerate(lines) if x.startswith("FROM "))
+    for stage, command in ((lines[:final], "pip wheel"), (lines[final:], "pip install")):
+        line = next(x for x in stage if command in x and "[" in x)
+        named = re.findall(r"\[([a-z,]+)\]", line.split(command, 1)[1])
+        assert named, line
+        installed = {dep for extra in named[0].split(",") for dep in extras[extra]}
+        for store in ("postgresql", "mysql", "redis"):
+            assert set(extras[store]) <= installed, (command, store, line)

@@ -29,6 +29,8 @@ def test_gearmand_queue_flags_name_the_same_stores() -> None:
     assert (c.store.url, c.store.gearmand_source) == ("sqlite:///var/q.db", "jobs")
     c = load("-q", "Postgres", "--libpq-conninfo=host=db port=5433 dbname=gm user=u password=p")
     assert c.store.url == "postgresql://u:p@db:5433/gm"
+    c = load("-q", "Postgres", "--libpq-conninfo=host = db dbname='g m' password='a \\'b c'")
+    assert c.store.url == "postgresql://:a%20%27b%20c@db/g%20m"  # a password, no user
     c = load("-q", "MySQL", "--mysql-host=h", "--mysql-user=u", "--mysql-password=s@cret")
     assert c.store.url == "mysql://u:s%40cret@h:3306/Gearmand"
     assert hide_password(c.store.url) == "mysql://u:***@h:3306/Gearmand"

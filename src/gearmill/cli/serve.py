@@ -444,6 +444,10 @@ def _flag_layer(ns: argparse.Namespace, where: str = "", sep: str = " ") -> Laye
     return layer
 
 
+# the file of flags gearmand reads when no --config-file is given
+GEARMAND_CONFIG = "/etc/gearmand.conf"
+
+
 def _gearmand_file(path: str) -> Layer:
     """gearmand's --config-file: its words, split on blanks and lines, read as flags.
 
@@ -606,6 +610,14 @@ def main(argv: Sequence[str]) -> int:
         return 2
     for line in settings.unknown_env(os.environ):
         print(f"gearmill serve: warning: {line}", file=sys.stderr)
+    if "config_file" not in vars(ns) and os.path.exists(GEARMAND_CONFIG):
+        # gearmand reads it without being asked: its -q flags may name the queue its
+        # jobs wait in, which would stay there unnoticed
+        print(
+            f"gearmill serve: warning: {GEARMAND_CONFIG} exists, and gearmand reads it"
+            f" by default; gearmill does only with --config-file {GEARMAND_CONFIG}",
+            file=sys.stderr,
+        )
     return run(config)
 
 

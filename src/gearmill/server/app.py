@@ -100,25 +100,6 @@ class Server:
             self._refusals = Refusals()
             tls = (server_context(self.config.tls), self._refusals)
             kinds[True] = TLSProtocol
-        store = self.config.store
-        if store.url != "memory" and self.durable is None:
-            # raises StoreError (one line) when the store cannot be used
-            self.durable = await open_durable(
-                store.url,
-                store.gearmand_source,
-                self.broker,
-                functools.partial(flush, self.hub),  # no interpreted frame per lone job's release
-                self.config.memory_jobs,
-            )
-            self.durable.start()
-            # the dead set and the schedules live in the same store
-            self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
-            await self.keeper.open()
-        if log.isEnabledFor(logging.DEBUG):  # at other levels nothing is attached
-            from . import fanout
-            from .debuglog import DebugLog
-
-            fanout.attach(self.broker, DebugLog())
         protocols: dict[bool, Callable[[], asyncio.BaseProtocol]] = {}
         for is_tls, kind in kinds.items():
             protocol: Callable[[], asyncio.BaseProtocol]
@@ -144,6 +125,19 @@ class Server:
                 self.addresses.append((addr[0], addr[1]))
                 if listener.tls:
                     self.tls_addresses.append((addr[0], addr[1]))
+        # The store opens once the ports are ours: a gearmand still running on them
+        # (stopped after the switch, not before) keeps the jobs it left in its queue,
+        # rather than both servers running them.
+        try:
+            await self._open_store()
+        except BaseException:
+            self._close_listeners()
+            raise
+        if log.isEnabledFor(logging.DEBUG):  # at other levels nothing is attached
+            from . import fanout
+            from .debuglog import DebugLog
+
+            fanout.attach(self.broker, DebugLog())
         if self.durable is not None and self.durable.store.shared:
             await self._join(self.durable)  # before any job is stored as this server's
         for opened in self._servers:
@@ -227,6 +221,23 @@ class Server:
         for opened in self._servers:
             opened.close()
         self._servers = []
+
+    async def _open_store(self) -> None:
+        store = self.config.store
+        if store.url != "memory" and self.durable is None:
+            # raises StoreError (one line) when the store cannot be used
+            self.durable = await open_durable(
+                store.url,
+                store.gearmand_source,
+                self.broker,
+                functools.partial(flush, self.hub),  # no interpreted frame per lone job's release
+                self.config.memory_jobs,
+                store.origin,
+            )
+            self.durable.start()
+            # the dead set and the schedules live in the same store
+            self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
+            await self.keeper.open()
 
     async def _join(self, durable: Durable) -> None:
         store = self.config.store

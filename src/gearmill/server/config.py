@@ -20,10 +20,12 @@ import enum
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 from .. import __version__
 from ..protocol.codec import MAX_PAYLOAD
@@ -40,6 +42,7 @@ from .policy import (
     check_cron,
     parse_endings,
 )
+from .store._base import FIX_URL
 
 GEARMAND_VERSION: Final = "1.1.20"
 
@@ -116,6 +119,8 @@ class StoreConfig:
     # several servers on one shared store (server/cluster.py): None = host:port
     node_id: str | None = None
     lease: float = DEFAULT_LEASE  # seconds without a heartbeat before the others take over
+    # where the operator named the store, for "fix ..." in a start-up error
+    origin: str = FIX_URL
 
 
 STORE_SCHEMES: Final = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "redis", "rediss")
@@ -335,6 +340,10 @@ def _store(raw: object, text: bool) -> str:
         raise _Bad(_STORE_FIX)
     if scheme == "sqlite" and not value[len("sqlite://") :].startswith("/"):
         raise _Bad("an SQLite store needs an absolute path: sqlite:///path/queue.db")
+    try:
+        _ = urlsplit(value).port  # raises for a port out of range, a bad [IPv6]
+    except ValueError as e:
+        raise _Bad(f"{e}; e.g. postgresql://user:password@host:5432/db") from None
     return value
 
 
@@ -947,7 +956,7 @@ def build(layers: Sequence[Layer]) -> Config:
             try:
                 value = setting.convert(given.value, given.text)
             except _Bad as e:
-                raise ConfigError(f"{given.where}: {e}") from None
+                raise ConfigError(f"{_shown(given.where)}: {e}") from None
             if key not in values:
                 values[key] = value
                 rank[key] = i
@@ -1065,26 +1074,100 @@ def _store_config(
         for layer in layers:
             if "queue_type" in layer and "store" in layer:
                 raise ConfigError(
-                    f"{layer['store'].where} and {layer['queue_type'].where}: "
+                    f"{_shown(layer['store'].where)} and {layer['queue_type'].where}: "
                     "two stores named; keep one of them"
                 )
         if rank["queue_type"] < rank["store"]:
             store = None  # -q on the command line wins over GEARMILL_STORE or the file
     if store is None and queue_type is not None:
-        return gearmand_store(str(queue_type), values)
+        kind = QUEUE_TYPES[str(queue_type)]
+        named = _origin(layers[rank["queue_type"]]["queue_type"])
+        flags = _QUEUE_FLAGS.get(kind)
+        origin = f"{named} and its {flags} flags" if flags else named
+        return replace(gearmand_store(str(queue_type), values), origin=origin)
     if store is None:
         state = values.get("state_dir")
         if isinstance(state, str):
             return StoreConfig("sqlite://" + os.path.join(os.path.abspath(state), "queue.db"))
         return StoreConfig(default_store_url())
     assert isinstance(store, str)
-    return StoreConfig(store)
+    return StoreConfig(store, origin=f"the URL given to {_origin(layers[rank['store']]['store'])}")
+
+
+# the flags of gearmand's -q that say where its queue is, for messages
+_QUEUE_FLAGS: Final = {
+    "sqlite": "--libsqlite3-*",
+    "postgresql": "--libpq-*",
+    "mysql": "--mysql-*",
+    "redis": "--redis-*",
+}
+
+
+def _origin(given: Given) -> str:
+    """Where a setting was given, without its value: `--store`, `GEARMILL_STORE`,
+    `/etc/gearmill.toml: store.url`, `gearmand.conf: --store`."""
+    value = str(given.value)
+    cut = given.where.find(value) if value else -1
+    return given.where[:cut].rstrip(" ='\"") if cut > 0 else given.where
+
+
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def _shown(where: str) -> str:
+    """A source's label with the password of any URL in it hidden (a store's)."""
+    from .store import hide_password
+
+    return _URL_IN_TEXT.sub(lambda m: hide_password(m[0]), where)
 
 
 def _q(value: object) -> str:
     from urllib.parse import quote
 
     return quote(str(value), safe="")
+
+
+def parse_conninfo(text: str) -> dict[str, str]:
+    """libpq's `key=value ...` as gearmand hands it to PQconnectdb: blanks around '='
+    allowed, a value bare or in single quotes ('my pass'), a backslash taking the next
+    character as it is. Raises ValueError naming the word that is not key=value."""
+    out: dict[str, str] = {}
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i >= n or text[i] != "=":
+            raise ValueError(f"{(key or text[start:]).split()[0]!r} is not key=value")
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        quoted = i < n and text[i] == "'"
+        i += quoted
+        value: list[str] = []
+        while True:
+            if i >= n:
+                if quoted:
+                    raise ValueError(f"{key}: the quote is not closed")
+                break
+            c = text[i]
+            if c == "\\" and i + 1 < n:
+                value.append(text[i + 1])
+                i += 2
+                continue
+            if (quoted and c == "'") or (not quoted and c.isspace()):
+                i += quoted
+                break
+            value.append(c)
+            i += 1
+        out[key.lower()] = "".join(value)
 
 
 def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig:
@@ -1105,19 +1188,22 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
         if conninfo.startswith(("postgresql://", "postgres://")):
             url = conninfo
         else:
-            params: dict[str, str] = {}
-            for word in conninfo.split():
-                name, sep, value = word.partition("=")
-                if not sep:
-                    raise ConfigError(
-                        f"--libpq-conninfo: {word!r} is not key=value; "
-                        "write 'host=... port=... dbname=... user=... password=...'"
-                    )
-                params[name.lower()] = value.strip("'")
+            try:
+                params = parse_conninfo(conninfo)
+            except ValueError as e:
+                raise ConfigError(
+                    f"--libpq-conninfo: {e}; "
+                    "write 'host=... port=... dbname=... user=... password=...'"
+                ) from None
             user = params.pop("user", "")
             password = params.pop("password", "")
-            auth = _q(user) + (":" + _q(password) if password else "") + ("@" if user else "")
-            host = params.pop("host", "localhost")
+            auth = _q(user) + (":" + _q(password) if password else "")
+            auth += "@" if auth else ""
+            # No host (or a socket folder) means the unix socket for libpq, as for the
+            # driver here: not TCP to localhost, which pg_hba.conf may treat otherwise.
+            host = params.pop("host", "")
+            if host.startswith("/"):
+                params["host"], host = host, ""
             port = params.pop("port", "")
             db = params.pop("dbname", "")
             query = "&".join(f"{k}={_q(v)}" for k, v in params.items())
@@ -1133,15 +1219,31 @@ def gearmand_store(queue_type: str, values: Mapping[str, object]) -> StoreConfig
         port = str(values.get("mysql_port") or "3306")
         db = str(values.get("mysql_db") or "Gearmand")
         table = values.get("mysql_table")
-        return StoreConfig(
-            f"mysql://{auth}{host}:{port}/{_q(db)}", str(table) if table else "gearman_queue"
-        )
+        url = f"mysql://{auth}{host}:{port}/{_q(db)}"
+        # gearmand's client library takes "localhost" (its default) as the unix socket,
+        # where MariaDB may authenticate otherwise (unix_socket for root on Debian)
+        socket = _mysql_socket() if host == "localhost" else None
+        if socket:
+            url += f"?unix_socket={_q(socket)}"
+        return StoreConfig(url, str(table) if table else "gearman_queue")
     host = str(values.get("redis_server") or "127.0.0.1")
     port = str(values.get("redis_port") or "6379")
     secret = values.get("redis_password")
     auth = ":" + _q(secret) + "@" if secret else ""
     prefix = values.get("redis_prefix")
-    return StoreConfig(f"redis://{auth}{host}:{port}/0", str(prefix) if prefix else None)
+    if not prefix:
+        return StoreConfig(f"redis://{auth}{host}:{port}/0")
+    # gearmand's prefix names one queue: two gearmands with two prefixes on one Redis
+    # stay two queues here too (gearmand's keys are `P-...`, gearmill's `P:...`).
+    return StoreConfig(f"redis://{auth}{host}:{port}/0?prefix={_q(f'{prefix}:')}", str(prefix))
+
+
+# where MariaDB's and MySQL's client libraries look for the server's socket
+MYSQL_SOCKETS: Final = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
+
+
+def _mysql_socket() -> str | None:
+    return next((p for p in MYSQL_SOCKETS if os.path.exists(p)), None)
 
 
 def _is_loopback(host: str) -> bool:

@@ -48,6 +48,7 @@ from .model import PENDING, QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
 from .store import Key, Lane, Store, StoredJob, StoreError, about, hide_password, open_store
+from .store._base import FIX_URL
 
 log = logging.getLogger("gearmill.store")
 # replay counts and a store coming back: logged at every --verbose level (as app.py's)
@@ -825,17 +826,42 @@ async def open_durable(
     broker: Broker,
     flush: Callable[[], None],
     budget: int = MEMORY_JOBS,
+    origin: str = FIX_URL,
 ) -> Durable:
     """Open the store a URL names, import what a gearmand left there, and return the
     writer (not yet attached). Raises StoreError with one line: the URL (password
     hidden), why, and the fix."""
     shown = hide_password(url)
-    store = open_store(url)
-    await store.open()  # an SQLite store creates its folder, and says so
+    try:
+        store = open_store(url)
+        await store.open()  # an SQLite store creates its folder, and says so
+    except OSError as e:
+        raise StoreError(
+            f"cannot create the folder of the store {shown}: {e.strerror or e}; "
+            + (
+                "give a writable path to --store (or --state-dir)"
+                if origin == FIX_URL
+                else f"give a writable path: fix {origin}"
+            )
+        ) from None
+    except StoreError as e:
+        raise StoreError(str(e).replace(FIX_URL, origin)) from None
+    except (TypeError, ValueError) as e:  # a driver refusing an option in the URL's query
+        raise StoreError(f"store {shown}: {e}; fix {origin}") from None
     # a StoreError of open() already names the URL (password hidden) and the fix
     try:
-        await store.import_gearmand(source)  # it logs how many jobs came
+        moved = await store.import_gearmand(source)
     except StoreError as e:
         await store.close()
         raise StoreError(f"store {shown}: importing gearmand's queue failed: {e}") from None
+    if moved:
+        # once per switch from gearmand: the operator should see it at every level
+        lifecycle.info(
+            "imported %d job%s gearmand left in its queue on %s; gone from gearmand's"
+            " table or keys, so they run once, here",
+            moved,
+            "" if moved == 1 else "s",
+            shown,
+            extra={"gearman_level": "NOTICE"},
+        )
     return Durable(store, broker, flush, budget)

@@ -54,6 +54,11 @@ class StoreError(Exception):
     """The store cannot do what was asked (unreachable, full, refused); one line, no password."""
 
 
+# The end of a store's start-up error; the server names where the URL really came from
+# (GEARMILL_STORE, a TOML file, gearmand's -q flags) in its place.
+FIX_URL = "the URL given to --store"
+
+
 def unreachable(url: str, error: BaseException, service: str) -> StoreError:
     """The one line for a store that cannot be reached at start: its URL (password
     hidden), why in words (not "[Errno -2]", not a driver's sentence with its own full
@@ -65,9 +70,7 @@ def unreachable(url: str, error: BaseException, service: str) -> StoreError:
         # MySQL drivers raise (code, "text"): the text
         text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
         why = re.sub(r"\[Errno -?\d+\] ", "", text or type(error).__name__).rstrip(". ")
-    return StoreError(
-        f"cannot reach the store {url}: {why}; start {service}, or fix the URL given to --store"
-    )
+    return StoreError(f"cannot reach the store {url}: {why}; start {service}, or fix {FIX_URL}")
 
 
 class SingleServer:

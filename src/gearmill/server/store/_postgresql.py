@@ -538,10 +538,12 @@ class PostgreSQLStore:
                     return 0
                 # A gearmand still running on the table must not add rows between read and delete.
                 await con.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+                # gearmand keeps no submission order; it replays in the table's physical
+                # order, so ctid keeps the order within a priority as gearmand would.
                 rows = await con.fetch(
                     "SELECT convert_to(function_name, 'UTF8'), convert_to(unique_key, 'UTF8'),"
                     f" COALESCE(data, ''::bytea), COALESCE(priority, 1), COALESCE(when_to_run, 0)"
-                    f" FROM {table} ORDER BY priority"
+                    f" FROM {table} ORDER BY priority, ctid"
                 )
                 if rows:
                     await con.execute(

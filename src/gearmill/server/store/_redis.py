@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
 from ._base import (
+    FIX_URL,
     PRIORITY_NORMAL,
     DeadLetter,
     Key,
@@ -419,7 +420,7 @@ class RedisStore:
                 decode_responses=False,
             )
         except ValueError as e:
-            raise StoreError(f"{self.url}: {e}; fix the URL given to --store") from None
+            raise StoreError(f"{self.url}: {e}; fix {FIX_URL}") from None
         try:
             try:
                 await self._r.ping()
