@@ -7,7 +7,6 @@ from gearmill.protocol.codec import Decoder
 from gearmill.protocol.packets import PacketType as T
 from gearmill.server import fanout
 from gearmill.server.broker import Broker, BrokerConfig, Peer
-from gearmill.server.model import Job
 from gearmill.server.journal import (
     BUCKETS,
     MAX_FINISHED,
@@ -18,6 +17,7 @@ from gearmill.server.journal import (
     JobStarted,
     bucket,
 )
+from gearmill.server.model import Job
 from gearmill.server.recorder import Recorder
 from gearmill.server.sink import BufferSink
 
