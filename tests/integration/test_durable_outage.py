@@ -132,6 +132,52 @@ def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
         redis.close()
 
 
+def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
+    tmp_path: Path,
+) -> None:
+    """A worker sleeps on the function while the store freezes mid-commit: the job its
+    client is told QUEUE_ERROR about must not run (gearmand writes its queue before
+    any worker can have the job); once the store is back, new jobs reach it as before."""
+    redis = PrivateRedis(tmp_path, *AOF)
+    assert redis.proc is not None
+    pid = redis.proc.pid
+    srv = start_gearmill("--store", redis.url)
+    ran = tmp_path / "ran"
+    worker = subprocess.Popen(
+        [GEARMAN, "-p", str(srv.port), "-w", "-f", "held", "--", "sh", "-c", f"cat >> {ran}"],
+        stdout=subprocess.DEVNULL,
+    )
+
+    def wait_ran(text: str) -> None:
+        deadline = time.monotonic() + 30
+        while not (ran.exists() and text in ran.read_text()):
+            assert time.monotonic() < deadline, f"the worker never ran {text!r}"
+            time.sleep(0.05)
+
+    try:
+        assert submit(srv.port, "held", "before;") == ""
+        wait_ran("before;")  # the worker is registered, and sleeps again
+        os.kill(pid, signal.SIGSTOP)
+        with srv.conn() as c:
+            c.sock.settimeout(30)
+            c.send(PacketType.SUBMIT_JOB_BG, b"held", b"", b"refused;")
+            kind, payload = c.recv()
+            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while submit(srv.port, "held", "after;") != "":
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.1)
+        wait_ran("after;")
+        assert "refused;" not in ran.read_text()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        worker.kill()
+        worker.wait(10)
+        srv.stop()
+        redis.close()
+
+
 def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledged_job(
     tmp_path: Path,
 ) -> None:

@@ -17,6 +17,7 @@ from gearmill.server.journal import (
     JobStarted,
     bucket,
 )
+from gearmill.server.model import Job
 from gearmill.server.recorder import Recorder
 from gearmill.server.sink import BufferSink
 
@@ -36,15 +37,19 @@ class Store:
         self.broker = broker
         self.kinds: list[str] = []
         self.held: list[Peer] = []
+        self.jobs: list[Job] = []
 
     def consume(self, entries: list[Entry], held: list[Peer]) -> None:
         self.kinds += [type(e).__name__ for e in entries]
+        self.jobs += [e.job for e in entries if isinstance(e, JobAccepted)]
         self.held += held
 
     def commit(self) -> None:
+        for job in self.jobs:  # durable now: workers may have them
+            self.broker.publish(job)
         for peer in self.held:
             self.broker.release(peer)
-        self.held = []
+        self.held, self.jobs = [], []
 
 
 def broker() -> Broker:

@@ -51,6 +51,9 @@ class Recorder:
     def consume(self, entries: list[Entry], held: list[Peer]) -> None:
         self.batches.append(entries)
         if self.release:
+            for e in entries:  # as a store does once its commit is done
+                if isinstance(e, JobAccepted):
+                    self.broker.publish(e.job)
             for p in held:
                 self.broker.release(p)
         else:
@@ -242,6 +245,35 @@ def test_held_job_created_waits_for_the_consumer_and_keeps_order() -> None:
     b.release(c)
     b.flush()
     assert received(c) == [(T.JOB_CREATED, [b"H:t:1"]), (T.ECHO_RES, [b"after"])]
+
+
+def test_a_held_job_reaches_no_worker_until_it_is_published() -> None:
+    """A store's commit in flight: the job is counted, but a sleeping worker is not woken
+    and a grab gets NO_JOB; published, it runs; refused (cancelled) instead, it never
+    runs (its client may be told QUEUE_ERROR)."""
+    b = Broker(BrokerConfig(handle_prefix=b"H:t"), Clock())
+    rec = Recorder(b, release=False)
+    b.attach_journal(rec, hold_created=True)
+    c, w = peer(b, 1), worker(b, 2)
+    b.handle(w, T.PRE_SLEEP, [])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"x"])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"y"])
+    b.journal.drain()  # type: ignore[union-attr]
+    b.flush()
+    assert received(w) == []  # no NOOP
+    assert b.functions[b"f"].queued[1] == 2  # status counts them
+    b.handle(w, T.GRAB_JOB, [])
+    b.flush()
+    assert received(w) == [(T.NO_JOB, [])]
+    b.cancel(b"H:t:2")  # the commit failed: refused
+    b.publish(b.jobs[b"H:t:1"])
+    b.handle(w, T.PRE_SLEEP, [])
+    b.flush()
+    assert received(w) == [(T.NOOP, [])]
+    b.handle(w, T.GRAB_JOB, [])
+    b.handle(w, T.GRAB_JOB, [])
+    b.flush()
+    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
 
 
 def test_held_peer_leaving_is_forgotten() -> None:

@@ -49,6 +49,7 @@ from .journal import (
 from .model import (
     MAX_UNIQUE,
     NO_MORE,
+    PENDING,
     QUEUED,
     RUNNING,
     SCHEDULED,
@@ -678,6 +679,10 @@ class Core:
         if when and when > self.clock():
             job.state = SCHEDULED
             self._push_timer(float(when), TIMER_EPOCH, job, None)
+        elif background and journal is not None and journal.hold_created:
+            # a store makes it durable first: a worker must not run a job whose
+            # client may yet be told QUEUE_ERROR (the commit calls publish)
+            job.state = PENDING
         else:
             _append(func.own_queues()[priority], job)
             if not func.ready:
@@ -688,6 +693,18 @@ class Core:
             self._wake(func)
         self.reply(peer, job_created(handle))
         return job
+
+    def publish(self, job: Job) -> None:
+        """``job`` (PENDING) is durable now: queue it and wake a worker. Nothing for a
+        job that ended meanwhile (cancelled) or was never held."""
+        if job.state != PENDING or job.ignore:
+            return
+        job.state = QUEUED
+        func = job.func
+        _append(func.own_queues()[job.priority], job)
+        if not func.ready:
+            self.make_ready(func)
+        self._wake(func)
 
     def _forward(self, job: Job, packet: bytes) -> None:
         for client in job.clients:

@@ -45,7 +45,7 @@ from typing import Final
 from . import fanout
 from .broker import Broker
 from .journal import Entry, JobAccepted, JobFinished
-from .model import QUEUED, Job, Peer, unique_key
+from .model import PENDING, QUEUED, Job, Peer, unique_key
 from .replies import error, job_created
 from .sink import BufferSink
 from .store import Key, Lane, Store, StoredJob, StoreError, about, hide_password, open_store
@@ -385,6 +385,7 @@ class Durable:
                 (time.monotonic() - began) * 1000,
             )
         broker = self.broker
+        broker.publish(job)
         for peer in held:
             broker.release(peer)  # a native call (a bound method would be a generic one)
         self._flush()
@@ -457,6 +458,9 @@ class Durable:
                     continue
                 self.commits += 1
                 self.committed_jobs += len(adds)
+                broker = self.broker
+                for job in add_jobs.values():  # durable now: workers may have them
+                    broker.publish(job)
                 if spill or joined:
                     self._unload(spill, joined)
                 if self.observe is not None:
@@ -471,7 +475,6 @@ class Durable:
                         len(held),
                         (time.monotonic() - began) * 1000,
                     )
-                broker = self.broker
                 for peer in held:
                     broker.release(peer)
                 self._flush()
@@ -713,8 +716,9 @@ class Durable:
         del self.add_jobs[key]
         if self.spill.pop(key, None) is not None:
             self._spill_done((key[0], job.priority))
-        if job.state == QUEUED and job.worker is None:
+        if (job.state == QUEUED or job.state == PENDING) and job.worker is None:
             job.data = stored.data
+        self.broker.publish(job)  # the stored row makes it durable
 
     def _take(self, stored: StoredJob, key: Key) -> bool | None:
         """Queue a stored row as the replay peer's: True when queued, False when it joined
@@ -738,6 +742,7 @@ class Durable:
             if (job.func.name, self._stored_unique(job)) != key:
                 self.removes[key] = None
             return False
+        self.broker.publish(job)  # stored already: no commit to wait for
         if stored.unique.startswith(_MARK):
             self.generated[job.handle] = stored.unique
             self.generated_in.add(stored.unique)

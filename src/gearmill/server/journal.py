@@ -17,7 +17,9 @@ A store that must make background jobs durable before their submitters learn
 the handle asks for ``hold_created``: each background submission then holds
 the submitter's output (its JOB_CREATED and anything after it, in order) until
 the consumer, having committed that batch, calls ``Broker.release(peer)`` for
-each peer in ``held``.
+each peer in ``held``. Such a job is PENDING until then: counted, but on no queue,
+so that no worker runs a job its client may yet be told QUEUE_ERROR about; the
+consumer calls ``Broker.publish(job)`` for each job it made durable.
 
 :class:`Counters` are plain integers the broker keeps for the hot events,
 journal or not.

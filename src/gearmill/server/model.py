@@ -28,6 +28,9 @@ MAX_OPTION: Final = 64
 QUEUED: Final = 0
 RUNNING: Final = 1
 SCHEDULED: Final = 2
+# a background job whose store commit is in flight: counted as queued, but no worker
+# gets it until the commit is done (Core.publish); a failed commit refuses it unrun
+PENDING: Final = 3
 
 # what a timer does when it is due
 TIMER_EPOCH: Final = 0  # a scheduled job becomes runnable
