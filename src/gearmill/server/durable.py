@@ -347,7 +347,7 @@ class Durable:
         self._lone = (key, stored, job, held)
         self._lone_sent += 1
         self.busy = True
-        if self.observe is not None:  # metrics only: no clock read per lone job without
+        if self.observe is not None or self.debug:  # no clock read per lone job without
             self._began = time.monotonic()
         try:
             lane.send(stored, self._on_lone_done)
