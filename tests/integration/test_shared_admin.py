@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,11 +158,13 @@ def test_every_servers_metrics_count_the_shared_dead_set(common_store: Backend) 
             for _ in range(2):
                 w.send(GRAB_JOB)
                 w.send(WORK_FAIL, w.expect(JOB_ASSIGN).split(b"\x00")[0])
-        wait_for(lambda: dead_gauge(web_b) == 2, "b's metrics count its dead jobs")
-        wait_for(lambda: dead_gauge(web_a) == 2, "a's metrics count b's dead jobs")
+        wait_until(lambda: dead_gauge(web_b) == 2, "b's metrics count its dead jobs", timeout=30)
+        wait_until(lambda: dead_gauge(web_a) == 2, "a's metrics count b's dead jobs", timeout=30)
         purged = cli("admin", "-p", str(a.port), "--dead-purge", "all")
         assert purged.stdout == "2\n", purged.stderr
-        wait_for(lambda: dead_gauge(web_b) in (0, None), "b's metrics after a's purge")
+        wait_until(
+            lambda: dead_gauge(web_b) in (0, None), "b's metrics after a's purge", timeout=30
+        )
         assert dead_gauge(web_a) in (0, None)
     finally:
         a.stop()
