@@ -126,6 +126,19 @@ class Backend:
                 con.close()
         raise AssertionError(f"no SQL for {self.kind}")
 
+    def stored_data(self) -> list[bytes]:
+        """The data of every background job the store holds now, read from its tables or
+        keys directly (as an operator would), not through a store object."""
+        if self.kind == "redis":
+            from gearmill.server.store._base import unpack_job
+
+            r = redis_client()
+            try:
+                return [unpack_job(v)[1].data for v in r.hvals(self.prefix.encode() + b"jobs")]
+            finally:
+                r.close()
+        return [bytes(row[0]) for row in self.sql("SELECT data FROM gearmill_jobs")]
+
 
 def make_backend(kind: str, tmp: Path) -> Iterator[Backend]:
     name = "gmtest_" + uuid.uuid4().hex[:12]
