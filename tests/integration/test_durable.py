@@ -168,6 +168,78 @@ def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first(
         first.stop()
 
 
+@pytest.fixture(name="mariadb")
+def mariadb_fixture(tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend("mysql", tmp_path)
+
+
+def _lease_expired(b: Backend) -> bool:
+    return b.sql("SELECT expires <= UTC_TIMESTAMP(6) FROM gearmill_owner")[0][0] == 1
+
+
+def test_a_second_server_on_one_mariadb_database_is_refused_naming_the_first(
+    mariadb: Backend,
+) -> None:
+    first = start_gearmill("--store", mariadb.url)
+    try:
+        line = refused_line(mariadb.url)
+        assert f"pid {first.proc.pid} on " in line
+        assert "stop it, or give this server its own database" in line
+        assert "retry after" in line
+        # the first keeps its lease (renewed) and its jobs: one server runs them
+        assert submit(first.port, "owned", "x") == ""
+        assert status(first)["owned"][0] == 1
+    finally:
+        first.stop()
+    # a clean stop gives the lease up: the next server starts at once (default lease)
+    second = start_gearmill("--store", mariadb.url)
+    try:
+        assert status(second)["owned"][0] == 1
+    finally:
+        second.stop()
+
+
+def test_after_a_sigkill_the_next_server_on_mariadb_starts_once_the_lease_expires(
+    mariadb: Backend,
+) -> None:
+    first = start_gearmill("--store", mariadb.url, "--lease", "5")
+    kill(first)
+    # the killed server's lease still runs: refused, with when to retry
+    assert not _lease_expired(mariadb)
+    assert "retry after" in refused_line(mariadb.url, "--lease", "5")
+    deadline = time.monotonic() + 30
+    while not _lease_expired(mariadb) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = start_gearmill("--store", mariadb.url, "--lease", "5")
+    second.stop()
+
+
+def test_a_mariadb_server_that_lost_its_lease_stops_and_stores_nothing_more(
+    mariadb: Backend, tmp_path: Path
+) -> None:
+    first = start_gearmill("--store", mariadb.url, "--lease", "1")
+    second = None
+    try:
+        first.proc.send_signal(signal.SIGSTOP)  # a stall longer than the lease
+        deadline = time.monotonic() + 30
+        while not _lease_expired(mariadb) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = start_gearmill("--store", mariadb.url, "--lease", "1")
+        first.proc.send_signal(signal.SIGCONT)
+        assert first.proc.wait(30) == 1  # it stops, as a shared store's server does
+        log = (first.tmp / "server.log").read_text()
+        assert log.count("LEASE LOST") == 1, log
+        # the second owns the store and keeps it
+        assert submit(second.port, "after", "y") == ""
+        assert status(second)["after"][0] == 1
+    finally:
+        if first.proc.poll() is None:
+            first.proc.send_signal(signal.SIGCONT)
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> None:
     line = refused_line("postgresql://gm:s3cret@127.0.0.1:1/gm")
     assert "postgresql://gm:***@127.0.0.1:1/gm" in line and "s3cret" not in line
