@@ -60,7 +60,7 @@ LEASE = 15.0  # seconds the owner's lease lasts unless renewed (--lease, as for 
 _CALL_TIMEOUT = 10.0  # a renewal with no answer by then is retried at the next one
 _OWNER = (
     "SELECT owner, host, pid, since, expires, expires > UTC_TIMESTAMP(6),"
-    " CEIL(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires) / 1000000)"
+    " TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires)"
     " FROM gearmill_owner WHERE id = 1 FOR UPDATE"
 )
 _TAKE = (
@@ -241,7 +241,38 @@ class MySQLStore(SingleServer):
     # ------------------------------------------------------------ the owner's lease
 
     async def _take(self, con: Any) -> None:
-        """Own the database, or raise StoreError naming the server that does."""
+        """Own the database, or raise StoreError naming the server that does. A lease
+        still running is waited out once (as a shared store's held node id is): a live
+        owner renews it meanwhile, one that was killed does not and is replaced."""
+        waited: Any = None  # the expiry waited for
+        while True:
+            row = await self._try_take(con)
+            if row is None:
+                return
+            _, host, pid, since, expires, _, left = row
+            if waited is not None and expires != waited:
+                raise StoreError(
+                    f"{self.url} is in use by another gearmill server (pid {pid} on {host}, "
+                    f"since {since:%Y-%m-%d %H:%M:%S} UTC; it renewed its lease while this "
+                    f"one waited, now to {expires:%H:%M:%S} UTC); stop it, or give this server "
+                    f"its own database (if it was killed, retry after {expires:%H:%M:%S} UTC)"
+                )
+            if waited is None:
+                log.warning(
+                    "store %s is in use by another gearmill server (pid %s on %s, since %s "
+                    "UTC); waiting %.1f s for its lease to expire, in case it is gone",
+                    self.url,
+                    pid,
+                    host,
+                    f"{since:%Y-%m-%d %H:%M:%S}",
+                    int(left) / 1e6,
+                )
+            waited = expires
+            # not renewed by then: gone (an expiry still ahead, as read, is waited out again)
+            await asyncio.sleep(max(int(left), 0) / 1e6 + 0.25)
+
+    async def _try_take(self, con: Any) -> Any:
+        """Take the lease unless another server's is live: then its row, lease untouched."""
         try:
             async with con.cursor() as cur:
                 await cur.execute("BEGIN")
@@ -249,16 +280,10 @@ class MySQLStore(SingleServer):
                 row = await cur.fetchone()
                 if row is not None and row[5] and row[0] != self._me:
                     await con.rollback()
-                    _, host, pid, since, expires, _, left = row
-                    raise StoreError(
-                        f"{self.url} is in use by another gearmill server (pid {pid} on "
-                        f"{host}, since {since:%Y-%m-%d %H:%M:%S} UTC; its lease expires at "
-                        f"{expires:%H:%M:%S} UTC, in {int(left)} s); stop it, or give this "
-                        f"server its own database (if it was killed, retry after "
-                        f"{expires:%H:%M:%S} UTC)"
-                    )
+                    return row
                 await cur.execute(_TAKE, (self._me, self._host, os.getpid(), int(self.lease * 1e6)))
             await con.commit()
+            return None
         except _ERRORS as e:
             await _rollback(con)
             raise self._error(e, "taking the owner's lease") from None
