@@ -22,7 +22,7 @@ from gearmill.protocol.packets import PacketType
 from gearmill.server.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend
+from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend, restart_flags
 
 GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
 
@@ -83,9 +83,7 @@ def status(srv: Running) -> dict[str, list[int]]:
 def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
     store: Backend, tmp_path: Path
 ) -> None:
-    # MariaDB's owner lease: the restart after SIGKILL waits it out (2 s, not 15)
-    lease = ("--lease", "2") if store.kind == "mysql" else ()
-    srv = start_gearmill("--store", store.url, *lease)
+    srv = start_gearmill("--store", store.url, *restart_flags(store))
     try:
         lines = "".join(f"n{i}\n" for i in range(200))
         assert submit(srv.port, "durable", "-N", stdin=lines) == ""

@@ -16,7 +16,7 @@ from conftest import Running, start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
+from storekit import DURABLE, Backend, make_backend, restart_flags
 from test_durable import drain, kill, status, submit
 
 
@@ -46,7 +46,7 @@ def wait_queued(srv: Running, func: str, n: int) -> None:
 def test_jobs_beyond_the_budget_wait_in_the_store_and_drain_in_order_once(
     store: Backend, tmp_path: Path
 ) -> None:
-    srv = start_gearmill("--store", store.url, "--memory-jobs", str(BUDGET))
+    srv = start_gearmill("--store", store.url, "--memory-jobs", str(BUDGET), *restart_flags(store))
     try:
         assert submit(srv.port, "paged", "-u", "kept", "first") == ""
         lines = "".join(f"n{i}\n" for i in range(JOBS))
