@@ -80,6 +80,14 @@ def status(srv: Running) -> dict[str, list[int]]:
     return {r[0]: [int(x) for x in r[1:]] for r in rows}
 
 
+def wait_queued(srv: Running, func: str, n: int) -> None:
+    """Until status counts n queued jobs of func (replay loads stored ones after the start)."""
+    deadline = time.monotonic() + 30
+    while status(srv).get(func, [0])[0] != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(srv).get(func, [0])[0] == n
+
+
 def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
     store: Backend, tmp_path: Path
 ) -> None:
@@ -194,7 +202,7 @@ def test_a_second_server_on_one_mariadb_database_is_refused_naming_the_first(
     # a clean stop gives the lease up: the next server starts at once (default lease)
     second = start_gearmill("--store", mariadb.url)
     try:
-        assert status(second)["owned"][0] == 1
+        wait_queued(second, "owned", 1)
     finally:
         second.stop()
 
@@ -213,7 +221,7 @@ def test_after_a_sigkill_the_next_server_on_mariadb_starts_once_the_lease_expire
         assert f"(pid {first.proc.pid} on " in log and "waiting" in log, log
         owner = mariadb.sql("SELECT pid FROM gearmill_owner")[0][0]
         assert owner == second.proc.pid
-        assert status(second)["kept"][0] == 1
+        wait_queued(second, "kept", 1)
     finally:
         second.stop()
 
