@@ -21,7 +21,7 @@ from conftest import start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
+from storekit import DURABLE, Backend, make_backend, restart_flags
 from test_durable import GEARMAN, kill, submit
 
 KILLS = 3
@@ -40,7 +40,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_job(
     rng = random.Random(seed)
     out = tmp_path / "done"
     out.touch()
-    srv = start_gearmill("--store", store.url)
+    srv = start_gearmill("--store", store.url, *restart_flags(store))
     stop = threading.Event()
     acked: list[str] = []
     refused: list[str] = []

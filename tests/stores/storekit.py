@@ -190,6 +190,12 @@ def make_backend(kind: str, tmp: Path) -> Iterator[Backend]:
         raise AssertionError(kind)
 
 
+def restart_flags(b: Backend) -> tuple[str, ...]:
+    """serve flags for a test that SIGKILLs a server and starts it again: the MariaDB
+    store's restart waits out the killed owner's lease (1 s here, not 15)."""
+    return ("--lease", "1") if b.kind == "mysql" else ()
+
+
 @pytest.fixture(params=KINDS, name="backend")
 def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from make_backend(request.param, tmp_path)
