@@ -356,8 +356,11 @@ class Broker(Handlers):
         """Nothing runs and nothing queued can run now: a graceful stop may finish.
         Jobs scheduled for later (epoch jobs, retries waiting out their backoff)
         are not runnable yet: the stop does not wait for them (they are reported lost).
-        A job whose store commit is in flight (PENDING) is runnable once it is done: the
-        stop waits for it, else its client would lose the JOB_CREATED of a stored job."""
+        A job whose store commit is in flight (PENDING) is runnable once it is done, and
+        a reply held for a commit (``parked``) is owed: the stop waits for both, else a
+        client would lose the JOB_CREATED of a job the store keeps."""
+        if self.parked:
+            return False
         outside = False  # counted jobs of a function with workers, none on its queues
         for func in self.functions.values():
             if func.running:
