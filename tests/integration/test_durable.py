@@ -22,7 +22,7 @@ from gearmill.protocol.packets import PacketType
 from gearmill.server.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend
+from storekit import DURABLE, Backend, gearmand_queue_flags, make_backend, restart_flags
 
 GEARMAN = shutil.which("gearman") or "/usr/bin/gearman"
 
@@ -80,10 +80,18 @@ def status(srv: Running) -> dict[str, list[int]]:
     return {r[0]: [int(x) for x in r[1:]] for r in rows}
 
 
+def wait_queued(srv: Running, func: str, n: int) -> None:
+    """Until status counts n queued jobs of func (replay loads stored ones after the start)."""
+    deadline = time.monotonic() + 30
+    while status(srv).get(func, [0])[0] != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status(srv).get(func, [0])[0] == n
+
+
 def test_background_jobs_survive_sigkill_in_priority_and_submission_order(
     store: Backend, tmp_path: Path
 ) -> None:
-    srv = start_gearmill("--store", store.url)
+    srv = start_gearmill("--store", store.url, *restart_flags(store))
     try:
         lines = "".join(f"n{i}\n" for i in range(200))
         assert submit(srv.port, "durable", "-N", stdin=lines) == ""
@@ -166,6 +174,82 @@ def test_a_second_server_on_the_same_sqlite_file_is_refused_naming_the_first(
         assert f"pid {first.proc.pid}" in refused_line(url)
     finally:
         first.stop()
+
+
+@pytest.fixture(name="mariadb")
+def mariadb_fixture(tmp_path: Path) -> Iterator[Backend]:
+    yield from make_backend("mysql", tmp_path)
+
+
+def _lease_expired(b: Backend) -> bool:
+    return b.sql("SELECT expires <= UTC_TIMESTAMP(6) FROM gearmill_owner")[0][0] == 1
+
+
+def test_a_second_server_on_one_mariadb_database_is_refused_naming_the_first(
+    mariadb: Backend,
+) -> None:
+    first = start_gearmill("--store", mariadb.url, "--lease", "2")
+    try:
+        line = refused_line(mariadb.url)  # after waiting out the lease it saw: renewed
+        assert f"pid {first.proc.pid} on " in line
+        assert "stop it, or give this server its own database" in line
+        assert "retry after" in line
+        # the first keeps its lease (renewed) and its jobs: one server runs them
+        assert submit(first.port, "owned", "x") == ""
+        assert status(first)["owned"][0] == 1
+    finally:
+        first.stop()
+    # a clean stop gives the lease up: the next server starts at once (default lease)
+    second = start_gearmill("--store", mariadb.url)
+    try:
+        wait_queued(second, "owned", 1)
+    finally:
+        second.stop()
+
+
+def test_after_a_sigkill_the_next_server_on_mariadb_starts_once_the_lease_expires(
+    mariadb: Backend,
+) -> None:
+    first = start_gearmill("--store", mariadb.url, "--lease", "3")
+    assert submit(first.port, "kept", "x") == ""
+    kill(first)
+    assert not _lease_expired(mariadb)  # the killed server's lease still runs
+    # the next one waits it out (a live owner would have renewed it), then starts
+    second = start_gearmill("--store", mariadb.url, "--verbose", "WARNING")
+    try:
+        log = (second.tmp / "server.log").read_text()
+        assert f"(pid {first.proc.pid} on " in log and "waiting" in log, log
+        owner = mariadb.sql("SELECT pid FROM gearmill_owner")[0][0]
+        assert owner == second.proc.pid
+        wait_queued(second, "kept", 1)
+    finally:
+        second.stop()
+
+
+def test_a_mariadb_server_that_lost_its_lease_stops_and_stores_nothing_more(
+    mariadb: Backend, tmp_path: Path
+) -> None:
+    first = start_gearmill("--store", mariadb.url, "--lease", "1")
+    second = None
+    try:
+        first.proc.send_signal(signal.SIGSTOP)  # a stall longer than the lease
+        deadline = time.monotonic() + 30
+        while not _lease_expired(mariadb) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = start_gearmill("--store", mariadb.url, "--lease", "1")
+        first.proc.send_signal(signal.SIGCONT)
+        assert first.proc.wait(30) == 1  # it stops, as a shared store's server does
+        log = (first.tmp / "server.log").read_text()
+        assert log.count("LEASE LOST") == 1, log
+        # the second owns the store and keeps it
+        assert submit(second.port, "after", "y") == ""
+        assert status(second)["after"][0] == 1
+    finally:
+        if first.proc.poll() is None:
+            first.proc.send_signal(signal.SIGCONT)
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 def test_an_unreachable_store_at_start_is_one_line_without_the_password() -> None:

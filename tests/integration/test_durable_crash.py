@@ -1,7 +1,8 @@
 """The crash test: the C gearman tool submits background jobs (and a gearman -w worker
 runs them) while the server is SIGKILLed at random moments and restarted on the same
 store. Every job that got its JOB_CREATED must complete at least once; a job runs twice
-only if it was running at a kill or its completion's delete was not yet committed."""
+only if it was running at a kill or its completion's delete was not yet committed (the
+store is read at each kill to count those)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,11 @@ from conftest import start_gearmill
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
+from storekit import DURABLE, Backend, make_backend, restart_flags
 from test_durable import GEARMAN, kill, submit
 
 KILLS = 3
 SUBMITTERS = 3
-# per kill: the one job the worker was running, plus completions in the group whose
-# delete was being committed (the worker runs a process per job: a few at most)
-DUPLICATES_PER_KILL = 6
 
 
 @pytest.fixture(params=DURABLE, name="store")
@@ -42,7 +40,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_job(
     rng = random.Random(seed)
     out = tmp_path / "done"
     out.touch()
-    srv = start_gearmill("--store", store.url)
+    srv = start_gearmill("--store", store.url, *restart_flags(store))
     stop = threading.Event()
     acked: list[str] = []
     refused: list[str] = []
@@ -89,10 +87,17 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_job(
     threads.append(threading.Thread(target=worker))
     for t in threads:
         t.start()
+    # what may run twice, counted at each kill: the job the worker was running (one
+    # gearman -w: one at a time), and every job that had run but whose row is still in
+    # the store (its completion's delete was not yet committed), as the store says
+    allowed = 0
     try:
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.3, 1.2))  # a random moment, which is the point
             kill(srv)
+            ran_before = set(out.read_text().split())
+            still_stored = {d.decode() for d in store.stored_data()}
+            allowed += 1 + len(ran_before & still_stored)
             srv.restart()
         time.sleep(0.5)
         stop.set()
@@ -118,8 +123,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_job(
     duplicates = sum(n - 1 for n in runs.values() if n > 1)
     print(
         f"{store.kind}: seed {seed}, {len(acked)} acknowledged, {len(refused)} refused, "
-        f"{len(runs)} ran, {duplicates} duplicate runs, {len(lost)} lost, {KILLS} kills"
+        f"{len(runs)} ran, {duplicates} duplicate runs (at most {allowed}), {len(lost)} lost, "
+        f"{KILLS} kills"
     )
     assert len(acked) > 50
     assert lost == [], f"seed {seed}: acknowledged but never run: {lost[:10]}"
-    assert duplicates <= KILLS * DUPLICATES_PER_KILL, f"seed {seed}: {runs.most_common(10)}"
+    assert duplicates <= allowed, f"seed {seed}: {runs.most_common(10)}"

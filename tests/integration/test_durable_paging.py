@@ -20,8 +20,8 @@ from gearmill.protocol.packets import PacketType
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
-from storekit import DURABLE, Backend, make_backend
-from test_durable import drain, kill, status, submit
+from storekit import DURABLE, Backend, make_backend, restart_flags
+from test_durable import drain, kill, status, submit, wait_queued
 
 
 @pytest.fixture(params=DURABLE, name="store")
@@ -40,17 +40,10 @@ def in_memory(srv: Running) -> int:
     return sum(1 for line in shown.splitlines() if "\t" in line)
 
 
-def wait_queued(srv: Running, func: str, n: int) -> None:
-    deadline = time.monotonic() + 30
-    while status(srv).get(func, [0])[0] != n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status(srv).get(func, [0])[0] == n
-
-
 def test_jobs_beyond_the_budget_wait_in_the_store_and_drain_in_order_once(
     store: Backend, tmp_path: Path
 ) -> None:
-    srv = start_gearmill("--store", store.url, "--memory-jobs", str(BUDGET))
+    srv = start_gearmill("--store", store.url, "--memory-jobs", str(BUDGET), *restart_flags(store))
     try:
         assert submit(srv.port, "paged", "-u", "kept", "first") == ""
         lines = "".join(f"n{i}\n" for i in range(JOBS))

@@ -126,6 +126,19 @@ class Backend:
                 con.close()
         raise AssertionError(f"no SQL for {self.kind}")
 
+    def stored_data(self) -> list[bytes]:
+        """The data of every background job the store holds now, read from its tables or
+        keys directly (as an operator would), not through a store object."""
+        if self.kind == "redis":
+            from gearmill.server.store._base import unpack_job
+
+            r = redis_client()
+            try:
+                return [unpack_job(v)[1].data for v in r.hvals(self.prefix.encode() + b"jobs")]
+            finally:
+                r.close()
+        return [bytes(row[0]) for row in self.sql("SELECT data FROM gearmill_jobs")]
+
 
 def make_backend(kind: str, tmp: Path) -> Iterator[Backend]:
     name = "gmtest_" + uuid.uuid4().hex[:12]
@@ -175,6 +188,12 @@ def make_backend(kind: str, tmp: Path) -> Iterator[Backend]:
             r.close()
     else:
         raise AssertionError(kind)
+
+
+def restart_flags(b: Backend) -> tuple[str, ...]:
+    """serve flags for a test that SIGKILLs a server and starts it again: the MariaDB
+    store's restart waits out the killed owner's lease (1 s here, not 15)."""
+    return ("--lease", "1") if b.kind == "mysql" else ()
 
 
 @pytest.fixture(params=KINDS, name="backend")

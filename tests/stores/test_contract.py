@@ -208,7 +208,8 @@ def test_a_commit_survives_sigkill_right_after_it_returns(durable: Backend) -> N
         from gearmill.server.store import StoredJob, open_store
 
         async def main():
-            s = open_store({durable.url!r})
+            # MariaDB's owner lease: the next open waits out the killed owner's (short)
+            s = open_store({durable.url!r}, lease=0.5)
             await s.open()
             for g in range(5):
                 await s.commit([StoredJob(b"fn", b"%d-%d" % (g, i), b"x" * 100)

@@ -231,7 +231,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lease",
         metavar="SECONDS",
         help="how long a server sharing a store may go without a heartbeat before the others "
-        "take its jobs over (default 15; heartbeats every third of it)",
+        "take its jobs over, and a mysql:// store's owner without renewing before another "
+        "server may start on it (default 15; renewed every third of it)",
     )
     _opt(
         p,

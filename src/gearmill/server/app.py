@@ -27,7 +27,7 @@ from .model import RUNNING, SCHEDULED
 from .notify import Notifier
 from .policy import Policies
 from .policy_store import PolicyStore
-from .store import hide_password
+from .store import SingleServer, hide_password
 from .stream import Hub, flush
 
 if TYPE_CHECKING:
@@ -234,8 +234,12 @@ class Server:
                 functools.partial(flush, self.hub),  # no interpreted frame per lone job's release
                 self.config.memory_jobs,
                 store.origin,
+                store.lease,
             )
             self.durable.start()
+            # a one-server store that lost its lease to another server (MariaDB/MySQL)
+            if isinstance(self.durable.store, SingleServer):
+                self.durable.store.on_lost = self._store_lost
             # the dead set and the schedules live in the same store
             self.keeper = PolicyStore(self.policies, self.durable.store, self.flush)
             await self.keeper.open()
@@ -443,6 +447,13 @@ class Server:
         if self._announced:
             lifecycle.info("Shutdown complete (%s)", self._why or "stop", extra=_NOTICE)
         self.notify.close()
+
+    def _store_lost(self, why: str) -> None:
+        """Another server owns the store now: refuse background jobs (the store logged
+        why, once), then stop as a shared store's server does."""
+        if self.durable is not None:
+            self.durable.down = why
+        self._lease_lost(why)
 
     def _lease_lost(self, why: str) -> None:
         self.exit_code = 1

@@ -899,13 +899,14 @@ async def open_durable(
     flush: Callable[[], None],
     budget: int = MEMORY_JOBS,
     origin: str = FIX_URL,
+    lease: float | None = None,
 ) -> Durable:
     """Open the store a URL names, import what a gearmand left there, and return the
     writer (not yet attached). Raises StoreError with one line: the URL (password
     hidden), why, and the fix."""
     shown = hide_password(url)
     try:
-        store = open_store(url)
+        store = open_store(url, lease=lease)
         await store.open()  # an SQLite store creates its folder, and says so
     except OSError as e:
         raise StoreError(

@@ -22,6 +22,7 @@ from ._base import (
     DeadLetter,
     Key,
     Lane,
+    SingleServer,
     Store,
     StoredJob,
     StoredSchedule,
@@ -40,6 +41,7 @@ __all__ = [
     "Key",
     "Lane",
     "MemoryStore",
+    "SingleServer",
     "Store",
     "StoreError",
     "StoredJob",
@@ -59,12 +61,14 @@ def _missing(kind: str, e: ImportError) -> StoreError:
     )
 
 
-def open_store(url: str, **options: Any) -> Store:
+def open_store(url: str, *, lease: float | None = None, **options: Any) -> Store:
     """The store a URL names (not yet opened; call `await store.open()`).
 
     memory | sqlite:///abs/path.db | postgresql://user:pw@host:5432/db |
     mysql://user:pw@host:3306/db (MariaDB) | redis://:pw@host:6379/0?prefix=gearmill:
-    Options: connect_timeout (seconds) for the network stores.
+    Options: connect_timeout (seconds) for the network stores. ``lease``: seconds the
+    MariaDB/MySQL store's owner lease lasts (--lease; shared stores get theirs from
+    server/cluster.py).
     """
     shown = hide_password(url)
     scheme = url.split(":", 1)[0].lower() if ":" in url else url.lower()
@@ -85,6 +89,8 @@ def open_store(url: str, **options: Any) -> Store:
             from ._mysql import MySQLStore
         except ImportError as e:
             raise _missing("mysql", e) from None
+        if lease is not None:
+            options["lease"] = lease
         return MySQLStore(shown, url, **options)
     if scheme in ("redis", "rediss", "unix"):
         try:

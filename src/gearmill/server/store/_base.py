@@ -21,7 +21,7 @@ from ._job import StoredJob as StoredJob
 log = logging.getLogger("gearmill.store")
 
 # The schema version this code writes; stores refuse a newer one (written by a newer gearmill).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Key = tuple[bytes, bytes]  # (function, unique)
 
@@ -81,6 +81,9 @@ class SingleServer:
     shared = False
     owner: str | None = None
     lane: Lane | None = None  # these stores commit through `commit` alone
+    # told once, with why, when another server took the store over (MariaDB/MySQL's
+    # owner lease): the server stops, as a shared store's does when its lease is lost
+    on_lost: Callable[[str], None] | None = None
 
     def _single(self) -> StoreError:
         return StoreError(

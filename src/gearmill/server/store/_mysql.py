@@ -6,6 +6,9 @@ default); open checks it and warns loudly, naming the loss window, when it is no
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +56,25 @@ _DELETE_CHUNK = 256  # keys per DELETE statement: (function = %s AND unique_key 
 _ERRORS = (OSError, TimeoutError, myerrors.Error)
 # the driver splits an executemany INSERT into statements of at most this many bytes
 _STATEMENT = 1024000
+LEASE = 15.0  # seconds the owner's lease lasts unless renewed (--lease, as for shared stores)
+_CALL_TIMEOUT = 10.0  # a renewal with no answer by then is retried at the next one
+_OWNER = (
+    "SELECT owner, host, pid, since, expires, expires > UTC_TIMESTAMP(6),"
+    " TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires)"
+    " FROM gearmill_owner WHERE id = 1 FOR UPDATE"
+)
+_TAKE = (
+    "UPDATE gearmill_owner SET owner = %s, host = %s, pid = %s, since = UTC_TIMESTAMP(6),"
+    " expires = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND WHERE id = 1"
+)
+_RENEW = (
+    "UPDATE gearmill_owner SET expires = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND"
+    " WHERE id = 1 AND owner = %s"
+)
+_GIVE_UP = (
+    "UPDATE gearmill_owner SET expires = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND"
+    " WHERE id = 1 AND owner = %s"
+)
 
 
 def _fits(add: Sequence[StoredJob]) -> bool:
@@ -64,10 +86,22 @@ def _fits(add: Sequence[StoredJob]) -> bool:
 
 
 class MySQLStore(SingleServer):
+    """One server at a time: it owns the database through a lease in gearmill_owner,
+    taken at open, renewed every third of the lease by the database's clock, and given
+    up at close. A server that crashed holds it until it expires, never longer (a
+    GET_LOCK would stay held until MariaDB drops the dead connection, hours later)."""
+
     durable = True
 
-    def __init__(self, url: str, raw_url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, raw_url: str, *, connect_timeout: float = 5.0, lease: float = LEASE
+    ) -> None:
         self.url = url
+        self.lease = lease
+        self._host = socket.gethostname() or "localhost"
+        self._me = f"{self._host}:{os.getpid()}#{os.urandom(6).hex()}"
+        self._renewer: asyncio.Task[None] | None = None
+        self.lost = False  # another server took the lease: commits are refused
         parts = urlsplit(raw_url)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self._params: dict[str, Any] = {
@@ -126,6 +160,9 @@ class MySQLStore(SingleServer):
             async with self._pool.acquire() as con:
                 await self._check(con)
                 await self._migrate(con)
+                await self._take(con)
+            self.lost = False
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_every())
             self._writer = await self._connect()
             await self._keeper.open()
         except BaseException:
@@ -208,9 +245,124 @@ class MySQLStore(SingleServer):
         except _ERRORS as e:
             raise self._error(e, "creating the schema") from None
 
+    # ------------------------------------------------------------ the owner's lease
+
+    async def _take(self, con: Any) -> None:
+        """Own the database, or raise StoreError naming the server that does. A lease
+        still running is waited out once (as a shared store's held node id is): a live
+        owner renews it meanwhile, one that was killed does not and is replaced."""
+        waited: Any = None  # the expiry waited for
+        while True:
+            row = await self._try_take(con)
+            if row is None:
+                return
+            _, host, pid, since, expires, _, left = row
+            if waited is not None and expires != waited:
+                raise StoreError(
+                    f"{self.url} is in use by another gearmill server (pid {pid} on {host}, "
+                    f"since {since:%Y-%m-%d %H:%M:%S} UTC; it renewed its lease while this "
+                    f"one waited, now to {expires:%H:%M:%S} UTC); stop it, or give this server "
+                    f"its own database (if it was killed, retry after {expires:%H:%M:%S} UTC)"
+                )
+            if waited is None:
+                log.warning(
+                    "store %s is in use by another gearmill server (pid %s on %s, since %s "
+                    "UTC); waiting %.1f s for its lease to expire, in case it is gone",
+                    self.url,
+                    pid,
+                    host,
+                    f"{since:%Y-%m-%d %H:%M:%S}",
+                    int(left) / 1e6,
+                )
+            waited = expires
+            # not renewed by then: gone (an expiry still ahead, as read, is waited out again)
+            await asyncio.sleep(max(int(left), 0) / 1e6 + 0.25)
+
+    async def _try_take(self, con: Any) -> Any:
+        """Take the lease unless another server's is live: then its row, lease untouched."""
+        try:
+            async with con.cursor() as cur:
+                await cur.execute("BEGIN")
+                await cur.execute(_OWNER)
+                row = await cur.fetchone()
+                if row is not None and row[5] and row[0] != self._me:
+                    await con.rollback()
+                    return row
+                await cur.execute(_TAKE, (self._me, self._host, os.getpid(), int(self.lease * 1e6)))
+            await con.commit()
+            return None
+        except _ERRORS as e:
+            await _rollback(con)
+            raise self._error(e, "taking the owner's lease") from None
+
+    async def _renew(self) -> bool:
+        """Push the lease's expiry on; False when another server holds it now."""
+        try:
+            async with self._p().acquire() as con:
+                async with con.cursor() as cur:
+                    await cur.execute(_RENEW, (int(self.lease * 1e6), self._me))
+                    kept = int(cur.rowcount) == 1
+                await con.commit()
+                return kept
+        except _ERRORS as e:
+            raise self._error(e, "renewing the owner's lease") from None
+
+    async def _renew_every(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                kept = await asyncio.wait_for(self._renew(), _CALL_TIMEOUT)
+            except (StoreError, TimeoutError) as e:
+                # the lease is ours until another server takes it: renewing again later
+                # keeps it if none did (the commits say whether the store works)
+                if not failing:
+                    log.warning("store %s: renewing the owner's lease failed: %s", self.url, e)
+                failing = True
+                continue
+            failing = False
+            if not kept:
+                self.lost = True
+                log.error(
+                    "LEASE LOST: store %s is owned by another gearmill server now (this "
+                    "one did not renew its lease within %.3g s); background jobs get "
+                    "QUEUE_ERROR and this server stops",
+                    self.url,
+                    self.lease,
+                    extra={"gearman_level": "ERROR"},
+                )
+                if self.on_lost is not None:
+                    self.on_lost("lease lost")
+                return
+
+    async def _give_up(self) -> None:
+        """At a clean stop: the lease ends now, so the next server starts at once."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is None:
+            return
+        renewer.cancel()
+        try:
+            await renewer
+        except (asyncio.CancelledError, Exception):
+            pass
+        if self.lost:
+            return
+        try:
+            await asyncio.wait_for(self._fetch(_GIVE_UP, (self._me,)), _CALL_TIMEOUT)
+        except (StoreError, TimeoutError) as e:
+            log.warning(
+                "store %s: giving up the owner's lease failed: %s; the next server "
+                "starts once it expires (%.3g s)",
+                self.url,
+                e,
+                self.lease,
+            )
+
     async def close(self) -> None:
         self._keeper.close()
         self._drop_writer()
+        if self._pool is not None:
+            await self._give_up()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -234,6 +386,8 @@ class MySQLStore(SingleServer):
         if not add and not remove:
             return
         self._p()  # open
+        if self.lost:
+            raise StoreError(f"{self.url}: another gearmill server owns it now (lease lost)")
         now = int(time.time())
         # one statement commits by itself (autocommit); more are one transaction
         one = not remove if _fits(add) else (not add and len(remove) <= _DELETE_CHUNK)

@@ -69,6 +69,7 @@ SQLITE: list[tuple[int, list[str]]] = [
         ],
     ),
     (2, []),  # version 2 is the nodes table of shared stores: PostgreSQL only
+    (3, []),  # version 3 is the owner's lease of a one-server store: MariaDB/MySQL only
 ]
 
 POSTGRESQL: list[tuple[int, list[str]]] = [
@@ -129,6 +130,7 @@ POSTGRESQL: list[tuple[int, list[str]]] = [
             "CREATE INDEX gearmill_jobs_owner ON gearmill_jobs (lease_owner)",
         ],
     ),
+    (3, []),  # version 3 is the owner's lease of a one-server store: MariaDB/MySQL only
 ]
 
 # InnoDB, binary keys (gearmand's function names and uniques are bytes).
@@ -181,6 +183,23 @@ MYSQL: list[tuple[int, list[str]]] = [
         ],
     ),
     (2, []),  # version 2 is the nodes table of shared stores: PostgreSQL only
+    (
+        3,
+        [
+            # one row: the server that owns this database and until when (the database's
+            # own clock, UTC); a second server starts only once the lease has expired
+            """CREATE TABLE IF NOT EXISTS gearmill_owner (
+                id TINYINT NOT NULL PRIMARY KEY,
+                owner VARCHAR(255) NOT NULL,
+                host VARCHAR(255) NOT NULL,
+                pid INT NOT NULL,
+                since DATETIME(6) NOT NULL,
+                expires DATETIME(6) NOT NULL
+            ) ENGINE=InnoDB""",
+            "INSERT IGNORE INTO gearmill_owner VALUES"
+            " (1, '', '', 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) - INTERVAL 1 SECOND)",
+        ],
+    ),
 ]
 
 JOB_COLUMNS = "seq, function, unique_key, data, priority, when_to_run, reducer, attempts"
