@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gearmill as gm
@@ -170,6 +171,54 @@ def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
             time.sleep(0.1)
         wait_ran("after;")
         assert "refused;" not in ran.read_text()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        worker.kill()
+        worker.wait(10)
+        srv.stop()
+        redis.close()
+
+
+def test_a_graceful_stop_waits_for_a_commit_in_flight_and_runs_its_job(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 while a background job's commit is in flight (the store frozen), a worker
+    waiting: the stop waits for the commit; the client gets its JOB_CREATED, the worker
+    runs the job, then the server exits. Stopping at once would drop the JOB_CREATED of
+    a stored job (a client with another server submits it there too: it runs twice)."""
+    redis = PrivateRedis(tmp_path, *AOF)
+    assert redis.proc is not None
+    pid = redis.proc.pid
+    srv = start_gearmill("--store", redis.url)
+    ran = tmp_path / "ran"
+    worker = subprocess.Popen(
+        [GEARMAN, "-p", str(srv.port), "-w", "-f", "held", "--", "sh", "-c", f"cat >> {ran}"],
+        stdout=subprocess.DEVNULL,
+    )
+    log = srv.tmp / "server.log"
+
+    def wait_for(what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert time.monotonic() < deadline, f"never: {what}"
+            time.sleep(0.05)
+
+    try:
+        assert submit(srv.port, "held", "before;") == ""
+        wait_for("the worker ran before;", lambda: ran.exists() and "before;" in ran.read_text())
+        os.kill(pid, signal.SIGSTOP)
+        with srv.conn() as c:
+            c.sock.settimeout(30)
+            c.send(PacketType.SUBMIT_JOB_BG, b"held", b"", b"during;")
+            wait_for("the job is counted", lambda: status(srv)["held"][0] == 1)
+            srv.proc.send_signal(signal.SIGUSR1)
+            wait_for("the graceful stop began", lambda: "graceful shutdown" in log.read_text())
+            time.sleep(0.5)  # a server that did not wait would be closing by now
+            os.kill(pid, signal.SIGCONT)
+            kind, _ = c.recv()
+            assert kind == PacketType.JOB_CREATED
+        assert srv.proc.wait(30) == 0
+        assert "during;" in ran.read_text()
     finally:
         os.kill(pid, signal.SIGCONT)
         worker.kill()

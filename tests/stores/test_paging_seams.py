@@ -102,3 +102,63 @@ def test_a_submission_arriving_while_its_stored_row_is_paged_in_joins_it_once(
     # what status counts (in memory plus stored-only) falls by one per finished job
     assert totals == list(range(STORED - 1, -1, -1))
     assert left == 0
+
+
+async def drain_claimed(path: Path) -> tuple[list[bytes], int]:
+    """A server on a shared store claims rows in pages (server/cluster.py); in Redis a
+    later page may hold older rows. The second page is claimed while the first page's
+    jobs are being read: every claimed job must still run in this run."""
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.commit([StoredJob(b"f", b"u%d" % i, b"d%d" % i) for i in range(STORED)], [])
+    rows = await store.load_queued(b"f", 1, 0, STORED)
+    broker = Broker(BrokerConfig(handle_prefix=b"H:t"), time.time)
+
+    def flush() -> None:
+        if broker.journal is not None:
+            broker.journal.drain()
+        broker.flush()
+
+    durable = Durable(store, broker, flush, budget=BUDGET)
+    durable.start()
+    await durable.start_shared()
+    load = store.load_queued
+    older = rows[: STORED // 2]
+
+    async def load_while_claiming(
+        function: bytes, priority: int, after: int, limit: int
+    ) -> list[tuple[int, StoredJob]]:
+        page = await load(function, priority, after, limit)
+        if older:  # the claim of the older page lands while this page is read
+            durable.queue_stored(older[:])
+            older.clear()
+        return page
+
+    store.load_queued = load_while_claiming  # type: ignore[method-assign]
+    durable.queue_stored(rows[STORED // 2 :])  # the first page: the newer rows
+    worker = broker.connect(Peer(11, "127.0.0.1", sink=BufferSink()))
+    broker.handle(worker, T.CAN_DO, [b"f"])
+    ran: list[bytes] = []
+    for _ in range(2000):  # bounded: ten jobs need a few dozen turns
+        broker.handle(worker, T.GRAB_JOB, [])
+        flush()
+        (kind, args), *_ = events(worker)
+        if kind == T.JOB_ASSIGN:
+            ran.append(args[2])
+            broker.handle(worker, T.WORK_COMPLETE, [args[0], b""])
+            flush()
+        elif not broker.stored and not durable.busy and not durable.removes:
+            break
+        await asyncio.sleep(0.001)
+    await durable.close()
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    left = await store.count()
+    await store.close()
+    return ran, left
+
+
+def test_jobs_claimed_while_a_page_is_read_are_not_passed_over(tmp_path: Path) -> None:
+    ran, left = asyncio.run(drain_claimed(tmp_path / "queue.db"))
+    assert sorted(ran) == sorted(b"d%d" % i for i in range(STORED))  # each once, this run
+    assert left == 0

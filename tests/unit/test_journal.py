@@ -247,6 +247,42 @@ def test_held_job_created_waits_for_the_consumer_and_keeps_order() -> None:
     assert received(c) == [(T.JOB_CREATED, [b"H:t:1"]), (T.ECHO_RES, [b"after"])]
 
 
+def test_a_graceful_stop_waits_for_commits_in_flight() -> None:
+    """A pending job runs once its store commit is done, and a JOB_CREATED held for a
+    commit is owed: a graceful stop that found the server idle then would drop the
+    client's JOB_CREATED of a job the store keeps (its client would submit it again)."""
+    b = Broker(BrokerConfig(handle_prefix=b"H:t"), Clock())
+    rec = Recorder(b, release=False)
+    b.attach_journal(rec, hold_created=True)
+    c, w = peer(b, 1), worker(b, 2)
+
+    def commit() -> None:
+        b.journal.drain()  # type: ignore[union-attr]
+        for p in rec.held:
+            b.release(p)
+        rec.held = []
+        b.flush()
+
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"x"])
+    b.handle(c, T.SUBMIT_JOB_BG, [b"nobody", b"", b"y"])
+    b.journal.drain()  # type: ignore[union-attr]
+    b.flush()
+    assert not b.idle()  # H:t:1's commit is in flight and a worker waits for it
+    b.publish(b.jobs[b"H:t:1"])
+    b.handle(w, T.GRAB_JOB, [])
+    b.handle(w, T.WORK_COMPLETE, [b"H:t:1", b""])
+    b.flush()
+    assert not b.idle()  # ran, but its JOB_CREATED still waits for the commit
+    commit()
+    assert [kind for kind, _ in received(c)] == [T.JOB_CREATED] * 2
+    assert b.idle()  # H:t:2 is pending too, but no worker can run it
+    b.handle(c, T.SUBMIT_JOB_BG, [b"f", b"", b"z"])
+    commit()
+    assert not b.idle()  # H:t:3 is pending, a worker waits for it
+    b.cancel(b"H:t:3")  # its commit failed: refused
+    assert b.idle()
+
+
 def test_a_held_job_reaches_no_worker_until_it_is_published() -> None:
     """A store's commit in flight: the job is counted, but a sleeping worker is not woken
     and a grab gets NO_JOB; published, it runs; refused (cancelled) instead, it never

@@ -25,6 +25,7 @@ from .handlers import Handlers
 from .journal import CANCELLED, TIMED_OUT, Consumer, Journal
 from .model import (
     LEVELS,
+    PENDING,
     QUEUED,
     RUNNING,
     SCHEDULED,
@@ -354,16 +355,27 @@ class Broker(Handlers):
     def idle(self) -> bool:
         """Nothing runs and nothing queued can run now: a graceful stop may finish.
         Jobs scheduled for later (epoch jobs, retries waiting out their backoff)
-        are not runnable yet: the stop does not wait for them (they are reported lost)."""
+        are not runnable yet: the stop does not wait for them (they are reported lost).
+        A job whose store commit is in flight (PENDING) is runnable once it is done, and
+        a reply held for a commit (``parked``) is owed: the stop waits for both, else a
+        client would lose the JOB_CREATED of a job the store keeps."""
+        if self.parked:
+            return False
+        outside = False  # counted jobs of a function with workers, none on its queues
         for func in self.functions.values():
             if func.running:
                 return False
             if func.workers and (func.queued[0] or func.queued[1] or func.queued[2]):
-                # scheduled jobs are counted but wait outside the queues
+                # scheduled and pending jobs are counted but wait outside the queues
                 for queue in func.queues:
                     for job in queue:
                         if not job.ignore:
                             return False
+                outside = True
+        if outside:
+            for job in self.jobs.values():
+                if job.state == PENDING and not job.ignore and job.func.workers:
+                    return False
         return True
 
     def abort_all(self) -> None:

@@ -120,6 +120,7 @@ class Durable:
         self.cursors: dict[FP, int] = {}
         self.replay_top = 0  # the highest seq stored when replay began
         self.paged_in = 0  # jobs loaded back from the store by paging
+        self.claims = 0  # pages of claimed jobs counted as stored-only (queue_stored)
         self._flush = flush  # write the released replies (the server's flush)
         # the next group: adds by key (with their jobs, to refuse them on failure)
         self.adds: dict[Key, StoredJob] = {}
@@ -646,6 +647,7 @@ class Durable:
                     continue
                 fp = (name, priority)
                 want = min(room, counts[priority])
+                claims = self.claims
                 try:
                     rows = await asyncio.wait_for(
                         self.store.load_queued(
@@ -657,10 +659,17 @@ class Durable:
                     url = self.store.url
                     log.error("store %s: loading queued jobs failed: %s", url, about(url, e))
                     return False  # the next commit tries again
+                claimed_from = self.cursors.get(fp, self.replay_top)
                 loaded = self._queue_rows(rows, fp)
                 room -= loaded
                 moved = moved or bool(rows)
-                if len(rows) < want:  # the store has no more: the count was high
+                if self.claims != claims:
+                    # jobs claimed while the page was read (queue_stored) may lie before
+                    # it, or be missing from it: the next page starts from the first of
+                    # them, and the count stands (rows already queued are skipped then)
+                    moved = True
+                    self.cursors[fp] = min(self.cursors.get(fp, claimed_from), claimed_from)
+                elif len(rows) < want:  # the store has no more: the count was high
                     moved = True
                     self._count_stored(fp, -self._stored(fp))
         self.replay_peer.out.clear()
@@ -816,6 +825,7 @@ class Durable:
         the replay peer's (not stored again). Either way sleeping workers are NOOPed.
         How many it took on."""
         if self.paging:
+            self.claims += 1  # a page being read now must not pass over these (_page_in)
             cursors = self.cursors
             for seq, stored in page:
                 fp = (stored.function, stored.priority)
