@@ -1,7 +1,7 @@
 """The Gearman binary packet table: types, magic codes and argument counts.
 
-Everything here mirrors libgearman's ``gearmand_command_info_list`` (see
-shared/reference/gearmand.md §1.3): server and clients share that table, so a
+Everything here mirrors libgearman's ``gearmand_command_info_list`` (and
+gearmand's PROTOCOL document): server and clients share that table, so a
 packet whose layout differs by one NUL desynchronises the stream.
 """
 
