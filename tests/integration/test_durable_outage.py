@@ -13,11 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import gearmill as gm
-from conftest import start_gearmill
+from conftest import Running, start_gearmill, wait_until
 from gearmill.protocol.packets import PacketType
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -101,6 +100,21 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+def refused_while_frozen(srv: Running, func: bytes, unique: bytes, data: bytes) -> None:
+    """A background submission while the store is frozen gets QUEUE_ERROR (once the
+    commit times out, 10 s), not a hang."""
+    with srv.conn() as c:
+        c.sock.settimeout(30)
+        c.send(PacketType.SUBMIT_JOB_BG, func, unique, data)
+        kind, payload = c.recv()
+        assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
+
+
+def accepted_again(srv: Running, func: str, data: str) -> None:
+    """Submit ``data`` until the server, its store thawed, accepts it by itself."""
+    wait_until(lambda: submit(srv.port, func, data) == "", "the server recovered", 30, 0.1)
+
+
 def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
     tmp_path: Path,
 ) -> None:
@@ -113,16 +127,9 @@ def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
     try:
         assert submit(srv.port, "frozen", "before") == ""
         os.kill(pid, signal.SIGSTOP)
-        with srv.conn() as c:
-            c.sock.settimeout(30)
-            c.send(PacketType.SUBMIT_JOB_BG, b"frozen", b"u1", b"during")
-            kind, payload = c.recv()
-            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
+        refused_while_frozen(srv, b"frozen", b"u1", b"during")
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while submit(srv.port, "frozen", "after") != "":
-            assert time.monotonic() < deadline, "the server did not recover"
-            time.sleep(0.1)
+        accepted_again(srv, "frozen", "after")
         # the refused job never runs (its row, if the frozen commit wrote it, is removed)
         assert status(srv)["frozen"][0] == 2
         got = drain(srv.port, "frozen", 2, tmp_path / "out")
@@ -150,25 +157,15 @@ def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
     )
 
     def wait_ran(text: str) -> None:
-        deadline = time.monotonic() + 30
-        while not (ran.exists() and text in ran.read_text()):
-            assert time.monotonic() < deadline, f"the worker never ran {text!r}"
-            time.sleep(0.05)
+        wait_until(lambda: ran.exists() and text in ran.read_text(), f"the worker ran {text}", 30)
 
     try:
         assert submit(srv.port, "held", "before;") == ""
         wait_ran("before;")  # the worker is registered, and sleeps again
         os.kill(pid, signal.SIGSTOP)
-        with srv.conn() as c:
-            c.sock.settimeout(30)
-            c.send(PacketType.SUBMIT_JOB_BG, b"held", b"", b"refused;")
-            kind, payload = c.recv()
-            assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
+        refused_while_frozen(srv, b"held", b"", b"refused;")
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while submit(srv.port, "held", "after;") != "":
-            assert time.monotonic() < deadline, "the server did not recover"
-            time.sleep(0.1)
+        accepted_again(srv, "held", "after;")
         wait_ran("after;")
         assert "refused;" not in ran.read_text()
     finally:
@@ -197,22 +194,20 @@ def test_a_graceful_stop_waits_for_a_commit_in_flight_and_runs_its_job(
     )
     log = srv.tmp / "server.log"
 
-    def wait_for(what: str, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not ready():
-            assert time.monotonic() < deadline, f"never: {what}"
-            time.sleep(0.05)
-
     try:
         assert submit(srv.port, "held", "before;") == ""
-        wait_for("the worker ran before;", lambda: ran.exists() and "before;" in ran.read_text())
+        wait_until(
+            lambda: ran.exists() and "before;" in ran.read_text(), "the worker ran before;", 30
+        )
         os.kill(pid, signal.SIGSTOP)
         with srv.conn() as c:
             c.sock.settimeout(30)
             c.send(PacketType.SUBMIT_JOB_BG, b"held", b"", b"during;")
-            wait_for("the job is counted", lambda: status(srv)["held"][0] == 1)
+            wait_until(lambda: status(srv)["held"][0] == 1, "the job is counted", 30)
             srv.proc.send_signal(signal.SIGUSR1)
-            wait_for("the graceful stop began", lambda: "graceful shutdown" in log.read_text())
+            wait_until(
+                lambda: "graceful shutdown" in log.read_text(), "the graceful stop began", 30
+            )
             time.sleep(0.5)  # a server that did not wait would be closing by now
             os.kill(pid, signal.SIGCONT)
             kind, _ = c.recv()
