@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import gearmill as gm
 from conftest import Running, start_gearmill, wait_until
 from gearmill.protocol.packets import PacketType
@@ -100,12 +102,19 @@ def test_redis_outage_refuses_background_jobs_keeps_foreground_and_recovers(
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def refused_while_frozen(srv: Running, func: bytes, unique: bytes, data: bytes) -> None:
+def refused_while_frozen(
+    srv: Running, func: bytes, unique: bytes, data: bytes, epoch: bool = False
+) -> None:
     """A background submission while the store is frozen gets QUEUE_ERROR (once the
-    commit times out, 10 s), not a hang."""
+    commit times out, 10 s), not a hang. ``epoch``: an epoch job due in a second, long
+    before its commit gives up."""
     with srv.conn() as c:
         c.sock.settimeout(30)
-        c.send(PacketType.SUBMIT_JOB_BG, func, unique, data)
+        if epoch:
+            when = b"%d" % (time.time() + 1)
+            c.send(PacketType.SUBMIT_JOB_EPOCH, func, unique, when, data)
+        else:
+            c.send(PacketType.SUBMIT_JOB_BG, func, unique, data)
         kind, payload = c.recv()
         assert kind == PacketType.ERROR and payload.startswith(b"QUEUE_ERROR\0"), payload
 
@@ -140,12 +149,14 @@ def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
         redis.close()
 
 
+@pytest.mark.parametrize("epoch", [False, True], ids=["background", "epoch-due-meanwhile"])
 def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
-    tmp_path: Path,
+    tmp_path: Path, epoch: bool
 ) -> None:
     """A worker sleeps on the function while the store freezes mid-commit: the job its
     client is told QUEUE_ERROR about must not run (gearmand writes its queue before
-    any worker can have the job); once the store is back, new jobs reach it as before."""
+    any worker can have the job), nor an epoch job that falls due while its commit
+    hangs; once the store is back, new jobs reach it as before."""
     redis = PrivateRedis(tmp_path, *AOF)
     assert redis.proc is not None
     pid = redis.proc.pid
@@ -163,7 +174,7 @@ def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
         assert submit(srv.port, "held", "before;") == ""
         wait_ran("before;")  # the worker is registered, and sleeps again
         os.kill(pid, signal.SIGSTOP)
-        refused_while_frozen(srv, b"held", b"", b"refused;")
+        refused_while_frozen(srv, b"held", b"", b"refused;", epoch)
         os.kill(pid, signal.SIGCONT)
         accepted_again(srv, "held", "after;")
         wait_ran("after;")

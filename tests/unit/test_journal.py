@@ -312,6 +312,40 @@ def test_a_held_job_reaches_no_worker_until_it_is_published() -> None:
     assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
 
 
+def test_an_epoch_job_due_before_its_commit_ends_waits_for_it() -> None:
+    """An epoch job whose time comes while its store commit is still in flight (a slow
+    store, a job due in a second) reaches no worker until it is published; refused
+    instead, it never runs. One made durable before it is due runs at its time."""
+    clock = Clock()
+    b = Broker(BrokerConfig(handle_prefix=b"H:t"), clock)
+    rec = Recorder(b, release=False)
+    b.attach_journal(rec, hold_created=True)
+    c, w = peer(b, 1), worker(b, 2)
+    b.handle(w, T.PRE_SLEEP, [])
+    for data in (b"x", b"y", b"z"):
+        b.handle(c, T.SUBMIT_JOB_EPOCH, [b"f", b"", b"%d" % (clock.now + 1), data])
+    b.journal.drain()  # type: ignore[union-attr]
+    b.publish(b.jobs[b"H:t:3"])  # z: committed before it is due
+    clock.now += 2
+    b.tick()
+    b.flush()
+    assert received(w) == [(T.NOOP, [])]  # for z only
+    b.handle(w, T.GRAB_JOB, [])
+    b.handle(w, T.GRAB_JOB, [])
+    b.flush()
+    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:3", b"f", b"z"]), (T.NO_JOB, [])]
+    assert b.functions[b"f"].queued[1] == 2  # x and y: counted, not runnable
+    b.cancel(b"H:t:2")  # y's commit failed: refused
+    b.publish(b.jobs[b"H:t:1"])  # x's commit is done
+    b.handle(w, T.PRE_SLEEP, [])
+    b.flush()
+    assert received(w) == [(T.NOOP, [])]
+    b.handle(w, T.GRAB_JOB, [])
+    b.handle(w, T.GRAB_JOB, [])
+    b.flush()
+    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
+
+
 def test_held_peer_leaving_is_forgotten() -> None:
     b = Broker(BrokerConfig(handle_prefix=b"H:t"), Clock())
     rec = Recorder(b, release=False)

@@ -92,6 +92,10 @@ class Broker(Handlers):
             job.more.timer = None  # popped: nothing left to cancel
             if kind == TIMER_EPOCH:
                 if job.state == SCHEDULED and not job.ignore:
+                    if job.more.held:  # due, but its commit is still in flight
+                        job.more.held = False
+                        job.state = PENDING
+                        continue
                     job.state = QUEUED
                     job.func.own_queues()[job.priority].append(job)
                     if not job.func.ready:

@@ -679,6 +679,8 @@ class Core:
         if when and when > self.clock():
             job.state = SCHEDULED
             self._push_timer(float(when), TIMER_EPOCH, job, None)
+            if background and journal is not None and journal.hold_created:
+                job.more.held = True  # due before its commit ends: waits for publish
         elif background and journal is not None and journal.hold_created:
             # a store makes it durable first: a worker must not run a job whose
             # client may yet be told QUEUE_ERROR (the commit calls publish)
@@ -698,6 +700,8 @@ class Core:
         """``job`` (PENDING) is durable now: queue it and wake a worker. Nothing for a
         job that ended meanwhile (cancelled) or was never held."""
         if job.state != PENDING or job.ignore:
+            if job.state == SCHEDULED:
+                job.more.held = False  # durable before it is due: its timer queues it
             return
         job.state = QUEUED
         func = job.func

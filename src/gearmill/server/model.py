@@ -245,7 +245,7 @@ class JobMore:
     """What few jobs need (status, timers, retries, reduce): kept apart so
     that a plain queued job stays small (issue 4: at most 400 bytes a job)."""
 
-    __slots__ = ("den", "num", "reducer", "retries", "timer")
+    __slots__ = ("den", "held", "num", "reducer", "retries", "timer")
 
     def __init__(self) -> None:
         self.reducer = b""
@@ -253,6 +253,9 @@ class JobMore:
         self.den = 0
         self.retries = 0
         self.timer: Timer | None = None  # its epoch or CAN_DO_TIMEOUT timer, if any
+        # a scheduled job whose store commit is in flight: due before it ends, it is
+        # PENDING (not queued) until Core.publish
+        self.held = False
 
 
 NO_MORE: Final = JobMore()  # read-only defaults for jobs without any
