@@ -976,7 +976,7 @@ class Durable:
             if alive and not job.ignore:
                 log.error(
                     "store %s: job %s of %s (the server's own) is lost with the stop: "
-                    "the store never had it",
+                    "the store did not confirm its add",
                     self.store.url,
                     job.handle.decode(errors="replace"),
                     job.func.name.decode(errors="replace"),
