@@ -302,8 +302,8 @@ def dead_job(srv: Running, func: bytes, unique: bytes, data: bytes) -> bytes:
         w.send(PacketType.GRAB_JOB)
         assert w.expect(PacketType.JOB_ASSIGN) == b"\0".join((handle, func, data))
         w.send(PacketType.WORK_EXCEPTION, handle, b"boom")
-        dead = func + b"\t1\n.\n"
-        wait_until(lambda: c.admin(b"dead status\n") == dead, "the job in the dead set")
+        listed = b"dead list " + func + b"\n"
+        wait_until(lambda: handle + b"\t" in c.admin(listed), "the job in the dead set")
     assert submit(srv.port, "other", "committed") == ""
     return handle
 
@@ -337,34 +337,43 @@ def stored(db: Path, unique: str) -> int:
         con.close()
 
 
-def test_a_requeued_dead_job_whose_commit_fails_stays_queued_and_is_stored_once_it_can_be(
+def test_requeued_dead_jobs_the_store_cannot_take_stay_queued_and_are_stored_once_it_can(
     tmp_path: Path,
 ) -> None:
     """The store refuses commits (its write lock held elsewhere) when the operator requeues
-    a dead job: nobody waits for that job's JOB_CREATED, so it is not dropped as a client's
-    submission is refused. It stays queued in memory (a WARNING names it), the store gets
-    it once it can, and a server killed then brings it back from the store to a worker."""
+    a dead job, and is known to be down when he requeues another: nobody waits for these
+    jobs' JOB_CREATED, so they are not dropped as a client's submission is refused. They
+    stay queued in memory (a WARNING names each), the store gets them once it can, and a
+    server killed then brings them back from the store to a worker."""
     db = tmp_path / "queue.db"
     srv = start_gearmill("--store", f"sqlite://{db}", *DYING)
     try:
-        handle = dead_job(srv, b"resize", b"img-1", b"payload-1")
+        first = dead_job(srv, b"resize", b"img-1", b"payload-1")
+        second = dead_job(srv, b"resize", b"img-3", b"payload-3")
         lock = locked(db)
         with srv.conn() as c:
-            assert c.admin(b"dead requeue all\n") == b"OK 1\n"
+            assert c.admin(b"dead requeue " + first + b"\n") == b"OK 1\n"
         wait_until(
-            lambda: log_lines(srv, "WARNING", handle, "kept in memory only"),
-            "the WARNING line",
+            lambda: log_lines(srv, "WARNING", first, "kept in memory only"),
+            "the WARNING line of the job whose commit failed",
             30,
         )
-        assert status(srv)["resize"][0] == 1  # queued, not cancelled
+        assert log_lines(srv, "WARNING", first, "commit failed")
+        with srv.conn() as c:
+            assert c.admin(b"dead requeue " + second + b"\n") == b"OK 1\n"
+        assert log_lines(srv, "WARNING", second, "the store is down")
+        assert status(srv)["resize"][0] == 2  # queued, not cancelled
         lock.rollback()
         lock.close()
-        wait_until(lambda: stored(db, "img-1") == 1, "the job in the store", 30)
+        wait_until(
+            lambda: stored(db, "img-1") == stored(db, "img-3") == 1, "the jobs in the store", 30
+        )
         srv.proc.kill()
         srv.proc.wait(10)
         srv.restart()
-        wait_queued(srv, "resize", 1)
-        assert drain(srv.port, "resize", 1, tmp_path / "out") == ["payload-1"]
+        wait_queued(srv, "resize", 2)
+        got = drain(srv.port, "resize", 2, tmp_path / "out")
+        assert sorted(got) == ["payload-1", "payload-3"]
     finally:
         srv.stop()
 
