@@ -558,7 +558,7 @@ class Durable:
 
     def _keep(self, job: Job, when: int, why: str) -> None:
         """One of the server's own jobs while the store is down: queued in memory, its
-        add owed until the store is back (the writer commits it after `_recover`)."""
+        add owed until the store is back (`_recover` commits it with the owed removes)."""
         key = self._key(job, True)
         self.adds[key] = StoredJob(
             job.func.name, key[1], job.data, job.priority, when, job.more.reducer
@@ -809,6 +809,8 @@ class Durable:
         """A pending add whose stored row was just read: the row stands for it."""
         del self.adds[key]
         del self.add_jobs[key]
+        if self.made:
+            self.made.pop(job, None)  # the stored row stands for it
         if self.spill.pop(key, None) is not None:
             self._spill_done((key[0], job.priority))
         if (job.state == QUEUED or job.state == PENDING) and job.worker is None:
