@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from gearmill.protocol.packets import PacketType
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "stores"))
 from storekit import PrivatePostgres, PrivateRedis
-from test_durable import GEARMAN, drain, status, submit
+from test_durable import GEARMAN, drain, status, submit, wait_queued
 
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
@@ -295,3 +296,121 @@ def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledg
     finally:
         srv.stop()
         pg.close()
+
+
+# one attempt, then the dead set; requeued by the operator, a job the server itself submits
+DYING = ("--retry-on", "lost,timeout,cant_do,fail,exception", "--retry-max-attempts", "1")
+
+
+def dead_job(srv: Running, func: bytes, unique: bytes, data: bytes) -> bytes:
+    """A background job whose one attempt ends in WORK_EXCEPTION: in the dead set now,
+    its remove from the store committed (a later submission's JOB_CREATED waits for
+    it). Its handle."""
+    with srv.conn() as c, srv.conn() as w:
+        c.send(PacketType.SUBMIT_JOB_BG, func, unique, data)
+        handle = c.expect(PacketType.JOB_CREATED)
+        w.send(PacketType.CAN_DO, func)
+        w.send(PacketType.GRAB_JOB)
+        assert w.expect(PacketType.JOB_ASSIGN) == b"\0".join((handle, func, data))
+        w.send(PacketType.WORK_EXCEPTION, handle, b"boom")
+        listed = b"dead list " + func + b"\n"
+        wait_until(lambda: handle + b"\t" in c.admin(listed), "the job in the dead set")
+    assert submit(srv.port, "other", "committed") == ""
+    return handle
+
+
+def log_lines(srv: Running, level: str, handle: bytes, words: str) -> list[str]:
+    return [
+        line
+        for line in (srv.tmp / "server.log").read_text().splitlines()
+        if line.lstrip().startswith(level)
+        and f"job {handle.decode()} of " in line
+        and words in line
+    ]
+
+
+def locked(db: Path) -> sqlite3.Connection:
+    """Another process holds the SQLite store's write lock: the server's commits fail
+    (database is locked) until it lets go."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    return con
+
+
+def stored(db: Path, unique: str) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT count(*) FROM gearmill_jobs WHERE unique_key = ?", (unique.encode(),)
+        ).fetchone()
+        return int(row[0])
+    finally:
+        con.close()
+
+
+def test_requeued_dead_jobs_the_store_cannot_take_stay_queued_and_are_stored_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """The store refuses commits (its write lock held elsewhere) when the operator requeues
+    a dead job, and is known to be down when he requeues another: nobody waits for these
+    jobs' JOB_CREATED, so they are not dropped as a client's submission is refused. They
+    stay queued in memory (a WARNING names each), the store gets them once it can, and a
+    server killed then brings them back from the store to a worker."""
+    db = tmp_path / "queue.db"
+    srv = start_gearmill("--store", f"sqlite://{db}", *DYING)
+    try:
+        first = dead_job(srv, b"resize", b"img-1", b"payload-1")
+        second = dead_job(srv, b"resize", b"img-3", b"payload-3")
+        lock = locked(db)
+        with srv.conn() as c:
+            assert c.admin(b"dead requeue " + first + b"\n") == b"OK 1\n"
+        wait_until(
+            lambda: log_lines(srv, "WARNING", first, "kept in memory only"),
+            "the WARNING line of the job whose commit failed",
+            30,
+        )
+        assert log_lines(srv, "WARNING", first, "commit failed")
+        with srv.conn() as c:
+            assert c.admin(b"dead requeue " + second + b"\n") == b"OK 1\n"
+        assert log_lines(srv, "WARNING", second, "the store is down")
+        assert status(srv)["resize"][0] == 2  # queued, not cancelled
+        lock.rollback()
+        lock.close()
+        wait_until(
+            lambda: stored(db, "img-1") == stored(db, "img-3") == 1, "the jobs in the store", 30
+        )
+        srv.proc.kill()
+        srv.proc.wait(10)
+        srv.restart()
+        wait_queued(srv, "resize", 2)
+        got = drain(srv.port, "resize", 2, tmp_path / "out")
+        assert sorted(got) == ["payload-1", "payload-3"]
+    finally:
+        srv.stop()
+
+
+def test_a_requeued_dead_job_the_store_never_took_is_reported_lost_at_stop(
+    tmp_path: Path,
+) -> None:
+    """The same while the store refuses commits, then the server stops before it can
+    write the job: it is lost with the stop, and an ERROR line names it."""
+    db = tmp_path / "queue.db"
+    srv = start_gearmill("--store", f"sqlite://{db}", *DYING)
+    lock = None
+    try:
+        handle = dead_job(srv, b"resize", b"img-2", b"payload-2")
+        lock = locked(db)
+        with srv.conn() as c:
+            assert c.admin(b"dead requeue all\n") == b"OK 1\n"
+        wait_until(
+            lambda: log_lines(srv, "WARNING", handle, "kept in memory only"),
+            "the WARNING line",
+            30,
+        )
+        srv.stop()
+        lost = log_lines(srv, "ERROR", handle, "lost with the stop")
+        assert len(lost) == 1, lost
+    finally:
+        if lock is not None:
+            lock.close()
+        srv.stop()

@@ -17,6 +17,15 @@ every background submission until it is back get ``ERROR QUEUE_ERROR`` instead o
 their JOB_CREATED and are dropped from memory; foreground work goes on; the writer
 retries with backoff (the removes it still owes first) and recovers by itself.
 
+The server's own background jobs (``Broker.enqueue``: a schedule's tick, a job
+requeued from the dead set; no client waits for their JOB_CREATED) are queued at once
+and never refused for the store: while it is down, or when their commit failed, they
+stay queued in memory only (a WARNING per job says so; they may run meanwhile) and
+their add is still owed, committed once the store is back (an add keeps a key already
+stored, so a commit cut off after the store made it durable does no harm). One that
+finishes first needs no write. Those still owed when the server stops are lost with
+it: an ERROR per job (`close`).
+
 At start, :meth:`Durable.replay` loads the stored jobs in pages (submission order;
 the broker's per-priority queues restore priority order), with their uniques and
 epoch times, while the server already accepts new work. A job that was running
@@ -94,6 +103,9 @@ class _Discard(BufferSink):
 FP = tuple[bytes, int]  # (function, priority)
 _NO_KEY: Final[Key] = (b"", b"")  # consume's one add, while it has none
 _NO_STORED: Final = StoredJob(b"", b"", b"")
+_DONE: Final = 0
+_MADE: Final = 1
+_KEPT: Final = 2
 
 
 class Durable:
@@ -135,6 +147,10 @@ class Durable:
         self._seq = 0
         # handles refused with QUEUE_ERROR whose end the journal has yet to report
         self.rejected: set[bytes] = set()
+        # the server's own jobs (Broker.enqueue) whose add is not committed yet: _MADE
+        # (or _KEPT once a WARNING said it is in memory only) while the job lives, _DONE
+        # once it finished while its add was in a commit
+        self.made: dict[Job, int] = {}
         self.down: str | None = None  # why the store is unusable, while it is
         self.busy = False
         self.commits = 0  # groups committed (and jobs in them), for tests and stats
@@ -235,9 +251,15 @@ class Durable:
                 if not job.background:
                     continue
                 self.resident += 1
-                if e.peer is replay_peer:
+                peer = e.peer
+                if peer is replay_peer:
                     continue
-                if down:
+                if peer is None:  # the server's own: never refused for the store
+                    self.made[job] = _MADE
+                    if down:
+                        self._keep(job, e.when, "the store is down")
+                        continue
+                elif down:
                     refuse.append(job)
                     continue
                 key = self._key(job, True)
@@ -285,6 +307,10 @@ class Durable:
                     del self.add_jobs[key]
                     if self.spill.pop(key, None) is not None:
                         self._spill_done((key[0], job.priority))
+                    if self.made:
+                        self.made.pop(job, None)  # never stored: nothing is owed
+                elif self.made and job in self.made:
+                    self.made[job] = _DONE  # its add is in a commit now
                 self.removes[key] = None
         if replay_peer.holds:
             replay_peer.holds = 0
@@ -387,6 +413,8 @@ class Durable:
             )
         broker = self.broker
         broker.publish(job)
+        if self.made:
+            self.made.pop(job, None)
         for peer in held:
             broker.release(peer)  # a native call (a bound method would be a generic one)
         self._flush()
@@ -462,6 +490,9 @@ class Durable:
                 broker = self.broker
                 for job in add_jobs.values():  # durable now: workers may have them
                     broker.publish(job)
+                if self.made:
+                    for job in add_jobs.values():
+                        self.made.pop(job, None)
                 if spill or joined:
                     self._unload(spill, joined)
                 if self.observe is not None:
@@ -493,6 +524,22 @@ class Durable:
         held: list[Peer],
     ) -> None:
         """A group's commit failed: the store counts as down until `_recover`."""
+        # the server's own jobs are kept, their adds still owed (next, after the removes)
+        kept: dict[Key, StoredJob] = {}
+        kept_jobs: dict[Key, Job] = {}
+        if self.made:
+            for group, jobs_of in ((adds, add_jobs), (self.adds, self.add_jobs)):
+                for key, job in list(jobs_of.items()):
+                    alive = self.made.get(job)
+                    if alive is None:
+                        continue  # a client's
+                    del jobs_of[key]
+                    stored = group.pop(key, None)
+                    if alive and stored is not None:
+                        kept[key] = stored
+                        kept_jobs[key] = job
+                    else:  # finished (its remove is owed), or it joined a stored job
+                        del self.made[job]
         # the removes are still owed; the adds and what came meanwhile are refused, and
         # the group's adds removed once the store is back: a commit cut off after the
         # store made it durable must not run a job its client was told was refused
@@ -502,10 +549,38 @@ class Durable:
         self._went_down(why)
         jobs = list(add_jobs.values()) + list(self.add_jobs.values())
         later = self.held
-        self.adds, self.add_jobs, self.held = {}, {}, []
+        self.adds, self.add_jobs, self.held = kept, kept_jobs, []
         self.spill, self.pending_spill = {}, {}
+        for job in kept_jobs.values():
+            self._kept(job, f"its commit failed: {why}")
         self._refuse(jobs, held + later)
         self._flush()
+
+    def _keep(self, job: Job, when: int, why: str) -> None:
+        """One of the server's own jobs while the store is down: queued in memory, its
+        add owed until the store is back (`_recover` commits it with the owed removes)."""
+        key = self._key(job, True)
+        self.adds[key] = StoredJob(
+            job.func.name, key[1], job.data, job.priority, when, job.more.reducer
+        )
+        self.add_jobs[key] = job
+        self._kept(job, why)
+
+    def _kept(self, job: Job, why: str) -> None:
+        """Say once per job (at every --verbose level) that it is in memory only."""
+        if self.made.get(job) == _KEPT:
+            return
+        self.made[job] = _KEPT
+        lifecycle.warning(
+            "store %s: job %s of %s (the server's own: a schedule's tick or a requeued "
+            "dead job) is kept in memory only until the store is back (%s); it may run "
+            "meanwhile",
+            self.store.url,
+            job.handle.decode(errors="replace"),
+            job.func.name.decode(errors="replace"),
+            why,
+            extra={"gearman_level": "WARNING"},
+        )
 
     async def _gather(self) -> None:
         """Before a commit of removes only: wait until REMOVES_EVERY has passed since the
@@ -525,7 +600,8 @@ class Durable:
     def _went_down(self, why: str) -> None:
         if self.down is None:
             log.error(
-                "store %s failed: %s; background jobs get QUEUE_ERROR until it is back",
+                "store %s failed: %s; background jobs get QUEUE_ERROR until it is back"
+                " (the server's own stay queued in memory)",
                 self.store.url,
                 about(self.store.url, why),
                 extra={"gearman_level": "ERROR"},
@@ -533,21 +609,31 @@ class Durable:
         self.down = why
 
     async def _recover(self) -> None:
-        """Retry, with backoff, until the store takes the removes still owed."""
+        """Retry, with backoff, until the store takes the removes still owed, and the adds
+        of the server's own jobs kept meanwhile."""
         delay = BACKOFF_FIRST
+        made = self.made
         while not self._closing:
             await asyncio.sleep(delay)
             removes = list(self.removes)
+            jobs = self.add_jobs
+            adds = {k: s for k, s in self.adds.items() if jobs[k] in made}
             try:
                 # count() reaches the store even when no remove is owed
                 await asyncio.wait_for(self.store.count(), COMMIT_TIMEOUT)
-                await asyncio.wait_for(self.store.commit([], removes), COMMIT_TIMEOUT)
+                await asyncio.wait_for(
+                    self.store.commit(list(adds.values()), removes), COMMIT_TIMEOUT
+                )
             except Exception as e:  # still down, whatever the reason
                 self.down = str(e) or type(e).__name__
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             for key in removes:
                 self.removes.pop(key, None)
+            for key, stored in adds.items():
+                if self.adds.get(key) is stored:  # (not finished meanwhile)
+                    del self.adds[key]
+                    self.made.pop(self.add_jobs.pop(key), None)
             lifecycle.warning(
                 "store %s is back; background jobs are accepted again",
                 self.store.url,
@@ -723,6 +809,8 @@ class Durable:
         """A pending add whose stored row was just read: the row stands for it."""
         del self.adds[key]
         del self.add_jobs[key]
+        if self.made:
+            self.made.pop(job, None)  # the stored row stands for it
         if self.spill.pop(key, None) is not None:
             self._spill_done((key[0], job.priority))
         if (job.state == QUEUED or job.state == PENDING) and job.worker is None:
@@ -864,8 +952,10 @@ class Durable:
     async def close(
         self, timeout: float = 5.0, last: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        """Commit what is owed (removes of finished jobs), await ``last`` (a shared store's
-        goodbye), then close the store."""
+        """Commit what is owed (removes of finished jobs, adds of the server's own jobs),
+        await ``last`` (a shared store's goodbye), then close the store. Each of the
+        server's own jobs whose add the store never took is lost with the stop: an ERROR
+        line each (the store down, or its commit cut off after ``timeout``)."""
         self._closing = True
         if self._lone is not None:  # the lane's commit in flight: its answer first
             self._lone_idle = asyncio.get_running_loop().create_future()
@@ -884,6 +974,16 @@ class Durable:
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         self.broker.detach_journal()
+        for job, alive in self.made.items():
+            if alive and not job.ignore:
+                log.error(
+                    "store %s: job %s of %s (the server's own) is lost with the stop: "
+                    "the store did not confirm its add",
+                    self.store.url,
+                    job.handle.decode(errors="replace"),
+                    job.func.name.decode(errors="replace"),
+                )
+        self.made.clear()
         if last is not None:
             await last()
         try:

@@ -154,6 +154,12 @@ class PolicyStore:
     # ------------------------------------------------------------ the writer
 
     async def _requeue(self, dead: DeadJob) -> None:
+        """Take the letter from the store, then queue the job (``Broker.enqueue``; its add
+        is committed by the store's writer, server/durable.py, and kept owed in memory if
+        that commit fails). Until that commit is done the job is in memory only: a crash
+        in between loses it. Adding first would need the job held off the queues until
+        the store says this server took the letter (else two servers requeueing it both
+        run it), and a loser that must not remove a row its add may have shared."""
         i = self.ids.pop(dead.handle, None)
         try:
             taken = i is None or bool(await self.store.take_dead([i]))
