@@ -102,6 +102,8 @@ NO_BUDGET: Final = 1 << 62  # an in-process caller's default: everything at once
 # a worker with more functions than this looks for work among the functions
 # that have jobs (Core.ready) when there are fewer of those
 MANY_ABILITIES: Final = 32
+# Compiled, ``if data:`` on bytes is a generic truth-value call and ``len(data)``
+# reads the size in place: the per-job paths test bytes with len().
 # a job queue's two per-job calls, unbound: compiled, ``queue.popleft()`` looks the
 # method up by name each time (deque is not one of the compiler's own types)
 _append: Final = deque.append
@@ -534,7 +536,7 @@ class Core:
         if job is None:
             return
         reducer = job.more.reducer
-        if reducer:
+        if len(reducer):
             pieces = encode_pieces(
                 PacketType.JOB_ASSIGN_ALL,
                 job.handle,
@@ -631,7 +633,7 @@ class Core:
             self.reply(peer, ERR_SHUTTING_DOWN)
             return None
         func = self.function(name)
-        key = unique_key(unique, data) if unique else None
+        key = unique_key(unique, data) if len(unique) else None
         journal = self.journal
         if key is not None:
             existing = func.unique.get(key)
@@ -653,7 +655,7 @@ class Core:
         self._handle_seq += 1
         handle = b"%s%d" % (self._handle_base, self._handle_seq)  # one build, no concat
         job = Job(handle, func, unique, data, priority, background)
-        if reducer:
+        if len(reducer):
             job.extra().reducer = reducer
         if key is not None:
             if not func.unique:
@@ -748,9 +750,11 @@ class Core:
         more = job.more
         if more is not NO_MORE and more.timer is not None:
             self._cancel_timer(more)
-        jobs = self.jobs
-        if job.handle in jobs:  # (compiled: a dict's pop is a method call, del is not)
-            del jobs[job.handle]
+        # (compiled: a dict's pop is a method call; ``in`` before the del hashes twice)
+        try:
+            del self.jobs[job.handle]
+        except KeyError:
+            pass  # no longer listed
         forget_unique(job)
         if job.clients:  # a background job has none: no iterator
             for client in job.clients:
