@@ -401,8 +401,10 @@ class Core:
         func.ready = True
         self.ready[func] = None
 
-    def _select(self, peer: Peer) -> tuple[Job, int] | None:
-        """The job ``peer`` would get now, and the index of its ability entry."""
+    def _select(self, peer: Peer) -> tuple[Job | None, int]:
+        """The job ``peer`` would get now, and the index of its ability entry;
+        (None, -1) when there is none. (Compiled, an optional tuple is a tuple
+        object per call; this one is a C struct.)"""
         abilities = peer.abilities
         if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
             return self._select_ready(peer)
@@ -414,7 +416,7 @@ class Core:
                         job = self._head(func, priority)
                         if job is not None:
                             return job, i
-            return None
+            return None, -1
         for i, ability in enumerate(abilities):
             func = ability.func
             queued = func.queued
@@ -424,9 +426,9 @@ class Core:
                         job = self._head(func, priority)
                         if job is not None:
                             return job, i
-        return None
+        return None, -1
 
-    def _select_ready(self, peer: Peer) -> tuple[Job, int] | None:
+    def _select_ready(self, peer: Peer) -> tuple[Job | None, int]:
         """``_select`` for a worker with many functions: the same answer, from
         the functions that have queued jobs instead of all of the worker's."""
         rank = peer.rank
@@ -461,12 +463,12 @@ class Core:
             func.ready = False
             del self.ready[func]
         if best is None:
-            return None
+            return None, -1
         return best, best_key[1]
 
     def _pre_sleep(self, peer: Peer, args: list[bytes]) -> None:
         self._answered(peer)
-        if self.accepting_work() and self._select(peer) is not None:
+        if self.accepting_work() and self._select(peer)[0] is not None:
             self.reply(peer, NOOP)
         else:
             peer.sleeping = True
@@ -482,11 +484,10 @@ class Core:
         if not self.accepting_work():
             self.reply(peer, NO_JOB)
             return None
-        found = self._select(peer)
-        if found is None:
+        job, index = self._select(peer)
+        if job is None:
             self.reply(peer, NO_JOB)
             return None
-        job, index = found
         func = job.func
         if woken_for is not None and woken_for is not func:
             # woken for one function, it took another's job: wake someone else

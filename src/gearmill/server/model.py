@@ -327,7 +327,8 @@ class Job:
 
 def unique_key(unique: bytes, data: bytes) -> bytes | None:
     """The coalescing key of a job: its unique id, or for ``-`` its payload."""
-    if unique == b"-":
+    # (compiled, == on bytes is a generic rich comparison: most ids are longer)
+    if len(unique) == 1 and unique == b"-":
         # the key cannot clash with a real unique id, which has no NUL
         return b"\x00" + data if data else None
     return unique if len(unique) else None  # (compiled, len() is inline; ``or`` is a call)
