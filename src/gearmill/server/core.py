@@ -102,6 +102,8 @@ NO_BUDGET: Final = 1 << 62  # an in-process caller's default: everything at once
 # a worker with more functions than this looks for work among the functions
 # that have jobs (Core.ready) when there are fewer of those
 MANY_ABILITIES: Final = 32
+# Compiled, ``if data:`` on bytes is a generic truth-value call and ``len(data)``
+# reads the size in place: the per-job paths test bytes with len().
 # a job queue's two per-job calls, unbound: compiled, ``queue.popleft()`` looks the
 # method up by name each time (deque is not one of the compiler's own types)
 _append: Final = deque.append
@@ -399,8 +401,10 @@ class Core:
         func.ready = True
         self.ready[func] = None
 
-    def _select(self, peer: Peer) -> tuple[Job, int] | None:
-        """The job ``peer`` would get now, and the index of its ability entry."""
+    def _select(self, peer: Peer) -> tuple[Job | None, int]:
+        """The job ``peer`` would get now, and the index of its ability entry;
+        (None, -1) when there is none. (Compiled, an optional tuple is a tuple
+        object per call; this one is a C struct.)"""
         abilities = peer.abilities
         if len(abilities) > MANY_ABILITIES and len(self.ready) < len(abilities):
             return self._select_ready(peer)
@@ -412,7 +416,7 @@ class Core:
                         job = self._head(func, priority)
                         if job is not None:
                             return job, i
-            return None
+            return None, -1
         for i, ability in enumerate(abilities):
             func = ability.func
             queued = func.queued
@@ -422,9 +426,9 @@ class Core:
                         job = self._head(func, priority)
                         if job is not None:
                             return job, i
-        return None
+        return None, -1
 
-    def _select_ready(self, peer: Peer) -> tuple[Job, int] | None:
+    def _select_ready(self, peer: Peer) -> tuple[Job | None, int]:
         """``_select`` for a worker with many functions: the same answer, from
         the functions that have queued jobs instead of all of the worker's."""
         rank = peer.rank
@@ -459,12 +463,12 @@ class Core:
             func.ready = False
             del self.ready[func]
         if best is None:
-            return None
+            return None, -1
         return best, best_key[1]
 
     def _pre_sleep(self, peer: Peer, args: list[bytes]) -> None:
         self._answered(peer)
-        if self.accepting_work() and self._select(peer) is not None:
+        if self.accepting_work() and self._select(peer)[0] is not None:
             self.reply(peer, NOOP)
         else:
             peer.sleeping = True
@@ -480,11 +484,10 @@ class Core:
         if not self.accepting_work():
             self.reply(peer, NO_JOB)
             return None
-        found = self._select(peer)
-        if found is None:
+        job, index = self._select(peer)
+        if job is None:
             self.reply(peer, NO_JOB)
             return None
-        job, index = found
         func = job.func
         if woken_for is not None and woken_for is not func:
             # woken for one function, it took another's job: wake someone else
@@ -534,7 +537,7 @@ class Core:
         if job is None:
             return
         reducer = job.more.reducer
-        if reducer:
+        if len(reducer):
             pieces = encode_pieces(
                 PacketType.JOB_ASSIGN_ALL,
                 job.handle,
@@ -631,7 +634,7 @@ class Core:
             self.reply(peer, ERR_SHUTTING_DOWN)
             return None
         func = self.function(name)
-        key = unique_key(unique, data) if unique else None
+        key = unique_key(unique, data) if len(unique) else None
         journal = self.journal
         if key is not None:
             existing = func.unique.get(key)
@@ -653,7 +656,7 @@ class Core:
         self._handle_seq += 1
         handle = b"%s%d" % (self._handle_base, self._handle_seq)  # one build, no concat
         job = Job(handle, func, unique, data, priority, background)
-        if reducer:
+        if len(reducer):
             job.extra().reducer = reducer
         if key is not None:
             if not func.unique:
@@ -748,9 +751,11 @@ class Core:
         more = job.more
         if more is not NO_MORE and more.timer is not None:
             self._cancel_timer(more)
-        jobs = self.jobs
-        if job.handle in jobs:  # (compiled: a dict's pop is a method call, del is not)
-            del jobs[job.handle]
+        # (compiled: a dict's pop is a method call; ``in`` before the del hashes twice)
+        try:
+            del self.jobs[job.handle]
+        except KeyError:
+            pass  # no longer listed
         forget_unique(job)
         if job.clients:  # a background job has none: no iterator
             for client in job.clients:

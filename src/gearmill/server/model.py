@@ -172,12 +172,12 @@ class Ability:
         self.timeout = timeout  # milliseconds; 0 = none
 
 
-Queues = tuple["deque[Job]", "deque[Job]", "deque[Job]"]
+# high, normal, low. A list, not a tuple: compiled, a tuple is an unboxed value,
+# and indexing it by priority built a tuple object each time (3 a drained job)
+Queues = list["deque[Job]"]
 # the queues of every function that never had a job: three empty deques cost
 # 1.9 KB, and a worker may register tens of thousands of functions (issue 13)
-# (compiled, a tuple is a value, not an object: its first deque is what is compared)
-NO_QUEUE: Final[deque[Job]] = deque()
-NO_QUEUES: Final[Queues] = (NO_QUEUE, deque(), deque())
+NO_QUEUES: Final[Queues] = [deque(), deque(), deque()]
 # no queue limits: shared and never written (set_max_queue gives a new list)
 NO_LIMIT: Final[list[int]] = [0, 0, 0]
 
@@ -219,8 +219,8 @@ class Function:
     def own_queues(self) -> Queues:
         """The function's own queues, to append to."""
         queues = self.queues
-        if queues[0] is NO_QUEUE:
-            queues = self.queues = (deque(), deque(), deque())
+        if queues is NO_QUEUES:
+            queues = self.queues = [deque(), deque(), deque()]
         return queues
 
     @property
@@ -327,10 +327,11 @@ class Job:
 
 def unique_key(unique: bytes, data: bytes) -> bytes | None:
     """The coalescing key of a job: its unique id, or for ``-`` its payload."""
-    if unique == b"-":
+    # (compiled, == on bytes is a generic rich comparison: most ids are longer)
+    if len(unique) == 1 and unique == b"-":
         # the key cannot clash with a real unique id, which has no NUL
         return b"\x00" + data if data else None
-    return unique or None
+    return unique if len(unique) else None  # (compiled, len() is inline; ``or`` is a call)
 
 
 def forget_unique(job: Job) -> None:
