@@ -348,6 +348,14 @@ def stored(db: Path, unique: str) -> int:
         con.close()
 
 
+def dead_letters(db: Path) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM gearmill_dead_letters").fetchone()[0])
+    finally:
+        con.close()
+
+
 def test_requeued_dead_jobs_the_store_cannot_take_stay_queued_and_are_stored_once_it_can(
     tmp_path: Path,
 ) -> None:
@@ -355,7 +363,9 @@ def test_requeued_dead_jobs_the_store_cannot_take_stay_queued_and_are_stored_onc
     a dead job, and is known to be down when he requeues another: nobody waits for these
     jobs' JOB_CREATED, so they are not dropped as a client's submission is refused. They
     stay queued in memory (a WARNING names each), the store gets them once it can, and a
-    server killed then brings them back from the store to a worker."""
+    server killed then brings them back from the store to a worker. Their letters, which
+    the store could not remove either, are removed once it can: they are not in the dead
+    set again after the restart (a second requeue would run them twice)."""
     db = tmp_path / "queue.db"
     srv = start_gearmill("--store", f"sqlite://{db}", *DYING)
     try:
@@ -379,12 +389,52 @@ def test_requeued_dead_jobs_the_store_cannot_take_stay_queued_and_are_stored_onc
         wait_until(
             lambda: stored(db, "img-1") == stored(db, "img-3") == 1, "the jobs in the store", 30
         )
+        wait_until(lambda: dead_letters(db) == 0, "the letters gone from the store", 30)
         srv.proc.kill()
         srv.proc.wait(10)
         srv.restart()
         wait_queued(srv, "resize", 2)
+        with srv.conn() as c:
+            assert c.admin(b"dead list\n") == b".\n"
         got = drain(srv.port, "resize", 2, tmp_path / "out")
         assert sorted(got) == ["payload-1", "payload-3"]
+    finally:
+        srv.stop()
+
+
+def test_a_dead_letter_the_store_refuses_is_written_once_it_can(tmp_path: Path) -> None:
+    """A job runs out of attempts while the store refuses writes: its letter is in the
+    dead set at once, an ERROR says the store has not got it yet, and the store gets it
+    once it can: after a restart it is in the dead set still."""
+    db = tmp_path / "queue.db"
+    srv = start_gearmill("--store", f"sqlite://{db}", *DYING)
+    try:
+        with srv.conn() as c, srv.conn() as w:
+            c.send(PacketType.SUBMIT_JOB_BG, b"resize", b"img-9", b"payload-9")
+            handle = c.expect(PacketType.JOB_CREATED)
+            lock = locked(db)
+            w.send(PacketType.CAN_DO, b"resize")
+            w.send(PacketType.GRAB_JOB)
+            assert w.expect(PacketType.JOB_ASSIGN).startswith(handle + b"\0")
+            w.send(PacketType.WORK_EXCEPTION, handle, b"boom")
+            wait_until(
+                lambda: handle + b"\t" in c.admin(b"dead list resize\n"), "the job in the dead set"
+            )
+        log = srv.tmp / "server.log"
+        wait_until(
+            lambda: f"Dead job {handle.decode()} not written to the store" in log.read_text(),
+            "the ERROR line",
+            30,
+        )
+        assert dead_letters(db) == 0
+        lock.rollback()
+        lock.close()
+        wait_until(lambda: dead_letters(db) == 1, "the letter in the store", 30)
+        srv.stop()
+        srv.restart()
+        with srv.conn() as c:
+            listed = c.admin(b"dead list resize\n")
+        assert b"\tresize\t" in listed and b"img-9" in listed, listed
     finally:
         srv.stop()
 

@@ -18,6 +18,7 @@ Wiring, where the server opens its store::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,6 +29,9 @@ from .store import DeadLetter, Store, StoredJob, StoredSchedule, StoreError
 log = logging.getLogger("gearmill.policy")
 
 _PAGE = 1000
+# a dead-set write the store refused is tried again after this, doubling up to the last
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 
 
 def to_letter(dead: DeadJob) -> DeadLetter:
@@ -69,6 +73,13 @@ class PolicyStore:
         # schedules changed here since the last sync began: the store's copy may be older
         self._touched: set[str] = set()
         self._dead_sync_queued = False
+        # dead-set writes the store refused, in order, tried again from a timer: a
+        # letter's add (its DeadJob) and the removal of a stored one (its id)
+        self._owed: list[DeadJob | int] = []
+        self._retry_delay = RETRY_FIRST
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._retrying = False  # the writer is trying an owed write again
 
     async def open(self) -> None:
         policies = self.policies
@@ -104,16 +115,58 @@ class PolicyStore:
         policies.dead_added()  # the loaded jobs' age limit
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def close(self) -> None:
-        """Write what is queued, then stop."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within ``timeout``), then stop. A dead-set write the
+        store refused before is not tried again here (the store is most likely still
+        down, and a stop must not wait on it): each is logged as lost with the stop."""
         self.policies.dead.sink = None
         self.policies.scheduler.sink = None
         self.policies.scheduler.gate = None
         self.policies.requeue_gate = None
-        if self._writer is not None:
+        self._closing = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
             self._queue.put_nowait(("stop", None))
-            await self._writer
-            self._writer = None
+            if self._retrying:  # a write the store refused before: not waited for
+                timeout = 0
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout)
+            except TimeoutError:  # the store does not answer: what is owed is lost
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                self._unwritten()
+        for item in self._owed:
+            if isinstance(item, DeadJob):
+                if self.policies.dead.jobs.get(item.handle) is item:
+                    log.error(
+                        "Dead job %s is lost with the stop: the store never took it",
+                        item.handle.decode(errors="replace"),
+                    )
+            else:
+                log.error(
+                    "Dead letter %d stays in the store though it left the dead set: "
+                    "it is in the dead set again after the next start",
+                    item,
+                )
+        self._owed.clear()
+
+    def _unwritten(self) -> None:
+        """The writer stopped before the queue's end: its dead-set changes join the
+        owed ones (logged as lost by close), the rest is logged here."""
+        while not self._queue.empty():
+            kind, item = self._queue.get_nowait()
+            if isinstance(item, DeadJob) and kind == "add":
+                self._owed.append(item)
+            elif isinstance(item, bytes) and kind == "remove":
+                i = self.ids.pop(item, None)
+                if i is not None:
+                    self._owed.append(i)
+            elif kind in ("put", "unschedule"):
+                log.error("Schedules not written to the store before the stop (%s)", kind)
 
     # ------------------------------------------------ the sinks (synchronous)
 
@@ -275,12 +328,21 @@ class PolicyStore:
             kind, item = await self._queue.get()
             if kind == "stop":
                 return
+            if kind == "retry":
+                await self._retry()
+                continue
+            i: int | None = None
             try:
                 if kind == "add":
                     assert isinstance(item, DeadJob)
+                    if self._owed:  # after the writes still owed, never before them
+                        self._owe(item, "an earlier write is still owed")
+                        continue
                     (self.ids[item.handle],) = await self.store.add_dead([to_letter(item)])
                 elif kind == "remove":
                     assert isinstance(item, bytes)
+                    if self._owed and self._owed_add(item):
+                        continue  # never stored: nothing to remove
                     i = self.ids.pop(item, None)
                     if i is not None:
                         await self.store.remove_dead([i])
@@ -313,5 +375,77 @@ class PolicyStore:
                         e,
                     )
                     continue
+                if kind == "add":
+                    assert isinstance(item, DeadJob)
+                    self._owe(item, str(e))
+                    continue
+                if kind == "remove" and i is not None:
+                    self._owe(i, str(e))
+                    continue
                 # the in-memory state stays right; the store catches up at the next change
                 log.error("Dead set / schedules not written to the store: %s", e)
+
+    def _owe(self, item: DeadJob | int, why: str) -> None:
+        """Keep a dead-set write the store refused (a letter to add, or the id of one to
+        remove), to try again from a timer."""
+        self._owed.append(item)
+        what = (
+            f"Dead job {item.handle.decode(errors='replace')} not written to the store"
+            if isinstance(item, DeadJob)
+            else f"Dead letter {item} left the dead set but not the store"
+        )
+        log.error("%s: %s; trying again in %.0f s", what, why, self._retry_delay)
+        if self._retry_timer is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._retry_timer = loop.call_later(
+                self._retry_delay, self._queue.put_nowait, ("retry", None)
+            )
+
+    def _owed_add(self, handle: bytes) -> bool:
+        """Drop an owed add of ``handle`` (the letter left the dead set before the store
+        took it); whether there was one."""
+        for n, item in enumerate(self._owed):
+            if isinstance(item, DeadJob) and item.handle == handle:
+                del self._owed[n]
+                return True
+        return False
+
+    async def _retry(self) -> None:
+        """Write the owed dead-set changes in order; stop at the first the store still
+        refuses (the delay doubles), else the next refusal starts from RETRY_FIRST."""
+        self._retry_timer = None
+        owed, self._owed = self._owed, []
+        dead = self.policies.dead.jobs
+        for n, item in enumerate(owed):
+            self._retrying = True
+            try:
+                if isinstance(item, DeadJob):
+                    if dead.get(item.handle) is not item:
+                        continue  # requeued or purged meanwhile: nothing to store
+                    (self.ids[item.handle],) = await self.store.add_dead([to_letter(item)])
+                else:
+                    await self.store.remove_dead([item])
+            except (StoreError, asyncio.CancelledError) as e:
+                self._retrying = False
+                self._owed = owed[n:] + self._owed
+                if isinstance(e, asyncio.CancelledError):  # close: logged there
+                    raise
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+                if not self._closing:
+                    self._retry_timer = asyncio.get_running_loop().call_later(
+                        self._retry_delay, self._queue.put_nowait, ("retry", None)
+                    )
+                log.error(
+                    "Dead set still not written to the store: %s; trying again in %.0f s",
+                    e,
+                    self._retry_delay,
+                )
+                return
+        self._retrying = False
+        if owed:
+            log.warning(
+                "Dead set written to the store: %d change%s it refused before",
+                len(owed),
+                "" if len(owed) == 1 else "s",
+            )
+        self._retry_delay = RETRY_FIRST
