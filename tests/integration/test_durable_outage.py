@@ -150,6 +150,47 @@ def test_a_store_that_stops_answering_refuses_the_waiting_job_then_recovers(
         redis.close()
 
 
+class HeldWorker:
+    """A Redis of the test's own (pid: to freeze it), a server on it, and a real C
+    `gearman -w` on "held" appending each job's data to ``ran``, which has run
+    "before;" (registered, asleep again)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.redis = PrivateRedis(tmp_path, *AOF)
+        assert self.redis.proc is not None
+        self.pid = self.redis.proc.pid
+        self.srv = start_gearmill("--store", self.redis.url)
+        self.ran = tmp_path / "ran"
+        run = ["sh", "-c", f"cat >> {self.ran}"]
+        self.worker = subprocess.Popen(
+            [GEARMAN, "-p", str(self.srv.port), "-w", "-f", "held", "--", *run],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def wait_ran(self, text: str) -> None:
+        wait_until(
+            lambda: self.ran.exists() and text in self.ran.read_text(),
+            f"the worker ran {text}",
+            30,
+        )
+
+    def __enter__(self) -> HeldWorker:
+        try:
+            assert submit(self.srv.port, "held", "before;") == ""
+            self.wait_ran("before;")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self.worker.kill()
+        self.worker.wait(10)
+        self.srv.stop()
+        self.redis.close()
+
+
 @pytest.mark.parametrize("epoch", [False, True], ids=["background", "epoch-due-meanwhile"])
 def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
     tmp_path: Path, epoch: bool
@@ -158,34 +199,13 @@ def test_a_refused_job_never_reaches_the_worker_that_was_waiting_for_it(
     client is told QUEUE_ERROR about must not run (gearmand writes its queue before
     any worker can have the job), nor an epoch job that falls due while its commit
     hangs; once the store is back, new jobs reach it as before."""
-    redis = PrivateRedis(tmp_path, *AOF)
-    assert redis.proc is not None
-    pid = redis.proc.pid
-    srv = start_gearmill("--store", redis.url)
-    ran = tmp_path / "ran"
-    worker = subprocess.Popen(
-        [GEARMAN, "-p", str(srv.port), "-w", "-f", "held", "--", "sh", "-c", f"cat >> {ran}"],
-        stdout=subprocess.DEVNULL,
-    )
-
-    def wait_ran(text: str) -> None:
-        wait_until(lambda: ran.exists() and text in ran.read_text(), f"the worker ran {text}", 30)
-
-    try:
-        assert submit(srv.port, "held", "before;") == ""
-        wait_ran("before;")  # the worker is registered, and sleeps again
-        os.kill(pid, signal.SIGSTOP)
-        refused_while_frozen(srv, b"held", b"", b"refused;", epoch)
-        os.kill(pid, signal.SIGCONT)
-        accepted_again(srv, "held", "after;")
-        wait_ran("after;")
-        assert "refused;" not in ran.read_text()
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        worker.kill()
-        worker.wait(10)
-        srv.stop()
-        redis.close()
+    with HeldWorker(tmp_path) as h:
+        os.kill(h.pid, signal.SIGSTOP)
+        refused_while_frozen(h.srv, b"held", b"", b"refused;", epoch)
+        os.kill(h.pid, signal.SIGCONT)
+        accepted_again(h.srv, "held", "after;")
+        h.wait_ran("after;")
+        assert "refused;" not in h.ran.read_text()
 
 
 def test_a_graceful_stop_waits_for_a_commit_in_flight_and_runs_its_job(
@@ -195,23 +215,10 @@ def test_a_graceful_stop_waits_for_a_commit_in_flight_and_runs_its_job(
     waiting: the stop waits for the commit; the client gets its JOB_CREATED, the worker
     runs the job, then the server exits. Stopping at once would drop the JOB_CREATED of
     a stored job (a client with another server submits it there too: it runs twice)."""
-    redis = PrivateRedis(tmp_path, *AOF)
-    assert redis.proc is not None
-    pid = redis.proc.pid
-    srv = start_gearmill("--store", redis.url)
-    ran = tmp_path / "ran"
-    worker = subprocess.Popen(
-        [GEARMAN, "-p", str(srv.port), "-w", "-f", "held", "--", "sh", "-c", f"cat >> {ran}"],
-        stdout=subprocess.DEVNULL,
-    )
-    log = srv.tmp / "server.log"
-
-    try:
-        assert submit(srv.port, "held", "before;") == ""
-        wait_until(
-            lambda: ran.exists() and "before;" in ran.read_text(), "the worker ran before;", 30
-        )
-        os.kill(pid, signal.SIGSTOP)
+    with HeldWorker(tmp_path) as h:
+        srv = h.srv
+        log = srv.tmp / "server.log"
+        os.kill(h.pid, signal.SIGSTOP)
         with srv.conn() as c:
             c.sock.settimeout(30)
             c.send(PacketType.SUBMIT_JOB_BG, b"held", b"", b"during;")
@@ -221,17 +228,11 @@ def test_a_graceful_stop_waits_for_a_commit_in_flight_and_runs_its_job(
                 lambda: "graceful shutdown" in log.read_text(), "the graceful stop began", 30
             )
             time.sleep(0.5)  # a server that did not wait would be closing by now
-            os.kill(pid, signal.SIGCONT)
+            os.kill(h.pid, signal.SIGCONT)
             kind, _ = c.recv()
             assert kind == PacketType.JOB_CREATED
         assert srv.proc.wait(30) == 0
-        assert "during;" in ran.read_text()
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        worker.kill()
-        worker.wait(10)
-        srv.stop()
-        redis.close()
+        assert "during;" in h.ran.read_text()
 
 
 def test_postgresql_killed_under_load_refuses_then_recovers_losing_no_acknowledged_job(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gearmill.protocol.codec import Decoder
@@ -14,7 +15,7 @@ from gearmill.protocol.packets import PacketType as T
 from gearmill.server.broker import Broker, BrokerConfig, Peer
 from gearmill.server.durable import Durable
 from gearmill.server.sink import BufferSink
-from gearmill.server.store import StoredJob, open_store
+from gearmill.server.store import Store, StoredJob, open_store
 
 STORED = 10  # rows stored before the server starts; the last has unique "kept"
 BUDGET = 4  # so replay loads four and pages the rest in, two at a time
@@ -25,12 +26,9 @@ def events(peer: Peer) -> list[tuple[int, list[bytes]]]:
     return Decoder(server=False).feed(peer.sink.take())
 
 
-async def drain_once(path: Path) -> tuple[list[bytes], list[int], int]:
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    rows = [StoredJob(b"f", b"u%d" % i, b"d%d" % i) for i in range(STORED - 1)]
-    await store.commit([*rows, StoredJob(b"f", b"kept", b"first")], [])
-
+def paged_durable(store: Store) -> tuple[Broker, Durable, Callable[[], None]]:
+    """A broker, its store writer (a memory budget of BUDGET jobs, not yet started) and
+    the flush the server gives it, wired as the server wires them."""
     broker = Broker(BrokerConfig(handle_prefix=b"H:t"), time.time)
 
     def flush() -> None:
@@ -38,7 +36,16 @@ async def drain_once(path: Path) -> tuple[list[bytes], list[int], int]:
             broker.journal.drain()
         broker.flush()
 
-    durable = Durable(store, broker, flush, budget=BUDGET)
+    return broker, Durable(store, broker, flush, budget=BUDGET), flush
+
+
+async def drain_once(path: Path) -> tuple[list[bytes], list[int], int]:
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    rows = [StoredJob(b"f", b"u%d" % i, b"d%d" % i) for i in range(STORED - 1)]
+    await store.commit([*rows, StoredJob(b"f", b"kept", b"first")], [])
+
+    broker, durable, flush = paged_durable(store)
     durable.start()  # as the server does: the journal first, then replay
     await durable.replay()
     assert sum(broker.stored[b"f"]) == STORED - BUDGET  # "kept" is among those stored
@@ -112,14 +119,7 @@ async def drain_claimed(path: Path) -> tuple[list[bytes], int]:
     await store.open()
     await store.commit([StoredJob(b"f", b"u%d" % i, b"d%d" % i) for i in range(STORED)], [])
     rows = await store.load_queued(b"f", 1, 0, STORED)
-    broker = Broker(BrokerConfig(handle_prefix=b"H:t"), time.time)
-
-    def flush() -> None:
-        if broker.journal is not None:
-            broker.journal.drain()
-        broker.flush()
-
-    durable = Durable(store, broker, flush, budget=BUDGET)
+    broker, durable, flush = paged_durable(store)
     durable.start()
     await durable.start_shared()
     load = store.load_queued

@@ -283,6 +283,20 @@ def test_a_graceful_stop_waits_for_commits_in_flight() -> None:
     assert b.idle()
 
 
+def refuse_y_publish_x(b: Broker, w: Peer) -> None:
+    """H:t:2 (y)'s commit fails, H:t:1 (x)'s is done: the sleeping worker is woken for
+    x alone, and y never runs (its client may be told QUEUE_ERROR)."""
+    b.cancel(b"H:t:2")
+    b.publish(b.jobs[b"H:t:1"])
+    b.handle(w, T.PRE_SLEEP, [])
+    b.flush()
+    assert received(w) == [(T.NOOP, [])]
+    b.handle(w, T.GRAB_JOB, [])
+    b.handle(w, T.GRAB_JOB, [])
+    b.flush()
+    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
+
+
 def test_a_held_job_reaches_no_worker_until_it_is_published() -> None:
     """A store's commit in flight: the job is counted, but a sleeping worker is not woken
     and a grab gets NO_JOB; published, it runs; refused (cancelled) instead, it never
@@ -301,15 +315,7 @@ def test_a_held_job_reaches_no_worker_until_it_is_published() -> None:
     b.handle(w, T.GRAB_JOB, [])
     b.flush()
     assert received(w) == [(T.NO_JOB, [])]
-    b.cancel(b"H:t:2")  # the commit failed: refused
-    b.publish(b.jobs[b"H:t:1"])
-    b.handle(w, T.PRE_SLEEP, [])
-    b.flush()
-    assert received(w) == [(T.NOOP, [])]
-    b.handle(w, T.GRAB_JOB, [])
-    b.handle(w, T.GRAB_JOB, [])
-    b.flush()
-    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
+    refuse_y_publish_x(b, w)
 
 
 def test_an_epoch_job_due_before_its_commit_ends_waits_for_it() -> None:
@@ -335,15 +341,7 @@ def test_an_epoch_job_due_before_its_commit_ends_waits_for_it() -> None:
     b.flush()
     assert received(w) == [(T.JOB_ASSIGN, [b"H:t:3", b"f", b"z"]), (T.NO_JOB, [])]
     assert b.functions[b"f"].queued[1] == 2  # x and y: counted, not runnable
-    b.cancel(b"H:t:2")  # y's commit failed: refused
-    b.publish(b.jobs[b"H:t:1"])  # x's commit is done
-    b.handle(w, T.PRE_SLEEP, [])
-    b.flush()
-    assert received(w) == [(T.NOOP, [])]
-    b.handle(w, T.GRAB_JOB, [])
-    b.handle(w, T.GRAB_JOB, [])
-    b.flush()
-    assert received(w) == [(T.JOB_ASSIGN, [b"H:t:1", b"f", b"x"]), (T.NO_JOB, [])]
+    refuse_y_publish_x(b, w)
 
 
 def test_held_peer_leaving_is_forgotten() -> None:
